@@ -1,0 +1,95 @@
+"""`model-operator` entry points. Each subcommand imports its heavy dependencies lazily, so the
+operator image never needs torch and `model-operator crd` runs anywhere."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from .api.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from .optimize.main import main as optimize_main
+
+    return optimize_main(args)
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from .local.main import main as local_main
+
+    return local_main(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .controller.main import main as run_main
+
+    return run_main(args)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .resources.render import main as render_main
+
+    return render_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("crd", help="print the ModelDeployment CRD generated from the API types")
+    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("optimize", help="the worker: optimize, convert, validate and package a model")
+    p.add_argument("--spec", help="ModelDeployment YAML/JSON file (the whole object or its spec)")
+    p.add_argument("--spec-json", help="the spec as a JSON string (what the Job passes)")
+    p.add_argument("--name", default=None, help="model name in the Triton repository (default: metadata.name)")
+    p.add_argument("--output", required=True, help="destination: a directory, or s3://bucket/prefix")
+    p.add_argument("--report-summary", default=None, help="also write the <4 KiB summary here (e.g. /dev/termination-log)")
+    p.add_argument("--work-dir", default=None, help="scratch directory (default: a temporary one)")
+    p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("local", help="run the pipeline and a real Triton server on this machine")
+    local_sub = p.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="optimize, package and serve a ModelDeployment locally")
+    up.add_argument("file", help="ModelDeployment YAML")
+    up.add_argument("--workdir", default=None, help="where artifacts go (default: ./_out/<name>)")
+    up.add_argument("--http-port", type=int, default=8000)
+    up.add_argument("--grpc-port", type=int, default=8001)
+    up.add_argument("--metrics-port", type=int, default=8002)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--skip-optimize", action="store_true", help="reuse the artifact already in the workdir")
+    up.set_defaults(func=_cmd_local)
+
+    p = sub.add_parser("run", help="run the operator (kopf)")
+    p.add_argument("--config", default=None, help="operator configuration file (YAML); env MODEL_OPERATOR_* override")
+    p.add_argument("--namespace", action="append", default=None, help="namespace to watch (repeatable; default: all)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a ModelDeployment")
+    p.add_argument("file", help="ModelDeployment YAML")
+    p.add_argument("--config", default=None, help="operator configuration file (YAML)")
+    p.set_defaults(func=_cmd_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
