@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything model-operator needs on a fresh Debian machine: Debian packages, the
+# Python package with its worker/Triton/dev extras, and the test control plane built from Go
+# sources (cached by version, so a second run rebuilds nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[install %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  command -v prometheus >/dev/null || need+=(prometheus)
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v gcc >/dev/null || need+=(gcc)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+log "pip install -e .[worker,triton,dev] (torch is large: the first run downloads several GB)"
+python3 -m pip install --progress-bar off -q -e ".[worker,triton,dev]"
+
+if [ -x hack/build-binaries.sh ]; then
+  log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm)"
+  hack/build-binaries.sh
+fi
+log "done"
