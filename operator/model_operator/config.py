@@ -1,0 +1,95 @@
+"""The operator's configuration: one class, read from a YAML file and MODEL_OPERATOR_* env vars.
+
+Nested values come from env with a double underscore, e.g.
+MODEL_OPERATOR_ARTIFACT_STORE__CLAIM=models. Helm renders the file; env overrides it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NodePool(BaseModel):
+    """Where a ModelDeployment's Triton pods run when `spec.serving.nodePool` names this pool."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    gpu_product: str | None = Field(default=None, description="Value of nvidia.com/gpu.product to require.")
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict, description="Default requests/limits.")
+    arch: str | None = Field(default=None, description="kubernetes.io/arch of the pool (edge pools: arm64).")
+
+
+class ArtifactStore(BaseModel):
+    """Where optimized artifacts live. `pvc`: a claim mounted by the worker and the Triton init
+    container; `s3`: a bucket/prefix reached with the credentials in `secret`."""
+
+    type: Literal["pvc", "s3"] = "pvc"
+    claim: str = "model-artifacts"
+    mount_path: str = "/artifacts"
+    bucket: str | None = None
+    prefix: str = "model-operator"
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    secret: str | None = Field(default=None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
+
+    def uri_for(self, namespace: str, name: str, spec_hash: str) -> str:
+        return f"{self.root_uri(namespace, name)}/{spec_hash}"
+
+    def root_uri(self, namespace: str, name: str) -> str:
+        if self.type == "s3":
+            return f"s3://{self.bucket}/{self.prefix.strip('/')}/{namespace}/{name}"
+        return f"pvc://{self.claim}/{namespace}/{name}"
+
+
+class SecurityContext(BaseModel):
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    fs_group: int = 1000
+
+
+class OperatorConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODEL_OPERATOR_", env_nested_delimiter="__", extra="ignore")
+
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
+    worker_image: str = "model-operator-worker:0.1.0"
+    triton_image: str = "tritonserver:24.10-py3"
+    image_pull_policy: str = "IfNotPresent"
+    artifact_store: ArtifactStore = Field(default_factory=ArtifactStore)
+    node_pools: dict[str, NodePool] = Field(default_factory=dict)
+    default_node_pool: dict[str, str] = Field(
+        default_factory=lambda: {"cloud": "gpu", "edge": "edge"}, description="Pool per target when the spec names none."
+    )
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_timeout_seconds: float = 5.0
+    reconcile_interval_seconds: float = 5.0
+    job_backoff_limit: int = 2
+    job_ttl_seconds: int = 3600
+    worker_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+    )
+    worker_node_selector: dict[str, str] = Field(default_factory=dict, description="Where optimization Jobs run.")
+    worker_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    worker_service_account: str | None = None
+    triton_service_account: str | None = None
+    triton_args: list[str] = Field(default_factory=list, description="Extra tritonserver arguments.")
+    security: SecurityContext = Field(default_factory=SecurityContext)
+    metrics_port: int = 9090
+    finalizer_timeout_seconds: int = 600
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+        # Env wins over the file (passed as init kwargs), so a Helm-rendered file can be overridden per pod.
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> OperatorConfig:
+        data: dict[str, Any] = {}
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        return cls(**data)

@@ -1,0 +1,111 @@
+"""Names, labels and pod-level pieces every builder shares. Pure: no Kubernetes client here."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from ..config import OperatorConfig
+
+DOMAIN: Final = "serving.model-operator.io"
+LABEL_DEPLOYMENT: Final = f"{DOMAIN}/deployment"
+LABEL_TRACK: Final = f"{DOMAIN}/track"
+LABEL_REVISION: Final = f"{DOMAIN}/revision"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+ANNOTATION_SHA256: Final = f"{DOMAIN}/artifact-sha256"
+MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "model-operator"}
+
+HTTP_PORT: Final = 8000
+GRPC_PORT: Final = 8001
+METRICS_PORT: Final = 8002
+PVC_ROOT: Final = "/mnt/pvc"
+MAX_NAME: Final = 63
+
+
+def truncate(name: str, suffix: str) -> str:
+    """Deterministic child names that fit the 63-character label limit."""
+    room = MAX_NAME - len(suffix)
+    return f"{name[:room].rstrip('-')}{suffix}"
+
+
+def job_name(md_name: str, spec_hash: str) -> str:
+    return truncate(md_name, f"-opt-{spec_hash}")
+
+
+def deployment_name(md_name: str, track: str = "stable") -> str:
+    return truncate(md_name, "-triton" if track == "stable" else "-triton-canary")
+
+
+def service_name(md_name: str) -> str:
+    return truncate(md_name, "-triton")
+
+
+def base_labels(md_name: str, component: str) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": "model-operator",
+        "app.kubernetes.io/instance": md_name[:MAX_NAME],
+        LABEL_COMPONENT: component,
+        LABEL_DEPLOYMENT: md_name[:MAX_NAME],
+    }
+
+
+def serving_selector(md_name: str) -> dict[str, str]:
+    """Selects every Triton pod of a ModelDeployment, stable and canary alike."""
+    return {LABEL_DEPLOYMENT: md_name[:MAX_NAME], LABEL_COMPONENT: "triton"}
+
+
+def selector_string(selector: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def pod_security_context(config: OperatorConfig) -> dict[str, Any]:
+    sec = config.security
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": sec.run_as_user,
+        "runAsGroup": sec.run_as_group,
+        "fsGroup": sec.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def claims_in_uris(uris: list[str | None]) -> list[str]:
+    """PersistentVolumeClaims that pvc:// URIs name, in first-seen order."""
+    claims: list[str] = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri[len("pvc://") :].split("/", 1)[0]
+            if claim and claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def claim_volumes(claims: list[str], read_only_except: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts that put each claim at /mnt/pvc/<claim>, where the worker resolves pvc:// URIs."""
+    volumes, mounts = [], []
+    for i, claim in enumerate(claims):
+        vol = f"pvc-{i}"
+        read_only = claim != read_only_except
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+    return volumes, mounts
+
+
+def merge_resources(*layers: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for layer in layers:
+        for section, values in (layer or {}).items():
+            if values:
+                out.setdefault(section, {}).update(values)
+    return copy.deepcopy(out)

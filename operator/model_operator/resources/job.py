@@ -1,0 +1,102 @@
+"""The optimization Job: runs `model-operator optimize` on the worker image."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..api.types import ModelDeploymentSpec
+from ..api.hashing import spec_hash as compute_hash
+from ..config import OperatorConfig
+from . import common as c
+
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def spec_uris(spec: ModelDeploymentSpec) -> list[str | None]:
+    return [
+        spec.model.uri,
+        spec.data.calibration.uri if spec.data.calibration else None,
+        spec.data.validation.uri if spec.data.validation else None,
+    ]
+
+
+def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:
+    digest = compute_hash(spec)
+    store = config.artifact_store
+    output = store.uri_for(namespace, name, digest)
+    spec_json = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+    labels = {**c.base_labels(name, "optimizer"), c.LABEL_REVISION: digest}
+
+    claims = c.claims_in_uris([*spec_uris(spec), output])
+    volumes, mounts = c.claim_volumes(claims, read_only_except=store.claim if store.type == "pvc" else None)
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    env_from: list[dict[str, Any]] = []
+    if store.type == "s3":
+        if store.endpoint:
+            env.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": store.region})
+        if store.secret:
+            env_from.append({"secretRef": {"name": store.secret}})
+    if spec.model.credentials_secret:
+        # The user's Secret comes last so its keys win for reading the model and data.
+        env_from.append({"secretRef": {"name": spec.model.credentials_secret}})
+
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["model-operator", "optimize"],
+        "args": [
+            "--spec-json", spec_json,
+            "--name", name,
+            "--output", output,
+            "--report-summary", TERMINATION_LOG,
+        ],
+        "env": env,
+        "resources": c.merge_resources(config.worker_resources),
+        "volumeMounts": mounts,
+        "securityContext": c.container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    if env_from:
+        container["envFrom"] = env_from
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": c.pod_security_context(config),
+        "automountServiceAccountToken": False,
+    }
+    if config.worker_node_selector:
+        pod_spec["nodeSelector"] = dict(config.worker_node_selector)
+    if config.worker_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.worker_tolerations]
+    if config.worker_service_account:
+        pod_spec["serviceAccountName"] = config.worker_service_account
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": c.job_name(name, digest),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {f"{c.DOMAIN}/output": output},
+        },
+        "spec": {
+            "backoffLimit": config.job_backoff_limit,
+            "activeDeadlineSeconds": spec.optimization.time_budget_seconds,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,235 @@
+"""Triton serving objects: Deployment (stable or canary track), Service, PodDisruptionBudget,
+ServiceMonitor. Pure functions of the spec, the artifact and the operator configuration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.types import ModelDeploymentSpec, Serving, Target
+from ..config import NodePool, OperatorConfig
+from . import common as c
+
+
+class PoolError(ValueError):
+    """The spec names a node pool the operator's configuration doesn't have."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """The packaged artifact a track serves: where it is, what it must hash to, which spec made it."""
+
+    uri: str
+    sha256: str
+    revision: str
+
+
+def resolve_pool(spec: ModelDeploymentSpec, config: OperatorConfig) -> tuple[str | None, NodePool]:
+    serving = spec.serving or Serving()
+    name = serving.node_pool or config.default_node_pool.get(spec.target.value)
+    if name is None:
+        return None, NodePool()
+    pool = config.node_pools.get(name)
+    if pool is None:
+        if serving.node_pool:
+            known = ", ".join(sorted(config.node_pools)) or "none configured"
+            raise PoolError(f"spec.serving.nodePool: unknown node pool {name!r} (known: {known})")
+        return None, NodePool()
+    return name, pool
+
+
+def _triton_resources(serving: Serving, pool: NodePool, target: Target) -> dict[str, dict[str, str]]:
+    resources = c.merge_resources(pool.resources, serving.resources.model_dump())
+    if serving.gpus and target == Target.cloud:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(serving.gpus)
+        resources.setdefault("requests", {})["nvidia.com/gpu"] = str(serving.gpus)
+    return resources
+
+
+def triton_args(config: OperatorConfig) -> list[str]:
+    return [
+        "--model-repository=/models",
+        "--strict-readiness=true",
+        "--model-control-mode=none",
+        "--exit-on-error=true",
+        f"--http-port={c.HTTP_PORT}",
+        f"--grpc-port={c.GRPC_PORT}",
+        f"--metrics-port={c.METRICS_PORT}",
+        "--allow-metrics=true",
+        *config.triton_args,
+    ]
+
+
+def build_deployment(
+    name: str,
+    namespace: str,
+    spec: ModelDeploymentSpec,
+    config: OperatorConfig,
+    artifact: ArtifactRef,
+    *,
+    track: str = "stable",
+    replicas: int,
+) -> dict[str, Any]:
+    serving = spec.serving or Serving()
+    _, pool = resolve_pool(spec, config)
+    selector = {**c.serving_selector(name), c.LABEL_TRACK: track}
+    labels = {**c.base_labels(name, "triton"), c.LABEL_TRACK: track}
+    pod_labels = {**labels, c.LABEL_REVISION: artifact.revision}
+    serving_json = json.dumps(serving.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+
+    claims = c.claims_in_uris([artifact.uri])
+    volumes, claim_mounts = c.claim_volumes(claims)
+    volumes += [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    env_from = [{"secretRef": {"name": config.artifact_store.secret}}] if config.artifact_store.secret else []
+    store_env = [{"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT}, {"name": "HOME", "value": "/tmp"}]
+    if config.artifact_store.type == "s3" and config.artifact_store.endpoint:
+        store_env.append({"name": "AWS_ENDPOINT_URL", "value": config.artifact_store.endpoint})
+
+    # The init container copies the artifact into the pod, refuses it unless its digest matches
+    # the report's, and writes config.pbtxt for the current serving block, so serving changes
+    # never need a new optimization run.
+    assemble: dict[str, Any] = {
+        "name": "assemble",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["model-operator", "assemble"],
+        "args": [
+            "--artifact", artifact.uri,
+            "--sha256", artifact.sha256,
+            "--name", name,
+            "--target", spec.target.value,
+            "--serving-json", serving_json,
+            "--output", "/models",
+        ],
+        "env": store_env,
+        "volumeMounts": [*claim_mounts, {"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": c.container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        assemble["envFrom"] = env_from
+
+    probe_common = {"periodSeconds": 5, "timeoutSeconds": 3}
+    triton: dict[str, Any] = {
+        "name": "triton",
+        "image": serving.triton_image or config.triton_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["tritonserver"],
+        "args": triton_args(config),
+        "ports": [
+            {"name": "http", "containerPort": c.HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": c.GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": c.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "failureThreshold": 3, **probe_common},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 6, **probe_common},
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 60, "periodSeconds": 2},
+        "resources": _triton_resources(serving, pool, spec.target),
+        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": c.container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+    node_selector = dict(pool.node_selector)
+    if pool.gpu_product and serving.gpus:
+        node_selector["nvidia.com/gpu.product"] = pool.gpu_product
+    if pool.arch:
+        node_selector["kubernetes.io/arch"] = pool.arch
+    pod_spec: dict[str, Any] = {
+        "initContainers": [assemble],
+        "containers": [triton],
+        "volumes": volumes,
+        "securityContext": c.pod_security_context(config),
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if pool.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
+    if config.triton_service_account:
+        pod_spec["serviceAccountName"] = config.triton_service_account
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": c.deployment_name(name, track),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {c.ANNOTATION_SHA256: artifact.sha256, f"{c.DOMAIN}/artifact": artifact.uri},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            # Surge first, never take a serving pod down before its replacement is Ready.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": 600,
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(c.METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                        c.ANNOTATION_SHA256: artifact.sha256,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": c.service_name(name), "namespace": namespace, "labels": c.base_labels(name, "triton")},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": c.serving_selector(name),
+            "ports": [
+                {"name": "http", "port": c.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": c.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": c.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_pdb(name: str, namespace: str, replicas: int) -> dict[str, Any] | None:
+    """One pod may be disrupted at a time, and only when there is more than one."""
+    if replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": c.truncate(name, "-triton"), "namespace": namespace, "labels": c.base_labels(name, "triton")},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": c.serving_selector(name)}},
+    }
+
+
+def build_service_monitor(name: str, namespace: str, interval_seconds: int = 15) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": c.truncate(name, "-triton"), "namespace": namespace, "labels": c.base_labels(name, "triton")},
+        "spec": {
+            "selector": {"matchLabels": c.base_labels(name, "triton")},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": f"{interval_seconds}s"}],
+        },
+    }
+
+
+def endpoint(name: str, namespace: str) -> dict[str, str]:
+    host = f"{c.service_name(name)}.{namespace}.svc"
+    return {
+        "http": f"http://{host}:{c.HTTP_PORT}",
+        "grpc": f"{host}:{c.GRPC_PORT}",
+        "metrics": f"http://{host}:{c.METRICS_PORT}/metrics",
+        "modelName": name,
+    }
