@@ -1,0 +1,59 @@
+"""Deletion: owner references remove every child, but not the artifacts in the store. The
+finalizer stops the optimization Jobs first (so no worker writes after the cleanup), then runs
+a cleanup Job that deletes this ModelDeployment's prefix, and only its own. It gives up after
+the configured timeout with a Warning naming what was left, so it can never block forever."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import kopf
+
+from ..config import OperatorConfig
+from ..kube.api import Kube
+from ..resources import cleanup as cleanup_builder
+from ..resources import common as names
+
+
+def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: Any, *, retry: int, started: Any) -> None:
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    root = config.artifact_store.root_uri(namespace, name)
+    elapsed = (dt.datetime.now(dt.timezone.utc) - _aware(started)).total_seconds() if started else 0.0
+    if elapsed > config.finalizer_timeout_seconds:
+        kopf.warn(body, reason="CleanupAbandoned", message=f"gave up deleting artifacts under {root} after {elapsed:.0f}s; remove them by hand")
+        logger.warning("gave up deleting artifacts under %s after %.0fs", root, elapsed)
+        return
+
+    selector = names.selector_string({names.LABEL_DEPLOYMENT: name[: names.MAX_NAME], names.LABEL_COMPONENT: "optimizer"})
+    jobs = kube.list("batch/v1", "Job", namespace, selector)
+    for job in jobs:
+        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Foreground")
+    workers = kube.list("v1", "Pod", namespace, selector)
+    if jobs or workers:
+        raise kopf.TemporaryError(f"waiting for {len(workers)} worker pod(s) of {name} to stop before deleting artifacts", delay=2)
+
+    job = cleanup_builder.build_cleanup_job(name, namespace, config)
+    kopf.adopt(job, owner=body)
+    current = kube.get("batch/v1", "Job", job["metadata"]["name"], namespace)
+    if current is None:
+        kube.apply(job)
+        raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)
+    status = current.get("status") or {}
+    if status.get("succeeded"):
+        logger.info("deleted artifacts under %s", root)
+        return
+    failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if failed:
+        # Start over with a fresh Job: the store may come back.
+        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Background")
+        kopf.warn(body, reason="CleanupFailed", message=f"could not delete artifacts under {root}; retrying")
+        raise kopf.TemporaryError(f"cleanup of {root} failed; retrying", delay=min(60, 5 * (retry + 1)))
+    raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)
+
+
+def _aware(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.now(dt.timezone.utc)

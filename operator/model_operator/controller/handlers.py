@@ -1,0 +1,161 @@
+"""kopf registrations. Thin on purpose: each handler gathers what kopf hands it, calls the
+reconciler or a builder, and turns the outcome into a status patch and Events."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from ..api import types as t
+from ..config import OperatorConfig
+from ..kube.api import DESIRED_HASH, Kube
+from ..resources import common as names
+from ..resources import status as st
+from . import finalize, metrics
+from .reconcile import Observed, Reconciler, observe
+
+GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
+MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
+# kopf fixes timer intervals at import; the env var lets tests and small clusters react faster.
+RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS", "5"))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))
+    memo.config = config
+    settings.persistence.finalizer = f"{t.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=t.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=t.GROUP, key="last-handled-configuration")
+    # Only our explicit Events reach the API server; handler log lines stay in the log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    kube = Kube()
+    memo.kube = kube
+    memo.reconciler = Reconciler(kube, config, has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"))
+    memo.phases = {}
+    if config.metrics_port and not getattr(memo, "metrics_started", False):
+        start_http_server(config.metrics_port)
+        memo.metrics_started = True
+    logger.info(
+        "model-operator configured: store %s, pools %s, metrics on :%s",
+        config.artifact_store.type, sorted(config.node_pools) or "none", config.metrics_port,
+    )
+
+
+# --- caches: the controller reads children from these, never with a GET per reconcile --------
+
+
+def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str] | None:
+    owner = labels.get(names.LABEL_DEPLOYMENT)
+    return (namespace or "", owner) if owner else None
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: st.summarize_job(dict(body))} if key else {}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: st.summarize_pod(dict(body))} if key else {}
+
+
+def _child_summary(body: kopf.Body) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    return {
+        "kind": body.get("kind"),
+        "name": meta.get("name"),
+        "generation": meta.get("generation"),
+        "desiredHash": (meta.get("annotations") or {}).get(DESIRED_HASH),
+        "status": dict(body.get("status") or {}),
+        "spec": {"replicas": (body.get("spec") or {}).get("replicas")},
+    }
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def deployments_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
+@kopf.index("", "v1", "services", labels=MANAGED)
+def services_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+def pdbs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
+def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
+    children: list[dict[str, Any]] = []
+    for idx in ("deployments_idx", "services_idx", "pdbs_idx"):
+        children += list(kw[idx].get(key, []))
+    obs = observe(key, kw["jobs_idx"], kw["pods_idx"], {})
+    obs.children = children
+    return obs
+
+
+# --- the ModelDeployment itself -------------------------------------------------------------
+
+
+def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, kw: dict[str, Any]) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    with metrics.measured(handler):
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        outcome = memo.reconciler.reconcile(dict(body), _observed(key, kw))
+    changes = st.status_changes(dict(body.get("status") or {}), outcome.status)
+    for key_, value in changes.items():
+        patch.status[key_] = value
+    for type_, reason, message in outcome.events:
+        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+        (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
+    phase = outcome.status.get("phase")
+    previous = memo.phases.get(key)
+    if phase != previous:
+        memo.phases[key] = phase
+        _export_phases(memo.phases)
+
+
+def _export_phases(phases: dict[tuple[str, str], str | None]) -> None:
+    counts: dict[tuple[str, str], int] = {}
+    for (namespace, _), phase in phases.items():
+        if phase:
+            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+    metrics.PHASES.clear()
+    for (namespace, phase), n in counts.items():
+        metrics.PHASES.labels(namespace, phase).set(n)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
+    _run("change", body, patch, memo, logger, kw)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
+    _run("timer", body, patch, memo, logger, kw)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, started: Any, **_: Any) -> None:
+    with metrics.measured("delete"):
+        finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
+    memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+    _export_phases(memo.phases)

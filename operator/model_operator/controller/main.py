@@ -1,0 +1,35 @@
+"""`model-operator run`: start kopf with our handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import kopf
+
+from ..config import OperatorConfig
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.config:
+        os.environ["MODEL_OPERATOR_CONFIG"] = args.config
+    config = OperatorConfig.load(args.config)
+    namespaces = args.namespace or config.namespaces
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    peering = os.environ.get("MODEL_OPERATOR_PEERING")
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces or None,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(config=config),
+            standalone=not peering,
+            peering_name=peering or None,
+            priority=int(os.environ.get("MODEL_OPERATOR_PRIORITY", "0")),
+        )
+    )
+    return 0

@@ -1,0 +1,101 @@
+"""The one place that talks to the Kubernetes API server (besides kopf's own watches).
+
+Children are written with server-side apply under our field manager: create and update are
+one idempotent call, and fields other managers own (an HPA's replicas, a user's annotations)
+are left alone. The desired object's hash rides along as an annotation, so the controller can
+tell from its cache alone whether an apply is needed and makes no request when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import cached_property
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+FIELD_MANAGER = "model-operator"
+DESIRED_HASH = "serving.model-operator.io/desired-hash"
+
+log = logging.getLogger(__name__)
+
+
+def desired_hash(obj: dict[str, Any]) -> str:
+    body = {k: v for k, v in obj.items() if k != "status"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def with_desired_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    digest = desired_hash(obj)
+    obj.setdefault("metadata", {}).setdefault("annotations", {})[DESIRED_HASH] = digest
+    return obj
+
+
+class Kube:
+    """A thin wrapper over the dynamic client. API errors keep their HTTP status (ApiException)."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        if api_client is None:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            api_client = kubernetes.client.ApiClient()
+        self.api_client = api_client
+
+    @cached_property
+    def dynamic(self) -> DynamicClient:
+        return DynamicClient(self.api_client)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        try:
+            self.resource(api_version, kind)
+            return True
+        except ResourceNotFoundError:
+            return False
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        result = res.server_side_apply(
+            body=obj, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True
+        )
+        return result.to_dict()
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            return self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        items = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector).items
+        return [i.to_dict() for i in items]
+
+    def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background"
+    ) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self.resource(api_version, kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": propagation}
+            )
+            return True
+        except NotFoundError:
+            return False
+
+    def patch_merge(self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]) -> dict[str, Any]:
+        res = self.resource(api_version, kind)
+        return res.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json").to_dict()
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 409

@@ -1,0 +1,202 @@
+"""What the status should say, computed from what the operator observed. Pure: the controller
+gathers observations (from its caches), this module turns them into phase, conditions and the
+problems worth an Event, so every rule here is unit-testable with plain dicts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.types import Phase
+
+CONDITION_TYPES = (
+    "OptimizationSucceeded",
+    "ArtifactReady",
+    "Available",
+    "Progressing",
+    "Degraded",
+)
+
+# Container waiting reasons that won't heal by waiting.
+BAD_WAITING = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Problem:
+    """Something wrong with a child that a user must hear about."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class JobObservation:
+    name: str
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    finished_failed: bool = False
+    failure_message: str = ""
+    # Termination messages of the Job's pods, newest first.
+    termination_messages: list[str] = field(default_factory=list)
+    pod_problems: list[Problem] = field(default_factory=list)
+
+
+def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Reduce a Job object to what the controller keeps in its cache."""
+    status = job.get("status") or {}
+    failed_cond = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), None
+    )
+    return {
+        "name": job["metadata"]["name"],
+        "active": status.get("active") or 0,
+        "succeeded": status.get("succeeded") or 0,
+        "failed": status.get("failed") or 0,
+        "finishedFailed": failed_cond is not None,
+        "failureMessage": (failed_cond or {}).get("message", "") + (f" ({failed_cond.get('reason')})" if failed_cond else ""),
+        "revision": (job["metadata"].get("labels") or {}).get("serving.model-operator.io/revision"),
+    }
+
+
+def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """Reduce a Pod to the facts status needs: phase, readiness, termination messages, problems."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    problems: list[dict[str, str]] = []
+    messages: list[str] = []
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            problems.append({"reason": "Unschedulable", "message": cond.get("message", "")})
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    restarts = 0
+    for cs in statuses:
+        restarts += cs.get("restartCount") or 0
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in BAD_WAITING:
+            detail = (last.get("terminated") or {}).get("message") or waiting.get("message") or ""
+            problems.append({"reason": waiting["reason"], "message": f"container {cs.get('name')}: {detail}".strip()})
+        for term in (state.get("terminated"), last.get("terminated")):
+            if not term:
+                continue
+            if term.get("message"):
+                messages.append(term["message"])
+            if term.get("reason") == "OOMKilled":
+                problems.append({"reason": "OOMKilled", "message": f"container {cs.get('name')} ran out of memory"})
+            elif term.get("exitCode") and cs.get("name") == "assemble":
+                problems.append({"reason": "ArtifactRejected", "message": (term.get("message") or "").strip()})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return {
+        "name": meta.get("name"),
+        "phase": status.get("phase"),
+        "ready": ready,
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "node": spec.get("nodeName"),
+        "podIP": status.get("podIP"),
+        "labels": meta.get("labels") or {},
+        "restarts": restarts,
+        "terminationMessages": messages,
+        "problems": problems,
+    }
+
+
+def parse_summary(message: str) -> dict[str, Any] | None:
+    """The worker's report summary from a termination message; None when it isn't one."""
+    message = (message or "").strip()
+    if not message.startswith("{"):
+        return None
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "ok" in data else None
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Kubernetes' SetStatusCondition: lastTransitionTime moves only when status changes."""
+    out = [dict(c) for c in conditions if c.get("type") != type_]
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    changed = old is None or old.get("status") != status
+    cond = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:1024],
+        "observedGeneration": generation,
+        "lastTransitionTime": (now or now_iso()) if changed else old.get("lastTransitionTime") or now or now_iso(),
+    }
+    out.append(cond)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    out.sort(key=lambda c: order.get(c["type"], len(order)))
+    return out
+
+
+def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def human_size(n: int | None) -> str | None:
+    if n is None:
+        return None
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return None
+
+
+def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """Top-level status keys whose value differs: what a status patch must carry (and nothing else)."""
+    return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+def phase_for(
+    *,
+    spec_error: str | None,
+    optimization_failed: bool,
+    optimizing: bool,
+    artifact_ready: bool,
+    serves: bool,
+    ready_replicas: int,
+    desired_replicas: int,
+    rollout_complete: bool,
+    problems: list[Problem],
+) -> Phase:
+    if spec_error or (optimization_failed and not artifact_ready):
+        return Phase.failed
+    if not artifact_ready:
+        return Phase.optimizing if optimizing else Phase.pending
+    if not serves:
+        return Phase.optimizing if optimizing else Phase.ready
+    if problems:
+        return Phase.degraded
+    if optimizing:
+        return Phase.optimizing
+    if desired_replicas == 0:
+        return Phase.ready
+    if ready_replicas >= desired_replicas and rollout_complete:
+        return Phase.ready
+    return Phase.deploying

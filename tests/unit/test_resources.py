@@ -1,0 +1,147 @@
+"""Pure builders: desired Kubernetes objects from plain spec dicts and a config."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from model_operator.api.hashing import spec_hash
+from model_operator.api.validation import load_spec
+from model_operator.config import ArtifactStore, NodePool, OperatorConfig
+from model_operator.resources import cleanup, common, job, serving
+
+GPU_POOL = NodePool(
+    node_selector={"node-pool": "gpu"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    gpu_product="NVIDIA-H100-80GB-HBM3",
+    resources={"requests": {"cpu": "1"}},
+)
+EDGE_POOL = NodePool(
+    node_selector={"node-pool": "edge"},
+    tolerations=[{"key": "edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+    arch="arm64",
+)
+CONFIG = OperatorConfig(
+    node_pools={"gpu": GPU_POOL, "edge": EDGE_POOL},
+    worker_image="worker:test",
+    triton_image="triton:test",
+    artifact_store=ArtifactStore(type="pvc", claim="store"),
+    worker_node_selector={"node-pool": "local"},
+)
+SPEC: dict[str, Any] = {
+    "model": {"uri": "pvc://models/digits.pt", "format": "torchscript", "credentialsSecret": "creds"},
+    "data": {"validation": {"uri": "pvc://data/val.npz"}},
+    "optimization": {"quantization": {"mode": "dynamic-int8"}, "timeBudgetSeconds": 600},
+    "serving": {"nodePool": "gpu", "gpus": 2, "replicas": 3, "resources": {"limits": {"memory": "4Gi"}}},
+}
+ARTIFACT = serving.ArtifactRef(uri="pvc://store/ns/digits/abc", sha256="f" * 64, revision="abc")
+
+
+def _container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in pod_spec.get("initContainers", []) + pod_spec["containers"] if c["name"] == name)
+
+
+def test_job_is_named_by_spec_hash_and_runs_the_worker() -> None:
+    spec = load_spec(SPEC)
+    obj = job.build_worker_job("digits", "ns", spec, CONFIG)
+    digest = spec_hash(spec)
+    assert obj["metadata"]["name"] == f"digits-opt-{digest}"
+    pod = obj["spec"]["template"]["spec"]
+    worker = _container(pod, "worker")
+    assert worker["command"] == ["model-operator", "optimize"]
+    args = worker["args"]
+    assert json.loads(args[args.index("--spec-json") + 1])["model"]["uri"] == "pvc://models/digits.pt"
+    assert args[args.index("--output") + 1] == f"pvc://store/ns/digits/{digest}"
+    assert args[args.index("--report-summary") + 1] == worker["terminationMessagePath"] == "/dev/termination-log"
+    assert {"secretRef": {"name": "creds"}} in worker["envFrom"]
+    assert obj["spec"]["activeDeadlineSeconds"] == 600 and obj["spec"]["backoffLimit"] == CONFIG.job_backoff_limit
+    assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"node-pool": "local"}
+    mounts = {m["mountPath"]: m["readOnly"] for m in worker["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc")}
+    assert mounts == {"/mnt/pvc/models": True, "/mnt/pvc/data": True, "/mnt/pvc/store": False}
+
+
+def test_serving_edit_keeps_the_job_name() -> None:
+    a = job.build_worker_job("digits", "ns", load_spec(SPEC), CONFIG)
+    edited = json.loads(json.dumps(SPEC))
+    edited["serving"]["replicas"] = 9
+    b = job.build_worker_job("digits", "ns", load_spec(edited), CONFIG)
+    assert a["metadata"]["name"] == b["metadata"]["name"]
+    edited["optimization"]["quantization"]["mode"] = "fp16"
+    c = job.build_worker_job("digits", "ns", load_spec(edited), CONFIG)
+    assert c["metadata"]["name"] != a["metadata"]["name"]
+
+
+def test_gpu_deployment_requests_gpus_tolerates_taint_and_selects_product() -> None:
+    dep = serving.build_deployment("digits", "ns", load_spec(SPEC), CONFIG, ARTIFACT, replicas=3)
+    pod = dep["spec"]["template"]["spec"]
+    triton = _container(pod, "triton")
+    assert triton["resources"]["limits"] == {"memory": "4Gi", "nvidia.com/gpu": "2"}
+    assert triton["resources"]["requests"]["cpu"] == "1"
+    assert pod["nodeSelector"] == {"node-pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == GPU_POOL.tolerations
+    assert "--model-repository=/models" in triton["args"] and "--strict-readiness=true" in triton["args"]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assemble = _container(pod, "assemble")
+    assert assemble["args"][assemble["args"].index("--sha256") + 1] == ARTIFACT.sha256
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+
+
+def test_edge_deployment_lands_on_arm64_edge_pool_without_gpus() -> None:
+    spec = load_spec({"model": SPEC["model"], "target": "edge", "serving": {"nodePool": "edge"}})
+    pod = serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, replicas=1)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"node-pool": "edge", "kubernetes.io/arch": "arm64"}
+    assert "nvidia.com/gpu" not in json.dumps(_container(pod, "triton")["resources"])
+
+
+@pytest.mark.parametrize("builder", ["job", "deployment", "cleanup"])
+def test_every_pod_runs_restricted(builder: str) -> None:
+    spec = load_spec(SPEC)
+    obj = {
+        "job": lambda: job.build_worker_job("d", "ns", spec, CONFIG),
+        "deployment": lambda: serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, replicas=1),
+        "cleanup": lambda: cleanup.build_cleanup_job("d", "ns", CONFIG),
+    }[builder]()
+    pod = obj["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for ctr in pod.get("initContainers", []) + pod["containers"]:
+        sc = ctr["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert any(m["mountPath"] == "/tmp" for m in ctr["volumeMounts"]), f"{ctr['name']} has no writable /tmp"
+
+
+def test_unknown_pool_names_the_field() -> None:
+    spec = load_spec({**SPEC, "serving": {"nodePool": "tpu"}})
+    with pytest.raises(serving.PoolError, match=r"spec.serving.nodePool: unknown node pool 'tpu' \(known: edge, gpu\)"):
+        serving.resolve_pool(spec, CONFIG)
+
+
+def test_pdb_only_above_one_replica_and_service_ports() -> None:
+    assert serving.build_pdb("d", "ns", 1) is None
+    assert serving.build_pdb("d", "ns", 2)["spec"]["maxUnavailable"] == 1
+    svc = serving.build_service("d", "ns")
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8000, 8001, 8002]
+    assert svc["spec"]["selector"] == common.serving_selector("d")
+
+
+def test_names_fit_63_characters() -> None:
+    long = "m" * 63
+    assert len(common.job_name(long, "0123456789")) == 63
+    assert len(common.deployment_name(long, "canary")) <= 63
+    assert common.job_name(long, "0123456789").endswith("-opt-0123456789")
+
+
+def test_s3_store_uses_the_store_secret_and_endpoint() -> None:
+    cfg = CONFIG.model_copy(update={"artifact_store": ArtifactStore(type="s3", bucket="b", endpoint="http://s3.local:9000", secret="store-creds")})
+    spec = load_spec({**SPEC, "model": {"uri": "s3://b/m.onnx"}, "data": {}})
+    obj = job.build_worker_job("d", "ns", spec, cfg)
+    worker = obj["spec"]["template"]["spec"]["containers"][0]
+    assert worker["args"][worker["args"].index("--output") + 1].startswith("s3://b/model-operator/ns/d/")
+    assert {"name": "AWS_ENDPOINT_URL", "value": "http://s3.local:9000"} in worker["env"]
+    assert worker["envFrom"] == [{"secretRef": {"name": "store-creds"}}]

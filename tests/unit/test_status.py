@@ -1,0 +1,92 @@
+"""Status rules: phase, conditions and what pods/Jobs tell us, from plain dicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model_operator.api.types import Phase
+from model_operator.resources import status as st
+
+
+def test_set_condition_moves_transition_time_only_on_status_change() -> None:
+    conds = st.set_condition([], "Available", "False", "NotReady", "0/1", 1, now="t1")
+    conds = st.set_condition(conds, "Available", "False", "StillNotReady", "0/1", 2, now="t2")
+    assert conds[0]["lastTransitionTime"] == "t1" and conds[0]["reason"] == "StillNotReady"
+    conds = st.set_condition(conds, "Available", "True", "Ready", "1/1", 3, now="t3")
+    assert conds[0]["lastTransitionTime"] == "t3" and conds[0]["observedGeneration"] == 3
+
+
+def test_conditions_keep_a_stable_order() -> None:
+    conds = st.set_condition([], "Degraded", "False", "Healthy", "", 1)
+    conds = st.set_condition(conds, "OptimizationSucceeded", "True", "JobSucceeded", "", 1)
+    assert [c["type"] for c in conds] == ["OptimizationSucceeded", "Degraded"]
+
+
+def _pod(**status):
+    return {"metadata": {"name": "p", "labels": {"job-name": "j"}}, "spec": {"nodeName": "n"}, "status": status}
+
+
+def test_summarize_pod_reads_unschedulable_crashloop_oom_and_messages() -> None:
+    pod = _pod(
+        phase="Pending",
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}],
+    )
+    s = st.summarize_pod(pod)
+    assert s["problems"] == [{"reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}]
+    pod = _pod(
+        phase="Running",
+        containerStatuses=[{
+            "name": "triton", "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "OOMKilled", "message": "failed to load model"}},
+        }],
+    )
+    s = st.summarize_pod(pod)
+    reasons = [p["reason"] for p in s["problems"]]
+    assert reasons == ["CrashLoopBackOff", "OOMKilled"] and s["restarts"] == 4
+    assert "failed to load model" in s["problems"][0]["message"]
+    assert s["terminationMessages"] == ["failed to load model"]
+
+
+def test_parse_summary_accepts_only_worker_summaries() -> None:
+    assert st.parse_summary(json.dumps({"ok": False, "reason": "model.uri: not found"}))["reason"] == "model.uri: not found"
+    assert st.parse_summary("Traceback ...") is None
+    assert st.parse_summary('{"other": 1}') is None
+    assert st.parse_summary("{broken") is None
+
+
+def test_summarize_job_failure() -> None:
+    job = {"metadata": {"name": "j", "labels": {}}, "status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}
+    s = st.summarize_job(job)
+    assert s["finishedFailed"] and s["failed"] == 3 and "BackoffLimitExceeded" in s["failureMessage"]
+
+
+BASE = dict(spec_error=None, optimization_failed=False, optimizing=False, artifact_ready=True, serves=True,
+            ready_replicas=2, desired_replicas=2, rollout_complete=True, problems=[])
+
+
+@pytest.mark.parametrize(
+    ("changes", "phase"),
+    [
+        ({}, Phase.ready),
+        ({"spec_error": "bad"}, Phase.failed),
+        ({"artifact_ready": False, "optimizing": True}, Phase.optimizing),
+        ({"artifact_ready": False}, Phase.pending),
+        ({"artifact_ready": False, "optimization_failed": True}, Phase.failed),
+        ({"optimization_failed": True}, Phase.ready),  # a failed re-optimization keeps serving the last artifact
+        ({"ready_replicas": 1}, Phase.deploying),
+        ({"rollout_complete": False}, Phase.deploying),
+        ({"problems": [st.Problem("CrashLoopBackOff", "x")]}, Phase.degraded),
+        ({"serves": False}, Phase.ready),
+        ({"optimizing": True}, Phase.optimizing),
+    ],
+)
+def test_phase_for(changes, phase) -> None:
+    assert st.phase_for(**{**BASE, **changes}) == phase
+
+
+def test_status_changes_carries_only_what_differs() -> None:
+    assert st.status_changes({"phase": "Ready", "replicas": 1}, {"phase": "Ready", "replicas": 2}) == {"replicas": 2}
+    assert st.human_size(3_500_000) == "3.3MiB" and st.human_size(10) == "10B"
