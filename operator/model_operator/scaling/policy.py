@@ -1,0 +1,119 @@
+"""The replica decision, the HPA way, as one pure function.
+
+For each metric: ratio = value / target; inside the tolerance it proposes no change, else
+ceil(current * ratio). The largest proposal wins. Stabilization windows then take the lowest
+recommendation seen during the scale-up window and the highest seen during the scale-down
+window (so a brief dip never scales down), rate policies cap the change per period, and
+min/max bound the result. Missing data never causes a scale-down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..api.types import Autoscaling, ScalingRules
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    time: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    time: float
+    from_replicas: int
+    to_replicas: int
+
+
+@dataclass
+class Decision:
+    desired: int
+    reason: str
+    recommendation: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    held: bool = False
+
+
+def _proposal(current: int, value: float, target: float, tolerance: float) -> int:
+    ratio = value / target
+    if abs(ratio - 1.0) <= tolerance:
+        return current
+    # A deployment at zero has no per-replica load to scale; any load means one replica.
+    base = max(current, 1)
+    return max(math.ceil(base * ratio), 0 if value == 0 else 1)
+
+
+def _base_at(now: float, period: float, current: int, events: list[ScaleEvent]) -> int:
+    """Replicas at the start of the current rate period: what the policy's change is measured from."""
+    in_period = [e for e in events if now - e.time < period]
+    return min(in_period, key=lambda e: e.time).from_replicas if in_period else current
+
+
+def _up_limit(base: int, rules: ScalingRules) -> int:
+    by_percent = math.ceil(base * (1 + rules.max_percent / 100.0))
+    return max(by_percent, base + rules.max_pods)
+
+
+def _down_limit(base: int, rules: ScalingRules) -> int:
+    by_percent = math.floor(base * (1 - rules.max_percent / 100.0))
+    return max(0, min(by_percent, base - rules.max_pods))
+
+
+def decide(
+    *,
+    current: int,
+    values: dict[str, float | None],
+    spec: Autoscaling,
+    now: float,
+    recommendations: list[Recommendation],
+    events: list[ScaleEvent],
+) -> tuple[Decision, list[Recommendation]]:
+    """Return the decision and the recommendation history to keep for the next call."""
+    targets = {m.type.value: m.target for m in spec.metrics}
+    present = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+    missing = sorted(k for k in targets if k not in present)
+    if not present:
+        why = "no metric data" + (f" ({', '.join(missing)})" if missing else "")
+        held = min(max(current, spec.min_replicas), spec.max_replicas)
+        return Decision(held, f"holding {held} replicas: {why}", None, {}, held=True), recommendations
+
+    proposals = {k: _proposal(current, present[k], targets[k], spec.tolerance) for k in present if k in targets}
+    metric, raw = max(proposals.items(), key=lambda kv: kv[1])
+    if missing and raw < current:
+        # Some metric is blind: it might be the one holding replicas up.
+        raw = current
+    window = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
+    history = [r for r in recommendations if now - r.time <= window] + [Recommendation(now, raw)]
+
+    up_window = [r.replicas for r in history if now - r.time <= spec.scale_up.stabilization_seconds]
+    down_window = [r.replicas for r in history if now - r.time <= spec.scale_down.stabilization_seconds]
+    up_rec, down_rec = min(up_window), max(down_window)
+    desired = current
+    if desired < up_rec:
+        desired = up_rec
+    if desired > down_rec:
+        desired = down_rec
+
+    if desired > current:
+        limit = _up_limit(_base_at(now, spec.scale_up.period_seconds, current, events), spec.scale_up)
+        desired = max(current, min(desired, limit))
+    elif desired < current:
+        limit = _down_limit(_base_at(now, spec.scale_down.period_seconds, current, events), spec.scale_down)
+        desired = min(current, max(desired, limit))
+    desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+
+    shown = ", ".join(f"{k}={present[k]:.3g} (target {targets[k]:g})" for k in sorted(present) if k in targets)
+    if desired > current:
+        reason = f"scale up {current}->{desired}: {metric}={present[metric]:.3g} > target {targets[metric]:g}"
+    elif desired < current:
+        reason = f"scale down {current}->{desired}: {shown}"
+    elif raw < current and desired == current:
+        reason = f"holding {current}: scale-down stabilization ({spec.scale_down.stabilization_seconds}s); {shown}"
+    else:
+        reason = f"steady at {current}: {shown}"
+    if missing:
+        reason += f"; no data for {', '.join(missing)}"
+    return Decision(desired, reason, raw, present), history

@@ -1,0 +1,90 @@
+"""PromQL for Triton's `nv_inference_*` metrics, scoped to one ModelDeployment's pods.
+
+Pods are matched by namespace and by the name pattern the Deployment controller gives them
+(`<deployment>-<replicaset hash>-<suffix>`), which works whether Prometheus found them through
+pod discovery or a ServiceMonitor. The stable and canary tracks have distinct patterns.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..api.types import ScalingMetricType
+from ..resources.common import deployment_name
+
+POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
+
+
+def pod_matcher(md_name: str, namespace: str, track: str | None = "stable", model: str | None = None) -> str:
+    """Label matchers for one track's pods (or both tracks when track is None)."""
+    if track is None:
+        names = f"({re.escape(deployment_name(md_name, 'stable'))}|{re.escape(deployment_name(md_name, 'canary'))})"
+    else:
+        names = re.escape(deployment_name(md_name, track))
+    parts = [f'namespace="{namespace}"', f'pod=~"{names}{POD_SUFFIX}"']
+    if model:
+        parts.append(f'model="{model}"')
+    return ",".join(parts)
+
+
+def _rate(metric: str, sel: str, window: str) -> str:
+    return f"sum(rate({metric}{{{sel}}}[{window}]))"
+
+
+def queue_time_ms(sel: str, window: str) -> str:
+    """Average time a request waited in Triton's queue over the window, in milliseconds."""
+    return (
+        f"({_rate('nv_inference_queue_duration_us', sel, window)} / 1000)"
+        f" / clamp_min({_rate('nv_inference_request_success', sel, window)}, 1e-9)"
+    )
+
+
+def inference_rate_per_replica(sel: str, window: str) -> str:
+    return f"{_rate('nv_inference_count', sel, window)} / clamp_min(count(count by (pod) (nv_inference_count{{{sel}}})), 1)"
+
+
+def pending_per_replica(sel: str) -> str:
+    return f"avg(sum by (pod) (nv_inference_pending_request_count{{{sel}}}))"
+
+
+def gpu_utilization_percent(sel: str) -> str:
+    return f"100 * avg(nv_gpu_utilization{{{sel}}})"
+
+
+def cpu_utilization_percent(sel: str) -> str:
+    return f"100 * avg(nv_cpu_utilization{{{sel}}})"
+
+
+def error_ratio(sel: str, window: str) -> str:
+    failures = _rate("nv_inference_request_failure", sel, window)
+    successes = _rate("nv_inference_request_success", sel, window)
+    return f"{failures} / clamp_min({failures} + {successes}, 1e-9)"
+
+
+def request_rate(sel: str, window: str) -> str:
+    return f"{_rate('nv_inference_request_success', sel, window)} + {_rate('nv_inference_request_failure', sel, window)}"
+
+
+def p99_latency_ms(sel: str, window: str) -> str:
+    """p99 from Triton's request-duration histogram, where the server exports one."""
+    return f"histogram_quantile(0.99, sum by (le) (rate(nv_inference_request_duration_us_bucket{{{sel}}}[{window}]))) / 1000"
+
+
+def avg_latency_ms(sel: str, window: str) -> str:
+    """Mean request latency: the fallback where no histogram is exported (Triton's default)."""
+    return (
+        f"({_rate('nv_inference_request_duration_us', sel, window)} / 1000)"
+        f" / clamp_min({_rate('nv_inference_request_success', sel, window)}, 1e-9)"
+    )
+
+
+def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
+    if metric == ScalingMetricType.queue_time:
+        return queue_time_ms(sel, window)
+    if metric == ScalingMetricType.inference_rate:
+        return inference_rate_per_replica(sel, window)
+    if metric == ScalingMetricType.pending_requests:
+        return pending_per_replica(sel)
+    if metric == ScalingMetricType.gpu_utilization:
+        return gpu_utilization_percent(sel)
+    return cpu_utilization_percent(sel)

@@ -1,0 +1,108 @@
+"""The replica policy on its own: ratios, tolerance, stabilization, rate limits, bounds, missing data."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from model_operator.api.types import Autoscaling
+from model_operator.scaling.policy import Recommendation, ScaleEvent, decide
+
+
+def spec(**kw) -> Autoscaling:
+    base = {"minReplicas": 1, "maxReplicas": 10, "metrics": [{"type": "queueTime", "target": 5}]}
+    base.update(kw)
+    return Autoscaling.model_validate(base)
+
+
+def run(current, values, s=None, now=1000.0, recs=(), events=()):
+    return decide(current=current, values=values, spec=s or spec(), now=now, recommendations=list(recs), events=list(events))
+
+
+def test_scale_up_proportionally_to_the_ratio() -> None:
+    d, _ = run(2, {"queueTime": 10.0})
+    assert d.desired == 4 and "scale up 2->4" in d.reason and "queueTime=10" in d.reason
+
+
+def test_inside_tolerance_holds() -> None:
+    d, _ = run(3, {"queueTime": 5.4})
+    assert d.desired == 3 and d.reason.startswith("steady")
+
+
+def test_largest_proposal_across_metrics_wins() -> None:
+    s = spec(metrics=[{"type": "queueTime", "target": 5}, {"type": "inferenceRate", "target": 100}])
+    d, _ = run(2, {"queueTime": 5.0, "inferenceRate": 300.0}, s)
+    assert d.desired == 6
+
+
+def test_scale_down_waits_for_the_stabilization_window() -> None:
+    s = spec(scaleDown={"stabilizationSeconds": 300})
+    # High recommendation 100 s ago keeps replicas up despite low load now.
+    d, hist = run(4, {"queueTime": 0.5}, s, now=1000, recs=[Recommendation(900, 4)])
+    assert d.desired == 4 and "stabilization" in d.reason
+    # After the window only low recommendations remain.
+    d, _ = run(4, {"queueTime": 0.5}, s, now=1301, recs=hist)
+    assert d.desired < 4
+
+
+def test_scale_up_rate_limit_per_period() -> None:
+    s = spec(maxReplicas=100, scaleUp={"stabilizationSeconds": 0, "maxPercent": 100, "maxPods": 2, "periodSeconds": 60})
+    d, _ = run(2, {"queueTime": 100.0}, s)
+    assert d.desired == 4  # max(2*2, 2+2)
+    # A scale event 10 s ago from 1 replica counts against the same period.
+    d, _ = run(4, {"queueTime": 100.0}, s, events=[ScaleEvent(990, 1, 4)])
+    assert d.desired == 4
+
+
+def test_scale_down_rate_limit() -> None:
+    s = spec(minReplicas=1, scaleDown={"stabilizationSeconds": 0, "maxPercent": 10, "maxPods": 1, "periodSeconds": 60})
+    d, _ = run(10, {"queueTime": 0.1}, s)
+    assert d.desired == 9
+
+
+def test_bounds() -> None:
+    assert run(8, {"queueTime": 500.0})[0].desired == 10
+    s = spec(minReplicas=2, scaleDown={"stabilizationSeconds": 0})
+    assert run(3, {"queueTime": 0.0}, s)[0].desired == 2
+
+
+def test_no_data_holds_and_says_so() -> None:
+    d, hist = run(5, {"queueTime": None})
+    assert d.desired == 5 and d.held and "no metric data" in d.reason and hist == []
+
+
+def test_partial_data_never_scales_down() -> None:
+    s = spec(metrics=[{"type": "queueTime", "target": 5}, {"type": "gpuUtilization", "target": 70}], scaleDown={"stabilizationSeconds": 0})
+    d, _ = run(4, {"queueTime": 0.1, "gpuUtilization": None}, s)
+    assert d.desired == 4 and "no data for gpuUtilization" in d.reason
+    d, _ = run(4, {"queueTime": 20.0, "gpuUtilization": None}, s)
+    assert d.desired > 4
+
+
+def test_oscillating_load_does_not_flap() -> None:
+    s = spec(scaleDown={"stabilizationSeconds": 300})
+    current, recs, changes = 2, [], 0
+    for i in range(60):  # 10 minutes at 10 s, offered load alternating high/low every 30 s
+        load = 18.0 if (i // 3) % 2 == 0 else 2.0
+        value = load / max(current, 1)  # queue time falls as replicas share the load
+        d, recs = decide(current=current, values={"queueTime": value}, spec=s, now=1000 + 10 * i, recommendations=recs, events=[])
+        if d.desired != current:
+            changes += 1
+            current = d.desired
+    assert changes <= 2, f"replicas changed {changes} times"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    current=hs.integers(0, 50),
+    lo=hs.integers(0, 20),
+    span=hs.integers(0, 30),
+    value=hs.one_of(hs.none(), hs.floats(0, 1e6, allow_nan=False), hs.just(float("nan")), hs.just(float("inf"))),
+    target=hs.floats(0.001, 1e4),
+    tolerance=hs.floats(0, 1),
+)
+def test_never_outside_bounds(current, lo, span, value, target, tolerance) -> None:
+    hi = max(lo, 1) + span
+    s = spec(minReplicas=lo, maxReplicas=hi, tolerance=tolerance, metrics=[{"type": "queueTime", "target": target}])
+    d, _ = run(current, {"queueTime": value}, s)
+    assert lo <= d.desired <= hi
