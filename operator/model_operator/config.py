@@ -66,6 +66,7 @@ class OperatorConfig(BaseSettings):
     )
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_timeout_seconds: float = 5.0
+    prometheus_window: str = Field(default="1m", description="Range of rate() in scaling and health queries.")
     reconcile_interval_seconds: float = 5.0
     job_backoff_limit: int = 2
     job_ttl_seconds: int = 3600

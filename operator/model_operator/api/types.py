@@ -470,19 +470,32 @@ class ScalingDecision(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     time: str
+    unix_time: float | None = None
     from_replicas: int
     to_replicas: int
     reason: str
 
 
+class RecommendationRecord(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    time: float = Field(description="Unix time of the recommendation.")
+    replicas: int
+
+
 class ScalingStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
+    engine: str | None = None
     desired: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     reason: str = ""
     last_scale_time: str | None = None
     history: list[ScalingDecision] = Field(default_factory=list, max_length=20)
+    recommendations: list[RecommendationRecord] = Field(
+        default_factory=list, max_length=400, description="Recent recommendations, for the stabilization windows."
+    )
+    last_poll: float | None = None
 
 
 class RolloutStatus(Model):

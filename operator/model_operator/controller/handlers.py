@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import kopf
@@ -15,13 +16,16 @@ from ..config import OperatorConfig
 from ..kube.api import DESIRED_HASH, Kube
 from ..resources import common as names
 from ..resources import status as st
-from . import finalize, metrics
+from ..api.validation import SpecError, load_spec
+from ..scaling.prometheus import Prometheus
+from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
 MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
-# kopf fixes timer intervals at import; the env var lets tests and small clusters react faster.
+# kopf fixes timer intervals at import; the env vars let tests and small clusters react faster.
 RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS", "5"))
+SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
 @kopf.on.startup()
@@ -41,6 +45,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.kube = kube
     memo.reconciler = Reconciler(kube, config, has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"))
     memo.phases = {}
+    memo.scaler = {}
     if config.metrics_port and not getattr(memo, "metrics_started", False):
         start_http_server(config.metrics_port)
         memo.metrics_started = True
@@ -159,3 +164,37 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
     _export_phases(memo.phases)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SCALER_TICK, initial_delay=SCALER_TICK)
+def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """The built-in autoscaler; a no-op for other engines, device targets and until an artifact serves."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    try:
+        spec = load_spec(dict(body.get("spec") or {}))
+    except SpecError:
+        return
+    now = time.time()
+    status = dict(body.get("status") or {})
+    uid = body["metadata"]["uid"]
+    state = memo.scaler.get(uid) or dict(status.get("scaling") or {})
+    if not autoscale.should_poll(spec, status, state, now):
+        return
+    config: OperatorConfig = memo.config
+    prom = Prometheus(config.prometheus_url, config.prometheus_timeout_seconds)
+    with metrics.measured("autoscale"):
+        outcome = autoscale.tick(dict(body), spec, prom, now, config.prometheus_window, state)
+    if outcome.scaling is None:
+        return
+    written = dict(status.get("scaling") or {})
+    memo.scaler[uid] = outcome.scaling
+    if autoscale.worth_writing(written, outcome.scaling, outcome.replicas is not None, now):
+        patch.status["scaling"] = outcome.scaling
+    if outcome.conditions is not None and outcome.conditions != status.get("conditions"):
+        patch.status["conditions"] = outcome.conditions
+    if outcome.replicas is not None:
+        patch.spec["serving"] = {"replicas": outcome.replicas}
+    for type_, reason, message in outcome.events:
+        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+        (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)

@@ -17,6 +17,9 @@ CONDITION_TYPES = (
     "Available",
     "Progressing",
     "Degraded",
+    "MetricsAvailable",
+    "QualityDegraded",
+    "RolledBack",
 )
 
 # Container waiting reasons that won't heal by waiting.
