@@ -498,13 +498,23 @@ class ScalingStatus(Model):
     last_poll: float | None = None
 
 
+class TrackStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    uri: str
+    sha256: str
+    revision: str = ""
+    started: float | None = Field(default=None, description="Unix time the analysis of this track began.")
+
+
 class RolloutStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
-    stable_revision: str | None = None
-    canary_revision: str | None = None
-    canary_started: str | None = None
-    last_good_revision: str | None = None
+    stable: TrackStatus | None = Field(default=None, description="The last good artifact, serving every stable replica.")
+    canary: TrackStatus | None = Field(default=None, description="The artifact under canary analysis.")
+    watch: TrackStatus | None = Field(default=None, description="A rolling update under post-rollout analysis.")
+    failed_revisions: list[str] = Field(default_factory=list, max_length=50)
+    analysis: str | None = None
 
 
 class ModelDeploymentStatus(Model):

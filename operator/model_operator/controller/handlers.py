@@ -43,7 +43,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.networking.request_timeout = 60
     kube = Kube()
     memo.kube = kube
-    memo.reconciler = Reconciler(kube, config, has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"))
+    memo.reconciler = Reconciler(
+        kube,
+        config,
+        has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
+        prom=Prometheus(config.prometheus_url, config.prometheus_timeout_seconds),
+    )
     memo.phases = {}
     memo.scaler = {}
     if config.metrics_port and not getattr(memo, "metrics_started", False):

@@ -4,6 +4,7 @@ what it sees, so running it twice, or after a restart, changes nothing that is a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,10 @@ from ..kube.api import DESIRED_HASH, Kube, with_desired_hash
 from ..resources import common as names
 from ..resources import job as job_builder
 from ..resources import serving as serving_builder
+from ..resources import rollout as ro
 from ..resources import status as st
+from ..scaling import promql
+from ..scaling.prometheus import Prometheus, PrometheusError
 from . import metrics
 
 # (namespace, modeldeployment name) -> cached summaries, filled by kopf indexes in handlers.py.
@@ -58,6 +62,63 @@ def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
             raise SpecError(path, f"{uri!r}: '..' is not allowed in pvc:// paths")
 
 
+# Conditions whose transitions become Events; rollout Events come from the analysis itself.
+_EVENTFUL = {"OptimizationSucceeded", "ArtifactReady", "Available", "Degraded"}
+_FATAL = {"CrashLoopBackOff", "ArtifactRejected", "ProgressDeadlineExceeded", "OOMKilled", "ImagePullBackOff", "ErrImagePull"}
+
+
+@dataclass
+class TrackView:
+    ready: int = 0
+    complete: bool = False
+    problems: list[st.Problem] = field(default_factory=list)
+
+
+def _track_view(dep: tuple[dict[str, Any], dict[str, Any] | None], replicas: int) -> TrackView:
+    desired, observed = dep
+    observed = observed or {}
+    dstatus = observed.get("status") or {}
+    ready = int(dstatus.get("readyReplicas") or 0)
+    complete = (
+        bool(observed)
+        and observed.get("desiredHash") == desired["metadata"]["annotations"][DESIRED_HASH]
+        and observed.get("generation") == dstatus.get("observedGeneration")
+        and int(dstatus.get("updatedReplicas") or 0) == replicas
+        and int(dstatus.get("replicas") or 0) == replicas
+        and ready == replicas
+    )
+    problems = [
+        st.Problem("ProgressDeadlineExceeded", c.get("message", ""))
+        for c in dstatus.get("conditions") or []
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+    ]
+    return TrackView(ready=ready, complete=complete, problems=problems)
+
+
+def _pod_problems(pods: list[dict[str, Any]]) -> dict[str, list[st.Problem]]:
+    """Problems of Triton pods, grouped by the artifact revision they serve."""
+    out: dict[str, list[st.Problem]] = {}
+    for pod in pods:
+        labels = pod.get("labels", {})
+        if labels.get(names.LABEL_COMPONENT) != "triton" or pod.get("deleting"):
+            continue
+        rev = labels.get(names.LABEL_REVISION, "")
+        out.setdefault(rev, []).extend(st.Problem(p["reason"], f"pod {pod['name']}: {p['message']}") for p in pod["problems"])
+    return out
+
+
+@dataclass
+class ServeResult:
+    desired: int = 0
+    ready: int = 0
+    complete: bool = False
+    problems: list[st.Problem] = field(default_factory=list)
+    rollout: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    rolled_back: tuple[str, str] | None = None
+    analysis_note: str | None = None
+
+
 @dataclass
 class Outcome:
     """What one reconcile decided; the handler turns it into a status patch and Events."""
@@ -71,8 +132,11 @@ def _child(children: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, config: OperatorConfig, has_service_monitor: bool = False) -> None:
+    def __init__(
+        self, kube: Kube, config: OperatorConfig, has_service_monitor: bool = False, prom: Prometheus | None = None
+    ) -> None:
         self.kube = kube
+        self.prom = prom
         self.config = config
         self.has_service_monitor = has_service_monitor
 
@@ -86,7 +150,8 @@ class Reconciler:
         metrics.API_WRITES.labels(obj["kind"], "apply").inc()
         return True
 
-    def reconcile(self, body: dict[str, Any], observed: Observed) -> Outcome:
+    def reconcile(self, body: dict[str, Any], observed: Observed, now: float | None = None) -> Outcome:
+        now = time.time() if now is None else now
         meta = body["metadata"]
         name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
         old_status: dict[str, Any] = dict(body.get("status") or {})
@@ -99,10 +164,10 @@ class Reconciler:
             value_s = value if isinstance(value, str) else ("True" if value else "False")
             before = st.get_condition(conditions, type_)
             conditions = st.set_condition(conditions, type_, value_s, reason, message, generation)
-            if before is None or before.get("status") != value_s or before.get("reason") != reason:
-                bad = (type_ == "Degraded" and value_s == "True") or (type_ != "Degraded" and value_s == "False")
-                if bad or type_ in ("Available", "OptimizationSucceeded", "ArtifactReady"):
-                    events.append(("Warning" if bad else "Normal", reason, message))
+            if type_ not in _EVENTFUL or (before is not None and before.get("status") == value_s and before.get("reason") == reason):
+                return
+            bad = value_s == ("True" if type_ == "Degraded" else "False")
+            events.append(("Warning" if bad else "Normal", reason, message))
 
         try:
             spec = load_spec(body.get("spec") or {})
@@ -179,8 +244,16 @@ class Reconciler:
         ready = desired = 0
         rollout_complete = False
         if serves and artifact_ready:
-            ready, desired, rollout_complete, serving_problems = self._serve(body, spec, artifact, observed)
-            problems += serving_problems
+            served = self._serve(body, spec, artifact, observed, now)
+            ready, desired, rollout_complete = served.ready, served.desired, served.complete
+            problems += served.problems
+            events += served.events
+            status["rollout"] = served.rollout
+            if served.rolled_back is not None:
+                metric, message = served.rolled_back
+                cond("RolledBack", True, f"{metric[0].upper()}{metric[1:]}Breached", message)
+            elif served.rollout.get("canary") or served.rollout.get("watch"):
+                cond("RolledBack", False, "Analysing", served.rollout.get("analysis") or "analysing the new artifact")
             status.update(
                 replicas=desired,
                 readyReplicas=ready,
@@ -246,18 +319,28 @@ class Reconciler:
         return None
 
     def _serve(
-        self, body: dict[str, Any], spec: ModelDeploymentSpec, artifact: dict[str, Any], observed: Observed
-    ) -> tuple[int, int, bool, list[st.Problem]]:
+        self, body: dict[str, Any], spec: ModelDeploymentSpec, artifact: dict[str, Any], observed: Observed, now: float
+    ) -> ServeResult:
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         serving = spec.serving or Serving()
-        replicas = serving.replicas
-        ref = serving_builder.ArtifactRef(uri=artifact["uri"], sha256=artifact["sha256"], revision=artifact["specHash"])
-        dep = serving_builder.build_deployment(name, namespace, spec, self.config, ref, track="stable", replicas=replicas)
-        dep_name = dep["metadata"]["name"]
-        self._ensure(body, dep, _child(observed.children, "Deployment", dep_name))
+        total = serving.replicas
+        rollout = dict((body.get("status") or {}).get("rollout") or {})
+        newest = ro.Track(uri=artifact["uri"], sha256=artifact["sha256"], revision=artifact["specHash"])
+        plan = ro.plan_tracks(spec, rollout, newest, total)
+        result = ServeResult(desired=total)
+
+        stable_dep = self._track(body, spec, plan.stable, "stable", plan.stable_replicas, observed)
+        canary_name = names.deployment_name(name, "canary")
+        if plan.canary is not None:
+            canary_dep = self._track(body, spec, plan.canary, "canary", plan.canary_replicas, observed)
+        else:
+            canary_dep = None
+            if _child(observed.children, "Deployment", canary_name) is not None:
+                self.kube.delete("apps/v1", "Deployment", canary_name, namespace)
+                metrics.API_WRITES.labels("Deployment", "delete").inc()
         svc = serving_builder.build_service(name, namespace)
         self._ensure(body, svc, _child(observed.children, "Service", svc["metadata"]["name"]))
-        pdb = serving_builder.build_pdb(name, namespace, replicas)
+        pdb = serving_builder.build_pdb(name, namespace, total)
         pdb_name = names.truncate(name, "-triton")
         existing_pdb = _child(observed.children, "PodDisruptionBudget", pdb_name)
         if pdb is not None:
@@ -268,26 +351,104 @@ class Reconciler:
             sm = serving_builder.build_service_monitor(name, namespace)
             self._ensure(body, sm, _child(observed.children, "ServiceMonitor", sm["metadata"]["name"]))
 
-        observed_dep = _child(observed.children, "Deployment", dep_name) or {}
-        dstatus = observed_dep.get("status") or {}
-        ready = int(dstatus.get("readyReplicas") or 0)
-        updated = int(dstatus.get("updatedReplicas") or 0)
-        total = int(dstatus.get("replicas") or 0)
-        current_generation = observed_dep.get("generation") == dstatus.get("observedGeneration")
-        rollout_complete = (
-            bool(observed_dep)
-            and observed_dep.get("desiredHash") == dep["metadata"]["annotations"][DESIRED_HASH]
-            and current_generation
-            and updated == replicas
-            and total == replicas
-            and ready == replicas
+        stable_view = _track_view(stable_dep, plan.stable_replicas)
+        canary_view = _track_view(canary_dep, plan.canary_replicas) if canary_dep else None
+        result.ready = stable_view.ready + (canary_view.ready if canary_view else 0)
+        result.complete = stable_view.complete and (canary_view.complete if canary_view else True)
+        by_revision = _pod_problems(observed.pods)
+        result.problems = [p for probs in by_revision.values() for p in probs] + stable_view.problems
+        if canary_view:
+            result.problems += canary_view.problems
+
+        rollout = self._analyse(spec, name, namespace, plan, rollout, stable_view, canary_view, by_revision, now, result)
+        result.rollout = rollout
+        return result
+
+    def _track(
+        self, body: dict[str, Any], spec: ModelDeploymentSpec, track: ro.Track, which: str, replicas: int, observed: Observed
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        ref = serving_builder.ArtifactRef(uri=track.uri, sha256=track.sha256, revision=track.revision)
+        dep = serving_builder.build_deployment(name, namespace, spec, self.config, ref, track=which, replicas=replicas)
+        existing = _child(observed.children, "Deployment", dep["metadata"]["name"])
+        self._ensure(body, dep, existing)
+        return dep, existing
+
+    def _analyse(
+        self,
+        spec: ModelDeploymentSpec,
+        name: str,
+        namespace: str,
+        plan: ro.TrackPlan,
+        rollout: dict[str, Any],
+        stable_view: TrackView,
+        canary_view: TrackView | None,
+        by_revision: dict[str, list[st.Problem]],
+        now: float,
+        result: ServeResult,
+    ) -> dict[str, Any]:
+        rollout = dict(rollout)
+        if rollout.get("stable") is None or plan.mode == "steady":
+            if rollout.get("stable") is None:
+                rollout["stable"] = plan.stable.to_status()
+            rollout.pop("canary", None)
+            rollout.pop("watch", None)
+            rollout["analysis"] = None
+            return rollout
+        canary = spec.rollout.canary
+        if plan.mode == "canary":
+            assert plan.canary is not None and canary_view is not None
+            subject, view, key, track = plan.canary, canary_view, "canary", "canary"
+        else:
+            subject, view, key, track = plan.stable, stable_view, "watch", "stable"
+        state = dict(rollout.get(key) or {})
+        if state.get("sha256") != subject.sha256:
+            state = {**subject.to_status(), "started": None}
+        if state.get("started") is None and view.complete:
+            state["started"] = now
+        crashing = None
+        bad = [p for p in by_revision.get(subject.revision, []) if p.reason in _FATAL] + [p for p in view.problems if p.reason in _FATAL]
+        if bad:
+            crashing = f"{bad[0].reason}: {bad[0].message}"
+        error_ratio = latency = baseline = None
+        if state.get("started") is not None and not crashing and self.prom is not None:
+            window = self.config.prometheus_window
+            try:
+                sel = promql.pod_matcher(name, namespace, track=track)
+                error_ratio = self.prom.query(promql.error_ratio(sel, window))
+                if plan.mode == "canary":
+                    base_sel = promql.pod_matcher(name, namespace, track="stable")
+                    latency = self.prom.query(promql.avg_latency_ms(sel, window))
+                    baseline = self.prom.query(promql.avg_latency_ms(base_sel, window))
+            except PrometheusError as exc:
+                result.analysis_note = f"analysis metrics unavailable: {exc}"
+        verdict = ro.analyze(
+            started=state.get("started"),
+            now=now,
+            duration=canary.analysis_seconds,
+            error_ratio=error_ratio,
+            max_error_ratio=canary.max_error_ratio if plan.mode == "canary" else spec.monitoring.max_error_ratio,
+            latency=latency,
+            baseline_latency=baseline,
+            max_latency_ratio=canary.max_latency_ratio if plan.mode == "canary" else None,
+            crashing=crashing,
         )
-        problems: list[st.Problem] = []
-        for pod in observed.pods:
-            if pod.get("labels", {}).get(names.LABEL_COMPONENT) != "triton" or pod.get("deleting"):
-                continue
-            problems += [st.Problem(p["reason"], f"pod {pod['name']}: {p['message']}") for p in pod["problems"]]
-        for c in dstatus.get("conditions") or []:
-            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-                problems.append(st.Problem("ProgressDeadlineExceeded", c.get("message", "")))
-        return ready, replicas, rollout_complete, problems
+        rollout["analysis"] = f"{key} {subject.revision}: {verdict.reason}"
+        if verdict.outcome == "wait":
+            rollout[key] = state
+        elif verdict.outcome == "pass":
+            rollout["stable"] = subject.to_status()
+            rollout.pop(key, None)
+            result.events.append(("Normal", "Promoted", f"artifact {subject.revision} promoted after {key} analysis: {verdict.reason}"))
+            result.rolled_back = None
+        elif spec.rollout.auto_rollback:
+            rollout["failedRevisions"] = [*(rollout.get("failedRevisions") or []), subject.revision][-50:]
+            rollout.pop(key, None)
+            previous = (rollout.get("stable") or {}).get("revision")
+            message = f"rolled back {subject.revision} to {previous}: {verdict.reason}"
+            result.rolled_back = (verdict.metric or "pods", message)
+            result.events.append(("Warning", "RolledBack", message))
+        else:
+            rollout[key] = state
+            result.problems.append(st.Problem("AnalysisFailed", f"{key} {subject.revision}: {verdict.reason} (autoRollback is off)"))
+        return rollout
