@@ -10,7 +10,8 @@ import pytest
 from model_operator.api.hashing import spec_hash
 from model_operator.api.validation import load_spec
 from model_operator.config import ArtifactStore, NodePool, OperatorConfig
-from model_operator.resources import cleanup, common, job, serving
+from model_operator.resources import common, job, serving
+from model_operator.resources import store_jobs as cleanup
 
 GPU_POOL = NodePool(
     node_selector={"node-pool": "gpu"},

@@ -517,6 +517,19 @@ class RolloutStatus(Model):
     analysis: str | None = None
 
 
+class QualityStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    time: float | None = Field(default=None, description="Unix time of the last golden-set probe.")
+    passed: bool | None = None
+    agreement: float | None = None
+    cosine: float | None = None
+    max_abs_error: float | None = None
+    samples: int | None = None
+    revision: str | None = None
+    reason: str = ""
+
+
 class ModelDeploymentStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
@@ -535,6 +548,7 @@ class ModelDeploymentStatus(Model):
     endpoint: Endpoint | None = None
     scaling: ScalingStatus | None = None
     rollout: RolloutStatus | None = None
+    quality: QualityStatus | None = None
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:

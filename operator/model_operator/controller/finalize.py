@@ -12,7 +12,7 @@ import kopf
 
 from ..config import OperatorConfig
 from ..kube.api import Kube
-from ..resources import cleanup as cleanup_builder
+from ..resources import store_jobs as cleanup_builder
 from ..resources import common as names
 
 

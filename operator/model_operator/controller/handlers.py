@@ -134,6 +134,9 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     for type_, reason, message in outcome.events:
         (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
         (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
+    for c in outcome.status.get("conditions") or []:
+        for value in ("True", "False", "Unknown"):
+            metrics.CONDITION.labels(key[0], key[1], c["type"], value).set(1 if c["status"] == value else 0)
     phase = outcome.status.get("phase")
     previous = memo.phases.get(key)
     if phase != previous:

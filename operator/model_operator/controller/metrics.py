@@ -27,6 +27,14 @@ PHASES: Final = Gauge("model_operator_modeldeployments", "ModelDeployments by ph
 SCALE_DECISIONS: Final = Counter(
     "model_operator_scale_decisions_total", "Scale changes made by the built-in autoscaler.", ["direction"]
 )
+GOLDEN_AGREEMENT: Final = Gauge(
+    "model_operator_golden_probe_agreement", "Share of golden samples whose live answer matched the report (0..1).",
+    ["namespace", "modeldeployment"],
+)
+CONDITION: Final = Gauge(
+    "model_operator_condition", "ModelDeployment conditions: 1 for the current status of each type.",
+    ["namespace", "modeldeployment", "type", "status"],
+)
 PROMETHEUS_ERRORS: Final = Counter(
     "model_operator_prometheus_errors_total", "Failed Prometheus queries by cause.", ["cause"]
 )

@@ -19,6 +19,7 @@ from ..kube.api import DESIRED_HASH, Kube, with_desired_hash
 from ..resources import common as names
 from ..resources import job as job_builder
 from ..resources import serving as serving_builder
+from ..resources import store_jobs
 from ..resources import rollout as ro
 from ..resources import status as st
 from ..scaling import promql
@@ -63,7 +64,8 @@ def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
 
 
 # Conditions whose transitions become Events; rollout Events come from the analysis itself.
-_EVENTFUL = {"OptimizationSucceeded", "ArtifactReady", "Available", "Degraded"}
+_EVENTFUL = {"OptimizationSucceeded", "ArtifactReady", "Available", "Degraded", "QualityDegraded"}
+_NEGATIVE = {"Degraded", "QualityDegraded", "RolledBack"}
 _FATAL = {"CrashLoopBackOff", "ArtifactRejected", "ProgressDeadlineExceeded", "OOMKilled", "ImagePullBackOff", "ErrImagePull"}
 
 
@@ -166,7 +168,7 @@ class Reconciler:
             conditions = st.set_condition(conditions, type_, value_s, reason, message, generation)
             if type_ not in _EVENTFUL or (before is not None and before.get("status") == value_s and before.get("reason") == reason):
                 return
-            bad = value_s == ("True" if type_ == "Degraded" else "False")
+            bad = value_s == ("True" if type_ in _NEGATIVE else "False")
             events.append(("Warning" if bad else "Normal", reason, message))
 
         try:
@@ -282,6 +284,15 @@ class Reconciler:
             if artifact_ready:
                 status["endpoint"] = {"http": artifact.get("uri")}
 
+        if serves and artifact_ready and spec.monitoring.golden_probe.enabled:
+            quality = self._probe(body, spec, observed, now)
+            if quality is not None:
+                status["quality"] = quality
+                if quality.get("passed") is False:
+                    cond("QualityDegraded", True, "GoldenSetDrift", quality.get("reason") or "live answers drifted from the report")
+                elif quality.get("passed") is True:
+                    cond("QualityDegraded", False, "GoldenSetMatches", quality.get("reason") or "live answers match the report")
+
         if problems:
             cond("Degraded", True, problems[0].reason, "; ".join(p.message for p in problems)[:1024])
         else:
@@ -363,6 +374,46 @@ class Reconciler:
         rollout = self._analyse(spec, name, namespace, plan, rollout, stable_view, canary_view, by_revision, now, result)
         result.rollout = rollout
         return result
+
+    def _probe(self, body: dict[str, Any], spec: ModelDeploymentSpec, observed: Observed, now: float) -> dict[str, Any] | None:
+        """Run the golden-set probe Job on its interval and fold its result into status.quality."""
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        quality = dict((body.get("status") or {}).get("quality") or {})
+        probe_name = names.truncate(name, "-probe")
+        job = next((j for j in observed.jobs if j.get("name") == probe_name), None)
+        if job is not None:
+            if not (job.get("succeeded") or job.get("finishedFailed")):
+                return None
+            pods = [p for p in observed.pods if p.get("labels", {}).get("job-name") == probe_name]
+            summary = self._summary(pods)
+            self.kube.delete("batch/v1", "Job", probe_name, namespace, propagation="Background")
+            if summary is None:
+                return {**quality, "time": now, "passed": None, "reason": job.get("failureMessage") or "the probe left no report"}
+            result = {k: v for k, v in summary.items() if k in ("agreement", "cosine", "maxAbsError", "samples", "endpoints", "revision")}
+            passed = summary.get("passed") if summary.get("ok") else None
+            metrics.GOLDEN_AGREEMENT.labels(namespace, name).set(float(summary.get("agreement") or 0.0))
+            return {**result, "time": now, "passed": passed, "reason": summary.get("reason") or ""}
+        interval = spec.monitoring.golden_probe.interval_seconds
+        if quality.get("time") and now - float(quality["time"]) < interval:
+            return None
+        rollout = (body.get("status") or {}).get("rollout") or {}
+        stable = rollout.get("stable") or {}
+        ready = [
+            f"{p['podIP']}:{names.HTTP_PORT}"
+            for p in observed.pods
+            if p.get("ready") and p.get("podIP") and not p.get("deleting")
+            and p.get("labels", {}).get(names.LABEL_COMPONENT) == "triton"
+            and p.get("labels", {}).get(names.LABEL_REVISION) == stable.get("revision")
+        ]
+        if not stable.get("uri") or not ready:
+            return None
+        gate = spec.optimization.quality_gate.model_dump(mode="json", by_alias=True, exclude_none=True)
+        job_obj = store_jobs.build_probe_job(
+            name, namespace, self.config, artifact_uri=stable["uri"], endpoints=sorted(ready)[:8],
+            samples=spec.monitoring.golden_probe.samples, gate=gate, revision=stable.get("revision", ""),
+        )
+        self._ensure(body, job_obj, None)
+        return None
 
     def _track(
         self, body: dict[str, Any], spec: ModelDeploymentSpec, track: ro.Track, which: str, replicas: int, observed: Observed
