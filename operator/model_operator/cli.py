@@ -44,6 +44,24 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return render_main(args)
 
 
+def _cmd_assemble(args: argparse.Namespace) -> int:
+    from .serving_pod import assemble_main
+
+    return assemble_main(args)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .serving_pod import probe_main
+
+    return probe_main(args)
+
+
+def _cmd_artifacts(args: argparse.Namespace) -> int:
+    from .serving_pod import artifacts_main
+
+    return artifacts_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", action="append", default=None, help="namespace to watch (repeatable; default: all)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("assemble", help="(Triton init container) fetch and verify an artifact, write config.pbtxt")
+    p.add_argument("--artifact", required=True, help="artifact URI (pvc://, s3:// or a directory)")
+    p.add_argument("--sha256", required=True, help="the artifact digest the report promised; anything else is refused")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--target", default="cloud", choices=["cloud", "edge", "device"])
+    p.add_argument("--serving-json", default="{}", help="spec.serving as JSON, for config.pbtxt")
+    p.add_argument("--output", required=True, help="model repository to write (e.g. /models)")
+    p.set_defaults(func=_cmd_assemble)
+
+    p = sub.add_parser("probe", help="(golden probe Job) send an artifact's golden samples to live Triton endpoints")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--endpoints", required=True, help="comma-separated host:port HTTP endpoints")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--gate-json", default="{}", help="spec.optimization.qualityGate as JSON")
+    p.add_argument("--report-summary", default=None)
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("artifacts", help="manage artifacts in a store")
+    art = p.add_subparsers(dest="artifacts_command", required=True)
+    d = art.add_parser("delete", help="delete everything under a prefix (the finalizer's cleanup Job)")
+    d.add_argument("--uri", required=True)
+    v = art.add_parser("verify", help="check an artifact's completion marker and digest")
+    v.add_argument("--uri", required=True)
+    v.add_argument("--sha256", default=None)
+    p.set_defaults(func=_cmd_artifacts)
 
     p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a ModelDeployment")
     p.add_argument("file", help="ModelDeployment YAML")
