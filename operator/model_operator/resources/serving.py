@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.types import ModelDeploymentSpec, Serving, Target
+from ..api.validation import SpecError
 from ..config import NodePool, OperatorConfig
 from . import common as c
 
 
-class PoolError(ValueError):
+class PoolError(SpecError):
     """The spec names a node pool the operator's configuration doesn't have."""
 
 
@@ -34,7 +35,7 @@ def resolve_pool(spec: ModelDeploymentSpec, config: OperatorConfig) -> tuple[str
     if pool is None:
         if serving.node_pool:
             known = ", ".join(sorted(config.node_pools)) or "none configured"
-            raise PoolError(f"spec.serving.nodePool: unknown node pool {name!r} (known: {known})")
+            raise PoolError("serving.nodePool", f"unknown node pool {name!r} (known: {known})")
         return None, NodePool()
     return name, pool
 
