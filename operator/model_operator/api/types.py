@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.model-operator.io"
@@ -140,7 +140,30 @@ K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]
 TensorName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")]
 # s3://, http(s)://, pvc://claim/path, or a plain/file:// path (the last two only outside a cluster;
 # the operator refuses them, the schema can't know where it runs).
-Uri = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^(s3://|https?://|pvc://|file://|/|\./|[A-Za-z0-9_])[^\s]*$")]
+def _no_dotdot(value: str) -> str:
+    if "/../" in value or value.endswith("/..") or value.startswith("../"):
+        raise ValueError("'..' path segments are not allowed")
+    return value
+
+
+# In a cluster (what the CRD admits): s3://, http(s):// or pvc://claim/path. The worker and
+# `model-operator local` also take plain paths and file://, so the Python pattern is wider.
+CLUSTER_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,62}/|https?://|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/)[^\s]+$"
+Uri = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(s3://|https?://|pvc://|file://|/|\./|[A-Za-z0-9_])[^\s]*$",
+        json_schema_extra={
+            "pattern": CLUSTER_URI_PATTERN,
+            "x-kubernetes-validations": [
+                {"rule": "!self.contains('/../') && !self.endsWith('/..')", "message": "'..' path segments are not allowed"}
+            ],
+        },
+    ),
+    AfterValidator(_no_dotdot),
+]
 
 
 class TensorSpec(Model):
