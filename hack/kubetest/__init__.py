@@ -1,0 +1,1 @@
+"""Test harness: a real local Kubernetes control plane (see hack/README.md)."""

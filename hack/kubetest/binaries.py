@@ -1,0 +1,72 @@
+"""Where the binaries built by hack/build-binaries.sh live, by pinned version."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+HACK_DIR = Path(__file__).resolve().parent.parent
+VERSIONS_FILE = HACK_DIR / "versions.env"
+BUILD_SCRIPT = "hack/build-binaries.sh"
+
+_VERSION_KEY = {
+    "kube-apiserver": "KUBERNETES_VERSION",
+    "kube-controller-manager": "KUBERNETES_VERSION",
+    "kube-scheduler": "KUBERNETES_VERSION",
+    "kubectl": "KUBERNETES_VERSION",
+    "etcd": "ETCD_VERSION",
+    "kwok": "KWOK_VERSION",
+    "helm": "HELM_VERSION",
+}
+CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+
+
+class BinariesMissing(RuntimeError):
+    """Some binary the cluster needs has not been built yet."""
+
+
+def cache_dir() -> Path:
+    """``$MODEL_OPERATOR_CACHE``, default ``~/.cache/model-operator``."""
+    return Path(os.environ.get("MODEL_OPERATOR_CACHE") or Path.home() / ".cache" / "model-operator")
+
+
+def versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def version_of(name: str) -> str:
+    return versions()[_VERSION_KEY[name]]
+
+
+def path_of(name: str) -> Path:
+    """The cached binary for ``name`` at its pinned version (may not exist)."""
+    v = version_of(name)
+    return cache_dir() / "bin" / f"{name}-{v}" / name
+
+
+def require(names: tuple[str, ...] | list[str] = CLUSTER_BINARIES) -> dict[str, Path]:
+    """Paths of ``names``; raise BinariesMissing naming the build command otherwise."""
+    found = {n: path_of(n) for n in names}
+    missing = [n for n, p in found.items() if not os.access(p, os.X_OK)]
+    if missing:
+        raise BinariesMissing(
+            f"missing {', '.join(missing)} under {cache_dir() / 'bin'}; build them with {BUILD_SCRIPT}"
+            " (the first build takes a while)"
+        )
+    return found
+
+
+def prometheus_binary() -> Path:
+    """Debian's prometheus (``apt-get install prometheus``), or ``$MODEL_OPERATOR_PROMETHEUS``."""
+    explicit = os.environ.get("MODEL_OPERATOR_PROMETHEUS")
+    found = explicit or shutil.which("prometheus")
+    if not found or not os.access(found, os.X_OK):
+        raise BinariesMissing("prometheus is not installed; apt-get install -y prometheus")
+    return Path(found)

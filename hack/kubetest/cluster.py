@@ -1,0 +1,451 @@
+"""A real Kubernetes control plane on loopback, for tests and for developers.
+
+etcd, kube-apiserver (TLS, Node+RBAC authorization, default admission plugins,
+service-account token signing), kube-controller-manager and kube-scheduler run
+as local processes from the binaries hack/build-binaries.sh builds; the KWOK
+controller simulates the node pools in ``nodepools``; the local pod runner
+(``podrunner``) really runs the pods bound to its node; Prometheus
+(``prometheus``) is optional. Ports are picked at random, so a test cluster can
+run next to a developer's cluster.
+
+State directory layout (``Cluster.state_dir``)::
+
+    cluster.json      what ``Cluster.attach`` needs: ports, pids, paths
+    kubeconfig        admin kubeconfig (user kubernetes-admin, group system:masters)
+    pki/              CA, serving and client certificates, service-account keys
+    kubeconfigs/      one kubeconfig per component
+    etcd/             etcd data
+    logs/<component>.log
+    pods/<ns>_<pod>_<container>.log   output of pods run by the local pod runner
+    runner/           the pod runner's per-pod files (volumes, termination messages)
+    pvc/<ns>/<claim>/ data of PersistentVolumeClaims used on the local node
+    prometheus/       Prometheus configuration and data
+
+``stop`` kills everything and removes the state, keeping ``logs/`` and ``pods/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from . import binaries, pki, procs
+from .nodepools import DEFAULT_POOLS, KWOK_SELECTOR, NodePool, node_manifests
+from .rest import ApiError, Kube
+from .wait import wait_for
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+KWOK_POD_CIDR = "10.244.0.0/16"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+LOCAL_NODE = "local-0"
+# Components stopped in this order, the reverse of start.
+_STOP_ORDER = ("prometheus", "podrunner", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+_KEEP_ON_STOP = {"logs", "pods"}
+
+
+def default_state_dir() -> Path:
+    return binaries.cache_dir() / "cluster"
+
+
+def random_pod_cidr() -> str:
+    """A /16 of 127.0.0.0/8 for local pod IPs, different for each cluster.
+
+    Random so that two clusters on one machine (a developer's and the tests')
+    don't hand out the same pod IPs; 127.0.x.y and 127.1.x.y are left alone
+    because hosts files and resolvers use them.
+    """
+    return f"127.{random.randint(20, 250)}.0.0/16"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class Cluster:
+    """One local cluster rooted at ``state_dir``.
+
+    Parameters:
+        state_dir: where everything lives (default ``$MODEL_OPERATOR_CACHE/cluster``).
+        pools: KWOK node pools to create (default: gpu, edge, cpu; 2 nodes each).
+        local_runner: start the local pod runner and its node ``local_node``.
+        prometheus: also start Prometheus (see ``kubetest.prometheus``).
+        scrape_interval: Prometheus scrape and evaluation interval.
+        pod_cidr: /16 under 127.0.0.0/8 for local pod IPs (default: random).
+        startup_timeout: seconds ``start`` may take before it gives up.
+    """
+
+    def __init__(
+        self,
+        state_dir: Optional[Path | str] = None,
+        *,
+        pools: tuple[NodePool, ...] = DEFAULT_POOLS,
+        local_runner: bool = True,
+        local_node: str = LOCAL_NODE,
+        prometheus: bool = False,
+        scrape_interval: str = "2s",
+        pod_cidr: Optional[str] = None,
+        startup_timeout: float = 90.0,
+    ) -> None:
+        self.state_dir = Path(state_dir or default_state_dir()).resolve()
+        self.pools = pools
+        self.local_runner = local_runner
+        self.local_node = local_node
+        self.with_prometheus = prometheus
+        self.scrape_interval = scrape_interval
+        self.pod_cidr = pod_cidr or os.environ.get("MODEL_OPERATOR_POD_CIDR") or random_pod_cidr()
+        self.startup_timeout = startup_timeout
+        self.info: dict[str, Any] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._kube: Optional[Kube] = None
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return str(self.info["server"])
+
+    @property
+    def prometheus_url(self) -> Optional[str]:
+        return self.info.get("prometheus_url")
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    def log_path(self, component: str) -> Path:
+        return self.state_dir / "logs" / f"{component}.log"
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube.from_kubeconfig(self.kubeconfig)
+        return self._kube
+
+    def env(self) -> dict[str, str]:
+        """Environment for tools pointed at this cluster (kubectl, helm, the operator)."""
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, input: Optional[str] = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the pinned kubectl against this cluster; output is text."""
+        return subprocess.run(
+            [str(binaries.path_of("kubectl")), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+    def is_running(self) -> bool:
+        info = self._read_info()
+        return bool(info) and any(procs.alive(pid) for pid in info.get("pids", {}).values())
+
+    @classmethod
+    def attach(cls, state_dir: Optional[Path | str] = None) -> "Cluster":
+        """A handle on a cluster some other process started (``hack/cluster up``)."""
+        c = cls(state_dir)
+        info = c._read_info()
+        if not info:
+            raise ClusterError(f"no cluster in {c.state_dir}; start one with hack/cluster up")
+        c.info = info
+        c.pod_cidr = info.get("pod_cidr", c.pod_cidr)
+        c.local_node = info.get("local_node", c.local_node)
+        return c
+
+    def start(self) -> "Cluster":
+        bins = binaries.require()
+        if self.is_running():
+            raise ClusterError(f"a cluster is already running in {self.state_dir}; stop it first (hack/cluster down)")
+        t0 = time.monotonic()
+        deadline = t0 + self.startup_timeout
+        self._reset_state_dir()
+        try:
+            self._start(bins, deadline)
+        except BaseException:
+            self._write_info()
+            self.stop(keep_state=True)
+            raise
+        self.info["startup_seconds"] = round(time.monotonic() - t0, 1)
+        self._write_info()
+        return self
+
+    def stop(self, keep_state: bool = False) -> None:
+        """Stop every component (process groups), then remove the state (not logs)."""
+        info = self._read_info() or self.info
+        pids: dict[str, int] = dict(info.get("pids", {}))
+        for name in _STOP_ORDER:
+            pid = pids.get(name)
+            if pid:
+                procs.stop_group(pid, grace=10.0 if name == "podrunner" else 5.0, proc=self._procs.get(name))
+        self._procs.clear()
+        if not keep_state and self.state_dir.exists():
+            for child in self.state_dir.iterdir():
+                if child.name in _KEEP_ON_STOP:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- internals
+    def _read_info(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.state_dir / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_info(self) -> None:
+        self.info["pids"] = {name: p.pid for name, p in self._procs.items()} | {
+            k: v for k, v in self.info.get("pids", {}).items() if k not in self._procs
+        }
+        path = self.state_dir / "cluster.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.info, indent=2))
+        tmp.replace(path)
+
+    def _reset_state_dir(self) -> None:
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        for sub in ("pki", "kubeconfigs", "etcd", "logs", "pods", "runner", "pvc"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
+
+    def _spawn(self, name: str, argv: list[Any], **kw: Any) -> None:
+        self._procs[name] = procs.spawn([str(a) for a in argv], self.log_path(name), **kw)
+        self._write_info()
+
+    def _check_alive(self, name: str) -> None:
+        p = self._procs[name]
+        if p.poll() is not None:
+            tail = self.log_path(name).read_text(errors="replace")[-3000:]
+            raise ClusterError(f"{name} exited with {p.returncode}; last log lines:\n{tail}")
+
+    def _wait(self, name: str, check: Any, deadline: float, what: str) -> None:
+        def probe() -> bool:
+            self._check_alive(name)
+            try:
+                return bool(check())
+            except Exception:
+                return False
+
+        wait_for(probe, timeout=max(1.0, deadline - time.monotonic()), interval=0.2, message=what)
+
+    def _start(self, bins: dict[str, Path], deadline: float) -> None:
+        sd = self.state_dir
+        ports = {name: procs.free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")}
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        self.info = {
+            "server": server,
+            "kubeconfig": str(self.kubeconfig),
+            "state_dir": str(sd),
+            "ports": ports,
+            "pod_cidr": self.pod_cidr,
+            "local_node": self.local_node if self.local_runner else None,
+            "versions": binaries.versions(),
+            "pids": {},
+        }
+
+        ca = pki.CertificateAuthority(self.pki_dir)
+        serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local"),
+            ips=("127.0.0.1", SERVICE_IP),
+            server=True,
+            client=False,
+        )
+        sa = pki.service_account_keys(self.pki_dir)
+        users = {
+            "admin": ca.issue("admin", "kubernetes-admin", orgs=("system:masters",)),
+            "kube-controller-manager": ca.issue("kube-controller-manager", "system:kube-controller-manager"),
+            "kube-scheduler": ca.issue("kube-scheduler", "system:kube-scheduler"),
+        }
+        front_proxy = ca.issue("front-proxy-client", "front-proxy-client")
+        for user, pair in users.items():
+            path = self.kubeconfig if user == "admin" else sd / "kubeconfigs" / f"{user}.kubeconfig"
+            _write_kubeconfig(path, server, ca.pair.cert, pair, user)
+
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+        self._spawn("etcd", [
+            bins["etcd"], "--name=default", f"--data-dir={sd / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            # Test data is disposable; fsync dominates etcd latency on CI disks.
+            "--unsafe-no-fsync", "--log-level=warn",
+        ])
+        self._wait("etcd", lambda: _http_get(f"{etcd_url}/health").get("health") == "true", deadline, "etcd /health")
+
+        self._spawn("kube-apiserver", [
+            bins["kube-apiserver"],
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={sd / 'pki'}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={ca.pair.cert}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={ISSUER}",
+            f"--service-account-key-file={sa.cert}",
+            f"--service-account-signing-key-file={sa.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # Request-header authentication, as kubeadm configures it: the
+            # aggregation layer works, and controllers reading the
+            # extension-apiserver-authentication ConfigMap find a CA in it.
+            f"--requestheader-client-ca-file={ca.pair.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={front_proxy.cert}", f"--proxy-client-key-file={front_proxy.key}",
+            "--profiling=false",
+            # No kubelets answer on node addresses; the "kubernetes" Service's
+            # endpoint would be a loopback address, which Endpoints validation
+            # rejects, so the API server would log that error forever.
+            "--endpoint-reconciler-type=none",
+        ])
+        admin = users["admin"]
+        readyz = f"{server}/readyz"
+        self._wait("kube-apiserver", lambda: _https_get_text(readyz, ca.pair.cert, admin) == "ok", deadline,
+                   "kube-apiserver /readyz")
+
+        kcm_cfg = sd / "kubeconfigs" / "kube-controller-manager.kubeconfig"
+        self._spawn("kube-controller-manager", [
+            bins["kube-controller-manager"],
+            f"--kubeconfig={kcm_cfg}", f"--authentication-kubeconfig={kcm_cfg}", f"--authorization-kubeconfig={kcm_cfg}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['kcm']}", f"--cert-dir={sd / 'pki' / 'kcm'}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={sa.key}",
+            f"--root-ca-file={ca.pair.cert}",
+            f"--cluster-signing-cert-file={ca.pair.cert}", f"--cluster-signing-key-file={ca.pair.key}",
+            "--cluster-name=model-operator-local",
+            # The default set: garbage collector, deployment, replicaset, job,
+            # cronjob, HPA, disruption, namespace, serviceaccount(-token),
+            # endpoints and endpointslice, node lifecycle, PV binder, ...
+            "--controllers=*",
+        ])
+        sched_cfg = sd / "kubeconfigs" / "kube-scheduler.kubeconfig"
+        self._spawn("kube-scheduler", [
+            bins["kube-scheduler"],
+            f"--kubeconfig={sched_cfg}", f"--authentication-kubeconfig={sched_cfg}", f"--authorization-kubeconfig={sched_cfg}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}", f"--cert-dir={sd / 'pki' / 'scheduler'}",
+            "--leader-elect=false",
+        ])
+
+        kwok_cfg = sd / "kwok.yaml"
+        # An explicit (empty) configuration, so a developer's ~/.kwok/kwok.yaml
+        # can't change the behaviour; KWOK then uses its built-in node and pod
+        # stages (node heartbeat with lease, pod ready, job pod complete, delete).
+        kwok_cfg.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")
+        self._spawn("kwok", [
+            bins["kwok"], f"--config={kwok_cfg}", f"--kubeconfig={self.kubeconfig}",
+            f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
+            f"--cidr={KWOK_POD_CIDR}", "--node-ip=10.0.0.1",
+            "--node-lease-duration-seconds=40",
+        ])
+
+        if self.local_runner:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(binaries.HACK_DIR), env.get("PYTHONPATH")]))
+            self._spawn("podrunner", [
+                sys.executable, "-m", "kubetest.podrunner",
+                f"--kubeconfig={self.kubeconfig}", f"--state-dir={sd}", f"--node-name={self.local_node}",
+                f"--pod-cidr={self.pod_cidr}",
+            ], env=env)
+
+        kcm_health = f"https://127.0.0.1:{ports['kcm']}/healthz"
+        sched_health = f"https://127.0.0.1:{ports['scheduler']}/healthz"
+        self._wait("kube-controller-manager", lambda: _https_get_text(kcm_health, None, None) == "ok", deadline,
+                   "kube-controller-manager /healthz")
+        self._wait("kube-scheduler", lambda: _https_get_text(sched_health, None, None) == "ok", deadline,
+                   "kube-scheduler /healthz")
+
+        kube = self.kube
+        for pool in self.pools:
+            for node in node_manifests(pool):
+                try:
+                    kube.create("/api/v1/nodes", node)
+                except ApiError as e:
+                    if e.status != 409:
+                        raise
+        names = [f"{p.name}-{i}" for p in self.pools for i in range(p.count)]
+        if self.local_runner:
+            names.append(self.local_node)
+
+        def all_ready() -> bool:
+            for name in ("kwok", *(["podrunner"] if self.local_runner else [])):
+                self._check_alive(name)
+            nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
+            return all(_node_ready(nodes.get(n)) for n in names)
+
+        wait_for(all_ready, timeout=max(1.0, deadline - time.monotonic()), interval=0.3,
+                 message=f"nodes {', '.join(names)} Ready", ignore=(ApiError, OSError))
+        # Pods are rejected until the namespace's default ServiceAccount exists;
+        # waiting for it here also proves the controller-manager works.
+        wait_for(lambda: kube.get("/api/v1/namespaces/default/serviceaccounts/default"),
+                 timeout=max(1.0, deadline - time.monotonic()), interval=0.2,
+                 message="ServiceAccount default/default", ignore=(ApiError,))
+
+        if self.with_prometheus:
+            from .prometheus import Prometheus
+
+            prom = Prometheus.for_cluster(self, scrape_interval=self.scrape_interval)
+            self._procs["prometheus"] = prom.start(deadline)
+            self.info["prometheus_url"] = prom.url
+            self._write_info()
+
+
+def _node_ready(node: Optional[dict[str, Any]]) -> bool:
+    if not node:
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in node.get("status", {}).get("conditions", []))
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, pair: pki.CertPair, user: str) -> None:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "model-operator-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+        "contexts": [{"name": "model-operator-local", "context": {"cluster": "model-operator-local", "user": user}}],
+        "current-context": "model-operator-local",
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.chmod(0o600)
+
+
+def _http_get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return json.loads(resp.read())
+
+
+def _https_get_text(url: str, ca: Optional[Path], client: Optional[pki.CertPair]) -> str:
+    if ca is None:
+        # Controller-manager and scheduler serve with a self-signed certificate
+        # they generate at start; their /healthz is only a liveness signal here.
+        ctx = ssl._create_unverified_context()
+    else:
+        ctx = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        ctx.load_cert_chain(str(client.cert), str(client.key))
+    with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+        return resp.read().decode().strip()
