@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import ssl
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any, Optional
 
 import yaml
 
-from . import binaries, pki, procs
+from . import binaries, pki, podnet, procs
 from .nodepools import DEFAULT_POOLS, KWOK_SELECTOR, NodePool, node_manifests
 from .rest import ApiError, Kube
 from .wait import wait_for
@@ -59,16 +58,6 @@ def default_state_dir() -> Path:
     return binaries.cache_dir() / "cluster"
 
 
-def random_pod_cidr() -> str:
-    """A /16 of 127.0.0.0/8 for local pod IPs, different for each cluster.
-
-    Random so that two clusters on one machine (a developer's and the tests')
-    don't hand out the same pod IPs; 127.0.x.y and 127.1.x.y are left alone
-    because hosts files and resolvers use them.
-    """
-    return f"127.{random.randint(20, 250)}.0.0/16"
-
-
 class ClusterError(RuntimeError):
     pass
 
@@ -82,7 +71,7 @@ class Cluster:
         local_runner: start the local pod runner and its node ``local_node``.
         prometheus: also start Prometheus (see ``kubetest.prometheus``).
         scrape_interval: Prometheus scrape and evaluation interval.
-        pod_cidr: /16 under 127.0.0.0/8 for local pod IPs (default: random).
+        pod_cidr: range for local pod IPs (default: chosen by ``kubetest.podnet``).
         startup_timeout: seconds ``start`` may take before it gives up.
     """
 
@@ -104,7 +93,7 @@ class Cluster:
         self.local_node = local_node
         self.with_prometheus = prometheus
         self.scrape_interval = scrape_interval
-        self.pod_cidr = pod_cidr or os.environ.get("MODEL_OPERATOR_POD_CIDR") or random_pod_cidr()
+        self.pod_cidr = pod_cidr
         self.startup_timeout = startup_timeout
         self.info: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -164,7 +153,7 @@ class Cluster:
         if not info:
             raise ClusterError(f"no cluster in {c.state_dir}; start one with hack/cluster up")
         c.info = info
-        c.pod_cidr = info.get("pod_cidr", c.pod_cidr)
+        c.pod_cidr = info.get("pod_cidr")
         c.local_node = info.get("local_node", c.local_node)
         return c
 
@@ -194,6 +183,9 @@ class Cluster:
             if pid:
                 procs.stop_group(pid, grace=10.0 if name == "podrunner" else 5.0, proc=self._procs.get(name))
         self._procs.clear()
+        if info.get("pod_route"):
+            podnet.remove_local_route(info["pod_route"])
+            info["pod_route"] = None
         if not keep_state and self.state_dir.exists():
             for child in self.state_dir.iterdir():
                 if child.name in _KEEP_ON_STOP:
@@ -248,6 +240,10 @@ class Cluster:
 
     def _start(self, bins: dict[str, Path], deadline: float) -> None:
         sd = self.state_dir
+        route = None
+        if self.local_runner and not self.pod_cidr:
+            self.pod_cidr, routed = podnet.choose()
+            route = self.pod_cidr if routed else None
         ports = {name: procs.free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self.info = {
@@ -256,6 +252,7 @@ class Cluster:
             "state_dir": str(sd),
             "ports": ports,
             "pod_cidr": self.pod_cidr,
+            "pod_route": route,
             "local_node": self.local_node if self.local_runner else None,
             "versions": binaries.versions(),
             "pids": {},

@@ -1,0 +1,92 @@
+"""Exec one container's process inside its own mount and UTS namespaces.
+
+Run by the pod runner as ``python -I -S _podexec.py SPEC.json`` (standard
+library only, so it starts fast). It unshares, bind-mounts the pod's volumes
+and termination-message file at their paths (visible to this process tree
+only), sets the hostname to the pod name, changes directory and execs the
+container's command: the process it leaves behind *is* the container process.
+
+Exit codes 126/127 (and a message on stderr) mean the container could not be
+started; the runner reports them as StartError, as the kubelet does.
+"""
+
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc, what):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(src, dst, flags):
+    _check(libc.mount(src.encode() if src else None, dst.encode(), None, flags, None), f"mount {src} on {dst}")
+
+
+def _enter_namespaces(hostname):
+    if os.geteuid() == 0:
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+    else:
+        # Without root, a user namespace grants the mount and UTS namespaces;
+        # the process then sees itself as root, files keep their real owner.
+        uid, gid = os.geteuid(), os.getegid()
+        _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS), "unshare (user namespace)")
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {gid} 1")
+    # Keep our mounts out of the host's namespace (and the host's shared
+    # propagation out of ours).
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+    if hostname:
+        name = hostname.encode()
+        _check(libc.sethostname(name, len(name)), "sethostname")
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    try:
+        if spec.get("namespaces", True):
+            _enter_namespaces(spec.get("hostname"))
+            for m in spec.get("mounts", []):
+                _mount(m["source"], m["target"], MS_BIND | MS_REC)
+                if m.get("readOnly"):
+                    try:
+                        _mount(None, m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
+                    except OSError:
+                        # In a user namespace some mounts' flags are locked; the
+                        # volume then stays writable (documented limit).
+                        pass
+        os.chdir(spec.get("workingDir") or "/")
+    except OSError as e:
+        sys.stderr.write(f"model-operator pod runner: cannot set up container: {e}\n")
+        sys.stderr.flush()
+        os._exit(126)
+    argv = spec["argv"]
+    try:
+        os.execve(argv[0], argv, spec["env"])
+    except OSError as e:
+        sys.stderr.write(f"model-operator pod runner: cannot exec {argv[0]}: {e}\n")
+        sys.stderr.flush()
+        os._exit(127 if isinstance(e, FileNotFoundError) else 126)
+
+
+if __name__ == "__main__":
+    main()
