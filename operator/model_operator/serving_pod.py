@@ -1,0 +1,135 @@
+"""Commands that run inside the pods the operator creates, on the worker image:
+
+- `assemble` (the Triton pod's init container): fetch an artifact, refuse it unless its digest
+  is the one the report promised, and write the model repository with a config.pbtxt for the
+  current serving block;
+- `probe` (the golden-probe Job): send the artifact's golden samples to each live Triton pod;
+- `artifacts delete|verify` (the finalizer's cleanup Job, and by hand).
+
+Each prints one line on failure and writes it where Kubernetes shows it (the termination log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .api.types import Serving, Target
+
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _fail(message: str, code: int, summary_path: str | None = None) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    target = Path(summary_path) if summary_path else TERMINATION_LOG
+    try:
+        target.write_text(json.dumps({"ok": False, "reason": message})[:4000] if summary_path else message[:4000])
+    except OSError:
+        pass
+    return code
+
+
+def _artifact_format(model_dir: Path) -> str:
+    version = model_dir / "1"
+    if (version / "model.onnx").exists():
+        return "onnx"
+    if (version / "model.pt").exists():
+        return "torchscript"
+    raise FileNotFoundError(f"{model_dir}: no model.onnx or model.pt under 1/")
+
+
+def assemble(artifact: Path, name: str, target: str, serving: Serving, output: Path) -> Path:
+    """Copy `artifact/repository/<name>` to `output/<name>` with config.pbtxt regenerated."""
+    from .triton.config import build_model_config, read_signature
+
+    source = artifact / "repository" / name
+    if not (source / "config.pbtxt").is_file():
+        raise FileNotFoundError(f"{source}/config.pbtxt: the artifact holds no model named {name!r}")
+    inputs, outputs, _ = read_signature((source / "config.pbtxt").read_text())
+    backend = serving.backend
+    if backend is None and (source / "1" / "model.py").exists():
+        backend = "python"
+    text = build_model_config(
+        name, inputs, outputs, artifact_format=_artifact_format(source), serving=serving, target=Target(target), backend=backend
+    )
+    dest = output / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest)
+    (dest / "config.pbtxt").write_text(text)
+    return dest
+
+
+def assemble_main(args: argparse.Namespace) -> int:
+    from .storage import StorageError, download_dir, verify_dir
+
+    try:
+        serving = Serving.model_validate(json.loads(args.serving_json or "{}"))
+    except ValueError as exc:
+        return _fail(f"--serving-json: {exc}".splitlines()[0], 2)
+    with tempfile.TemporaryDirectory(prefix="mo-assemble-") as tmp:
+        try:
+            local = download_dir(args.artifact, Path(tmp) / "artifact")
+            digest = verify_dir(local, args.sha256, uri=args.artifact)
+            dest = assemble(local, args.name, args.target, serving, Path(args.output))
+        except StorageError as exc:
+            return _fail(f"refusing to serve {args.artifact}: {exc}", 3)
+        except (FileNotFoundError, ValueError) as exc:
+            return _fail(f"{args.artifact}: {exc}", 2)
+    print(f"assembled {dest} from {args.artifact} (sha256 {digest[:12]}…)")
+    return 0
+
+
+def probe_main(args: argparse.Namespace) -> int:
+    from .storage import StorageError, download_dir
+    from .triton.client import ProbeError, probe
+
+    gate: dict[str, Any] = json.loads(args.gate_json or "{}")
+    endpoints = [e for e in args.endpoints.split(",") if e]
+    with tempfile.TemporaryDirectory(prefix="mo-probe-") as tmp:
+        try:
+            local = download_dir(args.artifact, Path(tmp) / "artifact")
+        except StorageError as exc:
+            return _fail(str(exc), 2, args.report_summary)
+        golden = local / "golden.npz"
+        if not golden.is_file():
+            return _fail(f"{args.artifact}: no golden.npz in the artifact", 2, args.report_summary)
+        results = []
+        for endpoint in endpoints:
+            try:
+                results.append((endpoint, probe(endpoint, args.model, golden, gate, samples=args.samples)))
+            except ProbeError as exc:
+                return _fail(str(exc), 1, args.report_summary)
+    if not results:
+        return _fail("no endpoints to probe", 2, args.report_summary)
+    # The worst replica speaks for the fleet: one drifted pod is a problem.
+    worst_endpoint, worst = min(results, key=lambda r: (r[1].passed, r[1].agreement if r[1].agreement is not None else 1.0))
+    summary = worst.summary()
+    summary["endpoints"] = len(results)
+    if not worst.passed:
+        summary["reason"] = f"{worst_endpoint}: {worst.reason}"
+    text = json.dumps(summary)
+    if args.report_summary:
+        Path(args.report_summary).write_text(text)
+    print(text)
+    return 0
+
+
+def artifacts_main(args: argparse.Namespace) -> int:
+    from .storage import StorageError, delete_prefix, verify
+
+    try:
+        if args.artifacts_command == "delete":
+            count = delete_prefix(args.uri)
+            print(f"deleted {count} file(s) under {args.uri}")
+        else:
+            digest = verify(args.uri, args.sha256)
+            print(f"{args.uri}: complete, sha256 {digest}")
+    except StorageError as exc:
+        return _fail(str(exc), 2)
+    return 0
