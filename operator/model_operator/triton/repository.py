@@ -16,12 +16,32 @@ from pathlib import Path
 from typing import Final
 
 from ..api.types import Backend, Serving, Target, TensorSpec
-from .config import DEFAULT_ONNX_FILE, build_model_config, effective_backend, model_filename, read_signature
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .config import (
+    DEFAULT_ONNX_FILE,
+    PYTHON_MODEL_FILE_PARAM,
+    ConfigError,
+    build_model_config,
+    effective_backend,
+    model_filename,
+    parse_model_config,
+    read_signature,
+)
 
 VERSION: Final = "1"
 PYTHON_MODEL_SOURCE: Final = Path(__file__).with_name("python_model.py")
 
-__all__ = ["VERSION", "PYTHON_MODEL_SOURCE", "write_repository", "read_signature", "model_dir", "python_model_source"]
+__all__ = [
+    "VERSION",
+    "PYTHON_MODEL_SOURCE",
+    "write_repository",
+    "read_signature",
+    "model_dir",
+    "python_model_source",
+    "as_python_backend",
+]
 
 
 def python_model_source() -> str:
@@ -79,4 +99,50 @@ def write_repository(
         (version / "model.py").write_text(python_model_source(), encoding="utf-8")
     else:
         shutil.copyfile(model_file, version / model_filename(artifact_format, eff))
+    return dest
+
+
+def as_python_backend(src: Path, dest_root: Path, *, keep_gpus: bool = False) -> Path:
+    """Copy the model directory `src` (`<repo>/<name>/`) to `<dest_root>/<name>/` so that the
+    Python backend serves it, and return the new directory.
+
+    The local Triton (nvidia-pytriton's build) has only the Python backend. An ONNX model
+    configured for `onnxruntime` keeps its signature, batching and instance count; the platform
+    and the GPU execution accelerators go, and `model.py` is added beside each version's
+    `model.onnx`. Unless `keep_gpus`, KIND_GPU instance groups become KIND_CPU (this machine may
+    have no GPU). TorchScript cannot be served this way: ConfigError."""
+    src = Path(src)
+    cfg = parse_model_config((src / "config.pbtxt").read_text(encoding="utf-8"))
+    if cfg.backend not in ("onnxruntime", "python", "") or cfg.platform not in ("onnxruntime_onnx", ""):
+        raise ConfigError(
+            f"{src.name}: backend {cfg.backend or cfg.platform} cannot run on the local Triton, which has only the "
+            "Python backend; serve an ONNX artifact (conversion.format: onnx)"
+        )
+    was_python = cfg.backend == "python"
+    cfg.ClearField("platform")
+    cfg.backend = "python"
+    cfg.ClearField("optimization")
+    if not keep_gpus:
+        for group in cfg.instance_group:
+            if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+                group.kind = mc.ModelInstanceGroup.KIND_CPU
+                group.ClearField("gpus")
+    if not was_python:
+        filename = cfg.default_model_filename or DEFAULT_ONNX_FILE
+        cfg.ClearField("default_model_filename")
+        cfg.parameters[PYTHON_MODEL_FILE_PARAM].string_value = filename
+    else:
+        filename = cfg.parameters[PYTHON_MODEL_FILE_PARAM].string_value if PYTHON_MODEL_FILE_PARAM in cfg.parameters else DEFAULT_ONNX_FILE
+    versions = [p for p in src.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not any((v / filename).is_file() for v in versions):
+        raise ConfigError(f"{src.name}: no version directory holds {filename}")
+    dest = Path(dest_root) / src.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for v in versions:
+        shutil.copytree(v, dest / v.name)
+        if not (dest / v.name / "model.py").is_file():
+            (dest / v.name / "model.py").write_text(python_model_source(), encoding="utf-8")
+    (dest / "config.pbtxt").write_text(text_format.MessageToString(cfg), encoding="utf-8")
     return dest

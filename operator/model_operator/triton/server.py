@@ -54,6 +54,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -354,9 +355,10 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, cancel: threading.Event | None = None) -> bool:
         """Wait until /v2/health/ready answers 200 (with strict readiness: every model loaded).
-        Raises TritonStartError with the log tail when the process exits or the deadline passes."""
+        Returns True when ready, False when `cancel` was set first. Raises TritonStartError with
+        the log tail when the process exits or the deadline passes."""
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
@@ -366,10 +368,14 @@ class TritonServer:
             if code is not None:
                 raise TritonStartError(f"Triton exited with code {code} before it was ready:\n{self.log_tail()}")
             if self.is_ready():
-                return
+                return True
             if time.monotonic() > deadline:
                 raise TritonStartError(f"Triton was not ready after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(delay)
+            if cancel is not None:
+                if cancel.wait(delay):
+                    return False
+            else:
+                time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
     def start_and_wait(self, timeout: float = 120.0, attempts: int = 3) -> TritonServer:
