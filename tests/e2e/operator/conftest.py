@@ -1,0 +1,105 @@
+"""The operator under test: `kopf.testing.KopfRunner` running model_operator's handlers against
+the test control plane, with node pools that match the simulated ones and a PVC artifact store.
+
+Pods it creates that must really run (worker Jobs, Triton) land on the local pod runner's node
+`local-0`; GPU and edge pods land on KWOK nodes, where the scheduler's placement is what counts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from md_helpers import LOCAL_TOLERATION, STORE_CLAIM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def operator_config(prometheus_url: str, metrics_port: int) -> dict[str, Any]:
+    return {
+        "worker_image": "model-operator-worker:test",
+        "triton_image": "tritonserver:test",
+        "artifact_store": {"type": "pvc", "claim": STORE_CLAIM},
+        "worker_node_selector": {"node-pool": "local"},
+        "worker_tolerations": [LOCAL_TOLERATION],
+        "worker_resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "node_pools": {
+            "local": {"node_selector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION]},
+            "gpu": {
+                "node_selector": {"node-pool": "gpu"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "gpu_product": "NVIDIA-H100-80GB-HBM3",
+            },
+            "edge": {
+                "node_selector": {"node-pool": "edge"},
+                "tolerations": [{"key": "edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+                "arch": "arm64",
+            },
+        },
+        "default_node_pool": {"cloud": "local", "edge": "edge"},
+        "prometheus_url": prometheus_url,
+        "prometheus_timeout_seconds": 2.0,
+        "prometheus_window": "20s",
+        "metrics_port": metrics_port,
+        "finalizer_timeout_seconds": 120,
+    }
+
+
+@pytest.fixture(scope="session")
+def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers."""
+    cfg_dir = tmp_path_factory.mktemp("operator")
+    cfg = cfg_dir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(operator_config(prometheus.url, free_port())))
+    env = {
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "MODEL_OPERATOR_CONFIG": str(cfg),
+        "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
+        "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1",
+    }
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture
+def start_operator(operator_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
+    """Start (and on teardown stop) a KopfRunner; call again to simulate a restart."""
+    from kopf.testing import KopfRunner
+
+    runners: list[Any] = []
+
+    def start() -> Any:
+        cfg = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())
+        cfg["metrics_port"] = free_port()
+        Path(operator_env["MODEL_OPERATOR_CONFIG"]).write_text(yaml.safe_dump(cfg))
+        runner = KopfRunner(
+            ["run", "--standalone", "--all-namespaces", "-m", "model_operator.controller.handlers"],
+            timeout=60,
+        )
+        runner.__enter__()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        if runner._thread.is_alive():  # noqa: SLF001 - KopfRunner offers no public "running" flag
+            runner.__exit__(None, None, None)
+    for runner in runners:
+        assert runner.exception is None, runner.exception
+        assert runner.exit_code == 0
+
+
+def stop(runner: Any) -> None:
+    runner.__exit__(None, None, None)
+    assert runner.exception is None, runner.exception
+    assert runner.exit_code == 0

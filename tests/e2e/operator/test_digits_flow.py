@@ -1,0 +1,85 @@
+"""The digits example end to end on the real control plane: apply -> a Job runs the real worker
+on the local pod runner -> the artifact lands in the store -> a Triton Deployment serves it ->
+Ready with the endpoint -> Triton answers like the original model -> delete -> all gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from md_helpers import (
+    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits, ready_triton_pods, wait_phase,
+)
+from kubetest.wait import wait_for
+from model_operator.triton.client import infer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_digits_end_to_end(
+    start_operator: Any, namespace: str, custom_api: Any, core_api: Any, apps_api: Any, batch_api: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cache = tmp_path_factory.getbasetemp()
+    models = make_claim(core_api, namespace, MODELS_CLAIM)
+    store = make_claim(core_api, namespace, STORE_CLAIM)
+    put_digits(models, cache)
+    runner = start_operator()
+    create_md(custom_api, namespace, digits_md("digits"))
+
+    md = wait_phase(custom_api, namespace, "digits", "Ready", timeout=420)
+    status = md["status"]
+    assert condition(md, "Available")["status"] == "True"
+    assert condition(md, "OptimizationSucceeded")["status"] == "True"
+    assert status["readyReplicas"] == 1 and status["ready"] == "1/1" and status["observedGeneration"] == md["metadata"]["generation"]
+    assert status["endpoint"]["http"] == f"http://digits-triton.{namespace}.svc:8000"
+    artifact = status["artifact"]
+    assert len(artifact["sha256"]) == 64 and artifact["format"] == "onnx"
+    assert artifact["sizeBytes"] < artifact["originalSizeBytes"]
+    assert status["optimization"]["qualityAfter"] and status["optimization"]["latencyMsAfter"] is not None
+
+    # The artifact is in the store, complete.
+    spec_hash = artifact["specHash"]
+    artifact_dir = store / namespace / "digits" / spec_hash
+    assert (artifact_dir / "COMPLETE").exists() and (artifact_dir / "report.json").exists()
+
+    # Exactly one Job ran for this spec.
+    jobs = batch_api.list_namespaced_job(namespace, label_selector="serving.model-operator.io/deployment=digits").items
+    assert [j.metadata.name for j in jobs if j.metadata.labels.get("app.kubernetes.io/component") == "optimizer"] == [f"digits-opt-{spec_hash}"]
+
+    # Triton on the local node answers with the original model's classes.
+    pods = ready_triton_pods(core_api, namespace, "digits")
+    assert len(pods) == 1 and pods[0].spec.node_name == "local-0"
+    data = np.load(digits_files(cache) / "validation.npz")
+    key = next(k for k in data.files if k not in ("labels", "targets"))
+    x = data[key][:16].astype(np.float32)
+    original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).argmax(1).numpy()
+    answer = infer(f"{pods[0].status.pod_ip}:8000", "digits", {"input": x}, ["logits"])
+    agreement = float((answer["logits"].argmax(1) == expected).mean())
+    assert agreement >= 0.9, agreement
+
+    # Delete: children by garbage collection, artifacts by the finalizer.
+    custom_api.delete_namespaced_custom_object("serving.model-operator.io", "v1alpha1", namespace, "modeldeployments", "digits")
+
+    def gone() -> bool:
+        try:
+            get_md(custom_api, namespace, "digits")
+            return False
+        except Exception:  # noqa: BLE001 - ApiException 404
+            return True
+
+    wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
+    wait_for(lambda: not apps_api.list_namespaced_deployment(namespace).items, timeout=120, message="Deployments garbage-collected")
+    wait_for(lambda: not core_api.list_namespaced_service(namespace).items, timeout=120, message="Services garbage-collected")
+    wait_for(
+        lambda: not [j for j in batch_api.list_namespaced_job(namespace).items if "opt" in j.metadata.name],
+        timeout=120, message="optimization Jobs garbage-collected",
+    )
+    assert not (store / namespace / "digits").exists(), "artifacts left in the store"
+    assert runner.exception is None
