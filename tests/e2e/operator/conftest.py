@@ -97,9 +97,3 @@ def start_operator(operator_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
     for runner in runners:
         assert runner.exception is None, runner.exception
         assert runner.exit_code == 0
-
-
-def stop(runner: Any) -> None:
-    runner.__exit__(None, None, None)
-    assert runner.exception is None, runner.exception
-    assert runner.exit_code == 0

@@ -112,3 +112,10 @@ def ready_triton_pods(core_api: Any, namespace: str, name: str) -> list[Any]:
         if p.status.pod_ip and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         and not p.metadata.deletion_timestamp
     ]
+
+
+def stop(runner: Any) -> None:
+    """Stop a KopfRunner as an operator restart would, and check it stopped cleanly."""
+    runner.__exit__(None, None, None)
+    assert runner.exception is None, runner.exception
+    assert runner.exit_code == 0

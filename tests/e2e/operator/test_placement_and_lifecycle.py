@@ -9,7 +9,7 @@ import pytest
 from kubetest.wait import wait_for
 from md_helpers import (
     GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, condition, create_md, digits_md, get_md, make_claim, put_digits,
-    wait_phase,
+    stop, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -89,8 +89,6 @@ def test_edits_restart_and_scale(start_operator: Any, namespace: str, claims: An
     create_md(custom_api, namespace, digits_md("edited", optimization=FAST))
     # Restart the operator while the Job runs: the new one must adopt it, not start another.
     wait_for(lambda: _jobs(batch_api, namespace, "edited"), timeout=60, message="first Job created")
-    from conftest import stop  # noqa: PLC0415 - the fixture module's helper
-
     stop(runner)
     start_operator()
     md = wait_phase(custom_api, namespace, "edited", "Ready", timeout=300)
