@@ -8,7 +8,7 @@
 # Usage: hack/build-binaries.sh [--check] [name...]
 #   --check  build nothing; exit 1 and list what is missing
 #   name     only these (kube-apiserver kube-controller-manager kube-scheduler
-#            kubectl etcd kwok helm); default all
+#            kubectl etcd kwok helm prometheus); default all
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +23,7 @@ export CGO_ENABLED=0
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm prometheus)
 CHECK=0
 WANT=()
 for arg in "$@"; do
@@ -43,6 +43,7 @@ version_of() {
     etcd) echo "${ETCD_VERSION}" ;;
     kwok) echo "${KWOK_VERSION}" ;;
     helm) echo "${HELM_VERSION}" ;;
+    prometheus) echo "${PROMETHEUS_VERSION}" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -55,6 +56,7 @@ recipe_of() {
     etcd) echo "etcd go.etcd.io/etcd/server/v3 ." ;;
     kwok) echo "kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok" ;;
     helm) echo "helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm" ;;
+    prometheus) echo "prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/prometheus" ;;
   esac
 }
 
@@ -73,6 +75,9 @@ ldflags_of() {
       echo "${x}" ;;
     kwok) echo "-X sigs.k8s.io/kwok/pkg/consts.Version=${v}" ;;
     helm) echo "-X helm.sh/helm/v3/internal/version.version=${v}" ;;
+    prometheus)
+      local pv="2.${v#v0.}"
+      echo "-X github.com/prometheus/common/version.Version=${pv} -X github.com/prometheus/common/version.Branch=release-${pv%.*}" ;;
     *) echo "" ;;
   esac
 }
@@ -108,7 +113,7 @@ for name in "${WANT[@]}"; do
     echo "hack/gomod/${moddir}/go.mod pins ${modpath} ${pinned}, versions.env says ${v}" >&2
     exit 1
   fi
-  log "${name} ${v}: building (first build of the Kubernetes components takes tens of minutes on 2 cores)"
+  log "${name} ${v}: building"
   start=${SECONDS}
   mkdir -p "${out%/*}"
   # Build next to the destination and rename, so an interrupted build never

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 HACK_DIR = Path(__file__).resolve().parent.parent
@@ -18,6 +17,7 @@ _VERSION_KEY = {
     "etcd": "ETCD_VERSION",
     "kwok": "KWOK_VERSION",
     "helm": "HELM_VERSION",
+    "prometheus": "PROMETHEUS_VERSION",
 }
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 
@@ -64,9 +64,14 @@ def require(names: tuple[str, ...] | list[str] = CLUSTER_BINARIES) -> dict[str, 
 
 
 def prometheus_binary() -> Path:
-    """Debian's prometheus (``apt-get install prometheus``), or ``$MODEL_OPERATOR_PROMETHEUS``."""
+    """The Prometheus built by hack/build-binaries.sh, or ``$MODEL_OPERATOR_PROMETHEUS``.
+
+    Debian's ``prometheus`` package can't be used: it is built without
+    Kubernetes service discovery ("field kubernetes_sd_configs not found").
+    """
     explicit = os.environ.get("MODEL_OPERATOR_PROMETHEUS")
-    found = explicit or shutil.which("prometheus")
-    if not found or not os.access(found, os.X_OK):
-        raise BinariesMissing("prometheus is not installed; apt-get install -y prometheus")
-    return Path(found)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise BinariesMissing(f"MODEL_OPERATOR_PROMETHEUS={explicit} is not an executable")
+        return Path(explicit)
+    return require(["prometheus"])["prometheus"]

@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
@@ -43,6 +43,9 @@ from . import binaries, pki, podnet, procs
 from .nodepools import DEFAULT_POOLS, KWOK_SELECTOR, NodePool, node_manifests
 from .rest import ApiError, Kube
 from .wait import wait_for
+
+if TYPE_CHECKING:
+    from .prometheus import PrometheusHandle
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -403,12 +406,22 @@ class Cluster:
                  message="ServiceAccount default/default", ignore=(ApiError,))
 
         if self.with_prometheus:
-            from .prometheus import Prometheus
+            self.start_prometheus(self.scrape_interval, deadline)
 
-            prom = Prometheus.for_cluster(self, scrape_interval=self.scrape_interval)
-            self._procs["prometheus"] = prom.start(deadline)
-            self.info["prometheus_url"] = prom.url
-            self._write_info()
+    def start_prometheus(self, scrape_interval: str = "2s", deadline: Optional[float] = None) -> "PrometheusHandle":
+        """Start Prometheus for this cluster (once); return a handle to query it."""
+        from .prometheus import Prometheus, PrometheusHandle
+
+        url = self.prometheus_url
+        pid = self.info.get("pids", {}).get("prometheus")
+        if url and pid and procs.alive(pid):
+            return PrometheusHandle(url)
+        prom = Prometheus.for_cluster(self, scrape_interval=scrape_interval)
+        self._procs["prometheus"] = prom.start(deadline, log=self.log_path("prometheus"))
+        self.info["prometheus_url"] = prom.url
+        self.info["scrape_interval"] = scrape_interval
+        self._write_info()
+        return PrometheusHandle(prom.url)
 
 
 def _node_ready(node: Optional[dict[str, Any]]) -> bool:

@@ -649,7 +649,9 @@ class PodWorker(threading.Thread):
             return "Failed"
         if not self.initialized:
             return "Pending"
-        if not any(cs.ever_started for cs in self.statuses):
+        # A container that failed to start has a terminated state too, as in
+        # the kubelet, so it counts as having run.
+        if not any(cs.ever_started or cs.exit_code is not None for cs in self.statuses):
             return "Pending"
         if all(cs.final for cs in self.statuses):
             return "Succeeded" if all(cs.exit_code == 0 for cs in self.statuses) else "Failed"

@@ -1,0 +1,164 @@
+"""Fixtures for end-to-end tests against a real control plane (hack/kubetest).
+
+Session-wide: ``cluster`` (a ``kubetest.Cluster``, started once per session,
+or the one named by ``$MODEL_OPERATOR_E2E_CLUSTER``), ``kube`` (a
+``kubernetes.client.ApiClient``), ``core_api``/``apps_api``/``batch_api``/
+``custom_api``/``apiext_api``, ``kubectl`` (runs the pinned kubectl),
+``prometheus`` (a Prometheus scraping annotated pods), ``crd_installed``
+(the project's CRDs from crds/ applied). Per test: ``namespace`` (a fresh
+random namespace, deleted afterwards). ``wait_for`` is
+``kubetest.wait.wait_for``.
+
+Without the binaries the tests skip, naming hack/build-binaries.sh; with
+``$CI`` set they fail instead, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from kubetest import binaries
+from kubetest.cluster import Cluster, ClusterError
+from kubetest.wait import wait_for as _wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"e2e environment unavailable in CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The control plane, KWOK pools (gpu-*, edge-*, cpu-*) and the local node ``local-0``.
+
+    ``$MODEL_OPERATOR_E2E_CLUSTER=<state dir>`` reuses a cluster started with
+    ``hack/cluster up`` (faster when iterating); ``$MODEL_OPERATOR_E2E_STATE_DIR``
+    picks where the session's own cluster lives (default: a pytest temp dir).
+    """
+    existing = os.environ.get("MODEL_OPERATOR_E2E_CLUSTER")
+    if existing:
+        try:
+            yield Cluster.attach(existing)
+        except ClusterError as e:
+            pytest.fail(str(e), pytrace=False)
+        return
+    try:
+        binaries.require()
+    except binaries.BinariesMissing as e:
+        _unavailable(str(e))
+    state = os.environ.get("MODEL_OPERATOR_E2E_STATE_DIR") or tmp_path_factory.mktemp("cluster")
+    c = Cluster(state)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` authenticated as cluster admin."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def core_api(kube: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def apps_api(kube: Any) -> Any:
+    from kubernetes import client
+
+    return client.AppsV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def batch_api(kube: Any) -> Any:
+    from kubernetes import client
+
+    return client.BatchV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def custom_api(kube: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(kube)
+
+
+@pytest.fixture(scope="session")
+def apiext_api(kube: Any) -> Any:
+    from kubernetes import client
+
+    return client.ApiextensionsV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Callable[..., Any]:
+    """``kubectl(*args, input=None, check=True)`` -> CompletedProcess (text)."""
+    return cluster.kubectl
+
+
+@pytest.fixture
+def namespace(core_api: Any) -> Iterator[str]:
+    """A fresh namespace ``e2e-<random>``, ready for pods (default ServiceAccount exists)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true"})))
+    _wait_for(lambda: core_api.read_namespaced_service_account("default", name), timeout=30,
+              message=f"ServiceAccount {name}/default", ignore=(ApiException,))
+    yield name
+    try:
+        core_api.delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster) -> Any:
+    """Prometheus scraping pods annotated ``prometheus.io/scrape: "true"`` every 2 s.
+
+    A ``kubetest.prometheus.PrometheusHandle``: ``.url``, ``.query(promql)``,
+    ``.targets()``.
+    """
+    try:
+        binaries.prometheus_binary()
+    except binaries.BinariesMissing as e:
+        _unavailable(str(e))
+    return cluster.start_prometheus(scrape_interval="2s")
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> list[str]:
+    """The project's CRDs (crds/*.yaml) applied and Established; their names."""
+    names = []
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        names.append(cluster.kubectl("get", "-f", str(path), "-o", "name").stdout.strip())
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable[..., Any]:
+    """``wait_for(predicate, timeout=30, interval=0.5, message=..., ignore=())``."""
+    return _wait_for
