@@ -1,0 +1,92 @@
+{{/* RBAC rules shared by the ClusterRole and the per-namespace Roles (templates/rbac.yaml). */}}
+
+{{- define "model-operator.rules.observation" -}}
+# Framework (kopf): notice resource kinds (CRDs) appearing and going away.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if not (empty .Values.watchNamespaces) }}
+# Framework (kopf): notice the watched namespaces appearing and going away.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end -}}
+
+{{/* Args: (list $ "clusterkopfpeerings"|"kopfpeerings"). */}}
+{{- define "model-operator.rules.peering" -}}
+{{- $root := index . 0 -}}{{- $resource := index . 1 -}}
+# Framework (kopf peering, leader election): see the other replicas' keep-alives...
+- apiGroups: [kopf.dev]
+  resources: [{{ $resource }}]
+  verbs: [list, watch]
+# ...and write our own, in our peering object only.
+- apiGroups: [kopf.dev]
+  resources: [{{ $resource }}]
+  resourceNames: [{{ include "model-operator.peeringName" $root | quote }}]
+  verbs: [get, patch]
+{{- end -}}
+
+{{- define "model-operator.rules.events" -}}
+# Framework (kopf) and application: Events on ModelDeployments (kopf.info/kopf.warn).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{- define "model-operator.rules.application" -}}
+# Application: ModelDeployments. kopf lists and watches them and patches its annotations and
+# finalizer; the built-in autoscaler patches spec.serving.replicas.
+- apiGroups: [serving.model-operator.io]
+  resources: [modeldeployments]
+  verbs: [list, watch, patch]
+# Application: status (phase, conditions, artifact, scaling, rollout) via the status subresource.
+- apiGroups: [serving.model-operator.io]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# Application: children get an ownerReference with blockOwnerDeletion (kopf.adopt); clusters with
+# the OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
+- apiGroups: [serving.model-operator.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+# Application: optimization, golden-probe and artifact-cleanup Jobs (server-side apply = create/patch;
+# the finalizer reads and deletes them).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+# Application: worker and Triton pods are watched for status (termination messages, crash loops);
+# never written, never exec'd.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Application: Triton serving Deployments (stable and canary tracks; the canary is deleted on promotion).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+# Application: the Triton Service of each ModelDeployment (garbage-collected with it).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, patch]
+# Application: PodDisruptionBudgets of Triton fleets with more than one replica.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+# Application: ServiceMonitors for Triton's metrics (only used where the Prometheus operator is installed).
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [create, patch]
+# Application: autoscaling engines `hpa` and `keda` (the built-in engine patches the ModelDeployment).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, patch, delete]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [create, patch, delete]
+{{- with .Values.rbac.secrets.names }}
+# Application (opt-in, rbac.secrets.names): read these Secrets by name; no list, no watch.
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: {{ toJson . }}
+  verbs: [get]
+{{- end }}
+{{- end -}}
