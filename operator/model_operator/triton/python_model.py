@@ -8,8 +8,8 @@ provides), never on model_operator: the stub's interpreter may not have it.
 Batching: with `max_batch_size > 0`, Triton's dynamic batcher hands `execute` several requests
 at once. Requests whose inputs have the same shapes past the batch axis are concatenated and
 run as one ONNX Runtime call, then the outputs are split back per request; requests with other
-shapes (e.g. other sequence lengths) run as their own group. A failing group answers each of its
-requests with an error; the others are unaffected.
+shapes (e.g. other sequence lengths) run as their own group. When a group's run fails, its
+requests run one by one, so only the failing request is answered with an error.
 
 Config parameters read: `onnx_file` (default `model.onnx`), `intra_op_threads` (default: ONNX
 Runtime's own choice). On a KIND_GPU instance the CUDA execution provider is used when ONNX
@@ -60,30 +60,37 @@ def run_batched(
     batching: bool,
 ) -> list[dict[str, np.ndarray] | Exception]:
     """Run `run(feed) -> list[array]` over requests, concatenating compatible ones when the
-    model batches. Returns, per request, its outputs by name or the exception that its group raised."""
+    model batches. Returns, per request, its outputs by name or the exception it raised. When a
+    concatenated run fails, its requests are run one by one, so one bad request fails alone."""
     results: list[dict[str, np.ndarray] | Exception] = [RuntimeError("not run")] * len(requests)
-    if not batching:
-        groups: Iterable[list[int]] = [[i] for i in range(len(requests))]
-    else:
-        groups = group_requests([{k: v.shape for k, v in r.items()} for r in requests])
-    for idx in groups:
+
+    def single(i: int) -> None:
         try:
-            if len(idx) == 1:
-                feed = requests[idx[0]]
-            else:
-                feed = {name: np.concatenate([requests[i][name] for i in idx], axis=0) for name in requests[idx[0]]}
+            results[i] = dict(zip(output_names, run(requests[i])))
+        except Exception as exc:  # noqa: BLE001 - reported to the client of this request
+            results[i] = exc
+
+    groups: Iterable[list[int]]
+    if batching:
+        groups = group_requests([{k: v.shape for k, v in r.items()} for r in requests])
+    else:
+        groups = [[i] for i in range(len(requests))]
+    for idx in groups:
+        if len(idx) == 1:
+            single(idx[0])
+            continue
+        try:
+            feed = {name: np.concatenate([requests[i][name] for i in idx], axis=0) for name in requests[idx[0]]}
             outs = run(feed)
-            if len(idx) == 1:
-                results[idx[0]] = dict(zip(output_names, outs))
-                continue
-            sizes = [len(next(iter(requests[i].values()))) for i in idx]
-            bounds = np.cumsum(sizes)[:-1]
-            split = [np.split(o, bounds, axis=0) for o in outs]
-            for j, i in enumerate(idx):
-                results[i] = {name: split[k][j] for k, name in enumerate(output_names)}
-        except Exception as exc:  # noqa: BLE001 - reported to the client, per request
+        except Exception:  # noqa: BLE001 - find the request that fails
             for i in idx:
-                results[i] = exc
+                single(i)
+            continue
+        sizes = [len(next(iter(requests[i].values()))) for i in idx]
+        bounds = np.cumsum(sizes)[:-1]
+        split = [np.split(o, bounds, axis=0) for o in outs]
+        for j, i in enumerate(idx):
+            results[i] = {name: split[k][j] for k, name in enumerate(output_names)}
     return results
 
 
