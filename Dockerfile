@@ -1,0 +1,77 @@
+# syntax=docker/dockerfile:1
+#
+# Two images from one file (the Helm chart's image.repository and worker.image.repository):
+#
+#   docker build --target operator -t model-operator:0.1.0 .
+#   docker build --target worker   -t model-operator-worker:0.1.0 \
+#       --build-arg TORCH_INDEX_URL=<PyTorch's CPU-only wheel index> .
+#
+# operator: `model-operator run` (kopf) with the base dependencies only: no torch, no ONNX.
+# worker:   the optimization Jobs (`model-operator optimize`), the Triton pods' init container
+#           (`assemble`), the golden probe (`probe`) and artifact cleanup (`artifacts`), with the
+#           [worker] extra: PyTorch (CPU), ONNX, ONNX Runtime, scikit-learn, boto3, tritonclient.
+#
+# Every dependency installs from wheels, so no stage needs a compiler; the final stages copy a
+# finished virtual environment onto the plain base image and run as UID 1000.
+# Without TORCH_INDEX_URL, torch comes from the default index, which on x86_64 is the CUDA build
+# (several GB larger); pass the CPU-only index to get the slim CPU worker.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# ---- build: the project's wheel --------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+# ---- the operator's virtual environment: the base dependencies only ---------------------------
+FROM build AS operator-venv
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install /wheels/model_operator-*.whl
+
+# ---- the worker's virtual environment: torch (CPU) first, then the project with [worker] ------
+FROM build AS worker-venv
+ARG TORCH_VERSION=2.15.0
+ARG TORCH_INDEX_URL=
+RUN python -m venv /opt/venv \
+ && if [ -n "${TORCH_INDEX_URL}" ]; then \
+        /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"; \
+    else \
+        /opt/venv/bin/pip install "torch==${TORCH_VERSION}"; \
+    fi \
+ && /opt/venv/bin/pip install "$(ls /wheels/model_operator-*.whl)[worker]"
+
+# ---- runtime: the plain base image, an unprivileged user, no build tools ----------------------
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 1000 model-operator \
+ && useradd --system --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin model-operator
+# HOME and the working directory are /tmp: the pods mount a writable emptyDir there and keep the
+# root filesystem read-only.
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+WORKDIR /tmp
+LABEL org.opencontainers.image.title="model-operator" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# ---- worker image -----------------------------------------------------------------------------
+FROM runtime AS worker
+COPY --from=worker-venv /opt/venv /opt/venv
+USER 1000:1000
+ENTRYPOINT ["model-operator"]
+CMD ["--help"]
+
+# ---- operator image (the default target) ------------------------------------------------------
+FROM runtime AS operator
+COPY --from=operator-venv /opt/venv /opt/venv
+USER 1000:1000
+# 8080: kopf's liveness endpoint; 9090: the operator's Prometheus metrics.
+EXPOSE 8080 9090
+ENTRYPOINT ["model-operator"]
+CMD ["run", "--liveness", "http://0.0.0.0:8080/healthz"]
