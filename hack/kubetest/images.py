@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,14 +111,20 @@ def prepare_triton() -> tuple[Path, Path]:
             stub = pkg / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub"
             if not stub.exists():
                 raise ImageError(f"nvidia-pytriton {version} has no Python backend stub for Python {py}")
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # A private copy renamed into place: runners of other clusters may
+            # be preparing the same tree at the same moment.
+            tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent)) / "tree"
             # Triton looks for the stub next to the backend; the wheel keeps the
             # stubs elsewhere and its own launcher copies one in at run time.
             shutil.copytree(pkg / "tritonserver", tmp, ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not binary.exists():
+                    raise
+            shutil.rmtree(tmp.parent, ignore_errors=True)
     return binary, libs
 
 

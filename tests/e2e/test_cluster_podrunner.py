@@ -189,3 +189,46 @@ def test_pods_without_local_toleration_stay_off_the_local_node(core_api: Any, na
         core_api.delete_namespaced_pod("anywhere", namespace, grace_period_seconds=0)
     except ApiException:
         pass
+
+
+def test_two_triton_pods_serve_on_their_own_pod_ips(apps_api: Any, core_api: Any, namespace: str) -> None:
+    """The Triton image maps to the wheel's tritonserver; the bind shim keeps replicas apart."""
+    import importlib.util
+    import socket
+    import urllib.request
+
+    if importlib.util.find_spec("pytriton") is None:
+        pytest.skip("nvidia-pytriton is not installed (pip install -e .[triton])")
+    labels = {"app": "triton"}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "triton"}, "spec": {
+        "replicas": 2, "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {
+            **LOCAL_PLACEMENT,
+            "volumes": [{"name": "models", "emptyDir": {}}],
+            "containers": [{
+                "name": "triton", "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+                "command": ["tritonserver"], "args": ["--model-repository=/models"],
+                "ports": [{"containerPort": 8000, "name": "http"}, {"containerPort": 8001, "name": "grpc"},
+                          {"containerPort": 8002, "name": "metrics"}],
+                "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 2},
+            }],
+        }},
+    }}
+    apps_api.create_namespaced_deployment(namespace, dep)
+
+    def available() -> bool:
+        d = apps_api.read_namespaced_deployment("triton", namespace)
+        return (d.status.ready_replicas or 0) == 2
+
+    wait_for(available, timeout=90, message="two Triton replicas ready")
+    pods = core_api.list_namespaced_pod(namespace, label_selector="app=triton").items
+    ips = {p.status.pod_ip for p in pods}
+    assert len(ips) == 2
+    for ip in ips:
+        with urllib.request.urlopen(f"http://{ip}:8000/v2/health/live", timeout=3) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://{ip}:8002/metrics", timeout=3) as r:
+            assert b"nv_" in r.read()
+        socket.create_connection((ip, 8001), timeout=3).close()
