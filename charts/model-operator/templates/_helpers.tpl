@@ -115,3 +115,10 @@ sum by (namespace, modeldeployment, le) (label_replace(rate(nv_inference_request
 {{- end -}}
 {{- $out | toJson -}}
 {{- end -}}
+
+{{/* The full name with a suffix, still within 63 characters. Args: (list $ "-config"). */}}
+{{- define "model-operator.suffixed" -}}
+{{- $root := index . 0 -}}{{- $suffix := index . 1 -}}
+{{- $base := include "model-operator.fullname" $root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-" -}}
+{{- printf "%s%s" $base $suffix -}}
+{{- end -}}
