@@ -120,7 +120,7 @@ def python_paths() -> list[str]:
     """Site-packages the stub's embedded interpreter must see (ours, a virtualenv's, the user's)."""
     paths: list[str] = []
     for p in [*site.getsitepackages(), site.getusersitepackages(), *sys.path]:
-        if p and "site-packages" in p and os.path.isdir(p) and p not in paths:
+        if p and ("site-packages" in p or "dist-packages" in p) and os.path.isdir(p) and p not in paths:
             paths.append(p)
     return paths
 
