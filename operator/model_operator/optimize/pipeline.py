@@ -1,0 +1,504 @@
+"""The worker's pipeline: fetch -> load -> data -> reference -> candidates (transform, convert,
+quantize, validate, time) -> choose -> package -> publish.
+
+Progress goes to the `model_operator.optimize` logger, one line per step and per candidate.
+Nothing is written at the destination until the artifact is complete (storage.publish_dir).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+from ..api.hashing import spec_hash as compute_spec_hash
+from ..api.types import (
+    ConversionFormat,
+    DType,
+    ModelDeploymentSpec,
+    PruningMethod,
+    QuantizationMode,
+    QuantizationScope,
+    Task,
+    TensorSpec,
+)
+from . import report as rep
+from .data import Dataset, load_npz
+from .errors import GateError, InputError, OptimizationError, WorkerError, first_line
+from .load import SourceModel, load_source
+from .quiet import captured
+from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_latency, run_all, threads
+from .search import Outcome, Plan, check_plans, choose, plans_for
+from .signature import dynamic_axes, sample_feeds, with_dynamic
+from .validate import compare, gate, reference_quality
+
+log = logging.getLogger("model_operator.optimize")
+
+SYNTHETIC_SAMPLES = 8
+GOLDEN_MIN = 64
+BUDGET_SHARE = 0.85
+
+
+@dataclass
+class Run:
+    spec: ModelDeploymentSpec
+    name: str
+    output: str
+    work: Path
+    base_dir: Path | None
+    started: float = field(default_factory=time.monotonic)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    step_no: int = 0
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def deadline_near(self) -> bool:
+        return time.monotonic() - self.started > self.spec.optimization.time_budget_seconds * BUDGET_SHARE
+
+    def step(self, title: str) -> "_Step":
+        self.step_no += 1
+        return _Step(self, title)
+
+
+class _Step:
+    TOTAL = 7
+
+    def __init__(self, run: Run, title: str) -> None:
+        self.run, self.title = run, title
+
+    def __enter__(self) -> "_Step":
+        self.t0 = time.monotonic()
+        log.info("step %d/%d %s", self.run.step_no, self.TOTAL, self.title)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.run.steps.append({"step": self.title, "seconds": round(time.monotonic() - self.t0, 3)})
+
+
+def _fetch(run: Run, uri: str, field_name: str) -> Path:
+    try:
+        return storage.fetch(uri, run.work / "inputs" / field_name.replace(".", "_"), base_dir=run.base_dir)
+    except storage.StorageError as exc:
+        raise InputError(field_name, str(exc)) from None
+
+
+def _raw_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception:  # noqa: BLE001 - reported properly by load_npz once the signature is known
+        return None
+
+
+def check_destination(output: str, base_dir: Path | None) -> None:
+    """Fail fast on a destination that cannot work (bad URI, wrong S3 credentials), before the
+    expensive part."""
+    try:
+        loc = storage.parse(output, base_dir=base_dir)
+        if loc.kind == "http":
+            raise storage.StorageError(output, "cannot publish to an http(s) URI: use a directory, pvc:// or s3://")
+        if loc.kind == "s3":
+            if not (loc.key or "").strip("/"):
+                raise storage.StorageError(output, "refusing to publish at the root of a bucket: use s3://bucket/prefix")
+            storage.list_artifact(output)
+        elif loc.path is not None and loc.path.exists() and not loc.path.is_dir():
+            raise storage.StorageError(output, "exists and is not a directory")
+    except storage.StorageError as exc:
+        raise InputError("--output", str(exc)) from None
+
+
+def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_dir: Path | None = None) -> dict[str, Any]:
+    """Optimize, package and publish; returns the summary. Raises WorkerError subclasses."""
+    r = Run(spec=spec, name=name, output=output, work=work, base_dir=base_dir)
+    n_threads = threads()
+    configure_torch(n_threads)
+    shash = compute_spec_hash(spec)
+    opt = spec.optimization
+    task = Task(spec.model.task)
+
+    with r.step("fetch"):
+        check_destination(output, base_dir)
+        model_path = _fetch(r, spec.model.uri, "spec.model.uri")
+        val_path = _fetch(r, spec.data.validation.uri, "spec.data.validation.uri") if spec.data.validation else None
+        cal_path = _fetch(r, spec.data.calibration.uri, "spec.data.calibration.uri") if spec.data.calibration else None
+        log.info("fetched %s (%d bytes)%s%s", spec.model.uri, model_path.stat().st_size,
+                 f", validation {spec.data.validation.uri}" if spec.data.validation else "",
+                 f", calibration {spec.data.calibration.uri}" if spec.data.calibration else "")
+
+    with r.step("load"):
+        raw = _raw_arrays(val_path) if val_path else (_raw_arrays(cal_path) if cal_path else None)
+        source = load_source(model_path, spec.model, raw)
+        log.info("%s model: inputs %s; outputs %s", source.kind, _sig(source.inputs), _sig(source.outputs))
+
+    with r.step("data"):
+        validation = calibration = None
+        if val_path is not None:
+            assert spec.data.validation is not None
+            validation = load_npz(val_path, field_name="spec.data.validation.uri", uri=spec.data.validation.uri, inputs=source.inputs, samples=spec.data.validation.samples)
+        if cal_path is not None:
+            assert spec.data.calibration is not None
+            calibration = load_npz(cal_path, field_name="spec.data.calibration.uri", uri=spec.data.calibration.uri, inputs=source.inputs, samples=spec.data.calibration.samples)
+        optimizing = (
+            opt.quantization.mode != QuantizationMode.none or opt.pruning.method != PruningMethod.none
+            or opt.clipping.method.value != "none" or opt.search.enabled
+        )
+        if validation is None:
+            if optimizing:
+                raise InputError("spec.data.validation", "the quality gate needs validation data: set data.validation")
+            validation = Dataset(inputs=sample_feeds(source.inputs, None, SYNTHETIC_SAMPLES), uri="(synthetic)")
+        log.info("validation: %d samples%s; calibration: %s", validation.size,
+                 " with labels" if validation.labels is not None else "", f"{calibration.size} samples" if calibration else "none")
+
+    conversion = ConversionFormat(spec.conversion.format)
+    plans = plans_for(opt, has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
+    check_plans(plans, opt, has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
+    if not source.is_torch and conversion == ConversionFormat.torchscript:
+        raise InputError("spec.conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx")
+
+    eval_batch = source.inputs[0].shape[0] if source.inputs[0].shape[0] != -1 else 32
+    lat_batch = eval_batch if source.inputs[0].shape[0] != -1 else opt.search.latency_batch_size
+    lat_inputs = latency_feeds(validation.inputs, lat_batch)
+
+    with r.step("reference"):
+        ref_runner = TorchRunner(source.fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
+        try:
+            reference = run_all(ref_runner, validation.inputs, eval_batch)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
+        quality_before = reference_quality(task, reference, validation.labels, validation.targets)
+        latency_before = measure_latency(lambda: ref_runner.run(lat_inputs))
+        log.info("original: %s, latency %.3f ms (batch %d, %d threads)", _q(quality_before) or "no ground truth", latency_before, lat_batch, n_threads)
+        del ref_runner
+
+    outcomes: list[Outcome] = []
+    with r.step(f"candidates ({len(plans)})"):
+        for i, plan in enumerate(plans):
+            if i > 0 and r.deadline_near():
+                outcomes.append(Outcome(plan, reason="skipped: time budget (optimization.timeBudgetSeconds) nearly spent"))
+                log.info("candidate %d/%d %s: skipped (time budget)", i + 1, len(plans), plan.name)
+                continue
+            t0 = time.monotonic()
+            try:
+                o = _candidate(r, i, plan, source, validation, calibration, reference, quality_before, eval_batch, lat_inputs, task)
+            except WorkerError as exc:
+                if len(plans) == 1 or isinstance(exc, InputError):
+                    raise
+                o = Outcome(plan, reason=exc.line)
+            except Exception as exc:  # noqa: BLE001 - one broken candidate must not end a search
+                if len(plans) == 1:
+                    raise OptimizationError("spec.optimization", f"{plan.name}: {type(exc).__name__}: {first_line(exc)}") from None
+                o = Outcome(plan, reason=f"{type(exc).__name__}: {first_line(exc)}")
+            o.seconds = round(time.monotonic() - t0, 3)
+            outcomes.append(o)
+            if o.latency_ms is not None:
+                log.info("candidate %d/%d %s: %s, latency %.3f ms (original %.3f ms), %s, %s%s", i + 1, len(plans), plan.name,
+                         "passed" if o.passed else "REJECTED", o.latency_ms, latency_before, _bytes(o.size_bytes or 0), _q(o.quality),
+                         "" if o.passed else f": {o.reason}")
+            else:
+                log.info("candidate %d/%d %s: failed: %s", i + 1, len(plans), plan.name, o.reason)
+
+    best = choose(outcomes)
+    if best is None:
+        gated = [o for o in outcomes if o.latency_ms is not None]
+        if gated:
+            if len(plans) == 1:
+                raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {gated[0].reason}")
+            raise GateError("spec.optimization.qualityGate", f"no candidate passed the gate ({len(outcomes)} tried); {gated[0].plan.name}: {gated[0].reason}")
+        raise OptimizationError("spec.optimization", f"every candidate failed; {outcomes[0].plan.name}: {outcomes[0].reason}")
+    won = outcomes[best]
+    log.info("chosen %s: latency %.3f ms vs %.3f ms original, %s vs %s original", won.plan.name, won.latency_ms, latency_before,
+             _bytes(won.size_bytes or 0), _bytes(source.size_bytes))
+
+    with r.step("package"):
+        stage = work / "stage"
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
+        art = won.artifact
+        fmt = "torchscript" if conversion == ConversionFormat.torchscript else "onnx"
+        in_sig, out_sig = _artifact_signature(source, spec)
+        _check_artifact_io(art, fmt, in_sig, out_sig)
+        from ..triton.config import ConfigError
+        from ..triton.repository import write_repository
+
+        try:
+            model_dir = write_repository(stage / "repository", name, art, artifact_format=fmt, inputs=in_sig, outputs=out_sig,
+                                         serving=spec.serving, target=spec.target)
+        except ConfigError as exc:
+            raise InputError("spec.serving", str(exc)) from None
+        golden_n = min(validation.size, max(GOLDEN_MIN, spec.monitoring.golden_probe.samples))
+        golden_inputs = {k: v[:golden_n] for k, v in validation.inputs.items()}
+        golden_outputs = _run_artifact(art, fmt, source, won.plan.graph_level, golden_inputs, eval_batch)
+        np.savez(stage / "golden.npz", **golden_inputs, **{t.name: a for t, a in zip(out_sig, golden_outputs)})
+        files = storage.file_digests(stage)
+        digest = storage.digest.digest_of(files)
+        model_rel = next(p for p in files if p.startswith(f"repository/{name}/1/model.") and not p.endswith(".py"))
+        size = (stage / model_rel).stat().st_size
+        report = {
+            "name": name,
+            "specHash": shash,
+            "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "worker": _environment(n_threads),
+            "source": {"uri": spec.model.uri, "format": source.kind, "sizeBytes": source.size_bytes, "sha256": storage.file_sha256(source.path),
+                       "inputs": _dump(source.inputs), "outputs": _dump(source.outputs)},
+            "data": {
+                "validation": {"uri": validation.uri, "samples": validation.size, "labels": validation.labels is not None},
+                "calibration": {"uri": calibration.uri, "samples": calibration.size} if calibration else None,
+            },
+            "artifact": {
+                "uri": output, "sha256": digest, "format": fmt, "modelFile": model_rel, "sizeBytes": size,
+                "originalSizeBytes": source.size_bytes, "sizeRatio": rep.rounded(source.size_bytes / size if size else 0.0, 4),
+                "inputs": _dump(in_sig), "outputs": _dump(out_sig), "backend": _backend(model_dir), "files": files,
+                "graphOptimizationLevel": won.plan.graph_level, **_onnx_facts(art, fmt),
+            },
+            "optimization": rep.rounded({
+                "recipe": won.plan.name,
+                "plan": won.plan.describe(),
+                "qualityBefore": quality_before,
+                "qualityAfter": won.quality,
+                "latencyMsBefore": latency_before,
+                "latencyMsAfter": won.latency_ms,
+                "latencyBatchSize": lat_batch,
+                "threads": n_threads,
+                "speedup": (latency_before / won.latency_ms) if won.latency_ms else None,
+                "gate": spec.optimization.quality_gate.model_dump(mode="json", by_alias=True),
+                "task": task.value,
+                "search": bool(opt.search.enabled),
+                "candidates": [rep.candidate_entry(o, full=True) for o in outcomes],
+                **{k: v for k, v in won.details.items()},
+            }),
+            "golden": {"file": "golden.npz", "samples": golden_n, "inputs": [t.name for t in in_sig], "outputs": [t.name for t in out_sig]},
+            "steps": r.steps,
+        }
+        (stage / storage.REPORT).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (stage / storage.MARKER).write_text(json.dumps({"sha256": digest, "specHash": shash}) + "\n", encoding="utf-8")
+
+    with r.step("publish"):
+        try:
+            storage.publish_dir(stage, output, base_dir=base_dir)
+        except storage.StorageError as exc:
+            raise InputError("--output", str(exc)) from None
+        log.info("published %s (sha256 %s)", output, digest)
+
+    return rep.summary(
+        spec_hash=shash, uri=output, sha256=digest, fmt=fmt, size_bytes=size, original_size_bytes=source.size_bytes,
+        recipe=won.plan.name, quality_before=quality_before, quality_after=won.quality, latency_before=latency_before,
+        latency_after=won.latency_ms, outcomes=outcomes, chosen=best,
+    )
+
+
+# --- one candidate --------------------------------------------------------------------------------
+
+
+def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task) -> tuple[Path, dict[str, Any]]:
+    """The clipped/pruned float model of `plan` (ONNX, or TorchScript for conversion.format
+    torchscript), shared by every plan with the same transform."""
+    key = "float:" + plan.transform_key()
+    if key in r.cache:
+        return r.cache[key]
+    d = r.work / "float" / str(len([k for k in r.cache if k.startswith("float:")]))
+    d.mkdir(parents=True, exist_ok=True)
+    details: dict[str, Any] = {}
+    conversion = r.spec.conversion
+    if source.is_torch:
+        from .convert import export_onnx, save_torchscript
+        from .transform import transform_torch
+
+        module = source.fresh()
+        clip_stats, prune_stats = transform_torch(module, plan.clipping, plan.pruning, calibration=calibration, inputs=source.inputs, task=task.value)
+        if ConversionFormat(conversion.format) == ConversionFormat.torchscript:
+            path = save_torchscript(source.kind, module, d / "model.pt")
+        else:
+            sample = sample_feeds(source.inputs, validation.inputs)
+            path = export_onnx(source.kind, module, d / "model.onnx", inputs=source.inputs, outputs=source.outputs, conversion=conversion, sample=sample)
+    else:
+        import onnx
+
+        from .onnxweights import transform_onnx
+
+        model, clip_stats, prune_stats = transform_onnx(source.onnx_model, plan.clipping, plan.pruning)
+        path = d / "model.onnx"
+        onnx.save(model, str(path))
+    if plan.clipping.method.value != "none":
+        details["clipping"] = clip_stats.as_dict()
+    if plan.pruning.method != PruningMethod.none:
+        details["pruning"] = prune_stats.as_dict()
+    r.cache[key] = (path, details)
+    return path, details
+
+
+def _candidate(
+    r: Run, idx: int, plan: Plan, source: SourceModel, validation: Dataset, calibration: Dataset | None,
+    reference: list[np.ndarray], quality_before: dict[str, float], eval_batch: int, lat_inputs: dict[str, np.ndarray], task: Task,
+) -> Outcome:
+    from .quantize import match_names, preprocess, quantize
+
+    float_path, details = _float_model(r, plan, source, calibration, validation, task)
+    details = dict(details)
+    q = plan.quantization
+    mode = QuantizationMode(q.mode)
+    cdir = r.work / "candidates" / f"{idx:02d}"
+    cdir.mkdir(parents=True, exist_ok=True)
+    if float_path.suffix == ".pt":
+        art = cdir / "model.pt"
+        shutil.copyfile(float_path, art)
+    elif mode == QuantizationMode.none:
+        art = float_path
+    else:
+        pre_key = "pre:" + plan.transform_key()
+        if pre_key not in r.cache:
+            r.cache[pre_key] = preprocess(float_path, float_path.with_name("model.pre.onnx"))
+        pre = r.cache[pre_key]
+        exclude: list[str] = []
+        if q.scope == QuantizationScope.partial and mode != QuantizationMode.fp16:
+            import onnx
+
+            model = onnx.load(str(pre), load_external_data=False)
+            if q.sensitive_layers.names:
+                field_name = "spec.optimization.quantization.sensitiveLayers.names"
+                exclude += match_names(model, q.sensitive_layers.names, field_name)
+            if q.sensitive_layers.auto:
+                exclude += [n for n in _sensitive(r, plan, pre, validation, reference, calibration) if n not in exclude]
+            details["excludedNodes"] = exclude
+        art = cdir / "model.onnx"
+        res = quantize(pre, art, q, calibration=calibration, input_names=[t.name for t in source.inputs], exclude=exclude)
+        details["quantizedNodes"] = res.quantized_nodes
+        if res.blocked_fp16_ops:
+            details["fp16BlockedOps"] = res.blocked_fp16_ops
+    o = Outcome(plan, details=details, artifact=art)
+    outputs = _run_artifact(art, "torchscript" if art.suffix == ".pt" else "onnx", source, plan.graph_level, validation.inputs, eval_batch)
+    o.quality = compare(task, reference, outputs, validation.labels, validation.targets)
+    verdict = gate(task, quality_before, o.quality, r.spec.optimization.quality_gate)
+    o.passed, o.reason = verdict.passed, verdict.reason
+    runner = _runner(art, source, plan.graph_level)
+    o.latency_ms = measure_latency(lambda: runner.run(lat_inputs))
+    o.size_bytes = art.stat().st_size
+    return o
+
+
+def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: list[np.ndarray], calibration: Dataset | None) -> list[str]:
+    from . import sensitivity
+
+    q = plan.quantization
+    key = json.dumps(["sens", plan.transform_key(), QuantizationMode(q.mode).value, q.per_channel, q.op_types])
+    if key not in r.cache:
+        t0 = time.monotonic()
+        scores = sensitivity.measure(pre, q, validation=validation, reference=reference, calibration=calibration,
+                                     input_names=list(validation.inputs), work=r.work / "sensitivity",
+                                     deadline=r.deadline_near)
+        r.cache[key] = scores
+        log.info("sensitivity: measured %d layers in %.1f s", len(scores), time.monotonic() - t0)
+    scores = r.cache[key]
+    chosen = sensitivity.rank_sensitive(scores, q.sensitive_layers.count)
+    log.info("sensitive layers kept in float: %s", ", ".join(chosen) or "none")
+    return chosen
+
+
+def _runner(art: Path, source: SourceModel, level: str) -> OrtRunner | TorchRunner:
+    if art.suffix == ".pt":
+        import torch
+
+        with captured():
+            module = torch.jit.load(str(art), map_location="cpu")
+        module.eval()
+        return TorchRunner(module, source.inputs)
+    return OrtRunner(art, level=level)
+
+
+def _run_artifact(art: Path, fmt: str, source: SourceModel, level: str, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    try:
+        return run_all(_runner(art, source, level), inputs, batch)
+    except Exception as exc:  # noqa: BLE001
+        raise OptimizationError("spec.optimization", f"the optimized model fails to run: {first_line(exc)}") from None
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _artifact_signature(source: SourceModel, spec: ModelDeploymentSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    if not source.is_torch:
+        return list(source.inputs), list(source.outputs)
+    ins = [with_dynamic(t, dynamic_axes(t, spec.conversion, is_input=True)) for t in source.inputs]
+    outs = [with_dynamic(t, dynamic_axes(t, spec.conversion, is_input=False)) for t in source.outputs]
+    return ins, outs
+
+
+def _check_artifact_io(art: Path, fmt: str, ins: list[TensorSpec], outs: list[TensorSpec]) -> None:
+    if fmt != "onnx":
+        return
+    runner = OrtRunner(art, level="basic")
+    if runner.input_names != [t.name for t in ins] and sorted(runner.input_names) != sorted(t.name for t in ins):
+        raise OptimizationError("spec.conversion", f"the artifact's inputs {runner.input_names} differ from the signature {[t.name for t in ins]}")
+    if runner.output_names != [t.name for t in outs]:
+        raise OptimizationError("spec.conversion", f"the artifact's outputs {runner.output_names} differ from the signature {[t.name for t in outs]}")
+
+
+def _onnx_facts(art: Path, fmt: str) -> dict[str, Any]:
+    if fmt != "onnx":
+        return {}
+    import onnx
+
+    m = onnx.load(str(art), load_external_data=False)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    weights = {}
+    for init in m.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(init.data_type).lower()
+        weights[name] = weights.get(name, 0) + int(np.prod(init.dims)) if init.dims else weights.get(name, 0) + 1
+    return {"opset": opset, "weightElementsByType": weights}
+
+
+def _backend(model_dir: Path) -> str:
+    text = (model_dir / "config.pbtxt").read_text()
+    for line in text.splitlines():
+        if line.startswith("backend:"):
+            return line.split(":", 1)[1].strip().strip('"')
+    return ""
+
+
+def _environment(n_threads: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    env: dict[str, Any] = {"python": platform.python_version(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                           "threads": n_threads, "machine": platform.machine()}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), None)
+        if cpu:
+            env["cpu"] = cpu
+    except OSError:
+        pass
+    return env
+
+
+def _dump(ts: list[TensorSpec]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "dtype": DType(t.dtype).value, "shape": list(t.shape)} for t in ts]
+
+
+def _sig(ts: list[TensorSpec]) -> str:
+    return ", ".join(f"{t.name} {DType(t.dtype).value} {list(t.shape)}" for t in ts)
+
+
+def _q(q: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in q.items())
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

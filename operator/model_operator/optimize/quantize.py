@@ -1,0 +1,161 @@
+"""Quantization with ONNX Runtime: dynamic int8, static int8 (QDQ, calibrated on the
+calibration .npz), fp16 (fp16.py); per-channel or per-tensor weights; a subset of op types;
+nodes kept in float (named in the spec or found by sensitivity.py)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api.types import Quantization, QuantizationMode
+from .data import Dataset
+from .errors import InputError, OptimizationError, first_line
+from .quiet import captured
+
+log = logging.getLogger("model_operator.optimize")
+
+# Ops whose weights quantization stores as int8 (the ones that carry the bytes).
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU")
+CALIBRATION_BATCH = 8
+
+
+@dataclass
+class QuantResult:
+    path: Path
+    quantized_nodes: int = 0
+    op_types: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    blocked_fp16_ops: list[str] = field(default_factory=list)
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (symbolic shape inference, basic graph
+    optimization, ONNX shape inference); falls back step by step for graphs it can't handle."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    attempts = [dict(), dict(skip_symbolic_shape=True), dict(skip_symbolic_shape=True, skip_optimization=True)]
+    last: Exception | None = None
+    for kwargs in attempts:
+        try:
+            with captured():
+                quant_pre_process(str(src), str(dst), **kwargs)
+            return dst
+        except Exception as exc:  # noqa: BLE001 - each fallback is cheaper and more permissive
+            last = exc
+            log.debug("quant_pre_process %s failed: %s", kwargs, first_line(exc))
+    log.info("pre-processing for quantization failed (%s); quantizing the exported graph as is", first_line(last) if last else "?")
+    shutil.copyfile(src, dst)
+    return dst
+
+
+class NpzReader:
+    """CalibrationDataReader over a Dataset, in small batches."""
+
+    def __init__(self, data: Dataset, input_names: Sequence[str], batch: int = CALIBRATION_BATCH) -> None:
+        self._data = data
+        self._names = list(input_names)
+        self._batch = batch
+        self._it: Iterator[dict[str, Any]] | None = None
+        self.rewind()
+
+    def get_next(self) -> dict[str, Any] | None:
+        assert self._it is not None
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = ({k: v for k, v in b.items() if k in self._names} for b in self._data.batches(self._batch))
+
+
+def quantizable_nodes(model: Any, op_types: Sequence[str] | None = None) -> list[Any]:
+    """Nodes with a weight initializer that int8 quantization would convert."""
+    inits = {i.name for i in model.graph.initializer}
+    wanted = set(op_types) if op_types else set(WEIGHT_OPS)
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in wanted:
+            continue
+        weight_idx = 0 if node.op_type == "Gather" else 1
+        if len(node.input) > weight_idx and node.input[weight_idx] in inits:
+            out.append(node)
+    return out
+
+
+def quantize(
+    pre: Path,
+    out: Path,
+    q: Quantization,
+    *,
+    calibration: Dataset | None,
+    input_names: Sequence[str],
+    exclude: Sequence[str] = (),
+    nodes_to_quantize: Sequence[str] | None = None,
+) -> QuantResult:
+    """Quantize the pre-processed model at `pre` into `out` as `q` asks."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    mode = QuantizationMode(q.mode)
+    if mode == QuantizationMode.none:
+        shutil.copyfile(pre, out)
+        return QuantResult(out)
+    if mode == QuantizationMode.fp16:
+        from .fp16 import convert_checked
+
+        try:
+            converted, blocked = convert_checked(onnx.load(str(pre)))
+        except RuntimeError as exc:
+            raise OptimizationError("spec.optimization.quantization.mode", f"fp16: {exc}") from None
+        onnx.save(converted, str(out))
+        return QuantResult(out, quantized_nodes=len(converted.graph.node), op_types=["*"], blocked_fp16_ops=blocked)
+
+    op_types = list(q.op_types) if q.op_types else None
+    extra: dict[str, Any] = {"MatMulConstBOnly": True}
+    try:
+        with captured():
+            if mode == QuantizationMode.dynamic_int8:
+                quantize_dynamic(
+                    str(pre), str(out), op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=False,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), nodes_to_quantize=list(nodes_to_quantize or []),
+                    extra_options=extra,
+                )
+            else:
+                if calibration is None:
+                    raise InputError("spec.data.calibration", "static-int8 quantization needs calibration data: set data.calibration")
+                quantize_static(
+                    str(pre), str(out), NpzReader(calibration, input_names), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                    nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={**extra, "ActivationSymmetric": False, "WeightSymmetric": True},
+                )
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
+    model = onnx.load(str(out), load_external_data=False)
+    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "DequantizeLinear")]
+    return QuantResult(out, quantized_nodes=len(qnodes), op_types=sorted({n.op_type for n in qnodes}), excluded=list(exclude))
+
+
+def match_names(model: Any, names: Sequence[str], field_name: str) -> list[str]:
+    """ONNX node names for the layer names of `spec.optimization.quantization.sensitiveLayers.names`.
+    A name matches a node by its exact name, by its module path (`layers.0.fc` matches
+    `/layers.0/fc/MatMul`), or by the name of its weight initializer."""
+    nodes = list(model.graph.node)
+    found: list[str] = []
+    for i, name in enumerate(names):
+        want = name.strip("/").replace("/", ".")
+        hits = []
+        for n in nodes:
+            norm = n.name.strip("/").replace("/", ".")
+            if n.name == name or norm == want or norm.startswith(want + ".") or any(inp == name or inp.startswith(want + ".") for inp in n.input[1:2]):
+                hits.append(n.name)
+        if not hits:
+            examples = ", ".join(n.name for n in quantizable_nodes(model)[:4])
+            raise InputError(f"{field_name}[{i}]", f"'{name}' matches no node of the model (nodes look like: {examples})")
+        found.extend(h for h in hits if h not in found)
+    return found

@@ -1,0 +1,123 @@
+"""report.json (everything) and the summary (< 4 KiB, for the Job's termination message).
+
+Summary (docs/contracts.md):
+{"ok": true, "reason": "", "specHash": "...",
+ "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"},
+ "optimization": {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter",
+                  "candidates": [{"name", "passed", "latencyMs", "sizeBytes", "quality", "reason"}]}}
+On failure: {"ok": false, "reason": "<the one-line reason>", "specHash": "..."}.
+When the candidates don't fit, they are shortened (qualities reduced to the gated metric, reasons
+cut), then dropped from the end (the chosen one is always kept) and `candidatesOmitted` says how
+many.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+from .search import Outcome
+
+SUMMARY_LIMIT: Final = 4096
+KEY_METRICS: Final = ("top1", "agreement", "cosine", "maxAbsError")
+
+
+def rounded(x: Any, digits: int = 6) -> Any:
+    """Floats to `digits` significant digits (NaN/inf to None), recursively."""
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return None
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [rounded(v, digits) for v in x]
+    return x
+
+
+def candidate_entry(o: Outcome, *, full: bool = False) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": o.plan.name,
+        "passed": o.passed,
+        "latencyMs": o.latency_ms,
+        "sizeBytes": o.size_bytes,
+        "quality": dict(o.quality),
+        "reason": o.reason,
+    }
+    if full:
+        entry["recipe"] = o.plan.describe()
+        entry["seconds"] = o.seconds
+        entry.update(o.details)
+    return rounded(entry)
+
+
+def summary(
+    *,
+    spec_hash: str,
+    uri: str,
+    sha256: str,
+    fmt: str,
+    size_bytes: int,
+    original_size_bytes: int,
+    recipe: str,
+    quality_before: dict[str, float],
+    quality_after: dict[str, float],
+    latency_before: float | None,
+    latency_after: float | None,
+    outcomes: Sequence[Outcome],
+    chosen: int,
+) -> dict[str, Any]:
+    cands = [candidate_entry(o) for o in outcomes]
+    out = {
+        "ok": True,
+        "reason": "",
+        "specHash": spec_hash,
+        "artifact": {"uri": uri, "sha256": sha256, "format": fmt, "sizeBytes": size_bytes, "originalSizeBytes": original_size_bytes},
+        "optimization": rounded(
+            {
+                "recipe": recipe,
+                "qualityBefore": quality_before,
+                "qualityAfter": quality_after,
+                "latencyMsBefore": latency_before,
+                "latencyMsAfter": latency_after,
+                "candidates": cands,
+            }
+        ),
+    }
+    return fit(out, chosen)
+
+
+def failure(spec_hash: str, reason: str) -> dict[str, Any]:
+    return {"ok": False, "reason": reason[:3500], "specHash": spec_hash}
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False)
+
+
+def fit(summary_obj: dict[str, Any], chosen: int, limit: int = SUMMARY_LIMIT) -> dict[str, Any]:
+    """Shrink the candidates list until the summary's JSON is under `limit` bytes."""
+    if len(dumps(summary_obj).encode()) < limit:
+        return summary_obj
+    opt = summary_obj["optimization"]
+    cands = opt["candidates"]
+    for c in cands:
+        c["quality"] = {k: v for k, v in c["quality"].items() if k in KEY_METRICS}
+        c["reason"] = c["reason"][:80]
+        if not c["reason"]:
+            del c["reason"]
+    keep = list(range(len(cands)))
+    omitted = 0
+    while len(dumps(summary_obj).encode()) >= limit and len(keep) > 1:
+        drop = next(i for i in reversed(keep) if i != chosen)
+        keep.remove(drop)
+        omitted += 1
+        opt["candidates"] = [cands[i] for i in keep]
+        opt["candidatesOmitted"] = omitted
+    if len(dumps(summary_obj).encode()) >= limit:
+        for c in opt["candidates"]:
+            c.pop("quality", None)
+            c.pop("reason", None)
+    return summary_obj
