@@ -246,3 +246,76 @@ def rbac_violations(objs: Iterable[dict[str, Any]], allowed_secret_names: Iterab
 
 def pod_templates(objs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objs if pod_spec(o) is not None]
+
+
+# --- running as the chart's ServiceAccount -------------------------------------------------------
+
+
+def kubectl_binary() -> Path | None:
+    """The kubectl hack/build-binaries.sh built, or kubectl on PATH."""
+    return cached_binary("kubectl", "KUBERNETES_VERSION")
+
+
+def service_account_name(release: str, values: dict[str, Any] | None = None) -> str:
+    """The ServiceAccount a release of this chart runs the operator as (default values: the full name)."""
+    sa = ((values or {}).get("serviceAccount") or {}).get("name")
+    if sa:
+        return str(sa)
+    override = (values or {}).get("fullnameOverride")
+    if override:
+        return str(override)[:63].rstrip("-")
+    name = (values or {}).get("nameOverride") or "model-operator"
+    full = release if name in release else f"{release}-{name}"
+    return full[:63].rstrip("-")
+
+
+def service_account_kubeconfig(
+    admin_kubeconfig: str | Path,
+    namespace: str,
+    service_account: str,
+    path: str | Path,
+    *,
+    duration_seconds: int = 3600,
+    audiences: Iterable[str] = (),
+    kubectl: str | Path | None = None,
+) -> Path:
+    """Write a kubeconfig at `path` that authenticates as system:serviceaccount:<namespace>:<service_account>
+    with a bound token from the TokenRequest API (`kubectl create token`), against the cluster and CA
+    of the admin kubeconfig's current context. Its default namespace is `namespace`.
+
+    Run the operator as the chart's identity with it: KUBECONFIG=<path> model-operator run ...
+    (kopf and the kubernetes client both read token kubeconfigs). Returns `path`."""
+    admin_kubeconfig = Path(admin_kubeconfig)
+    binary = Path(kubectl) if kubectl else kubectl_binary()
+    if binary is None:
+        raise FileNotFoundError("kubectl not found; build it with hack/build-binaries.sh")
+    argv = [str(binary), "--kubeconfig", str(admin_kubeconfig), "create", "token", service_account,
+            "--namespace", namespace, f"--duration={int(duration_seconds)}s"]
+    for audience in audiences:
+        argv += ["--audience", audience]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TokenRequest for {namespace}/{service_account} failed: {proc.stderr.strip()}")
+    token = proc.stdout.strip()
+
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    context_name = admin.get("current-context")
+    context = next(c["context"] for c in admin["contexts"] if c["name"] == context_name)
+    cluster = dict(next(c["cluster"] for c in admin["clusters"] if c["name"] == context["cluster"]))
+    # A CA given as a relative path is relative to the admin kubeconfig.
+    ca = cluster.get("certificate-authority")
+    if ca and not Path(ca).is_absolute():
+        cluster["certificate-authority"] = str((admin_kubeconfig.parent / ca).resolve())
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": service_account, "context": {"cluster": "cluster", "user": user, "namespace": namespace}}],
+        "current-context": service_account,
+    }
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
