@@ -4,6 +4,7 @@ COMPLETE last, verify, list, delete, and clear errors for wrong credentials and 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,16 @@ from model_operator.storage import (
 )
 
 
+def _create_bucket(client: object, name: str) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[dict[str, str]]:
     from moto.server import ThreadedMotoServer
@@ -37,11 +48,12 @@ def moto_endpoint() -> Iterator[dict[str, str]]:
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret)
 
     iam = client("iam")
-    iam.create_user(UserName="worker")
+    user = f"worker-{uuid.uuid4().hex[:8]}"  # moto's state is per process, shared by every server
+    iam.create_user(UserName=user)
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="worker", PolicyName="s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="worker")["AccessKey"]
-    client("s3").create_bucket(Bucket="models")
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    _create_bucket(client("s3"), "models")
     yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     server.stop()
 

@@ -103,14 +103,26 @@ def latency_feeds(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.nda
     return out
 
 
-def measure_latency(fn: Callable[[], Any], *, warmup: int = 5, min_runs: int = 20, max_runs: int = 300, budget_s: float | None = None) -> float:
-    """Median wall time of `fn` in milliseconds: `warmup` untimed calls, then at least
-    `min_runs` timed calls, more while under `budget_s` seconds (default
-    MODEL_OPERATOR_LATENCY_BUDGET_S, else 1.5; at most `max_runs`)."""
+def warm_up(fn: Callable[[], Any], calls: int = 10, max_calls: int = 100) -> None:
+    """At least `calls` untimed calls, more while the last one is still much slower than the
+    fastest so far (TorchScript's profiling executor runs its first several calls slowly)."""
+    best = float("inf")
+    for i in range(max_calls):
+        t0 = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t0
+        best = min(best, took)
+        if i + 1 >= calls and took <= 2 * best:
+            return
+
+
+def measure_latency(fn: Callable[[], Any], *, min_runs: int = 20, max_runs: int = 300, budget_s: float | None = None) -> float:
+    """Median wall time of `fn` in milliseconds after warm_up: at least `min_runs` timed calls,
+    more while under `budget_s` seconds (default MODEL_OPERATOR_LATENCY_BUDGET_S, else 1.5; at
+    most `max_runs`)."""
     if budget_s is None:
         budget_s = float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5"))
-    for _ in range(warmup):
-        fn()
+    warm_up(fn)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):

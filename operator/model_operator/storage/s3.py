@@ -75,18 +75,31 @@ def translate(exc: BaseException, uri: str, action: str) -> StorageError:
 
 
 def download(bucket: str, key: str, dest: Path, uri: str, *, max_bytes: int | None = None) -> Path:
-    s3 = client()
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-        size = int(head.get("ContentLength", 0))
-        if max_bytes is not None and size > max_bytes:
-            from .errors import TooLargeError
+    """GET the object into `dest` (a GET, not HEAD + GET: a failed GET carries the error code
+    that says which credential is wrong)."""
+    from .errors import TooLargeError
 
+    s3 = client()
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        resp = s3.get_object(Bucket=bucket, Key=key)
+        size = int(resp.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()
             raise TooLargeError(uri, f"object is {size} bytes, more than the {max_bytes}-byte limit")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(dest))
+        got = 0
+        with open(tmp, "wb") as fh:
+            for chunk in resp["Body"].iter_chunks(1 << 20):
+                fh.write(chunk)
+                got += len(chunk)
+        if got != size:
+            raise StorageError(uri, f"truncated download: got {got} of {size} bytes")
+        os.replace(tmp, dest)
     except Exception as exc:  # noqa: BLE001 - translated into a StorageError naming the URI
         raise translate(exc, uri, "read") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -1,0 +1,105 @@
+"""The worker on a transformer encoder (int64 input_ids + attention_mask, dynamic batch and
+sequence axes) through every step: torch.export and TorchScript sources, clipping, gradient
+pruning, automatic sensitive layers, static int8 on an ONNX source, and a built-in search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EncoderFiles, check_artifact, check_summary, mean_cosine, ort_run, run_worker, token_batch
+
+pytestmark = pytest.mark.slow
+
+
+def _original(encoder: EncoderFiles, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return encoder.module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+
+
+def _check_dynamic_axes(encoder: EncoderFiles, model: Path, min_cosine: float = 0.99) -> None:
+    """The artifact takes other batch sizes and sequence lengths than it was traced with, and
+    answers like the original model."""
+    rng = np.random.default_rng(7)
+    for batch, seq in ((1, 5), (3, 20)):
+        feeds = token_batch(rng, batch, seq)
+        got = ort_run(model, feeds)[0]
+        assert got.shape == (batch, 32)
+        assert mean_cosine(got, _original(encoder, feeds)) >= min_cosine
+
+
+def test_exported_program_with_builtin_search(encoder: EncoderFiles, tmp_path: Path) -> None:
+    spec = {
+        "model": {"uri": str(encoder.exported), "task": "embedding"},
+        "data": {"validation": {"uri": str(encoder.validation)}, "calibration": {"uri": str(encoder.calibration)}},
+        "optimization": {"quantization": {"mode": "dynamic-int8"}, "search": {"enabled": True, "maxCandidates": 6}, "qualityGate": {"minCosine": 0.99}},
+        "conversion": {"dynamicAxes": {"batch": True, "sequence": True}},
+        "target": "edge",
+        "serving": {"maxBatchSize": 8},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr
+    report = check_artifact(dest, "encoder")
+    check_summary(res.summary, str(dest), report)
+    opt = report["optimization"]
+    assert len(opt["candidates"]) == 6 and len({c["name"] for c in opt["candidates"]}) == 6
+    assert opt["qualityAfter"]["cosine"] >= 0.99
+    assert report["artifact"]["inputs"] == [
+        {"name": "input_ids", "dtype": "int64", "shape": [-1, -1]},
+        {"name": "attention_mask", "dtype": "int64", "shape": [-1, -1]},
+    ]
+    assert report["artifact"]["originalSizeBytes"] / report["artifact"]["sizeBytes"] > 2.5
+    config = (dest / "repository/encoder/config.pbtxt").read_text()
+    assert "TYPE_INT64" in config and "max_batch_size: 8" in config
+    _check_dynamic_axes(encoder, dest / "repository/encoder/1/model.onnx")
+    golden = np.load(dest / "golden.npz")
+    assert set(golden.files) == {"input_ids", "attention_mask", "output"}
+
+
+def test_torchscript_gradient_pruning_clipping_auto_sensitive(encoder: EncoderFiles, tmp_path: Path) -> None:
+    spec = {
+        "model": {"uri": str(encoder.torchscript), "task": "embedding", "inputs": EncoderFiles.INPUTS,
+                  "outputs": [{"name": "embedding", "dtype": "float32", "shape": [-1, 32]}]},
+        "data": {"validation": {"uri": str(encoder.validation)}, "calibration": {"uri": str(encoder.calibration)}},
+        "optimization": {
+            "quantization": {"mode": "dynamic-int8", "scope": "partial", "sensitiveLayers": {"auto": True, "count": 2}},
+            "clipping": {"method": "percentile", "percentile": 99.99},
+            "pruning": {"method": "gradient", "sparsity": 0.05},
+            "qualityGate": {"minCosine": 0.97},
+        },
+        "conversion": {"dynamicAxes": {"sequence": True}},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr
+    report = check_artifact(dest, "encoder")
+    opt = report["optimization"]
+    assert len(opt["excludedNodes"]) == 2
+    assert opt["pruning"]["sparsity"] == pytest.approx(0.05, abs=0.005)
+    assert "sensitive layers kept in float" in res.stderr
+    import onnx
+
+    graph = onnx.load(str(dest / "repository/encoder/1/model.onnx")).graph
+    names = {n.name for n in graph.node}
+    assert set(opt["excludedNodes"]) <= names, "excluded nodes stay (unquantized) in the graph"
+    _check_dynamic_axes(encoder, dest / "repository/encoder/1/model.onnx", min_cosine=0.97)
+
+
+def test_onnx_source_static_int8(encoder: EncoderFiles, tmp_path: Path) -> None:
+    spec = {
+        "model": {"uri": str(encoder.onnx), "task": "embedding"},
+        "data": {"validation": {"uri": str(encoder.validation), "samples": 32}, "calibration": {"uri": str(encoder.calibration)}},
+        "optimization": {"quantization": {"mode": "static-int8", "perChannel": True, "opTypes": ["MatMul"]}, "qualityGate": {"minCosine": 0.95}},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr
+    report = check_artifact(dest, "encoder")
+    assert report["source"]["format"] == "onnx" and report["data"]["validation"]["samples"] == 32
+    assert report["optimization"]["quantizedNodes"] > 0
+    _check_dynamic_axes(encoder, dest / "repository/encoder/1/model.onnx", min_cosine=0.95)
