@@ -231,6 +231,25 @@ def test_install_cluster_role_allows_what_the_operator_needs_and_nothing_more(re
     assert not problems, "\n".join(problems)
 
 
+def test_install_cluster_wide(release: Release) -> None:
+    """Default values: every namespace, a ClusterKopfPeering, no namespace scanning."""
+    release.values = {"operator": {"nodeSelector": {"node-pool": "cpu"}}}
+    release.install()
+    rel = release
+    problems = []
+    for ns in ("default", rel.namespace):
+        problems += _denials(rel, [c for c in MUST_IN_WATCHED if not c[1].startswith("kopfpeerings")], ns, True)
+        problems += _denials(rel, MUST_NOT_ANYWHERE, ns, False)
+    problems += _denials(rel, [c for c in MUST_NOT_CLUSTER if not c[1].startswith("clusterkopfpeerings")], None, False)
+    peering = f"clusterkopfpeerings.kopf.dev/{rel.fullname}"
+    problems += _denials(rel, [("patch", peering, None), ("get", peering, None), ("watch", "clusterkopfpeerings.kopf.dev", None),
+                               ("list", "modeldeployments.serving.model-operator.io", None)], None, True)
+    problems += _denials(rel, [("patch", "clusterkopfpeerings.kopf.dev/someone-else", None), ("list", "namespaces", None),
+                               ("list", "kopfpeerings.kopf.dev", None)], None, False)
+    assert not problems, "\n".join(problems)
+    assert release.cluster.kubectl("get", "clusterkopfpeering", rel.fullname, "-o", "name").stdout.strip()
+
+
 def test_install_namespaced_rbac_is_confined_to_watched_namespaces(release: Release, watched: str) -> None:
     release.values = {**base_values(watched), "rbac": {"namespaced": True}}
     release.install()
@@ -384,7 +403,8 @@ def _modeldeployment(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def test_operator_runs_as_the_chart_service_account(release: Release, watched: str, custom_api: Any, batch_api: Any,
+@pytest.mark.parametrize("rbac", ["cluster-role", "namespaced-roles"])
+def test_operator_runs_as_the_chart_service_account(rbac: str, release: Release, watched: str, custom_api: Any, batch_api: Any,
                                                     core_api: Any, wait_for: Any, tmp_path: Path) -> None:
     """The operator, authenticated only as the chart's ServiceAccount, watches, writes status and
     Events, creates and deletes Jobs and runs its finalizer without a single 403. The worker and
@@ -396,6 +416,7 @@ def test_operator_runs_as_the_chart_service_account(release: Release, watched: s
         "artifactStore": {"type": "s3", "s3": {"bucket": "models"}},
         "worker": {"nodeSelector": {"node-pool": "cpu"}},
         "operator": {"nodeSelector": {"node-pool": "cpu"}, "finalizerTimeoutSeconds": 120},
+        "rbac": {"namespaced": rbac == "namespaced-roles"},
     }
     release.install()
     group, version, plural = "serving.model-operator.io", "v1alpha1", "modeldeployments"
