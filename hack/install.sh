@@ -9,10 +9,11 @@ log() { printf '[install %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  command -v prometheus >/dev/null || need+=(prometheus)
-  command -v promtool >/dev/null || need+=(prometheus)
+  command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the chart's rules
   command -v openssl >/dev/null || need+=(openssl)
-  command -v gcc >/dev/null || need+=(gcc)
+  command -v gcc >/dev/null || need+=(gcc)          # the pod runner's bind shim
+  command -v ip >/dev/null || need+=(iproute2)      # routes the local pod network to lo
+  command -v nsenter >/dev/null || need+=(util-linux)
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
     apt-get update -qq

@@ -28,6 +28,13 @@ RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SEC
 SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster token first, else $KUBECONFIG as it is now (the client library reads it only
+    when it is imported, which breaks a kubeconfig chosen later, as tests do)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))

@@ -276,8 +276,12 @@ class Reconciler:
                 replicas=0, readyReplicas=0, ready=f"0/{(spec.serving or Serving()).replicas}",
                 selector=names.selector_string(names.serving_selector(name)),
             )
-            cond("Available", False, "NoArtifact", "waiting for the optimized artifact")
-            cond("Progressing", True, "Optimizing", "optimizing the model")
+            if optimization_failed:
+                cond("Available", False, "OptimizationFailed", "the optimization Job failed; see OptimizationSucceeded")
+                cond("Progressing", False, "OptimizationFailed", "nothing to roll out until the spec changes")
+            else:
+                cond("Available", False, "NoArtifact", "waiting for the optimized artifact")
+                cond("Progressing", True, "Optimizing", "optimizing the model")
         else:
             cond("Available", artifact_ready, "Published" if artifact_ready else "NoArtifact",
                  f"artifact at {artifact.get('uri')}" if artifact_ready else "waiting for the optimized artifact")

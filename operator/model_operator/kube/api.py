@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from functools import cached_property
 from typing import Any
 
@@ -44,7 +45,8 @@ class Kube:
             try:
                 kubernetes.config.load_incluster_config()
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
+                # The client reads $KUBECONFIG when it is imported; read it again now.
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             api_client = kubernetes.client.ApiClient()
         self.api_client = api_client
 
