@@ -87,7 +87,7 @@ class Release:
 
     @property
     def fullname(self) -> str:
-        return chartlib.service_account_name(self.name, self.values) if not self.values.get("serviceAccount") else self.name
+        return chartlib.fullname(self.name, self.values)
 
     @property
     def service_account(self) -> str:

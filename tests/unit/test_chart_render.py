@@ -643,3 +643,17 @@ def test_schema_covers_every_default_value() -> None:
                 walk(value, props[key], f"{path}{key}.")
 
     walk(values, schema, "")
+
+
+@pytest.mark.parametrize(
+    "release,values",
+    [("mo", {}), ("model-operator", {}), ("prod-model-operator-eu", {}), ("x", {"fullnameOverride": "op"}),
+     ("x", {"nameOverride": "mop"}), ("x", {"serviceAccount": {"name": "robot"}}), ("r" * 53, {})],
+)
+def test_chartlib_names_agree_with_the_chart(release: str, values: dict[str, Any]) -> None:
+    """The helpers tests use to find a release's objects name them as the templates do."""
+    objs = chartlib.render(values, release=release, namespace=NS)
+    assert chartlib.one(objs, "Deployment")["metadata"]["name"] == chartlib.fullname(release, values)
+    sa = chartlib.service_account_name(release, values)
+    assert chartlib.one(objs, "ServiceAccount")["metadata"]["name"] == sa
+    assert chartlib.one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == sa

@@ -256,17 +256,20 @@ def kubectl_binary() -> Path | None:
     return cached_binary("kubectl", "KUBERNETES_VERSION")
 
 
-def service_account_name(release: str, values: dict[str, Any] | None = None) -> str:
-    """The ServiceAccount a release of this chart runs the operator as (default values: the full name)."""
-    sa = ((values or {}).get("serviceAccount") or {}).get("name")
-    if sa:
-        return str(sa)
-    override = (values or {}).get("fullnameOverride")
-    if override:
-        return str(override)[:63].rstrip("-")
-    name = (values or {}).get("nameOverride") or "model-operator"
+def fullname(release: str, values: dict[str, Any] | None = None) -> str:
+    """The chart's "model-operator.fullname" for a release: the base of its object names."""
+    values = values or {}
+    if values.get("fullnameOverride"):
+        return str(values["fullnameOverride"])[:63].rstrip("-")
+    name = values.get("nameOverride") or "model-operator"
     full = release if name in release else f"{release}-{name}"
     return full[:63].rstrip("-")
+
+
+def service_account_name(release: str, values: dict[str, Any] | None = None) -> str:
+    """The ServiceAccount a release of this chart runs the operator as."""
+    sa = ((values or {}).get("serviceAccount") or {}).get("name")
+    return str(sa) if sa else fullname(release, values)
 
 
 def service_account_kubeconfig(
