@@ -46,7 +46,7 @@ def digits_files(cache: Path) -> Path:
     """Train the digits example once per session (seconds) and return its output directory."""
     out = cache / "digits"
     if not (out / "digits.pt").exists():
-        subprocess.run([sys.executable, str(REPO / "examples" / "digits" / "train.py"), "--output", str(out)], check=True, timeout=300)
+        subprocess.run([sys.executable, str(REPO / "examples" / "digits" / "train.py"), "--out", str(out)], check=True, timeout=300)
     return out
 
 
