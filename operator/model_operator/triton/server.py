@@ -241,7 +241,8 @@ class TritonServer:
         server.http_url                      # http://127.0.0.1:<port>
     ```
     Ports default to free ones. `model_control_mode` is none (load everything), poll, or
-    explicit (load `load_models`). Logs go to `log_file` (default: a temporary file)."""
+    explicit (load `load_models`). Logs go to `log_file` (default: a temporary file, removed
+    after a clean stop). GPU metrics (DCGM) are off unless `gpu_metrics`."""
 
     def __init__(
         self,
@@ -257,6 +258,7 @@ class TritonServer:
         log_file: Path | None = None,
         log_verbose: int = 0,
         exit_timeout_s: int = 5,
+        gpu_metrics: bool = False,
         extra_args: Sequence[str] = (),
         install: TritonInstall | None = None,
         env: Mapping[str, str] | None = None,
@@ -272,6 +274,7 @@ class TritonServer:
         self.strict_readiness = strict_readiness
         self.log_verbose = log_verbose
         self.exit_timeout_s = exit_timeout_s
+        self.gpu_metrics = gpu_metrics
         self.extra_args = list(extra_args)
         self._install = install
         self._env = env
@@ -318,7 +321,7 @@ class TritonServer:
             f"--strict-readiness={'true' if self.strict_readiness else 'false'}",
             f"--model-control-mode={self.model_control_mode}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
-            "--allow-gpu-metrics=false",
+            f"--allow-gpu-metrics={'true' if self.gpu_metrics else 'false'}",
             f"--log-verbose={self.log_verbose}",
         ]
         args += [f"--load-model={m}" for m in self.load_models]
@@ -412,6 +415,8 @@ class TritonServer:
         # Python-backend stubs are children in the same session; none may outlive the server.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if self._own_log and proc.returncode == 0:
+            self.log_file.unlink(missing_ok=True)
         return proc.returncode
 
     def log_tail(self, lines: int = 40) -> str:
