@@ -133,7 +133,7 @@ def test_search_from_fp32_includes_fp16_and_named_layers(digits: Digits, tmp_pat
     assert cands["fp16"]["sizeBytes"] < 0.55 * report["artifact"]["originalSizeBytes"]
     chosen = report["optimization"]["recipe"]
     fastest = min(c["latencyMs"] for c in cands.values())
-    assert cands[chosen]["latencyMs"] <= fastest * 1.03 + 1e-9
+    assert cands[chosen]["latencyMs"] <= fastest * 1.05 + 1e-9, "the fastest, or a smaller one within 5%"
     assert [c["name"] for c in res.summary["optimization"]["candidates"]] == ["fp16", "keep-fc2", "dyn-basic"]
     assert "candidate 3/3 dyn-basic" in res.stderr
     assert json.loads((dest / "COMPLETE").read_text())["specHash"] == res.summary["specHash"]

@@ -35,7 +35,7 @@ def test_builtin_space_for_int8() -> None:
     names = [p.name for p in plans]
     assert names[0] == "dynamic-int8", "the spec's own recipe first"
     assert len(names) == len(set(names)) and len({p.identity() for p in plans}) == len(plans)
-    assert "static-int8" in names and "dynamic-int8-per-tensor" in names and "dynamic-int8-matmul-gemm" in names
+    assert "static-int8" in names and "dynamic-int8-per-tensor" in names and "dynamic-int8-matmul-gemm-gather" in names
     assert "dynamic-int8-partial-auto" in names and "dynamic-int8+magnitude-30" in names and "dynamic-int8@extended" in names
     assert all(p.quantization.mode.value != "fp16" for p in plans), "an int8 spec is not searched into fp16"
     no_calib = builtin_candidates(opt, has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)
@@ -85,8 +85,16 @@ def test_choose_fastest_passing() -> None:
 
 
 def test_choose_prefers_smaller_within_noise() -> None:
-    outs = [_out("fast-big", True, 1.00, 500), _out("near-small", True, 1.02, 100), _out("slow-tiny", True, 1.2, 50)]
+    outs = [_out("fast-big", True, 1.00, 500), _out("near-small", True, 1.04, 100), _out("slow-tiny", True, 1.2, 50)]
     assert choose(outs) == 1
+
+
+def test_contenders_are_the_close_passed_ones() -> None:
+    from model_operator.optimize.search import contenders
+
+    outs = [_out("a", True, 1.0, 1), _out("b", True, 1.2, 1), _out("c", True, 2.0, 1), _out("d", False, 0.5, 1), _out("e", True, 1.1, 1)]
+    assert contenders(outs) == [0, 4, 1]
+    assert contenders([_out("a", True, 1.0, 1)]) == []
 
 
 def test_choose_none_when_nothing_passed() -> None:

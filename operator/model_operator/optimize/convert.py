@@ -57,13 +57,59 @@ def export_onnx(
                 shapes = tuple(
                     {a: torch.export.Dim.DYNAMIC for a in dynamic_axes(t, conversion, is_input=True)} or None for t in inputs
                 )
-                torch.onnx.export(
-                    module, args, str(path), dynamo=True, input_names=in_names, output_names=out_names,
-                    dynamic_shapes=shapes, opset_version=conversion.opset, external_data=False,
-                )
+                # Names are set afterwards: the exporter can give an output the name of an
+                # internal tensor (an output called "embedding" next to an aten.embedding node).
+                torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=shapes, opset_version=conversion.opset, external_data=False)
+        rename_io(path, in_names, out_names)
     except Exception as exc:  # noqa: BLE001 - exporter errors are many and varied
         raise OptimizationError("spec.conversion", f"ONNX export failed: {first_line(exc)}") from None
     return path
+
+
+def rename_tensor(graph: Any, old: str, new: str) -> None:
+    """Rename a tensor everywhere in `graph` (node inputs/outputs, graph inputs/outputs,
+    initializers, value_info)."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    for coll in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in coll:
+            if item.name == old:
+                item.name = new
+
+
+def rename_io(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    """Give the graph's inputs and outputs these names (in order), moving any internal tensor that
+    already has one of them out of the way first; checks the result."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    current = [i.name for i in g.input if i.name not in inits] + [o.name for o in g.output]
+    wanted = list(inputs) + list(outputs)
+    if len(current) != len(wanted):
+        raise OptimizationError("spec.conversion", f"the exported graph has {len(current)} inputs+outputs, the signature {len(wanted)}")
+    if current != wanted:
+        taken = {n for node in g.node for n in (*node.input, *node.output)} | inits | set(current) | {v.name for v in g.value_info}
+        for cur, want in zip(current, wanted):
+            if cur == want:
+                continue
+            if want in taken:
+                alt, k = f"{want}__internal", 0
+                while alt in taken:
+                    k += 1
+                    alt = f"{want}__internal{k}"
+                rename_tensor(g, want, alt)
+                taken.add(alt)
+            rename_tensor(g, cur, want)
+            taken.add(want)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
 
 
 def save_torchscript(kind: str, module: Any, path: Path) -> Path:

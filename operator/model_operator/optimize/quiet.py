@@ -16,8 +16,10 @@ log = logging.getLogger("model_operator.optimize")
 def silence_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_VERBOSE", "0")
-    for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript", "onnx_ir", "root"):
+    for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # quant_pre_process logs a traceback before the worker's own fallback handles the failure.
+    logging.getLogger("onnxruntime").setLevel(logging.CRITICAL)
     try:
         import onnxruntime as ort
 

@@ -116,7 +116,7 @@ def warm_up(fn: Callable[[], Any], calls: int = 10, max_calls: int = 100) -> Non
             return
 
 
-def measure_latency(fn: Callable[[], Any], *, min_runs: int = 20, max_runs: int = 300, budget_s: float | None = None) -> float:
+def measure_latency(fn: Callable[[], Any], *, min_runs: int = 20, max_runs: int = 5000, budget_s: float | None = None) -> float:
     """Median wall time of `fn` in milliseconds after warm_up: at least `min_runs` timed calls,
     more while under `budget_s` seconds (default MODEL_OPERATOR_LATENCY_BUDGET_S, else 1.5; at
     most `max_runs`)."""

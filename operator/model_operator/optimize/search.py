@@ -29,7 +29,10 @@ from ..api.types import (
 )
 from .errors import InputError
 
-LATENCY_TIE: Final = 0.03
+LATENCY_TIE: Final = 0.05
+# A final round re-measures the candidates within this factor of the fastest, interleaved.
+CONTENDER_FACTOR: Final = 1.3
+MAX_CONTENDERS: Final = 4
 DEFAULT_LEVEL: Final = "all"
 PRUNE_VARIANT_SPARSITY: Final = 0.3
 
@@ -140,7 +143,9 @@ def builtin_candidates(
             add(_q(QuantizationMode.fp16))
         add(_q(D, per_channel=True))
         add(_q(D, per_channel=False))
-        add(_q(D, per_channel=True, op_types=["MatMul", "Gemm"]))
+        # Op subsets: the weight-heavy ops without Conv (ConvInteger is slow on many CPUs);
+        # embeddings (Gather) stay in, they cost no time and hold many of the bytes.
+        add(_q(D, per_channel=True, op_types=["MatMul", "Gemm", "Gather"]))
         add(_q(D, per_channel=False, op_types=["MatMul", "Gemm", "Gather"]))
         if has_calibration:
             add(_q(S, per_channel=True))
@@ -221,3 +226,13 @@ def choose(outcomes: Sequence[Outcome], tie: float = LATENCY_TIE) -> int | None:
     fastest = min(outcomes[i].latency_ms for i in passed)  # type: ignore[type-var]
     near = [i for i in passed if outcomes[i].latency_ms <= fastest * (1 + tie)]  # type: ignore[operator]
     return min(near, key=lambda i: (outcomes[i].size_bytes or 0, outcomes[i].latency_ms, i))
+
+
+def contenders(outcomes: Sequence[Outcome]) -> list[int]:
+    """Indices of the passed candidates close enough to the fastest that measurement noise could
+    decide between them (within CONTENDER_FACTOR; at most MAX_CONTENDERS, fastest first)."""
+    passed = sorted((o.latency_ms, i) for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None)
+    if len(passed) < 2:
+        return []
+    fastest = passed[0][0]
+    return [i for lat, i in passed if lat <= fastest * CONTENDER_FACTOR][:MAX_CONTENDERS]
