@@ -49,16 +49,22 @@ chartlib = _load("model_operator_chartlib", CHART / "hack" / "chartlib.py")
 
 
 @pytest.fixture(scope="module")
-def chart_crds(cluster: Any) -> list[str]:
+def chart_crds(cluster: Any) -> Iterator[list[str]]:
+    """The chart's CRDs, and minimal monitoring.coreos.com CRDs (no Prometheus operator here).
+    The monitoring CRDs are removed again if this module added them, so later tests see the
+    cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
     if chartlib.helm_binary() is None:
         pytest.skip("helm not built: run hack/build-binaries.sh")
-    files = [*chartlib.crd_files(), FIXTURES / "monitoring.coreos.com-crds.yaml"]
+    monitoring = FIXTURES / "monitoring.coreos.com-crds.yaml"
+    had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
     names = []
-    for path in files:
+    for path in [*chartlib.crd_files(), monitoring]:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         names += cluster.kubectl("get", "-f", str(path), "-o", "name").stdout.split()
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    return names
+    yield names
+    if not had_monitoring:
+        cluster.kubectl("delete", "-f", str(monitoring), "--ignore-not-found", "--timeout=60s", check=False)
 
 
 @pytest.fixture
