@@ -56,7 +56,7 @@ def test_example_modeldeployment(digits: Digits, tmp_path: Path) -> None:
     assert set(golden.files) == {"input", "logits"}
     np.testing.assert_allclose(golden["logits"], got[: len(golden["logits"])], rtol=1e-4, atol=1e-4)
     # Progress lines: one per step and per candidate.
-    assert "step 5/7 candidates" in res.stderr and "candidate 1/1 static-int8: passed" in res.stderr
+    assert "step 5/8 candidates" in res.stderr and "candidate 1/1 static-int8: passed" in res.stderr
 
 
 def test_onnx_source_clip_and_prune(digits: Digits, tmp_path: Path) -> None:

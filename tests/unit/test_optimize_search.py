@@ -89,14 +89,6 @@ def test_choose_prefers_smaller_within_noise() -> None:
     assert choose(outs) == 1
 
 
-def test_contenders_are_the_close_passed_ones() -> None:
-    from model_operator.optimize.search import contenders
-
-    outs = [_out("a", True, 1.0, 1), _out("b", True, 1.2, 1), _out("c", True, 2.0, 1), _out("d", False, 0.5, 1), _out("e", True, 1.1, 1)]
-    assert contenders(outs) == [0, 4, 1]
-    assert contenders([_out("a", True, 1.0, 1)]) == []
-
-
 def test_choose_none_when_nothing_passed() -> None:
     assert choose([_out("a", False, 1.0, 1)]) is None
     assert choose([]) is None

@@ -38,7 +38,7 @@ from .errors import GateError, InputError, OptimizationError, WorkerError, first
 from .load import SourceModel, load_source
 from .quiet import captured
 from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_latency, run_all, threads
-from .search import Outcome, Plan, check_plans, choose, contenders, plans_for
+from .search import Outcome, Plan, check_plans, choose, plans_for
 from .signature import dynamic_axes, sample_feeds, with_dynamic
 from .validate import compare, gate, reference_quality
 
@@ -70,7 +70,7 @@ class Run:
 
 
 class _Step:
-    TOTAL = 7
+    TOTAL = 8
 
     def __init__(self, run: Run, title: str) -> None:
         self.run, self.title = run, title
@@ -175,9 +175,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
         except Exception as exc:  # noqa: BLE001
             raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
         quality_before = reference_quality(task, reference, validation.labels, validation.targets)
-        latency_before = measure_latency(lambda: ref_runner.run(lat_inputs))
-        log.info("original: %s, latency %.3f ms (batch %d, %d threads)", _q(quality_before) or "no ground truth", latency_before, lat_batch, n_threads)
-        del ref_runner
+        log.info("original: %s on %d samples", _q(quality_before) or "no ground truth", validation.size)
 
     outcomes: list[Outcome] = []
     with r.step(f"candidates ({len(plans)})"):
@@ -188,7 +186,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 continue
             t0 = time.monotonic()
             try:
-                o = _candidate(r, i, plan, source, validation, calibration, reference, quality_before, eval_batch, lat_inputs, task)
+                o = _candidate(r, i, plan, source, validation, calibration, reference, quality_before, eval_batch, task)
             except WorkerError as exc:
                 if len(plans) == 1 or isinstance(exc, InputError):
                     raise
@@ -199,24 +197,30 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 o = Outcome(plan, reason=f"{type(exc).__name__}: {first_line(exc)}")
             o.seconds = round(time.monotonic() - t0, 3)
             outcomes.append(o)
-            if o.latency_ms is not None:
-                log.info("candidate %d/%d %s: %s, latency %.3f ms (original %.3f ms), %s, %s%s", i + 1, len(plans), plan.name,
-                         "passed" if o.passed else "REJECTED", o.latency_ms, latency_before, _bytes(o.size_bytes or 0), _q(o.quality),
-                         "" if o.passed else f": {o.reason}")
+            if o.artifact is not None:
+                log.info("candidate %d/%d %s: %s, %s, %s%s", i + 1, len(plans), plan.name,
+                         "passed" if o.passed else "REJECTED", _bytes(o.size_bytes or 0), _q(o.quality), "" if o.passed else f": {o.reason}")
             else:
                 log.info("candidate %d/%d %s: failed: %s", i + 1, len(plans), plan.name, o.reason)
 
-    close = contenders(outcomes)
-    if len(close) > 1 and not r.deadline_near():
-        _remeasure(r, [outcomes[i] for i in close], source, lat_inputs)
-    best = choose(outcomes)
-    if best is None:
-        gated = [o for o in outcomes if o.latency_ms is not None]
+    if not any(o.passed for o in outcomes):
+        gated = [o for o in outcomes if o.artifact is not None]
         if gated:
             if len(plans) == 1:
                 raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {gated[0].reason}")
             raise GateError("spec.optimization.qualityGate", f"no candidate passed the gate ({len(outcomes)} tried); {gated[0].plan.name}: {gated[0].reason}")
         raise OptimizationError("spec.optimization", f"every candidate failed; {outcomes[0].plan.name}: {outcomes[0].reason}")
+
+    with r.step("latency"):
+        latency_before = _measure_latencies(r, ref_runner, outcomes, source, lat_inputs)
+        del ref_runner
+        log.info("latency (batch %d, %d threads, median of interleaved rounds): original %.3f ms", lat_batch, n_threads, latency_before)
+        for i, o in enumerate(outcomes):
+            if o.latency_ms is not None:
+                log.info("latency %d/%d %s: %.3f ms (%.2fx the original's speed)%s", i + 1, len(outcomes), o.plan.name, o.latency_ms,
+                         latency_before / o.latency_ms if o.latency_ms else 0.0, "" if o.passed else " (rejected)")
+    best = choose(outcomes)
+    assert best is not None, "a passed candidate always has a latency"
     won = outcomes[best]
     log.info("chosen %s: latency %.3f ms vs %.3f ms original, %s vs %s original", won.plan.name, won.latency_ms, latency_before,
              _bytes(won.size_bytes or 0), _bytes(source.size_bytes))
@@ -341,7 +345,7 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
 
 def _candidate(
     r: Run, idx: int, plan: Plan, source: SourceModel, validation: Dataset, calibration: Dataset | None,
-    reference: list[np.ndarray], quality_before: dict[str, float], eval_batch: int, lat_inputs: dict[str, np.ndarray], task: Task,
+    reference: list[np.ndarray], quality_before: dict[str, float], eval_batch: int, task: Task,
 ) -> Outcome:
     from .quantize import match_names, preprocess, quantize
 
@@ -382,25 +386,33 @@ def _candidate(
     o.quality = compare(task, reference, outputs, validation.labels, validation.targets)
     verdict = gate(task, quality_before, o.quality, r.spec.optimization.quality_gate)
     o.passed, o.reason = verdict.passed, verdict.reason
-    runner = _runner(art, source, plan.graph_level)
-    o.latency_ms = measure_latency(lambda: runner.run(lat_inputs))
     o.size_bytes = art.stat().st_size
     return o
 
 
-def _remeasure(r: Run, close: list[Outcome], source: SourceModel, lat_inputs: dict[str, np.ndarray], rounds: int = 3) -> None:
-    """Measure the closest candidates again in interleaved rounds (the median of the rounds
-    replaces the first measurement), so that noise on a busy machine picks no winner."""
-    runners = [_runner(o.artifact, source, o.plan.graph_level) for o in close]
-    per_round: list[list[float]] = [[] for _ in close]
-    budget = float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5")) / 2
-    for _ in range(rounds):
-        for k, runner in enumerate(runners):
-            per_round[k].append(measure_latency(lambda runner=runner: runner.run(lat_inputs), budget_s=budget))
-    for o, times in zip(close, per_round):
-        o.details["latencyMsFirstPass"] = o.latency_ms
-        o.latency_ms = float(np.median(times))
-    log.info("final round: %s", ", ".join(f"{o.plan.name} {o.latency_ms:.3f} ms" for o in close))
+LATENCY_ROUNDS = 3
+
+
+def _measure_latencies(r: Run, ref_runner: OrtRunner | TorchRunner, outcomes: list[Outcome], source: SourceModel, lat_inputs: dict[str, np.ndarray]) -> float:
+    """Latency of the original and of every built candidate, measured side by side: LATENCY_ROUNDS
+    interleaved rounds (rejected candidates: one), median of the rounds, so a busy machine's
+    swings hit every candidate alike. Sets each outcome's latency_ms; returns the original's."""
+    entries: list[tuple[Outcome | None, OrtRunner | TorchRunner]] = [(None, ref_runner)]
+    entries += [(o, _runner(o.artifact, source, o.plan.graph_level)) for o in outcomes if o.artifact is not None]
+    budget = float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5")) / LATENCY_ROUNDS
+    times: list[list[float]] = [[] for _ in entries]
+    for rnd in range(LATENCY_ROUNDS):
+        if rnd > 0 and r.deadline_near():
+            log.info("latency: time budget nearly spent, %d round(s) measured", rnd)
+            break
+        for k, (o, runner) in enumerate(entries):
+            if rnd > 0 and o is not None and not o.passed:
+                continue
+            times[k].append(measure_latency(lambda runner=runner: runner.run(lat_inputs), budget_s=budget))
+    for (o, _runner_), t in zip(entries[1:], times[1:]):
+        assert o is not None
+        o.latency_ms = float(np.median(t))
+    return float(np.median(times[0]))
 
 
 def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: list[np.ndarray], calibration: Dataset | None) -> list[str]:

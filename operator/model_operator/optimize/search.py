@@ -30,9 +30,6 @@ from ..api.types import (
 from .errors import InputError
 
 LATENCY_TIE: Final = 0.05
-# A final round re-measures the candidates within this factor of the fastest, interleaved.
-CONTENDER_FACTOR: Final = 1.3
-MAX_CONTENDERS: Final = 4
 DEFAULT_LEVEL: Final = "all"
 PRUNE_VARIANT_SPARSITY: Final = 0.3
 
@@ -227,12 +224,3 @@ def choose(outcomes: Sequence[Outcome], tie: float = LATENCY_TIE) -> int | None:
     near = [i for i in passed if outcomes[i].latency_ms <= fastest * (1 + tie)]  # type: ignore[operator]
     return min(near, key=lambda i: (outcomes[i].size_bytes or 0, outcomes[i].latency_ms, i))
 
-
-def contenders(outcomes: Sequence[Outcome]) -> list[int]:
-    """Indices of the passed candidates close enough to the fastest that measurement noise could
-    decide between them (within CONTENDER_FACTOR; at most MAX_CONTENDERS, fastest first)."""
-    passed = sorted((o.latency_ms, i) for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None)
-    if len(passed) < 2:
-        return []
-    fastest = passed[0][0]
-    return [i for lat, i in passed if lat <= fastest * CONTENDER_FACTOR][:MAX_CONTENDERS]
