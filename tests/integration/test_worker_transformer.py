@@ -104,3 +104,38 @@ def test_onnx_source_static_int8(encoder: EncoderFiles, tmp_path: Path) -> None:
     assert report["source"]["format"] == "onnx" and report["data"]["validation"]["samples"] == 32
     assert report["optimization"]["quantizedNodes"] > 0
     _check_dynamic_axes(encoder, dest / "repository/encoder/1/model.onnx", min_cosine=0.95)
+
+
+def test_fp16_keeps_int64_inputs(encoder: EncoderFiles, tmp_path: Path) -> None:
+    spec = {
+        "model": {"uri": str(encoder.onnx), "task": "embedding"},
+        "data": {"validation": {"uri": str(encoder.validation)}},
+        "optimization": {"quantization": {"mode": "fp16"}, "qualityGate": {"minCosine": 0.999}},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr
+    report = check_artifact(dest, "encoder")
+    assert "float16" in report["artifact"]["weightElementsByType"] and "float" not in report["artifact"]["weightElementsByType"]
+    _check_dynamic_axes(encoder, dest / "repository/encoder/1/model.onnx", min_cosine=0.999)
+
+
+def test_torchscript_output(encoder: EncoderFiles, tmp_path: Path) -> None:
+    import torch
+
+    spec = {
+        "model": {"uri": str(encoder.torchscript), "task": "embedding", "inputs": EncoderFiles.INPUTS},
+        "data": {"validation": {"uri": str(encoder.validation)}},
+        "optimization": {"pruning": {"method": "magnitude", "sparsity": 0.2}, "qualityGate": {"minCosine": 0.98}},
+        "conversion": {"format": "torchscript"},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr
+    report = check_artifact(dest, "encoder", fmt="torchscript")
+    assert report["optimization"]["pruning"]["sparsity"] == pytest.approx(0.2, abs=0.01)
+    module = torch.jit.load(str(dest / "repository/encoder/1/model.pt"))
+    feeds = token_batch(np.random.default_rng(3), 2, 9)
+    with torch.inference_mode():
+        got = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+    assert mean_cosine(got, _original(encoder, feeds)) >= 0.98

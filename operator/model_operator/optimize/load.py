@@ -134,6 +134,8 @@ def _load_onnx(path: Path, source: ModelSource) -> SourceModel:
         raise InputError(FIELD_URI, f"{uri}: not a valid ONNX model, the file is corrupt or truncated ({type(exc).__name__})") from None
     if not model.graph.node or not model.graph.output:
         raise InputError(FIELD_URI, f"{uri}: not a valid ONNX model, no graph in the file (corrupt or truncated?)")
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise InputError(FIELD_URI, f"{uri}: the model keeps its weights in external data files, which are not fetched: save it as one .onnx file")
     bad = unsupported_nodes(model)
     if bad:
         raise InputError(FIELD_URI, f"{uri}: unsupported operator {bad[0]}: neither ONNX nor ONNX Runtime defines it" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
