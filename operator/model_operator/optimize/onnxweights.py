@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..api.types import Clipping, ClippingMethod, Pruning, PruningMethod
 from .clip import ClipStats, clip_named
 from .prune import PruneStats, prune_array
