@@ -321,7 +321,15 @@ def verdict(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(results: list[dict[str, Any]], info: dict[str, str]) -> str:
+NOTES = [
+    "The transformer's weights are random (seeded), not trained: nothing may be downloaded here. Quantization error on a trained model can differ; the worker's quality gate (cosine >= 0.99) applies either way.",
+    "The digits CNN is trained by examples/digits/train.py (seeded); its top-1 is measured on the 360 held-out images.",
+    "Sizes are file sizes: the original TorchScript / torch.export archive (fp32) and the artifact's model.onnx (int8 weights).",
+    "Latency is wall time of one call at batch 1, full-length sequences (128 tokens) for the transformer. Absolute numbers move with the machine's load (recorded above); the ratios are taken from interleaved rounds so both sides see the same conditions.",
+]
+
+
+def render(results: list[dict[str, Any]], info: dict[str, str], notes: list[str]) -> str:
     lines = ["# Optimization benchmark", ""]
     lines.append(f"Run with `python benchmarks/optimize.py` on {info['date']}.")
     lines.append("")
@@ -366,6 +374,10 @@ def render(results: list[dict[str, Any]], info: dict[str, str]) -> str:
             size = f"{c['sizeBytes'] / 1024:.0f} KiB" if c.get("sizeBytes") else "-"
             lines.append(f"| `{c['name']}` | {'yes' if c['passed'] else 'no'} | {lat} | {size} | {q} | {c.get('reason', '')} |")
         lines.append("")
+    lines.append("## Notes")
+    lines.append("")
+    for n in [*NOTES, *notes]:
+        lines.append(f"- {n}")
     return "\n".join(lines) + "\n"
 
 
@@ -374,6 +386,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="markdown file (default: benchmarks/results/optimize-<date>.md)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--note", action="append", default=[], help="a line to add to the Notes section (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     warnings.filterwarnings("ignore")
@@ -383,7 +396,7 @@ def main() -> int:
         work = Path(tmp)
         results = [bench_digits(work, args.threads, args.batch), bench_transformer(work, args.threads, args.batch)]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = render(results, info)
+    text = render(results, info, args.note)
     out = Path(args.out) if args.out else ROOT / "benchmarks/results" / f"optimize-{dt.date.today().isoformat()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
