@@ -62,11 +62,21 @@ def _enter_namespaces(hostname):
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
+    workdir = spec.get("workingDir") or "/"
+    try:
+        # The runner's scratch working directory may sit under a path a volume covers (/tmp).
+        early_cwd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY) if os.path.isdir(workdir) else None
+    except OSError:
+        early_cwd = None
     try:
         if spec.get("namespaces", True):
             _enter_namespaces(spec.get("hostname"))
-            for m in spec.get("mounts", []):
-                _mount(m["source"], m["target"], MS_BIND | MS_REC)
+            # Open every source before mounting anything: a volume mounted over /tmp would
+            # otherwise hide sources that live under /tmp (the runner's state often does).
+            mounts = spec.get("mounts", [])
+            fds = [os.open(m["source"], getattr(os, "O_PATH", 0o10000000)) for m in mounts]
+            for m, fd in zip(mounts, fds):
+                _mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
                 if m.get("readOnly"):
                     try:
                         _mount(None, m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
@@ -74,7 +84,14 @@ def main():
                         # In a user namespace some mounts' flags are locked; the
                         # volume then stays writable (documented limit).
                         pass
-        os.chdir(spec.get("workingDir") or "/")
+        try:
+            os.chdir(workdir)
+        except FileNotFoundError:
+            if early_cwd is None:
+                raise
+            os.fchdir(early_cwd)
+        if early_cwd is not None:
+            os.close(early_cwd)
     except OSError as e:
         sys.stderr.write(f"model-operator pod runner: cannot set up container: {e}\n")
         sys.stderr.flush()

@@ -9,9 +9,10 @@ Built-in rules, first match wins:
 
 * image containing ``tritonserver``: ``tritonserver`` (or
   ``/opt/tritonserver/bin/tritonserver``) is the Triton Inference Server that
-  the ``nvidia-pytriton`` wheel ships, prepared once under
-  ``$MODEL_OPERATOR_CACHE/tritonserver/`` (the Python backend stub copied into
-  ``backends/python/``; ``LD_LIBRARY_PATH`` gets the wheel's bundled libraries).
+  the ``nvidia-pytriton`` wheel ships, as
+  ``model_operator.triton.server.triton_command_for_image`` prepares it (the
+  tree copied once into the cache with the Python backend stub, the backend
+  directory, ``LD_LIBRARY_PATH`` and ``PYTHONPATH`` for the Python backend).
   The NGC image's entrypoint wrapper ``/opt/nvidia/nvidia_entrypoint.sh`` is
   dropped from argv.
 * image containing ``model-operator``: the project's image; with no command
@@ -32,21 +33,15 @@ Extra rules come first from a YAML or JSON file named by
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
-import sys
-import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
-from .binaries import cache_dir
 
 TRITON_MARK = "@triton"
 
@@ -92,46 +87,9 @@ class ImageError(RuntimeError):
     """The container can't start: no local program for its command."""
 
 
-_triton_lock = threading.Lock()
-
-
-def prepare_triton() -> tuple[Path, Path]:
-    """(tritonserver binary, its library dir), copying the wheel's tree into the cache once."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImageError("the Triton image maps to the nvidia-pytriton wheel, which is not installed")
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    libs = pkg.parent / "nvidia_pytriton.libs"
-    version = importlib.metadata.version("nvidia-pytriton")
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    dest = cache_dir() / "tritonserver" / f"pytriton-{version}-py{py}"
-    binary = dest / "bin" / "tritonserver"
-    with _triton_lock:
-        if not binary.exists():
-            stub = pkg / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub"
-            if not stub.exists():
-                raise ImageError(f"nvidia-pytriton {version} has no Python backend stub for Python {py}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            # A private copy renamed into place: runners of other clusters may
-            # be preparing the same tree at the same moment.
-            tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent)) / "tree"
-            # Triton looks for the stub next to the backend; the wheel keeps the
-            # stubs elsewhere and its own launcher copies one in at run time.
-            shutil.copytree(pkg / "tritonserver", tmp, ignore=shutil.ignore_patterns("__pycache__"))
-            shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
-            try:
-                tmp.rename(dest)
-            except OSError:
-                if not binary.exists():
-                    raise
-            shutil.rmtree(tmp.parent, ignore_errors=True)
-    return binary, libs
-
-
 class ImageMap:
-    def __init__(self, rules: list[ImageRule], triton: Callable[[], tuple[Path, Path]] = prepare_triton) -> None:
+    def __init__(self, rules: list[ImageRule]) -> None:
         self.rules = rules
-        self._triton = triton
 
     @classmethod
     def load(cls, path: Optional[str | Path] = None) -> "ImageMap":
@@ -166,11 +124,14 @@ class ImageMap:
         extra_env = dict(rule.env)
         program = rule.programs.get(argv[0]) or rule.programs.get(os.path.basename(argv[0]))
         if program == TRITON_MARK:
-            binary, libs = self._triton()
-            program = str(binary)
-            extra_env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                filter(None, [str(libs), extra_env.get("LD_LIBRARY_PATH") or env.get("LD_LIBRARY_PATH")])
-            )
+            # The product's own mapping: binary prepared in the cache, the Python backend's
+            # libpython and site-packages, and the backend directory.
+            from model_operator.triton.server import triton_command_for_image
+
+            base = {**env, **extra_env}
+            argv, full_env = triton_command_for_image(["tritonserver", *argv[1:]], base)
+            extra_env.update({k: v for k, v in full_env.items() if base.get(k) != v})
+            return argv, extra_env
         if program:
             argv[0] = program
         elif "/" not in argv[0]:

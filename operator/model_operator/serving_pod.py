@@ -27,6 +27,8 @@ TERMINATION_LOG = Path("/dev/termination-log")
 def _fail(message: str, code: int, summary_path: str | None = None) -> int:
     print(f"error: {message}", file=sys.stderr)
     target = Path(summary_path) if summary_path else TERMINATION_LOG
+    if not summary_path and not TERMINATION_LOG.exists():
+        return code  # not in a pod: stderr is the report
     try:
         target.write_text(json.dumps({"ok": False, "reason": message})[:4000] if summary_path else message[:4000])
     except OSError:

@@ -481,9 +481,6 @@ def test_operator_runs_as_the_chart_service_account(rbac: str, release: Release,
         assert marker not in log, f"the operator was refused something:\n{log[-4000:]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kopf peering freezes every replica that shares the highest priority; the operator needs a distinct "
-    "priority per replica (controller/main.py: MODEL_OPERATOR_PRIORITY is a constant 0 today)"))
 def test_two_replicas_elect_one_active_operator(release: Release, watched: str, custom_api: Any, wait_for: Any,
                                                 tmp_path: Path) -> None:
     """Two operators with the chart's environment (same peering name, different POD_ID, as the

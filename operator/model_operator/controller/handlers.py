@@ -141,9 +141,8 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     for type_, reason, message in outcome.events:
         (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
         (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
-    for c in outcome.status.get("conditions") or []:
-        for value in ("True", "False", "Unknown"):
-            metrics.CONDITION.labels(key[0], key[1], c["type"], value).set(1 if c["status"] == value else 0)
+    auto = (body.get("spec") or {}).get("autoscaling") or {}
+    metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
     phase = outcome.status.get("phase")
     previous = memo.phases.get(key)
     if phase != previous:
@@ -178,7 +177,9 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
     with metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+    memo.scaler.pop(body["metadata"]["uid"], None)
     _export_phases(memo.phases)
+    metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SCALER_TICK, initial_delay=SCALER_TICK)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 
 import kopf
 
@@ -21,6 +22,9 @@ def main(args: argparse.Namespace) -> int:
     from . import handlers  # noqa: F401  (registers the handlers)
 
     peering = os.environ.get("MODEL_OPERATOR_PEERING")
+    # kopf pauses every peer that shares the highest priority, so replicas need distinct ones;
+    # a random one makes whichever replica draws highest the single active operator.
+    priority = int(os.environ.get("MODEL_OPERATOR_PRIORITY") or (random.randint(1, 2**31 - 1) if peering else 0))
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
@@ -29,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
             memo=kopf.Memo(config=config),
             standalone=not peering,
             peering_name=peering or None,
-            priority=int(os.environ.get("MODEL_OPERATOR_PRIORITY", "0")),
+            priority=priority,
         )
     )
     return 0

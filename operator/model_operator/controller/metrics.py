@@ -35,6 +35,45 @@ CONDITION: Final = Gauge(
     "model_operator_condition", "ModelDeployment conditions: 1 for the current status of each type.",
     ["namespace", "modeldeployment", "type", "status"],
 )
+_MD = ["namespace", "modeldeployment"]
+DESIRED_REPLICAS: Final = Gauge("model_operator_desired_replicas", "Replicas the spec asks for.", _MD)
+READY_REPLICAS: Final = Gauge("model_operator_ready_replicas", "Ready Triton replicas.", _MD)
+MAX_REPLICAS: Final = Gauge("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", _MD)
+ARTIFACT_SIZE: Final = Gauge(
+    "model_operator_artifact_size_bytes", "Model size before and after optimization.", [*_MD, "stage"]
+)
+OPTIMIZATION_LATENCY: Final = Gauge(
+    "model_operator_optimization_latency_seconds", "Measured model latency before and after optimization.", [*_MD, "stage"]
+)
+PER_MD_GAUGES: Final = (GOLDEN_AGREEMENT, DESIRED_REPLICAS, READY_REPLICAS, MAX_REPLICAS, ARTIFACT_SIZE, OPTIMIZATION_LATENCY, CONDITION)
+
+
+def export_modeldeployment(namespace: str, name: str, status: dict, max_replicas: int) -> None:
+    """Per-ModelDeployment gauges from the status the reconcile computed."""
+    DESIRED_REPLICAS.labels(namespace, name).set(status.get("replicas") or 0)
+    READY_REPLICAS.labels(namespace, name).set(status.get("readyReplicas") or 0)
+    MAX_REPLICAS.labels(namespace, name).set(max_replicas)
+    artifact = status.get("artifact") or {}
+    for stage, key in (("original", "originalSizeBytes"), ("optimized", "sizeBytes")):
+        if artifact.get(key) is not None:
+            ARTIFACT_SIZE.labels(namespace, name, stage).set(artifact[key])
+    opt = status.get("optimization") or {}
+    for stage, key in (("before", "latencyMsBefore"), ("after", "latencyMsAfter")):
+        if opt.get(key) is not None:
+            OPTIMIZATION_LATENCY.labels(namespace, name, stage).set(opt[key] / 1000.0)
+    for c in status.get("conditions") or []:
+        for value in ("True", "False", "Unknown"):
+            CONDITION.labels(namespace, name, c["type"], value).set(1 if c["status"] == value else 0)
+
+
+def forget_modeldeployment(namespace: str, name: str) -> None:
+    """Drop a deleted ModelDeployment's series, so no alert fires for what no longer exists."""
+    for gauge in PER_MD_GAUGES:
+        for labels in list(gauge._metrics):  # noqa: SLF001 - prometheus_client has no public listing
+            if labels[:2] == (namespace, name):
+                gauge.remove(*labels)
+
+
 PROMETHEUS_ERRORS: Final = Counter(
     "model_operator_prometheus_errors_total", "Failed Prometheus queries by cause.", ["cause"]
 )

@@ -90,6 +90,8 @@ def wait_phase(custom_api: Any, namespace: str, name: str, phase: str, timeout: 
         status = md.get("status") or {}
         if status.get("phase") == phase:
             return md
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"{name} Failed while waiting for {phase}: {status.get('conditions')}")
         return None
 
     try:
