@@ -109,3 +109,21 @@ def merge_resources(*layers: dict[str, dict[str, str]] | None) -> dict[str, dict
             if values:
                 out.setdefault(section, {}).update(values)
     return copy.deepcopy(out)
+
+
+def worker_pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]], config: OperatorConfig) -> dict[str, Any]:
+    """A run-once pod on the worker image, placed where the configuration puts worker Jobs."""
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": pod_security_context(config),
+        "automountServiceAccountToken": False,
+    }
+    if config.worker_node_selector:
+        pod_spec["nodeSelector"] = dict(config.worker_node_selector)
+    if config.worker_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.worker_tolerations]
+    if config.worker_service_account:
+        pod_spec["serviceAccountName"] = config.worker_service_account
+    return pod_spec

@@ -70,19 +70,7 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
     if env_from:
         container["envFrom"] = env_from
 
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": c.pod_security_context(config),
-        "automountServiceAccountToken": False,
-    }
-    if config.worker_node_selector:
-        pod_spec["nodeSelector"] = dict(config.worker_node_selector)
-    if config.worker_tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in config.worker_tolerations]
-    if config.worker_service_account:
-        pod_spec["serviceAccountName"] = config.worker_service_account
+    pod_spec = c.worker_pod_spec(container, volumes, config)
 
     return {
         "apiVersion": "batch/v1",

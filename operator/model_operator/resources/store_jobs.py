@@ -76,17 +76,7 @@ def _store_job(
     }
     if store.secret:
         container["envFrom"] = [{"secretRef": {"name": store.secret}}]
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": c.pod_security_context(config),
-        "automountServiceAccountToken": False,
-    }
-    if config.worker_node_selector:
-        pod_spec["nodeSelector"] = dict(config.worker_node_selector)
-    if config.worker_tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in config.worker_tolerations]
+    pod_spec = c.worker_pod_spec(container, volumes, config)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -78,9 +78,11 @@ def start_operator(operator_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
 
     runners: list[Any] = []
 
-    def start() -> Any:
-        cfg = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())
-        cfg["metrics_port"] = free_port()
+    base = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())
+
+    def start(**overrides: Any) -> Any:
+        """`overrides` replace top-level keys of the operator configuration for this run."""
+        cfg = {**base, **overrides, "metrics_port": free_port()}
         Path(operator_env["MODEL_OPERATOR_CONFIG"]).write_text(yaml.safe_dump(cfg))
         runner = KopfRunner(
             ["run", "--standalone", "--all-namespaces", "-m", "model_operator.controller.handlers"],
@@ -91,6 +93,7 @@ def start_operator(operator_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
         return runner
 
     yield start
+    Path(operator_env["MODEL_OPERATOR_CONFIG"]).write_text(yaml.safe_dump(base))
     for runner in runners:
         if runner._thread.is_alive():  # noqa: SLF001 - KopfRunner offers no public "running" flag
             runner.__exit__(None, None, None)

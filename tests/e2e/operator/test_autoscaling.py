@@ -1,0 +1,125 @@
+"""The built-in autoscaler against real Triton pods, a real Prometheus scraping them, and the
+real control plane: load arrives -> the operator scales up -> new pods Ready -> load stops ->
+after the stabilization window it scales down. And: Prometheus unreachable -> replicas held."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubetest.wait import wait_for
+from md_helpers import (
+    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
+    wait_phase,
+)
+from model_operator.triton.client import connect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+AUTOSCALING = {
+    "minReplicas": 1,
+    "maxReplicas": 3,
+    "metrics": [{"type": "inferenceRate", "target": 5}],
+    "tolerance": 0.1,
+    "pollSeconds": 2,
+    "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
+    "scaleDown": {"stabilizationSeconds": 20, "periodSeconds": 5},
+}
+
+
+class Load:
+    """A bounded request loop against one Triton pod (loopback-routed pod IP)."""
+
+    def __init__(self, endpoint: str, seconds: float) -> None:
+        self.endpoint, self.deadline = endpoint, time.monotonic() + seconds
+        self.stop_flag = threading.Event()
+        self.sent = self.failed = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import tritonclient.http as http
+
+        client = connect(self.endpoint)
+        x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+        inp = http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        while not self.stop_flag.is_set() and time.monotonic() < self.deadline:
+            try:
+                client.infer("digits", [inp])
+                self.sent += 1
+            except Exception:  # noqa: BLE001 - counted, the test asserts on it
+                self.failed += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def digits_ready(start_operator: Any, namespace: str, core_api: Any, custom_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    def make(**overrides: Any) -> dict[str, Any]:
+        models = make_claim(core_api, namespace, MODELS_CLAIM)
+        make_claim(core_api, namespace, STORE_CLAIM)
+        put_digits(models, tmp_path_factory.getbasetemp())
+        start_operator(**overrides)
+        create_md(custom_api, namespace, digits_md("digits", optimization={"quantization": {"mode": "none"}}, autoscaling=AUTOSCALING))
+        return wait_phase(custom_api, namespace, "digits", "Ready", timeout=300)
+
+    return make
+
+
+def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, core_api: Any, custom_api: Any, prometheus: Any) -> None:
+    digits_ready()
+    pod = ready_triton_pods(core_api, namespace, "digits")[0]
+    # Prometheus must see the pod before load means anything.
+    wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
+
+    with Load(f"{pod.status.pod_ip}:8000", seconds=240) as load:
+        md = wait_for(
+            lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] > 1 and m,
+            timeout=120, interval=1, message="a scale-up decision",
+        )
+        scaling = md["status"]["scaling"]
+        assert scaling["history"][-1]["fromReplicas"] == 1 and scaling["history"][-1]["toReplicas"] > 1
+        assert "inferenceRate" in scaling["history"][-1]["reason"]
+        assert condition(md, "MetricsAvailable")["status"] == "True"
+        wait_for(
+            lambda: len(ready_triton_pods(core_api, namespace, "digits")) >= 2,
+            timeout=180, interval=1, message="new Triton replicas Ready",
+        )
+    assert load.sent > 50 and load.failed == 0, (load.sent, load.failed)
+
+    # No load: after the 20 s stabilization window, back to the minimum.
+    md = wait_for(
+        lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] == 1 and m,
+        timeout=180, interval=1, message="scale-down after the stabilization window",
+    )
+    down = md["status"]["scaling"]["history"][-1]
+    assert down["toReplicas"] < down["fromReplicas"]
+    up = next(h for h in md["status"]["scaling"]["history"] if h["toReplicas"] > h["fromReplicas"])
+    assert down["unixTime"] - up["unixTime"] >= 20
+
+
+def test_prometheus_unreachable_holds_replicas(digits_ready: Any, namespace: str, custom_api: Any) -> None:
+    digits_ready(prometheus_url="http://127.0.0.1:9", prometheus_timeout_seconds=1.0)
+    md = wait_for(
+        lambda: condition(m := get_md(custom_api, namespace, "digits"), "MetricsAvailable").get("status") == "False" and m,
+        timeout=60, interval=1, message="MetricsAvailable False",
+    )
+    assert condition(md, "MetricsAvailable")["reason"] == "PrometheusUnreachable"
+    assert "holding 1 replicas" in md["status"]["scaling"]["reason"]
+    # Several polls later nothing moved.
+    first = md["status"]["scaling"]
+    wait_for(lambda: float(get_md(custom_api, namespace, "digits")["status"]["scaling"]["lastPoll"]) > float(first["lastPoll"]) + 6,
+             timeout=60, interval=1, message="more polls")
+    md = get_md(custom_api, namespace, "digits")
+    assert md["spec"]["serving"]["replicas"] == 1 and not md["status"]["scaling"].get("history")
