@@ -25,7 +25,7 @@ class Prometheus:
         try:
             resp = requests.get(
                 f"{self.url.rstrip('/')}/api/v1/query",
-                params={"query": promql, "timeout": f"{self.timeout}s"},
+                params={"query": promql, "timeout": f"{int(self.timeout * 1000)}ms"},  # Prometheus durations take no decimals
                 timeout=self.timeout,
             )
         except requests.Timeout:
