@@ -7,20 +7,24 @@ pod discovery or a ServiceMonitor. The stable and canary tracks have distinct pa
 
 from __future__ import annotations
 
-import re
-
 from ..api.types import ScalingMetricType
 from ..resources.common import deployment_name
 
 POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
 
 
+def _regex_literal(name: str) -> str:
+    """A Kubernetes name as a literal inside a PromQL regex string. Names hold only [a-z0-9.-];
+    the dot is the one regex metacharacter, and PromQL strings need its backslash doubled."""
+    return name.replace(".", "\\\\.")
+
+
 def pod_matcher(md_name: str, namespace: str, track: str | None = "stable", model: str | None = None) -> str:
     """Label matchers for one track's pods (or both tracks when track is None)."""
     if track is None:
-        names = f"({re.escape(deployment_name(md_name, 'stable'))}|{re.escape(deployment_name(md_name, 'canary'))})"
+        names = f"({_regex_literal(deployment_name(md_name, 'stable'))}|{_regex_literal(deployment_name(md_name, 'canary'))})"
     else:
-        names = re.escape(deployment_name(md_name, track))
+        names = _regex_literal(deployment_name(md_name, track))
     parts = [f'namespace="{namespace}"', f'pod=~"{names}{POD_SUFFIX}"']
     if model:
         parts.append(f'model="{model}"')
