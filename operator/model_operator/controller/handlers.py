@@ -58,6 +58,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     )
     memo.phases = {}
     memo.scaler = {}
+    memo.metrics_condition = {}
     if config.metrics_port and not getattr(memo, "metrics_started", False):
         start_http_server(config.metrics_port)
         memo.metrics_started = True
@@ -135,6 +136,12 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     with metrics.measured(handler):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         outcome = memo.reconciler.reconcile(dict(body), _observed(key, kw))
+    # The scaler timer owns MetricsAvailable; this reconcile may have read the object before the
+    # scaler's last write, so take the scaler's latest word rather than the snapshot's.
+    latest = memo.metrics_condition.get(body["metadata"]["uid"])
+    if latest is not None and outcome.status.get("conditions"):
+        outcome.status["conditions"] = [c for c in outcome.status["conditions"] if c["type"] != "MetricsAvailable"] + [latest]
+        outcome.status["conditions"].sort(key=lambda c: st.CONDITION_TYPES.index(c["type"]) if c["type"] in st.CONDITION_TYPES else 99)
     changes = st.status_changes(dict(body.get("status") or {}), outcome.status)
     for key_, value in changes.items():
         patch.status[key_] = value
@@ -178,6 +185,7 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
     memo.scaler.pop(body["metadata"]["uid"], None)
+    memo.metrics_condition.pop(body["metadata"]["uid"], None)
     _export_phases(memo.phases)
     metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -207,8 +215,10 @@ def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: k
     memo.scaler[uid] = outcome.scaling
     if autoscale.worth_writing(written, outcome.scaling, outcome.replicas is not None, now):
         patch.status["scaling"] = outcome.scaling
-    if outcome.conditions is not None and outcome.conditions != status.get("conditions"):
-        patch.status["conditions"] = outcome.conditions
+    if outcome.conditions is not None:
+        memo.metrics_condition[uid] = st.get_condition(outcome.conditions, "MetricsAvailable")
+        if outcome.conditions != status.get("conditions"):
+            patch.status["conditions"] = outcome.conditions
     if outcome.replicas is not None:
         patch.spec["serving"] = {"replicas": outcome.replicas}
     for type_, reason, message in outcome.events:
