@@ -8,14 +8,12 @@ they never compete with the operator a test starts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -36,16 +34,7 @@ INSTANCE = "app.kubernetes.io/instance"
 NOT_HELMS = {"events", "events.events.k8s.io", "endpoints", "componentstatuses"}
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chartlib = _load("model_operator_chartlib", CHART / "hack" / "chartlib.py")
+from kubetest import chartlib  # noqa: E402
 
 
 @pytest.fixture(scope="module")

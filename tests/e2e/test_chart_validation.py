@@ -4,10 +4,8 @@ validation, and every PromQL expression in its dashboard and alert rules evaluat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,16 +22,7 @@ CHART = REPO / "charts" / "model-operator"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chartlib = _load("model_operator_chartlib", CHART / "hack" / "chartlib.py")
+from kubetest import chartlib  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "model-operator"
 
 
+from kubetest import chartlib  # noqa: E402
+
+
 def _load(name: str, path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
@@ -29,8 +32,6 @@ def _load(name: str, path: Path) -> Any:
     spec.loader.exec_module(module)
     return module
 
-
-chartlib = _load("model_operator_chartlib", CHART / "hack" / "chartlib.py")
 dashboard_gen = _load("model_operator_chart_dashboard", CHART / "hack" / "dashboard.py")
 
 needs_helm = pytest.mark.skipif(chartlib.helm_binary() is None, reason="helm not built: run hack/build-binaries.sh")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "model-operator"
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chartlib = _load("model_operator_chartlib", CHART / "hack" / "chartlib.py")
+from kubetest import chartlib  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     chartlib.helm_binary() is None, reason="helm not built: run hack/build-binaries.sh (or set MODEL_OPERATOR_HELM)"

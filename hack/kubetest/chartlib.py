@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-CHART = Path(__file__).resolve().parent.parent
-REPO = CHART.parent.parent
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "model-operator"
 VERSIONS_ENV = REPO / "hack" / "versions.env"
 MONITORING_APIS = ("monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
 POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
