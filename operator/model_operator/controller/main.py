@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
-            namespaces=namespaces or None,
+            namespaces=namespaces or (),
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(config=config),
             standalone=not peering,
