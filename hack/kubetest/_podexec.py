@@ -74,7 +74,11 @@ def main():
             # Open every source before mounting anything: a volume mounted over /tmp would
             # otherwise hide sources that live under /tmp (the runner's state often does).
             mounts = spec.get("mounts", [])
-            fds = [os.open(m["source"], getattr(os, "O_PATH", 0o10000000)) for m in mounts]
+            o_path = getattr(os, "O_PATH", 0o10000000)
+            fds = [os.open(m["source"], o_path) for m in mounts]
+            targets = [m["target"].rstrip("/") or "/" for m in mounts]
+            keep = [(p, os.open(p, o_path)) for p in spec.get("keep", [])
+                    if any(p == t or p.startswith(t.rstrip("/") + "/") for t in targets)]
             for m, fd in zip(mounts, fds):
                 _mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
                 if m.get("readOnly"):
@@ -84,6 +88,10 @@ def main():
                         # In a user namespace some mounts' flags are locked; the
                         # volume then stays writable (documented limit).
                         pass
+            for path, fd in keep:
+                # The image's files stay visible under a volume mounted over their parent.
+                os.makedirs(path, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
         try:
             os.chdir(workdir)
         except FileNotFoundError:

@@ -101,6 +101,24 @@ PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR")
 HELPER = Path(__file__).with_name("_podexec.py")
 
 
+def image_paths() -> list[str]:
+    """Host paths that stand for the image's own content: this Python's packages (including an
+    editable checkout of the project) and the prepared Triton tree. A pod volume mounted over
+    one of their parents (an emptyDir at /tmp, with the checkout under /tmp) would hide them;
+    the exec helper binds them back, as an image's files would still be there."""
+    import importlib.util
+    import site
+
+    paths = {sys.prefix, *site.getsitepackages()}
+    spec = importlib.util.find_spec("model_operator")
+    if spec and spec.submodule_search_locations:
+        paths.add(str(Path(list(spec.submodule_search_locations)[0]).parent))
+    cache = os.environ.get("MODEL_OPERATOR_CACHE")
+    if cache:
+        paths.add(cache)
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -965,7 +983,7 @@ class ContainerState:
             workdir = str(scratch)
         spec_file = w.dir / f"exec-{self.name}.json"
         spec_file.write_text(json.dumps({"argv": argv, "env": env, "mounts": mounts, "workingDir": workdir,
-                                         "hostname": w.name[:63]}))
+                                         "hostname": w.name[:63], "keep": image_paths()}))
         acquired = []
         try:
             for m in mounts:
