@@ -29,10 +29,7 @@ from kubetest.wait import wait_for as _wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"e2e environment unavailable in CI: {message}", pytrace=False)
-    pytest.skip(message)
+_unavailable = binaries.unavailable
 
 
 @pytest.fixture(scope="session")

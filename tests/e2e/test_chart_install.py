@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from kubetest import binaries
 import yaml
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +45,7 @@ def chart_crds(cluster: Any) -> Iterator[list[str]]:
     The monitoring CRDs are removed again if this module added them, so later tests see the
     cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
     if chartlib.helm_binary() is None:
-        pytest.skip("helm not built: run hack/build-binaries.sh")
+        binaries.unavailable("helm not built: run hack/build-binaries.sh")
     monitoring = FIXTURES / "monitoring.coreos.com-crds.yaml"
     had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
     names = []

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from kubetest import binaries
 import yaml
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +33,7 @@ def chart_crds(cluster: Any) -> Iterator[list[str]]:
     The monitoring CRDs are removed again if this module added them, so later tests see the
     cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
     if chartlib.helm_binary() is None:
-        pytest.skip("helm not built: run hack/build-binaries.sh")
+        binaries.unavailable("helm not built: run hack/build-binaries.sh")
     monitoring = FIXTURES / "monitoring.coreos.com-crds.yaml"
     had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
     names = []
@@ -152,7 +154,7 @@ def _query(url: str, expr: str) -> tuple[bool, str]:
 
 def test_every_promql_expression_evaluates(prometheus: Any) -> None:
     if chartlib.helm_binary() is None:
-        pytest.skip("helm not built: run hack/build-binaries.sh")
+        binaries.unavailable("helm not built: run hack/build-binaries.sh")
     queries = dashboard_queries() + rule_queries()
     assert len(queries) > 40
     failures = []

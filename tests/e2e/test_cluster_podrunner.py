@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+
+from kubetest import binaries
 from kubernetes.client.exceptions import ApiException
 
 from kubetest.wait import wait_for
@@ -198,7 +200,7 @@ def test_two_triton_pods_serve_on_their_own_pod_ips(apps_api: Any, core_api: Any
     import urllib.request
 
     if importlib.util.find_spec("pytriton") is None:
-        pytest.skip("nvidia-pytriton is not installed (pip install -e .[triton])")
+        binaries.unavailable("nvidia-pytriton is not installed (pip install -e .[triton])")
     labels = {"app": "triton"}
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "triton"}, "spec": {
         "replicas": 2, "selector": {"matchLabels": labels},
