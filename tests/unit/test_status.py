@@ -90,3 +90,13 @@ def test_phase_for(changes, phase) -> None:
 def test_status_changes_carries_only_what_differs() -> None:
     assert st.status_changes({"phase": "Ready", "replicas": 1}, {"phase": "Ready", "replicas": 2}) == {"replicas": 2}
     assert st.human_size(3_500_000) == "3.3MiB" and st.human_size(10) == "10B"
+
+
+def test_a_retried_jobs_successful_summary_wins() -> None:
+    from model_operator.controller.reconcile import Reconciler
+
+    failed = {"terminationMessages": [json.dumps({"ok": False, "reason": "killed"})], "problems": []}
+    ok = {"terminationMessages": [json.dumps({"ok": True, "artifact": {"sha256": "x"}})], "problems": []}
+    assert Reconciler._summary([failed, ok])["ok"] is True
+    assert Reconciler._summary([failed])["reason"] == "killed"
+    assert Reconciler._summary([]) is None

@@ -322,16 +322,13 @@ class Reconciler:
 
     @staticmethod
     def _summary(job_pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The worker's summary from the Job's pods. A Job that succeeded after a retry has a
+        failed pod too: the successful attempt's summary wins over any failed one."""
+        found: list[dict[str, Any]] = []
         for pod in job_pods:
-            for message in pod.get("terminationMessages", []):
-                summary = st.parse_summary(message)
-                if summary is not None:
-                    return summary
-            for problem in pod.get("problems", []):
-                summary = st.parse_summary(problem.get("message", ""))
-                if summary is not None:
-                    return summary
-        return None
+            messages = list(pod.get("terminationMessages", [])) + [p.get("message", "") for p in pod.get("problems", [])]
+            found += [s for s in map(st.parse_summary, messages) if s is not None]
+        return next((s for s in found if s.get("ok")), found[0] if found else None)
 
     def _serve(
         self, body: dict[str, Any], spec: ModelDeploymentSpec, artifact: dict[str, Any], observed: Observed, now: float
