@@ -55,9 +55,11 @@ def operator_config(prometheus_url: str, metrics_port: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
-def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers."""
+@pytest.fixture(scope="package")
+def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers.
+    KopfRunner runs in this process, so the variables go into os.environ, and come out again
+    after this package's tests (other tests read MODEL_OPERATOR_* configuration too)."""
     cfg_dir = tmp_path_factory.mktemp("operator")
     cfg = cfg_dir / "config.yaml"
     cfg.write_text(yaml.safe_dump(operator_config(prometheus.url, free_port())))
@@ -67,8 +69,14 @@ def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_fac
         "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
         "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1",
     }
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    return env
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
