@@ -5,6 +5,8 @@ chart's configuration), the CRDs, and values the schema must reject."""
 
 from __future__ import annotations
 
+import os
+
 import copy
 import functools
 import json
@@ -191,7 +193,10 @@ def test_default_config_parses_with_the_operator_config_class(tmp_path: Path) ->
     assert (config.security.run_as_user, config.security.run_as_group, config.security.fs_group) == (1000, 1000, 1000)
 
 
-def test_edited_config_reaches_the_operator(tmp_path: Path) -> None:
+def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator's own MODEL_OPERATOR_* environment overrides its file; this test reads the file.
+    for key in [k for k in os.environ if k.startswith("MODEL_OPERATOR_")]:
+        monkeypatch.delenv(key)
     values = {
         "watchNamespaces": ["team-a"],
         "image": {"pullPolicy": "Always"},

@@ -55,11 +55,11 @@ def operator_config(prometheus_url: str, metrics_port: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers.
     KopfRunner runs in this process, so the variables go into os.environ, and come out again
-    after this package's tests (other tests read MODEL_OPERATOR_* configuration too)."""
+    after each module's tests (other tests read MODEL_OPERATOR_* configuration too)."""
     cfg_dir = tmp_path_factory.mktemp("operator")
     cfg = cfg_dir / "config.yaml"
     cfg.write_text(yaml.safe_dump(operator_config(prometheus.url, free_port())))
