@@ -22,7 +22,6 @@ import datetime as dt
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -46,53 +45,10 @@ VOCAB, HIDDEN, HEADS, FFN, LAYERS, MAXLEN, SEQ = 8192, 256, 4, 1024, 4, 512, 128
 
 
 def build_encoder() -> Any:
-    import torch
-    from torch import nn
+    sys.path.insert(0, str(ROOT / "examples" / "transformer"))
+    from encoder import build_encoder as build  # noqa: PLC0415 - the example is not a package
 
-    class Attention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v, self.o = (nn.Linear(HIDDEN, HIDDEN) for _ in range(4))
-
-        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            b, t, _ = x.shape
-            dk = HIDDEN // HEADS
-
-            def split(y: torch.Tensor) -> torch.Tensor:
-                return y.view(b, t, HEADS, dk).transpose(1, 2)
-
-            att = torch.softmax(split(self.q(x)) @ split(self.k(x)).transpose(-1, -2) / math.sqrt(dk) + bias, dim=-1)
-            return self.o((att @ split(self.v(x))).transpose(1, 2).reshape(b, t, HIDDEN))
-
-    class Layer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.att, self.n1, self.n2 = Attention(), nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
-            self.f1, self.f2 = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
-
-        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            x = self.n1(x + self.att(x, bias))
-            return self.n2(x + self.f2(nn.functional.gelu(self.f1(x))))
-
-    class Encoder(nn.Module):
-        """Token + position embeddings, 4 post-norm layers, masked mean pooling -> [batch, 256]."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.tok, self.pos = nn.Embedding(VOCAB, HIDDEN), nn.Embedding(MAXLEN, HIDDEN)
-            self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-            x = self.tok(input_ids) + self.pos(positions)
-            m = attention_mask.to(x.dtype)
-            bias = ((1.0 - m) * -1e4)[:, None, None, :]
-            for layer in self.layers:
-                x = layer(x, bias)
-            return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
-
-    torch.manual_seed(0)
-    return Encoder().eval()
+    return build(vocab=VOCAB, d=HIDDEN, heads=HEADS, ffn=FFN, layers=LAYERS, maxlen=MAXLEN)
 
 
 def token_batch(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

@@ -5,9 +5,9 @@ artifact it writes, and a moto S3 server on loopback."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import uuid
-import math
 import os
 import subprocess
 import sys
@@ -142,53 +142,14 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     return Digits(out, out / "digits.pt", out / "digits.onnx", out / "validation.npz", out / "calibration.npz")
 
 
-def build_encoder(vocab: int = 200, d: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2, maxlen: int = 64) -> Any:
-    """A transformer encoder defined here with torch.nn: token + position embeddings, pre-built
-    attention (Linear q/k/v/o, masked softmax), GELU feed-forward, LayerNorm; mean-pooled output."""
-    import torch
-    from torch import nn
-
-    class Attention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-
-        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            b, t, _ = x.shape
-            dk = d // heads
-
-            def split(y: torch.Tensor) -> torch.Tensor:
-                return y.view(b, t, heads, dk).transpose(1, 2)
-
-            att = torch.softmax(split(self.q(x)) @ split(self.k(x)).transpose(-1, -2) / math.sqrt(dk) + bias, dim=-1)
-            return self.o((att @ split(self.v(x))).transpose(1, 2).reshape(b, t, d))
-
-    class Layer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.att, self.n1, self.f1, self.f2, self.n2 = Attention(), nn.LayerNorm(d), nn.Linear(d, ffn), nn.Linear(ffn, d), nn.LayerNorm(d)
-
-        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            x = self.n1(x + self.att(x, bias))
-            return self.n2(x + self.f2(nn.functional.gelu(self.f1(x))))
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(maxlen, d)
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-            x = self.tok(input_ids) + self.pos(positions)
-            m = attention_mask.to(x.dtype)
-            bias = ((1.0 - m) * -1e4)[:, None, None, :]
-            for layer in self.layers:
-                x = layer(x, bias)
-            return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
-
-    torch.manual_seed(0)
-    return Encoder().eval()
+def build_encoder(**sizes: int) -> Any:
+    """The encoder from examples/transformer/encoder.py (tiny by default, for tests)."""
+    path = ROOT / "examples" / "transformer" / "encoder.py"
+    spec = importlib.util.spec_from_file_location("example_transformer_encoder", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_encoder(**sizes)
 
 
 def token_batch(rng: np.random.Generator, n: int, seq: int, vocab: int = 200) -> dict[str, np.ndarray]:
