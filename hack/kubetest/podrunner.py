@@ -81,7 +81,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .images import ImageError, ImageMap
+from .images import ImageMap
 from .podenv import ConfigError, container_env, expand, field_value
 from .probes import ProbeTiming, run_probe
 from .rest import ApiError, Kube
@@ -1039,7 +1039,7 @@ class ContainerState:
                 message = ""
                 try:
                     self._start()
-                except (ImageError, ConfigError, OSError, ApiError) as e:
+                except Exception as e:  # noqa: BLE001 - any failure to start is the container's StartError, never a dead thread
                     exit_code, reason, message = 128, "StartError", str(e)
                     self.runner.event(w.pod, "Failed", f"Error: {e}", "Warning", self.field_path)
                     log.warning("pod %s/%s container %s: cannot start: %s", w.ns, w.name, self.name, e)

@@ -159,3 +159,57 @@ def crd_installed(cluster: Cluster) -> list[str]:
 def wait_for() -> Callable[..., Any]:
     """``wait_for(predicate, timeout=30, interval=0.5, message=..., ignore=())``."""
     return _wait_for
+
+
+# --- the Helm chart (tests/e2e/test_chart*.py, tests/e2e/operator/test_chart_identity.py) -----
+
+
+@pytest.fixture(scope="module")
+def chart_crds(cluster: Cluster) -> Iterator[list[str]]:
+    """The chart's CRDs, and minimal monitoring.coreos.com CRDs (no Prometheus operator here).
+    The monitoring CRDs are removed again if this module added them, so later tests see the
+    cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
+    from kubetest import chartlib
+
+    if chartlib.helm_binary() is None:
+        _unavailable("helm not built: run hack/build-binaries.sh")
+    monitoring = REPO / "tests" / "e2e" / "fixtures" / "monitoring.coreos.com-crds.yaml"
+    had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
+    names = []
+    for path in [*chartlib.crd_files(), monitoring]:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        names += cluster.kubectl("get", "-f", str(path), "-o", "name").stdout.split()
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    yield names
+    if not had_monitoring:
+        cluster.kubectl("delete", "-f", str(monitoring), "--ignore-not-found", "--timeout=60s", check=False)
+
+
+@pytest.fixture
+def watched(core_api: Any) -> Iterator[str]:
+    """A second namespace: the one a chart-installed operator watches (the release lives in `namespace`)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    name = f"e2e-w-{uuid.uuid4().hex[:6]}"
+    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true"})))
+    yield name
+    try:
+        core_api.delete_namespace(name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.fixture
+def release(cluster: Cluster, chart_crds: list[str], namespace: str, tmp_path: Path) -> Iterator[Any]:
+    """A Helm release of the chart in `namespace` (set .values, then .install()); uninstalled afterwards."""
+    from chart_helpers import Release
+    from kubetest import chartlib
+
+    rel = Release(name=f"mo-{uuid.uuid4().hex[:6]}", namespace=namespace, values={}, cluster=cluster, tmp=tmp_path)
+    yield rel
+    try:
+        rel.uninstall()
+    except chartlib.HelmError:
+        pass

@@ -9,138 +9,19 @@ they never compete with the operator a test starts."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from kubetest import binaries
-import yaml
+from chart_helpers import OperatorProcess, Release, base_values, http_ok
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "model-operator"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INSTANCE = "app.kubernetes.io/instance"
 # Kinds other controllers make from the chart's objects (Endpoints mirror a Service's labels
 # without an owner reference); events are not objects anyone owns.
 NOT_HELMS = {"events", "events.events.k8s.io", "endpoints", "componentstatuses"}
-
-
-from kubetest import chartlib  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def chart_crds(cluster: Any) -> Iterator[list[str]]:
-    """The chart's CRDs, and minimal monitoring.coreos.com CRDs (no Prometheus operator here).
-    The monitoring CRDs are removed again if this module added them, so later tests see the
-    cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
-    if chartlib.helm_binary() is None:
-        binaries.unavailable("helm not built: run hack/build-binaries.sh")
-    monitoring = FIXTURES / "monitoring.coreos.com-crds.yaml"
-    had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
-    names = []
-    for path in [*chartlib.crd_files(), monitoring]:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        names += cluster.kubectl("get", "-f", str(path), "-o", "name").stdout.split()
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    yield names
-    if not had_monitoring:
-        cluster.kubectl("delete", "-f", str(monitoring), "--ignore-not-found", "--timeout=60s", check=False)
-
-
-@pytest.fixture
-def watched(core_api: Any) -> Iterator[str]:
-    """A second namespace: the one the operator watches (the release lives in `namespace`)."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    name = f"e2e-w-{uuid.uuid4().hex[:6]}"
-    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true"})))
-    yield name
-    try:
-        core_api.delete_namespace(name)
-    except ApiException as e:
-        if e.status != 404:
-            raise
-
-
-@dataclass
-class Release:
-    name: str
-    namespace: str
-    values: dict[str, Any]
-    cluster: Any
-    tmp: Path
-
-    @property
-    def fullname(self) -> str:
-        return chartlib.fullname(self.name, self.values)
-
-    @property
-    def service_account(self) -> str:
-        return chartlib.service_account_name(self.name, self.values)
-
-    @property
-    def user(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
-
-    def helm(self, *args: str, timeout: float = 180) -> str:
-        return chartlib.helm(*args, env={"KUBECONFIG": str(self.cluster.kubeconfig)}, timeout=timeout)
-
-    def install(self) -> None:
-        self.helm("install", *chartlib.template_args(self.values, release=self.name, namespace=self.namespace, values_dir=self.tmp),
-                  "--wait", "--timeout", "120s")
-
-    def upgrade(self, values: dict[str, Any]) -> None:
-        self.values = values
-        self.helm("upgrade", *chartlib.template_args(values, release=self.name, namespace=self.namespace, values_dir=self.tmp),
-                  "--reset-values", "--wait", "--timeout", "120s")
-
-    def uninstall(self) -> None:
-        self.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout", "120s", "--ignore-not-found")
-
-    def manifest(self) -> set[tuple[str, str | None, str]]:
-        docs = [d for d in yaml.safe_load_all(self.helm("get", "manifest", self.name, "--namespace", self.namespace)) if d]
-        return {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
-
-    def can_i(self, verb: str, resource: str, namespace: str | None = None, subresource: str | None = None) -> bool:
-        args = ["auth", "can-i", verb, resource, "--as", self.user]
-        if namespace:
-            args += ["--namespace", namespace]
-        if subresource:
-            args += ["--subresource", subresource]
-        proc = self.cluster.kubectl(*args, check=False)
-        answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-        assert answer in ("yes", "no"), proc.stdout + proc.stderr
-        return answer == "yes"
-
-
-def base_values(watched: str) -> dict[str, Any]:
-    return {
-        # Nothing runs on the KWOK pools: the chart's own operator pods stay inert.
-        "operator": {"nodeSelector": {"node-pool": "cpu"}},
-        "watchNamespaces": [watched],
-    }
-
-
-@pytest.fixture
-def release(cluster: Any, chart_crds: list[str], namespace: str, tmp_path: Path) -> Iterator[Release]:
-    rel = Release(name=f"mo-{uuid.uuid4().hex[:6]}", namespace=namespace, values={}, cluster=cluster, tmp=tmp_path)
-    yield rel
-    try:
-        rel.uninstall()
-    except chartlib.HelmError:
-        pass
 
 
 def live_objects(cluster: Any, release: str) -> list[dict[str, Any]]:
@@ -180,6 +61,7 @@ MUST_IN_WATCHED = [
     ("create", "servicemonitors.monitoring.coreos.com", None), ("patch", "servicemonitors.monitoring.coreos.com", None),
     # (keda.sh scaledobjects are granted too; can-i cannot resolve a kind the cluster does not serve.)
     ("create", "horizontalpodautoscalers.autoscaling", None), ("patch", "horizontalpodautoscalers.autoscaling", None),
+    ("watch", "horizontalpodautoscalers.autoscaling", None), ("delete", "horizontalpodautoscalers.autoscaling", None),
     ("list", "kopfpeerings.kopf.dev", None), ("watch", "kopfpeerings.kopf.dev", None),
 ]
 MUST_NOT_ANYWHERE = [
@@ -314,83 +196,6 @@ def test_upgrade_and_uninstall_leave_no_orphans(release: Release, watched: str, 
 # --- the operator, running as the chart's ServiceAccount --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-class OperatorProcess:
-    """`model-operator run` as a local process with the release's configuration, as the release's
-    ServiceAccount, with the environment the chart's Deployment gives its pods."""
-
-    def __init__(self, release: Release, identity: str, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
-        cm = json.loads(release.cluster.kubectl(
-            "get", "configmap", f"{release.fullname}-config", "-n", release.namespace, "-o", "json").stdout)
-        self.config = tmp / f"{identity}-config.yaml"
-        self.config.write_text(cm["data"]["config.yaml"])
-        self.kubeconfig = chartlib.service_account_kubeconfig(
-            release.cluster.kubeconfig, release.namespace, release.service_account, tmp / f"{identity}.kubeconfig")
-        deployment = json.loads(release.cluster.kubectl(
-            "get", "deployment", release.fullname, "-n", release.namespace, "-o", "json").stdout)
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        env.pop("HOME", None)
-        self.liveness = _free_port()
-        self.metrics = _free_port()
-        self.log_path = tmp / f"{identity}.log"
-        self.env = {
-            **os.environ,
-            **env,
-            "POD_ID": identity,  # what the Deployment sets from metadata.name
-            "KUBECONFIG": str(self.kubeconfig),
-            "MODEL_OPERATOR_METRICS_PORT": str(self.metrics),
-            "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]),
-            **(extra_env or {}),
-        }
-        for key in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
-            self.env.pop(key, None)
-        args = [a for a in container["args"] if not a.startswith(("--config=", "--liveness="))]
-        self.argv = [sys.executable, "-m", "model_operator.cli", *args, f"--config={self.config}",
-                     f"--liveness=http://127.0.0.1:{self.liveness}/healthz"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "OperatorProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
 def _modeldeployment(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "serving.model-operator.io/v1alpha1",
@@ -428,7 +233,7 @@ def test_operator_runs_as_the_chart_service_account(rbac: str, release: Release,
 
     op = OperatorProcess(release, "operator-0", tmp_path)
     with op:
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
                  message="the operator's liveness endpoint")
         assert op.alive(), op.log()
 
@@ -481,7 +286,7 @@ def test_two_replicas_elect_one_active_operator(release: Release, watched: str, 
     group, version, plural = "serving.model-operator.io", "v1alpha1", "modeldeployments"
     with OperatorProcess(release, "replica-a", tmp_path) as a, OperatorProcess(release, "replica-b", tmp_path) as b:
         for op in (a, b):
-            wait_for(lambda: _http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
+            wait_for(lambda: http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
                      message="liveness")
 
         def both_registered() -> bool:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -21,29 +21,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "model-operator"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 from kubetest import chartlib  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def chart_crds(cluster: Any) -> Iterator[list[str]]:
-    """The chart's CRDs, and minimal monitoring.coreos.com CRDs (no Prometheus operator here).
-    The monitoring CRDs are removed again if this module added them, so later tests see the
-    cluster as it was (the operator creates ServiceMonitors only where the kind exists)."""
-    if chartlib.helm_binary() is None:
-        binaries.unavailable("helm not built: run hack/build-binaries.sh")
-    monitoring = FIXTURES / "monitoring.coreos.com-crds.yaml"
-    had_monitoring = cluster.kubectl("get", "-f", str(monitoring), "-o", "name", check=False).returncode == 0
-    names = []
-    for path in [*chartlib.crd_files(), monitoring]:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        names += cluster.kubectl("get", "-f", str(path), "-o", "name").stdout.split()
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    yield names
-    if not had_monitoring:
-        cluster.kubectl("delete", "-f", str(monitoring), "--ignore-not-found", "--timeout=60s", check=False)
 
 
 VARIANTS: dict[str, Callable[[str], dict[str, Any]]] = {

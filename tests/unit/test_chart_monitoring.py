@@ -40,6 +40,8 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: 
 
 DASHBOARD = CHART / "files" / "dashboard.json"
 
+from model_operator.triton.python_model import FAILURE_METRIC  # noqa: E402 - exported by the Python-backend model
+
 # Triton's metrics (what tritonserver exports on :8002/metrics; the _bucket series only with
 # --metrics-config=histogram_latencies=true).
 TRITON_METRICS = {
@@ -205,15 +207,16 @@ def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
     exprs = dashboard_exprs() + rule_exprs(rule()) + rule_exprs(rule({"prometheusRule": {"alerts": {"latencySLO": {"source": "average"}}}}))
     used = series_used(exprs)
     for name, labels in sorted(used.items()):
-        if name.startswith("nv_"):
-            assert name in TRITON_METRICS, f"{name} is not a Triton metric"
+        if name.startswith("nv_") or name == FAILURE_METRIC:
+            # FAILURE_METRIC: exported by the project's Python-backend model on Triton's metrics port.
+            assert name in TRITON_METRICS | {FAILURE_METRIC}, f"{name} is not a Triton metric"
             assert labels <= {"namespace", "pod"}, (name, labels)
             continue
         known = exported[name] if name in exported else ASSUMED_OPERATOR_METRICS.get(name)
         assert known is not None, f"{name} is neither exported by controller/metrics.py nor listed as assumed"
         # `namespace` may also be the scrape target's label (the operator's own namespace).
         assert labels <= known | {"namespace"}, (name, labels - known)
-    assumed_now = {n for n in used if n.startswith("model_operator_") and n not in exported}
+    assumed_now = {n for n in used if n.startswith("model_operator_") and n not in exported and n != FAILURE_METRIC}
     assert assumed_now <= set(ASSUMED_OPERATOR_METRICS), assumed_now
 
 
@@ -313,6 +316,14 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
         _series("model_operator_reconcile_total", {**op, "handler": "timer", "result": "error"}, "0+30x60"),
         _series("model_operator_reconcile_total", {**op, "handler": "timer", "result": "ok"}, "0+30x60"),
     ]
+    # `pyerr` fails only as the Python-backend model counts it: Triton calls those successes.
+    for pod in _pods("pyerr"):
+        lab = {"namespace": "team-a", "pod": pod.format(md="pyerr"), "model": "pyerr", "version": "1"}
+        series += [
+            _series("nv_inference_request_success", lab, "0+90x60"),
+            _series("nv_inference_request_failure", lab, "0x60"),
+            _series(FAILURE_METRIC, lab, "0+20x60"),
+        ]
     bad = {"namespace": "team-a", "modeldeployment": "bad"}
 
     def fires(name: str, labels: dict[str, str], severity: str) -> dict[str, Any]:
@@ -321,7 +332,10 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
     checks = [
         fires("ModelDeploymentNotReady", bad, "warning"),
         fires("ModelDeploymentOptimizationFailed", bad, "warning"),
-        fires("ModelDeploymentErrorRatioHigh", bad, "critical"),
+        {"eval_time": "45m", "alertname": "ModelDeploymentErrorRatioHigh", "exp_alerts": [
+            {"exp_labels": {**bad, "severity": "critical"}},
+            {"exp_labels": {"namespace": "team-a", "modeldeployment": "pyerr", "severity": "critical"}},
+        ]},
         fires("ModelDeploymentLatencyAboveSLO", bad, "warning"),
         fires("ModelDeploymentReplicasAtMax", bad, "warning"),
         fires("ModelDeploymentQualityDegraded", bad, "critical"),

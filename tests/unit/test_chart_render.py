@@ -284,7 +284,11 @@ NEEDED_NAMESPACED = [
     ("policy", "poddisruptionbudgets", "create"), ("policy", "poddisruptionbudgets", "patch"),
     ("policy", "poddisruptionbudgets", "delete"), ("policy", "poddisruptionbudgets", "list"), ("policy", "poddisruptionbudgets", "watch"),
     ("monitoring.coreos.com", "servicemonitors", "create"), ("monitoring.coreos.com", "servicemonitors", "patch"),
+    ("monitoring.coreos.com", "servicemonitors", "list"), ("monitoring.coreos.com", "servicemonitors", "watch"),
     ("autoscaling", "horizontalpodautoscalers", "patch"), ("keda.sh", "scaledobjects", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "list"), ("autoscaling", "horizontalpodautoscalers", "watch"),
+    ("autoscaling", "horizontalpodautoscalers", "delete"), ("keda.sh", "scaledobjects", "list"),
+    ("keda.sh", "scaledobjects", "watch"), ("keda.sh", "scaledobjects", "delete"),
 ]
 
 

@@ -62,3 +62,10 @@ def test_analyze(changes, outcome, metric) -> None:
 def test_failure_reason_names_metric_and_value() -> None:
     verdict = ro.analyze(**{**BASE, "error_ratio": 0.5})
     assert "error ratio 0.500 > 0.01" in verdict.reason and verdict.value == 0.5
+
+
+def test_a_pass_without_requests_says_there_was_no_evidence() -> None:
+    quiet = ro.analyze(**{**BASE, "error_ratio": None, "latency": None, "now": 300.0})
+    assert quiet.outcome == "pass" and "no requests reached it" in quiet.reason
+    busy = ro.analyze(**{**BASE, "error_ratio": 0.001, "latency": None, "now": 300.0})
+    assert busy.outcome == "pass" and "error ratio 0.001" in busy.reason

@@ -130,7 +130,7 @@ def build() -> dict[str, Any]:
         "Inference requests per second (successful + failed) over both tracks, and per track.",
         [
             target(promql.request_rate(SEL, w), "all", "A"),
-            target(f"sum(rate(nv_inference_request_failure{{{SEL}}}[{w}]))", "failed", "B"),
+            target(promql.failures_rate(SEL, w), "failed", "B"),
             target(promql.request_rate(TRACK_SEL["stable"], w), "stable", "C"),
             target(promql.request_rate(TRACK_SEL["canary"], w), "canary", "D"),
         ],
@@ -138,8 +138,8 @@ def build() -> dict[str, Any]:
     ))
     lay.add(timeseries(
         "Error ratio",
-        "Failed / all requests (nv_inference_request_failure over success + failure): what the canary "
-        "analysis and the error-ratio alert use.",
+        "Failed / all requests (Triton's failures and the Python-backend model's own error count, over "
+        "success + failure): what the canary analysis, the health check and the error-ratio alert use.",
         [
             target(promql.error_ratio(SEL, w), "all", "A"),
             target(promql.error_ratio(TRACK_SEL["canary"], w), "canary", "B"),

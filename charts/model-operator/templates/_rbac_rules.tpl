@@ -28,7 +28,7 @@
 {{- end -}}
 
 {{- define "model-operator.rules.events" -}}
-# Framework (kopf) and application: Events on ModelDeployments (kopf.info/kopf.warn).
+# Framework (kopf) and application: Events on ModelDeployments (kopf.event).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -74,14 +74,15 @@
 # Application: ServiceMonitors for Triton's metrics (only used where the Prometheus operator is installed).
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [create, patch]
-# Application: autoscaling engines `hpa` and `keda` (the built-in engine patches the ModelDeployment).
+  verbs: [list, watch, create, patch]
+# Application: autoscaling engines `hpa` and `keda` (the built-in engine patches the ModelDeployment);
+# watched so an engine object someone deleted or edited is put back.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 {{- with .Values.rbac.secrets.names }}
 # Application (opt-in, rbac.secrets.names): read these Secrets by name; no list, no watch.
 - apiGroups: [""]

@@ -553,6 +553,17 @@ class QualityStatus(Model):
     reason: str = ""
 
 
+class HealthStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    healthy: bool | None = Field(default=None, description="From Prometheus: error ratio and p99 against spec.monitoring; null without traffic.")
+    reason: str = ""
+    message: str = ""
+    request_rate: float | None = None
+    error_ratio: float | None = None
+    p99_latency_ms: float | None = None
+
+
 class ModelDeploymentStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
@@ -572,6 +583,7 @@ class ModelDeploymentStatus(Model):
     scaling: ScalingStatus | None = None
     rollout: RolloutStatus | None = None
     quality: QualityStatus | None = None
+    health: HealthStatus | None = None
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:

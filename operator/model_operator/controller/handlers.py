@@ -118,9 +118,28 @@ def pdbs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> 
     return {key: _child_summary(body)} if key else {}
 
 
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
+def hpas_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
+# kopf watches these two only while the cluster serves them, and picks them up when they appear.
+@kopf.index("keda.sh", "v1alpha1", "scaledobjects", labels=MANAGED)
+def scaledobjects_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
+@kopf.index("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
+def servicemonitors_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, dict(labels))
+    return {key: _child_summary(body)} if key else {}
+
+
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
     children: list[dict[str, Any]] = []
-    for idx in ("deployments_idx", "services_idx", "pdbs_idx"):
+    for idx in ("deployments_idx", "services_idx", "pdbs_idx", "hpas_idx", "scaledobjects_idx", "servicemonitors_idx"):
         children += list(kw[idx].get(key, []))
     obs = observe(key, kw["jobs_idx"], kw["pods_idx"], {})
     obs.children = children
@@ -128,6 +147,13 @@ def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
 
 
 # --- the ModelDeployment itself -------------------------------------------------------------
+
+
+def _post(body: kopf.Body, logger: kopf.Logger, type_: str, reason: str, message: str) -> None:
+    """An Event on the ModelDeployment, and the same line in the log. kopf.event, not kopf.info:
+    kopf.info obeys settings.posting.level, which keeps kopf's own log lines out of Events."""
+    kopf.event(body, type=type_, reason=reason, message=message)
+    (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
 
 
 def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, kw: dict[str, Any]) -> None:
@@ -146,8 +172,7 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     for key_, value in changes.items():
         patch.status[key_] = value
     for type_, reason, message in outcome.events:
-        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
-        (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
+        _post(body, logger, type_, reason, message)
     auto = (body.get("spec") or {}).get("autoscaling") or {}
     metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
     phase = outcome.status.get("phase")
@@ -183,6 +208,7 @@ def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.L
 def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, started: Any, **_: Any) -> None:
     with metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
+    memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
     memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
     memo.scaler.pop(body["metadata"]["uid"], None)
     memo.metrics_condition.pop(body["metadata"]["uid"], None)
@@ -222,5 +248,4 @@ def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: k
     if outcome.replicas is not None:
         patch.spec["serving"] = {"replicas": outcome.replicas}
     for type_, reason, message in outcome.events:
-        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
-        (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
+        _post(body, logger, type_, reason, message)

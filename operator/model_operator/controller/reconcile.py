@@ -12,16 +12,18 @@ from typing import Any
 import kopf
 
 from ..api.hashing import spec_hash
-from ..api.types import ModelDeploymentSpec, Serving, Target
+from ..api.types import ModelDeploymentSpec, ScalingEngine, Serving, Target
 from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
-from ..kube.api import DESIRED_HASH, Kube, with_desired_hash
+from ..kube.api import DESIRED_HASH, Kube, KindNotServed, with_desired_hash
 from ..resources import common as names
 from ..resources import job as job_builder
 from ..resources import serving as serving_builder
+from ..resources import autoscaling as autoscaling_builder
 from ..resources import store_jobs
 from ..resources import rollout as ro
 from ..resources import status as st
+from ..scaling import health as health_policy
 from ..scaling import promql
 from ..scaling.prometheus import Prometheus, PrometheusError
 from . import metrics
@@ -133,6 +135,10 @@ def _child(children: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str
     return next((c for c in children if c.get("kind") == kind and c.get("name") == name), None)
 
 
+KIND_RECHECK_SECONDS = 60.0
+SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
+
+
 class Reconciler:
     def __init__(
         self, kube: Kube, config: OperatorConfig, has_service_monitor: bool = False, prom: Prometheus | None = None
@@ -140,7 +146,28 @@ class Reconciler:
         self.kube = kube
         self.prom = prom
         self.config = config
-        self.has_service_monitor = has_service_monitor
+        # Optional kinds (CRDs of other projects): (served, when last asked).
+        self._kinds: dict[tuple[str, str], tuple[bool, float]] = {
+            SERVICE_MONITOR: (has_service_monitor, time.time()),
+        }
+        self._health_checked: dict[Key, float] = {}
+
+    def kind_served(self, api: tuple[str, str], now: float) -> bool:
+        """Whether the cluster serves an optional kind (KEDA's ScaledObject, the Prometheus
+        operator's ServiceMonitor). A miss is asked again after a minute, so installing one needs
+        no operator restart; an apply that finds the kind gone marks it missing (_apply_optional)."""
+        served, checked = self._kinds.get(api, (False, float("-inf")))
+        if not served and now - checked >= KIND_RECHECK_SECONDS:
+            served = self.kube.has_kind(*api)
+            self._kinds[api] = (served, now)
+        return served
+
+    def _apply_optional(self, owner: dict[str, Any], obj: dict[str, Any], observed: dict[str, Any] | None, now: float) -> None:
+        """Apply a child of an optional kind; its CRD disappearing must not stop the rest of the reconcile."""
+        try:
+            self._ensure(owner, obj, observed)
+        except KindNotServed:
+            self._kinds[(obj["apiVersion"], obj["kind"])] = (False, now)
 
     def _ensure(self, owner: dict[str, Any], obj: dict[str, Any], observed: dict[str, Any] | None) -> bool:
         """Apply `obj` unless the cached child already carries its desired hash. True if written."""
@@ -288,6 +315,11 @@ class Reconciler:
             if artifact_ready:
                 status["endpoint"] = {"http": artifact.get("uri")}
 
+        if serves and artifact_ready:
+            scaling_status = self._autoscaler(body, spec, observed, now, cond, events)
+            if scaling_status is not None:
+                status["scaling"] = scaling_status
+
         if serves and artifact_ready and spec.monitoring.golden_probe.enabled:
             quality = self._probe(body, spec, observed, now)
             if quality is not None:
@@ -296,6 +328,14 @@ class Reconciler:
                     cond("QualityDegraded", True, "GoldenSetDrift", quality.get("reason") or "live answers drifted from the report")
                 elif quality.get("passed") is True:
                     cond("QualityDegraded", False, "GoldenSetMatches", quality.get("reason") or "live answers match the report")
+
+        rollout_state = status.get("rollout") or {}
+        if serves and artifact_ready and not rollout_state.get("canary") and not rollout_state.get("watch"):
+            health = self._health(body, spec, now)
+            if health is not None:
+                status["health"] = health
+                if health.get("healthy") is False:
+                    problems.append(st.Problem(health["reason"], health["message"]))
 
         if problems:
             cond("Degraded", True, problems[0].reason, "; ".join(p.message for p in problems)[:1024])
@@ -359,9 +399,9 @@ class Reconciler:
             self._ensure(body, pdb, existing_pdb)
         elif existing_pdb is not None:
             self.kube.delete("policy/v1", "PodDisruptionBudget", pdb_name, namespace)
-        if self.has_service_monitor and spec.monitoring.service_monitor:
+        if spec.monitoring.service_monitor and self.kind_served(SERVICE_MONITOR, now):
             sm = serving_builder.build_service_monitor(name, namespace)
-            self._ensure(body, sm, _child(observed.children, "ServiceMonitor", sm["metadata"]["name"]))
+            self._apply_optional(body, sm, _child(observed.children, "ServiceMonitor", sm["metadata"]["name"]), now)
 
         stable_view = _track_view(stable_dep, plan.stable_replicas)
         canary_view = _track_view(canary_dep, plan.canary_replicas) if canary_dep else None
@@ -375,6 +415,77 @@ class Reconciler:
         rollout = self._analyse(spec, name, namespace, plan, rollout, stable_view, canary_view, by_revision, now, result)
         result.rollout = rollout
         return result
+
+    def _health(self, body: dict[str, Any], spec: ModelDeploymentSpec, now: float) -> dict[str, Any] | None:
+        """status.health from Prometheus every health interval; the last verdict in between.
+        The check time stays in memory: a write per check would cost an API call per object."""
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        old = (body.get("status") or {}).get("health")
+        last = self._health_checked.get((namespace, name))
+        if self.prom is None or (last is not None and now - last < self.config.health_interval_seconds):
+            return old
+        self._health_checked[(namespace, name)] = now
+        sel, window = promql.pod_matcher(name, namespace, track=None), self.config.prometheus_window
+        try:
+            rate = self.prom.query(promql.request_rate(sel, window))
+            error_ratio = p99 = None
+            if rate:
+                error_ratio = self.prom.query(promql.error_ratio(sel, window))
+                p99 = self.prom.query(promql.p99_latency_ms(sel, window))
+        except PrometheusError as exc:
+            return {"healthy": None, "reason": "MetricsUnavailable", "message": str(exc)}
+        verdict = health_policy.judge(request_rate=rate, error_ratio=error_ratio, p99_ms=p99,
+                                      max_error_ratio=spec.monitoring.max_error_ratio, p99_objective_ms=spec.monitoring.p99_latency_ms)
+
+        def rounded(v: float | None) -> float | None:
+            return None if v is None or v != v else float(f"{v:.3g}")  # NaN (an empty histogram) is no value
+
+        return {"healthy": verdict.healthy, "reason": verdict.reason, "message": verdict.message,
+                "requestRate": rounded(rate), "errorRatio": rounded(error_ratio), "p99LatencyMs": rounded(p99)}
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._health_checked.pop((namespace, name), None)
+
+    def _autoscaler(
+        self, body: dict[str, Any], spec: ModelDeploymentSpec, observed: Observed, now: float, cond: Any,
+        events: list[tuple[str, str, str]],
+    ) -> dict[str, Any] | None:
+        """Apply the HPA or ScaledObject the spec's engine wants, delete one it no longer wants,
+        and report ScalingActive. Returns status.scaling for the external engines (the built-in
+        scaler writes its own)."""
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        auto = spec.autoscaling
+        engine = auto.engine if auto is not None and auto.enabled else None
+        keda = engine == ScalingEngine.keda and self.kind_served(autoscaling_builder.KEDA_API, now)
+        obj, (value, reason, message) = autoscaling_builder.desired_autoscaler(
+            name, namespace, spec, self.config.prometheus_url, self.config.prometheus_window, keda)
+        before = st.get_condition(list((body.get("status") or {}).get("conditions") or []), "ScalingActive")
+        cond("ScalingActive", value, reason, message)
+        if reason == "KEDANotInstalled" and (before or {}).get("reason") != reason:
+            events.append(("Warning", reason, message))
+        obj_name = autoscaling_builder.autoscaler_name(name)
+        for api_version, kind in (autoscaling_builder.HPA_API, autoscaling_builder.KEDA_API):
+            existing = _child(observed.children, kind, obj_name)
+            if obj is not None and obj["kind"] == kind:
+                self._apply_optional(body, obj, existing, now)
+            elif existing is not None:
+                self.kube.delete(api_version, kind, obj_name, namespace)
+                metrics.API_WRITES.labels(kind, "delete").inc()
+        if obj is None or engine is None:
+            return None
+        old = dict((body.get("status") or {}).get("scaling") or {})
+        current = (spec.serving or Serving()).replicas
+        hpa = _child(observed.children, "HorizontalPodAutoscaler", obj_name) or {}
+        desired = (hpa.get("status") or {}).get("desiredReplicas")
+        scaling = {
+            "engine": engine.value,
+            "desired": int(desired) if desired is not None else current,
+            "reason": message,
+            "history": old.get("history") or [],
+        }
+        if old.get("lastScaleTime"):
+            scaling["lastScaleTime"] = old["lastScaleTime"]
+        return scaling
 
     def _probe(self, body: dict[str, Any], spec: ModelDeploymentSpec, observed: Observed, now: float) -> dict[str, Any] | None:
         """Run the golden-set probe Job on its interval and fold its result into status.quality."""
@@ -467,7 +578,9 @@ class Reconciler:
             window = self.config.prometheus_window
             try:
                 sel = promql.pod_matcher(name, namespace, track=track)
-                error_ratio = self.prom.query(promql.error_ratio(sel, window))
+                # Without requests an error ratio of 0 is no evidence: report it as no data.
+                if self.prom.query(promql.request_rate(sel, window)):
+                    error_ratio = self.prom.query(promql.error_ratio(sel, window))
                 if plan.mode == "canary":
                     base_sel = promql.pod_matcher(name, namespace, track="stable")
                     latency = self.prom.query(promql.avg_latency_ms(sel, window))

@@ -26,6 +26,10 @@ DESIRED_HASH = "serving.model-operator.io/desired-hash"
 log = logging.getLogger(__name__)
 
 
+class KindNotServed(RuntimeError):
+    """The API server no longer serves this kind (its CRD was removed after discovery)."""
+
+
 def desired_hash(obj: dict[str, Any]) -> str:
     body = {k: v for k, v in obj.items() if k != "status"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -65,11 +69,21 @@ class Kube:
             return False
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        res = self.resource(obj["apiVersion"], obj["kind"])
+        try:
+            res = self.resource(obj["apiVersion"], obj["kind"])
+        except ResourceNotFoundError:
+            raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is not served") from None
         meta = obj["metadata"]
-        result = res.server_side_apply(
-            body=obj, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True
-        )
+        try:
+            result = res.server_side_apply(
+                body=obj, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True
+            )
+        except NotFoundError as exc:
+            # An apply creates, so a 404 means the endpoint is gone (a removed CRD), or the namespace.
+            if "page not found" in str(getattr(exc, "body", "") or ""):
+                self.dynamic.resources.invalidate_cache()
+                raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is no longer served") from None
+            raise
         return result.to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:

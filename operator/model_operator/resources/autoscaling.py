@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import types as t
-from ..api.types import Autoscaling, ScalingMetricType
+from ..api.types import Autoscaling, ScalingEngine, ScalingMetricType
 from ..scaling import promql
 from . import common as c
 
@@ -85,3 +85,33 @@ def build_hpa(name: str, namespace: str, spec: Autoscaling) -> dict[str, Any]:
             "behavior": _behavior(spec),
         },
     }
+
+
+KEDA_API = ("keda.sh/v1alpha1", "ScaledObject")
+HPA_API = ("autoscaling/v2", "HorizontalPodAutoscaler")
+
+
+def autoscaler_name(name: str) -> str:
+    return c.truncate(name, "-triton")
+
+
+def desired_autoscaler(
+    name: str, namespace: str, spec: t.ModelDeploymentSpec, prometheus_url: str, window: str, keda_served: bool
+) -> tuple[dict[str, Any] | None, tuple[str, str, str]]:
+    """The engine object this spec wants (None: none), and the ScalingActive condition as
+    (status, reason, message). The built-in engine needs no object; `keda` on a cluster without
+    KEDA's CRD gets none and says so, rather than failing the whole reconcile."""
+    auto = spec.autoscaling
+    if auto is None or not auto.enabled or spec.target == t.Target.device:
+        return None, ("False", "Disabled", "autoscaling is off: replicas follow spec.serving.replicas")
+    if auto.engine == ScalingEngine.operator:
+        return None, ("True", "OperatorScaler", "the operator's scaler sets replicas from Prometheus metrics")
+    if auto.engine == ScalingEngine.hpa:
+        return build_hpa(name, namespace, auto), (
+            "True", "HorizontalPodAutoscaler", f"replicas follow HorizontalPodAutoscaler {autoscaler_name(name)}")
+    if not keda_served:
+        return None, ("False", "KEDANotInstalled",
+                      "autoscaling.engine is keda, but the cluster does not serve keda.sh/v1alpha1 ScaledObject: "
+                      "install KEDA, or set autoscaling.engine to operator or hpa")
+    return build_keda_scaled_object(name, namespace, auto, prometheus_url, window), (
+        "True", "KEDA", f"replicas follow KEDA ScaledObject {autoscaler_name(name)}")

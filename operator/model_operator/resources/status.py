@@ -18,6 +18,7 @@ CONDITION_TYPES = (
     "Progressing",
     "Degraded",
     "MetricsAvailable",
+    "ScalingActive",
     "QualityDegraded",
     "RolledBack",
 )

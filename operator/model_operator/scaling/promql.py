@@ -59,10 +59,21 @@ def cpu_utilization_percent(sel: str) -> str:
     return f"100 * avg(nv_cpu_utilization{{{sel}}})"
 
 
+# Errors the project's Python-backend model counts itself (triton/python_model.py): Triton
+# counts such responses as successes. Absent on other backends, hence `or vector(0)`.
+BACKEND_FAILURE = "model_operator_backend_request_failure"
+
+
+def failures_rate(sel: str, window: str) -> str:
+    return f"({_rate('nv_inference_request_failure', sel, window)} + ({_rate(BACKEND_FAILURE, sel, window)} or vector(0)))"
+
+
 def error_ratio(sel: str, window: str) -> str:
-    failures = _rate("nv_inference_request_failure", sel, window)
+    """Failed / all requests. A Python-backend error is in both the success count and the
+    backend's own failure count, so the total is success + Triton's failures."""
+    triton_failures = _rate("nv_inference_request_failure", sel, window)
     successes = _rate("nv_inference_request_success", sel, window)
-    return f"{failures} / clamp_min({failures} + {successes}, 1e-9)"
+    return f"{failures_rate(sel, window)} / clamp_min({triton_failures} + {successes}, 1e-9)"
 
 
 def request_rate(sel: str, window: str) -> str:

@@ -11,6 +11,11 @@ run as one ONNX Runtime call, then the outputs are split back per request; reque
 shapes (e.g. other sequence lengths) run as their own group. When a group's run fails, its
 requests run one by one, so only the failing request is answered with an error.
 
+Failed requests are counted in `model_operator_backend_request_failure` (a custom metric on
+Triton's metrics port): Triton counts a Python-backend response that carries an error as a
+*success* in `nv_inference_request_failure`/`_success`, so without it the operator's error ratio
+would never see this backend fail.
+
 Config parameters read: `onnx_file` (default `model.onnx`), `intra_op_threads` (default: ONNX
 Runtime's own choice). On a KIND_GPU instance the CUDA execution provider is used when ONNX
 Runtime has it.
@@ -29,6 +34,8 @@ try:  # provided by the Triton Python backend stub; absent when this file is imp
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised by unit tests outside Triton
     pb_utils = None
+
+FAILURE_METRIC = "model_operator_backend_request_failure"
 
 # ONNX Runtime type strings -> numpy dtypes (for the inputs ORT expects).
 ORT_TYPES = {
@@ -125,6 +132,14 @@ class TritonPythonModel:
                 f"config inputs {missing} are not inputs of {os.path.basename(path)} "
                 f"(it has {sorted(self.ort_input_dtypes)})"
             )
+        self.failures = None
+        if hasattr(pb_utils, "MetricFamily"):  # Python backends from 23.05 on
+            self._failure_family = pb_utils.MetricFamily(
+                name=FAILURE_METRIC,
+                description="Requests this model answered with an error (counted as successes by Triton's own metrics)",
+                kind=pb_utils.MetricFamily.COUNTER,
+            )
+            self.failures = self._failure_family.Metric(labels={"model": args["model_name"], "version": args["model_version"]})
         self.ort_output_names = [o.name for o in self.session.get_outputs()]
         unknown = [n for n in self.output_names if n not in self.ort_output_names]
         if unknown:
@@ -147,6 +162,8 @@ class TritonPythonModel:
         responses = []
         for result in results:
             if isinstance(result, Exception):
+                if self.failures is not None:
+                    self.failures.increment(1)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(result))))
                 continue
             tensors = [
@@ -158,3 +175,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
+        self.failures = None  # a Metric must go before its MetricFamily

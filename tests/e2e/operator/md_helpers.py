@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,11 @@ def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (md.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
-def ready_triton_pods(core_api: Any, namespace: str, name: str) -> list[Any]:
-    pods = core_api.list_namespaced_pod(
-        namespace, label_selector=f"serving.model-operator.io/deployment={name},app.kubernetes.io/component=triton"
-    ).items
+def ready_triton_pods(core_api: Any, namespace: str, name: str, track: str | None = None) -> list[Any]:
+    selector = f"serving.model-operator.io/deployment={name},app.kubernetes.io/component=triton"
+    if track:
+        selector += f",serving.model-operator.io/track={track}"
+    pods = core_api.list_namespaced_pod(namespace, label_selector=selector).items
     return [
         p for p in pods
         if p.status.pod_ip and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
@@ -121,3 +124,106 @@ def stop(runner: Any) -> None:
     runner.__exit__(None, None, None)
     assert runner.exception is None, runner.exception
     assert runner.exit_code == 0
+
+
+def erroring_digits(src: Path, dst: Path, table: int = 20) -> None:
+    """The digits ONNX model with a lookup that fails at run time for inputs above `table`:
+    its answers on real images (values in [0, 1]) are the original's, so the worker packages
+    it, but a request with larger values gets an error from ONNX Runtime inside Triton."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import numpy as np
+
+    model = onnx.load(str(src))
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+    g.initializer.append(numpy_helper.from_array(np.zeros(table, dtype=np.float32), "lookup_table"))
+    g.node.extend([
+        helper.make_node("ReduceMax", [g.input[0].name], ["input_max"], keepdims=0),
+        helper.make_node("Floor", ["input_max"], ["input_floor"]),
+        helper.make_node("Cast", ["input_floor"], ["input_index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["lookup_table", "input_index"], ["lookup"]),
+        helper.make_node("Add", [f"{out}_raw", "lookup"], [out]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+def drifted_copy(path: Path, scale: float = -1.0) -> None:
+    """Rewrite an ONNX model in place with its first weight tensor scaled: same signature,
+    different answers."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)) if t.dims else 0)
+    arr = numpy_helper.to_array(init) * scale
+    init.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(init).dtype), init.name))
+    onnx.save(model, str(path))
+
+
+class Load:
+    """A bounded request loop against Triton pods (loopback-routed pod IPs), counting answers
+    and errors. `endpoints` is a list, or a function returning the current list (as a Service's
+    endpoints change); requests go round-robin. Inputs are random images times `scale`. With
+    `on_off=(on, off)` the load is a square wave: `on` seconds of requests, `off` seconds of none."""
+
+    def __init__(self, endpoints: Any, seconds: float, scale: float = 1.0, model: str = "digits", pause: float = 0.01,
+                 on_off: tuple[float, float] | None = None) -> None:
+        self.endpoints = endpoints if callable(endpoints) else (lambda: list(endpoints))
+        self.start = time.monotonic()
+        self.deadline = self.start + seconds
+        self.scale, self.model, self.pause, self.on_off = scale, model, pause, on_off
+        self.stop_flag = threading.Event()
+        self.sent = self.failed = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import numpy as np
+        import tritonclient.http as http
+
+        from model_operator.triton.client import connect
+
+        x = (np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32) * self.scale).astype(np.float32)
+        inp = http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        clients: dict[str, Any] = {}
+        i = 0
+        while not self.stop_flag.is_set() and time.monotonic() < self.deadline:
+            if self.on_off and (time.monotonic() - self.start) % sum(self.on_off) >= self.on_off[0]:
+                self.stop_flag.wait(0.1)
+                continue
+            targets = self.endpoints()
+            if not targets:
+                time.sleep(0.1)
+                continue
+            endpoint = targets[i % len(targets)]
+            i += 1
+            client = clients.get(endpoint) or clients.setdefault(endpoint, connect(endpoint))
+            try:
+                client.infer(self.model, [inp])
+                self.sent += 1
+            except Exception as exc:  # noqa: BLE001 - counted, the tests assert on it
+                self.failed += 1
+                self.errors = [*self.errors[-9:], f"{endpoint}: {str(exc)[:200]}"]
+            time.sleep(self.pause)
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+
+
+def pod_endpoints(core_api: Any, namespace: str, name: str, track: str | None = None) -> list[str]:
+    return sorted(f"{p.status.pod_ip}:8000" for p in ready_triton_pods(core_api, namespace, name, track))

@@ -4,19 +4,15 @@ after the stabilization window it scales down. And: Prometheus unreachable -> re
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
-import numpy as np
 import pytest
 
 from kubetest.wait import wait_for
 from md_helpers import (
-    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
+    MODELS_CLAIM, STORE_CLAIM, Load, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
     wait_phase,
 )
-from model_operator.triton.client import connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,39 +25,6 @@ AUTOSCALING = {
     "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
     "scaleDown": {"stabilizationSeconds": 20, "periodSeconds": 5},
 }
-
-
-class Load:
-    """A bounded request loop against one Triton pod (loopback-routed pod IP)."""
-
-    def __init__(self, endpoint: str, seconds: float) -> None:
-        self.endpoint, self.deadline = endpoint, time.monotonic() + seconds
-        self.stop_flag = threading.Event()
-        self.sent = self.failed = 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        import tritonclient.http as http
-
-        client = connect(self.endpoint)
-        x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
-        inp = http.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        while not self.stop_flag.is_set() and time.monotonic() < self.deadline:
-            try:
-                client.infer("digits", [inp])
-                self.sent += 1
-            except Exception:  # noqa: BLE001 - counted, the test asserts on it
-                self.failed += 1
-            time.sleep(0.01)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.stop_flag.set()
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture
@@ -92,6 +55,9 @@ def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, c
         assert scaling["history"][-1]["fromReplicas"] == 1 and scaling["history"][-1]["toReplicas"] > 1
         assert "inferenceRate" in scaling["history"][-1]["reason"]
         assert condition(md, "MetricsAvailable")["status"] == "True"
+        wait_for(lambda: [e for e in core_api.list_namespaced_event(namespace).items
+                          if e.involved_object.name == "digits" and e.reason == "Scaled" and e.type == "Normal"],
+                 timeout=30, message="a Scaled Event")
         wait_for(
             lambda: len(ready_triton_pods(core_api, namespace, "digits")) >= 2,
             timeout=180, interval=1, message="new Triton replicas Ready",

@@ -4,7 +4,6 @@ Ready with the endpoint -> Triton answers like the original model -> delete -> a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
