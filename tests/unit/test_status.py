@@ -87,6 +87,14 @@ def test_phase_for(changes, phase) -> None:
     assert st.phase_for(**{**BASE, **changes}) == phase
 
 
+def test_status_changes_removes_nested_keys_that_went_away() -> None:
+    current = {"rollout": {"stable": {"revision": "a"}, "canary": {"revision": "b", "started": 1.0}}, "scaling": {"desired": 3}}
+    desired = {"rollout": {"stable": {"revision": "a"}, "failedRevisions": ["b"]}}
+    assert st.status_changes(current, desired) == {"rollout": {"canary": None, "failedRevisions": ["b"]}}
+    # Lists and scalars are replaced whole; a key equal on both sides is not sent.
+    assert st.status_changes({"quality": {"samples": 3, "reason": "x"}}, {"quality": {"samples": 4, "reason": "x"}}) == {"quality": {"samples": 4}}
+
+
 def test_status_changes_carries_only_what_differs() -> None:
     assert st.status_changes({"phase": "Ready", "replicas": 1}, {"phase": "Ready", "replicas": 2}) == {"replicas": 2}
     assert st.human_size(3_500_000) == "3.3MiB" and st.human_size(10) == "10B"

@@ -172,9 +172,23 @@ def human_size(n: int | None) -> str | None:
     return None
 
 
+def _merge_patch(current: Any, desired: Any) -> Any:
+    """A JSON merge patch turning `current` into `desired`: changed values, and None for keys
+    `desired` dropped (a merge patch keeps whatever it does not mention)."""
+    if not (isinstance(current, dict) and isinstance(desired, dict)):
+        return desired
+    out: dict[str, Any] = {k: None for k in current if k not in desired}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            out[key] = _merge_patch(current.get(key), value)
+    return out
+
+
 def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """Top-level status keys whose value differs: what a status patch must carry (and nothing else)."""
-    return {k: v for k, v in desired.items() if current.get(k) != v}
+    """What a status merge patch must carry: the top-level keys whose value differs (top-level
+    keys the reconcile does not produce, such as the scaler's, are left alone), and inside
+    them, the keys that went away as None (e.g. rollout.canary after a promotion)."""
+    return {k: _merge_patch(current.get(k), v) for k, v in desired.items() if current.get(k) != v}
 
 
 def phase_for(
