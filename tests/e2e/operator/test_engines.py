@@ -1,0 +1,116 @@
+"""The other autoscaling engines, against the real control plane: `hpa` gets an autoscaling/v2
+HorizontalPodAutoscaler that the real HPA controller (kube-controller-manager) acts on through
+the ModelDeployment's scale subresource; `keda` gets a ScaledObject where KEDA's CRD is served,
+and a clear ScalingActive=False condition where it is not. Switching engines removes the old
+engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetest.wait import wait_for
+from md_helpers import (
+    GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, condition, create_md, digits_md, get_md, make_claim, put_digits, wait_phase,
+)
+from model_operator.scaling import promql
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KEDA_CRD = Path(__file__).resolve().parents[1] / "fixtures" / "keda.sh-crds.yaml"
+GPU_SERVING = {"nodePool": "gpu", "replicas": 1, "gpus": 1, "backend": "python", "maxBatchSize": 16}
+
+
+@pytest.fixture
+def claims(core_api: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    put_digits(make_claim(core_api, namespace, MODELS_CLAIM), tmp_path_factory.getbasetemp())
+    make_claim(core_api, namespace, STORE_CLAIM)
+
+
+def md_with(name: str, autoscaling: dict[str, Any]) -> dict[str, Any]:
+    return digits_md(name, optimization={"quantization": {"mode": "none"}}, serving=GPU_SERVING, autoscaling=autoscaling)
+
+
+def test_hpa_engine_is_driven_by_the_real_hpa_controller(
+    claims: None, start_operator: Any, namespace: str, custom_api: Any, kube: Any,
+) -> None:
+    from kubernetes import client
+
+    autoscaling_api = client.AutoscalingV2Api(kube)
+    start_operator()
+    auto = {"engine": "hpa", "minReplicas": 2, "maxReplicas": 4, "metrics": [{"type": "cpuUtilization", "target": 70}]}
+    create_md(custom_api, namespace, md_with("hpa", auto))
+
+    hpa = wait_for(lambda: autoscaling_api.list_namespaced_horizontal_pod_autoscaler(namespace).items, timeout=300, interval=1,
+                   message="the HorizontalPodAutoscaler")[0]
+    assert hpa.spec.scale_target_ref.kind == "ModelDeployment" and hpa.spec.scale_target_ref.name == "hpa"
+    assert hpa.metadata.owner_references[0].name == "hpa" and hpa.spec.min_replicas == 2
+
+    # The HPA controller reads the scale subresource (1 replica < minReplicas) and scales the
+    # ModelDeployment; the operator turns that into Triton replicas and leaves the count alone.
+    md = wait_for(lambda: (m := get_md(custom_api, namespace, "hpa"))["spec"]["serving"]["replicas"] == 2 and m,
+                  timeout=120, interval=1, message="the HPA controller scaling the ModelDeployment to minReplicas")
+    md = wait_for(lambda: (m := get_md(custom_api, namespace, "hpa")).get("status", {}).get("readyReplicas") == 2 and m,
+                  timeout=120, interval=1, message="two Triton replicas ready")
+    assert condition(md, "ScalingActive")["reason"] == "HorizontalPodAutoscaler"
+    assert md["status"]["scaling"]["engine"] == "hpa"
+    managers = {f["manager"] for f in md["metadata"]["managedFields"] if "f:spec" in (f.get("fieldsV1") or {})}
+    assert any("controller-manager" in m or "horizontal" in m for m in managers), managers
+
+    # Back to the built-in engine: the HPA goes.
+    custom_api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "hpa", {"spec": {"autoscaling": {"engine": "operator"}}})
+    wait_for(lambda: not autoscaling_api.list_namespaced_horizontal_pod_autoscaler(namespace).items, timeout=60, interval=1,
+             message="the HPA deleted after the engine changed")
+    wait_for(lambda: condition(get_md(custom_api, namespace, "hpa"), "ScalingActive").get("reason") == "OperatorScaler",
+             timeout=60, interval=1, message="ScalingActive=OperatorScaler")
+
+
+def test_keda_engine_without_and_with_keda(
+    claims: None, start_operator: Any, cluster: Any, namespace: str, custom_api: Any, core_api: Any,
+) -> None:
+    from md_helpers import stop
+
+    runner = start_operator()
+    auto = {"engine": "keda", "minReplicas": 1, "maxReplicas": 3, "pollSeconds": 10,
+            "metrics": [{"type": "queueTime", "target": 5}, {"type": "inferenceRate", "target": 40}]}
+    create_md(custom_api, namespace, md_with("keda", auto))
+    # No KEDA here: the fleet serves, and the condition says why nothing autoscales it.
+    md = wait_phase(custom_api, namespace, "keda", "Ready", timeout=300)
+    scaling = condition(md, "ScalingActive")
+    assert scaling["status"] == "False" and scaling["reason"] == "KEDANotInstalled" and "autoscaling.engine" in scaling["message"]
+    wait_for(lambda: [e for e in core_api.list_namespaced_event(namespace).items
+                      if e.involved_object.name == "keda" and e.reason == "KEDANotInstalled" and e.type == "Warning"],
+             timeout=30, message="the KEDANotInstalled Event")
+
+    cluster.kubectl("apply", "--server-side", "-f", str(KEDA_CRD))
+    try:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+        stop(runner)
+        start_operator()  # a restart asks the API server again at once (a running operator does every minute)
+        keda = client_for_keda(custom_api)
+        so = wait_for(lambda: keda(namespace), timeout=120, interval=1, message="the ScaledObject")[0]
+        assert so["spec"]["scaleTargetRef"] == {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": "keda"}
+        assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"], so["spec"]["pollingInterval"]) == (1, 3, 10)
+        sel = promql.pod_matcher("keda", namespace, track=None)
+        queries = [t["metadata"]["query"] for t in so["spec"]["triggers"]]
+        assert queries[0] == promql.queue_time_ms(sel, "20s") and queries[1] == promql.inference_rate_per_replica(sel, "20s")
+        md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "keda"), "ScalingActive").get("status") == "True" and m,
+                      timeout=60, interval=1, message="ScalingActive=True")
+        assert condition(md, "ScalingActive")["reason"] == "KEDA" and md["status"]["scaling"]["engine"] == "keda"
+
+        custom_api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "keda", {"spec": {"autoscaling": {"enabled": False}}})
+        wait_for(lambda: not keda(namespace), timeout=60, interval=1, message="the ScaledObject deleted when autoscaling is off")
+    finally:
+        custom_api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "keda")
+        wait_for(lambda: not [m for m in custom_api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]],
+                 timeout=120, interval=1, message="the ModelDeployment gone")
+        cluster.kubectl("delete", "-f", str(KEDA_CRD), "--ignore-not-found", "--timeout=60s", check=False)
+
+
+def client_for_keda(custom_api: Any) -> Any:
+    def scaled_objects(namespace: str) -> list[dict[str, Any]]:
+        return custom_api.list_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects")["items"]
+
+    return scaled_objects
