@@ -223,7 +223,28 @@ class Cluster:
 
     def _spawn(self, name: str, argv: list[Any], **kw: Any) -> None:
         self._procs[name] = procs.spawn([str(a) for a in argv], self.log_path(name), **kw)
+        if not kw:  # restartable as it was started (restart_component)
+            self.info.setdefault("argv", {})[name] = [str(a) for a in argv]
         self._write_info()
+
+    def restart_component(self, name: str, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop one control-plane process and start it again with the same arguments (fault
+        injection: an API server restart under the operator). Waits until it serves again."""
+        info = self._read_info() or self.info
+        self.info = info
+        argv = (info.get("argv") or {}).get(name)
+        pid = (info.get("pids") or {}).get(name)
+        if not argv or not pid:
+            raise ClusterError(f"{name} was not started by this cluster, or its arguments were not recorded")
+        procs.stop_group(pid, grace=5.0, proc=self._procs.get(name))
+        self._procs.pop(name, None)
+        if down_seconds:
+            time.sleep(down_seconds)  # the outage itself is the fault being injected
+        self._spawn(name, argv)
+        if name == "kube-apiserver":
+            deadline = time.monotonic() + timeout
+            self._wait(name, lambda: self.kubectl("get", "--raw", "/readyz", check=False, timeout=5).stdout.strip() == "ok",
+                       deadline, "kube-apiserver /readyz after a restart")
 
     def _check_alive(self, name: str) -> None:
         p = self._procs[name]

@@ -68,6 +68,9 @@ class OperatorConfig(BaseSettings):
     prometheus_timeout_seconds: float = 5.0
     prometheus_window: str = Field(default="1m", description="Range of rate() in scaling and health queries.")
     reconcile_interval_seconds: float = 5.0
+    progress_deadline_seconds: int = Field(
+        default=600, ge=10, description="A Triton rollout that makes no progress this long is rolled back (Deployment progressDeadlineSeconds)."
+    )
     health_interval_seconds: float = Field(default=30.0, description="How often serving health is read from Prometheus.")
     job_backoff_limit: int = 2
     job_ttl_seconds: int = 3600

@@ -57,6 +57,8 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     ("shape-empty", {"spec.model.inputs": [{"name": "x", "shape": []}]}, "spec.model.inputs[0].shape"),
     ("input-name-bad", {"spec.model.inputs": [{"name": "1 bad", "shape": [-1]}]}, "spec.model.inputs[0].name"),
     ("secret-name-bad", {"spec.model.credentialsSecret": "Not_A_Name"}, "spec.model.credentialsSecret"),
+    # Cross-namespace references are refused: a Secret is named, never namespace/name.
+    ("secret-cross-namespace", {"spec.model.credentialsSecret": "team-b/creds"}, "spec.model.credentialsSecret"),
     ("target-unknown", {"spec.target": "mainframe"}, "spec.target"),
     ("quant-mode-unknown", {"spec.optimization": {"quantization": {"mode": "int4"}}}, "spec.optimization.quantization.mode"),
     ("quant-scope-unknown", {"spec.optimization": {"quantization": {"scope": "some"}}}, "spec.optimization.quantization.scope"),

@@ -167,7 +167,7 @@ def build_deployment(
             "selector": {"matchLabels": selector},
             # Surge first, never take a serving pod down before its replacement is Ready.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "progressDeadlineSeconds": 600,
+            "progressDeadlineSeconds": config.progress_deadline_seconds,
             "revisionHistoryLimit": 3,
             "template": {
                 "metadata": {

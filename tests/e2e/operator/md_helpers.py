@@ -227,3 +227,56 @@ class Load:
 
 def pod_endpoints(core_api: Any, namespace: str, name: str, track: str | None = None) -> list[str]:
     return sorted(f"{p.status.pod_ip}:8000" for p in ready_triton_pods(core_api, namespace, name, track))
+
+
+class OperatorProcess:
+    """`model-operator run` as a real process watching one namespace, so a test can kill it
+    (SIGKILL, no goodbye) and start it again. Every start appends to the same log file."""
+
+    def __init__(self, config: Path, kubeconfig: Path, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
+        import os
+
+        self.config, self.log = config, log
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
+                    "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1", **(env or {})}
+        self.env.pop("MODEL_OPERATOR_CONFIG", None)
+        self.namespace = namespace
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> "OperatorProcess":
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            out.write(f"--- start {self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "model_operator.cli", "run", "--config", str(self.config), "--namespace", self.namespace,
+                 "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
