@@ -1039,6 +1039,14 @@ class ContainerState:
                 message = ""
                 try:
                     self._start()
+                except ConfigError as e:
+                    # As the kubelet: a missing Secret or ConfigMap key keeps the container waiting
+                    # (CreateContainerConfigError), retried, never counted as a failed start.
+                    self.set_waiting("CreateContainerConfigError", str(e))
+                    self.runner.event(w.pod, "Failed", f"Error: {e}", "Warning", self.field_path)
+                    w.changed()
+                    w.stop_event.wait(2)
+                    continue
                 except Exception as e:  # noqa: BLE001 - any failure to start is the container's StartError, never a dead thread
                     exit_code, reason, message = 128, "StartError", str(e)
                     self.runner.event(w.pod, "Failed", f"Error: {e}", "Warning", self.field_path)

@@ -45,6 +45,18 @@ def _truncated(src: Path, dest: Path) -> Path:
     return dest
 
 
+def _zip_bomb(dest: Path) -> Path:
+    """A small zip (about 0.2 MB) whose one member expands to 256 MiB of zeros."""
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("archive/data/0", "w", force_zip64=True) as member:
+            chunk = bytes(1 << 20)
+            for _ in range(256):
+                member.write(chunk)
+    return dest
+
+
 def _random(dest: Path) -> Path:
     dest.write_bytes(os.urandom(20_000))
     return dest
@@ -54,6 +66,10 @@ CASES: dict[str, tuple[Callable[[Digits, Path], dict[str, Any]], int, str]] = {
     "truncated-torchscript": (
         lambda d, t: _spec({"uri": str(_truncated(d.torchscript, t / "m.pt")), **IO}, d), 2,
         "error: spec.model.uri: {t}/m.pt: not a TorchScript archive",
+    ),
+    "zip-bomb-torchscript": (
+        lambda d, t: _spec({"uri": str(_zip_bomb(t / "m.pt")), **IO}, d), 2,
+        "error: spec.model.uri: {t}/m.pt: the archive expands to 268435456 bytes, more than the 67108864-byte limit",
     ),
     "truncated-onnx": (
         lambda d, t: _spec({"uri": str(_truncated(d.onnx, t / "m.onnx"))}, d), 2,
@@ -129,7 +145,7 @@ def test_bad_input(case: str, digits: Digits, tmp_path: Path) -> None:
     build, code, expected = CASES[case]
     spec = build(digits, tmp_path)
     dest = tmp_path / "dest"
-    res = run_worker(dest, spec=spec, summary=tmp_path / "summary.json")
+    res = run_worker(dest, spec=spec, summary=tmp_path / "summary.json", env={"MODEL_OPERATOR_MAX_UNPACKED_BYTES": str(64 << 20)})
     assert res.rc == code, res.stderr
     assert res.last_line.startswith(expected.format(t=tmp_path, onnx=digits.onnx)), res.last_line
     assert "Traceback" not in res.stderr

@@ -50,6 +50,15 @@ def test_summarize_pod_reads_unschedulable_crashloop_oom_and_messages() -> None:
     assert s["terminationMessages"] == ["failed to load model"]
 
 
+def test_a_refused_artifact_is_the_reason_not_the_crash_loop_it_causes() -> None:
+    pod = _pod(phase="Pending", initContainerStatuses=[{
+        "name": "assemble", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2, "message": "refusing the artifact: model.onnx sha256 abc… differs from the report"}},
+    }])
+    (problem,) = st.summarize_pod(pod)["problems"]
+    assert problem["reason"] == "ArtifactRejected" and "sha256" in problem["message"]
+
+
 def test_parse_summary_accepts_only_worker_summaries() -> None:
     assert st.parse_summary(json.dumps({"ok": False, "reason": "model.uri: not found"}))["reason"] == "model.uri: not found"
     assert st.parse_summary("Traceback ...") is None

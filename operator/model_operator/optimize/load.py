@@ -9,6 +9,7 @@ unsupported operator) is an InputError naming `spec.model.uri` and the file.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,9 +81,28 @@ def guess_format(path: Path, uri: str, declared: ModelFormat | None) -> ModelFor
     return ModelFormat.onnx
 
 
+MAX_UNPACKED_ENV = "MODEL_OPERATOR_MAX_UNPACKED_BYTES"
+DEFAULT_MAX_UNPACKED = 16 << 30  # 16 GiB
+
+
+def check_archive(path: Path, uri: str) -> None:
+    """Torch formats are zip archives; one that would expand to more than the limit (a zip
+    bomb, or a model far bigger than any worker can hold) is refused before anything reads it."""
+    if not zipfile.is_zipfile(path):
+        return
+    limit = int(os.environ.get(MAX_UNPACKED_ENV) or DEFAULT_MAX_UNPACKED)
+    try:
+        total = sum(info.file_size for info in zipfile.ZipFile(path).infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # the loader says what is wrong with it
+    if total > limit:
+        raise InputError(FIELD_URI, f"{uri}: the archive expands to {total} bytes, more than the {limit}-byte limit ({MAX_UNPACKED_ENV})")
+
+
 def load_source(path: Path, source: ModelSource, data: dict[str, np.ndarray] | None) -> SourceModel:
     """Load and check the model at `path` (fetched from `source.uri`). `data` (validation
     inputs by name, when there are any) gives realistic values for the trial run."""
+    check_archive(path, source.uri)
     fmt = guess_format(path, source.uri, source.format)
     if fmt == ModelFormat.onnx:
         model = _load_onnx(path, source)

@@ -91,7 +91,9 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
         restarts += cs.get("restartCount") or 0
         state, last = cs.get("state") or {}, cs.get("lastState") or {}
         waiting = state.get("waiting") or {}
-        if waiting.get("reason") in BAD_WAITING:
+        # The assemble init container refusing the artifact is the cause; its crash loop is the symptom.
+        refused = cs.get("name") == "assemble" and any((t or {}).get("exitCode") for t in (state.get("terminated"), last.get("terminated")))
+        if waiting.get("reason") in BAD_WAITING and not refused:
             detail = (last.get("terminated") or {}).get("message") or waiting.get("message") or ""
             problems.append({"reason": waiting["reason"], "message": f"container {cs.get('name')}: {detail}".strip()})
         for term in (state.get("terminated"), last.get("terminated")):

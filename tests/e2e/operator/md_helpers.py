@@ -237,9 +237,10 @@ class OperatorProcess:
         import os
 
         self.config, self.log = config, log
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
+        # Only the config file configures it: MODEL_OPERATOR_* in this process' environment would win over the file.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_OPERATOR_")}
+        self.env = {**inherited, "KUBECONFIG": str(kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
                     "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1", **(env or {})}
-        self.env.pop("MODEL_OPERATOR_CONFIG", None)
         self.namespace = namespace
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
