@@ -94,7 +94,8 @@ def apiserver_requests(cluster: Cluster) -> dict[str, float]:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
         if labels.get("resource") in RESOURCES:
-            out[labels["verb"]] = out.get(labels["verb"], 0.0) + float(line.rsplit(" ", 1)[1])
+            key = f"{labels['verb']} {labels['resource']}{'/' + labels['subresource'] if labels.get('subresource') else ''}"
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -192,7 +193,7 @@ def main() -> int:
             jobs = len(client.BatchV1Api(api).list_namespaced_job(NS).items)
             rows.append({
                 "objects": total, "to_ready": to_ready, "peak_mib": sampler.peak / 2**20, "jobs": jobs,
-                "idle_rps": sum(r for v, r in by_verb.items() if v != "WATCH"),
+                "idle_rps": sum(r for v, r in by_verb.items() if not v.startswith("WATCH")),
                 "by_verb": {v: round(r, 3) for v, r in sorted(by_verb.items()) if r},
                 "reconcile_rate": (rec1 - rec0) / window, "cpu_share": (cpu1 - cpu0) / window,
             })
@@ -231,7 +232,8 @@ def main() -> int:
     lines += [
         "",
         f"Ratios, {big['objects']} vs {small['objects']} objects: idle API requests/s "
-        f"{big['idle_rps'] / small['idle_rps'] if small['idle_rps'] else float('nan'):.2f}x, peak memory "
+        + (f"{big['idle_rps'] / small['idle_rps']:.2f}x" if small["idle_rps"] else f"{small['idle_rps']:.2f} -> {big['idle_rps']:.2f} per second")
+        + ", peak memory "
         f"{big['peak_mib'] / small['peak_mib']:.2f}x, reconciles/s {big['reconcile_rate'] / max(small['reconcile_rate'], 1e-9):.2f}x.",
         f"Targets: all Ready within 600 s: {'met' if big['to_ready'] <= 600 else 'missed'} ({big['to_ready']:.0f} s); "
         f"peak memory under 300 MiB: {'met' if big['peak_mib'] < 300 else 'missed'} ({big['peak_mib']:.0f} MiB).",

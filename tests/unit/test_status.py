@@ -104,6 +104,14 @@ def test_status_changes_removes_nested_keys_that_went_away() -> None:
     assert st.status_changes({"quality": {"samples": 3, "reason": "x"}}, {"quality": {"samples": 4, "reason": "x"}}) == {"quality": {"samples": 4}}
 
 
+def test_status_changes_sees_none_as_absent() -> None:
+    """What the API server stored after `{"analysis": None}` is a status without the key: no patch."""
+    stored = {"rollout": {"stable": {"revision": "a"}}, "phase": "Ready"}
+    assert st.status_changes(stored, {"rollout": {"stable": {"revision": "a"}, "analysis": None}, "phase": "Ready"}) == {}
+    assert st.status_changes({"endpoint": {"http": "x"}}, {"endpoint": None}) == {"endpoint": None}
+    assert st.status_changes({}, {"endpoint": None}) == {}
+
+
 def test_status_changes_carries_only_what_differs() -> None:
     assert st.status_changes({"phase": "Ready", "replicas": 1}, {"phase": "Ready", "replicas": 2}) == {"replicas": 2}
     assert st.human_size(3_500_000) == "3.3MiB" and st.human_size(10) == "10B"

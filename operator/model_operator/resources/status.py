@@ -186,11 +186,29 @@ def _merge_patch(current: Any, desired: Any) -> Any:
     return out
 
 
+def _pruned(value: Any) -> Any:
+    """Without None values: the API server stores a merge patch's nulls as absent keys, so
+    `{"analysis": None}` and `{}` are the same status (comparing them naively would patch every time)."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """What a status merge patch must carry: the top-level keys whose value differs (top-level
     keys the reconcile does not produce, such as the scaler's, are left alone), and inside
-    them, the keys that went away as None (e.g. rollout.canary after a promotion)."""
-    return {k: _merge_patch(current.get(k), v) for k, v in desired.items() if current.get(k) != v}
+    them, the keys that went away as None (e.g. rollout.canary after a promotion). Nothing
+    when nothing changed: an idle fleet costs no writes."""
+    out: dict[str, Any] = {}
+    for key, value in desired.items():
+        if value is None:
+            if current.get(key) is not None:
+                out[key] = None
+            continue
+        want = _pruned(value)
+        if current.get(key) != want:
+            out[key] = _merge_patch(current.get(key), want)
+    return out
 
 
 def phase_for(
