@@ -140,8 +140,17 @@ class OperatorProcess:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye in the peering object, as when a node dies."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
     def stop(self) -> int:
         assert self.proc is not None
+        if self._log.closed:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

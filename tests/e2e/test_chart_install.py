@@ -9,6 +9,7 @@ they never compete with the operator a test starts."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,33 +278,43 @@ def test_operator_runs_as_the_chart_service_account(rbac: str, release: Release,
         assert marker not in log, f"the operator was refused something:\n{log[-4000:]}"
 
 
-def test_two_replicas_elect_one_active_operator(release: Release, watched: str, custom_api: Any, wait_for: Any,
-                                                tmp_path: Path) -> None:
+def test_two_replicas_elect_one_active_operator_and_hand_over(release: Release, watched: str, custom_api: Any, wait_for: Any,
+                                                                tmp_path: Path) -> None:
     """Two operators with the chart's environment (same peering name, different POD_ID, as the
-    Deployment's two replicas get): one of them handles a new ModelDeployment."""
+    Deployment's two replicas get): one of them handles a new ModelDeployment; killed (SIGKILL,
+    no goodbye), the other takes over within the peering lifetime."""
     release.values = base_values(watched)
     release.install()
     group, version, plural = "serving.model-operator.io", "v1alpha1", "modeldeployments"
-    with OperatorProcess(release, "replica-a", tmp_path) as a, OperatorProcess(release, "replica-b", tmp_path) as b:
+    replicas = {"replica-a": OperatorProcess(release, "replica-a", tmp_path), "replica-b": OperatorProcess(release, "replica-b", tmp_path)}
+    with replicas["replica-a"] as a, replicas["replica-b"] as b:
         for op in (a, b):
             wait_for(lambda: http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
                      message="liveness")
 
-        def both_registered() -> bool:
-            status = custom_api.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release.fullname).get("status") or {}
-            return {"replica-a", "replica-b"} <= set(status)
+        def peers() -> dict[str, Any]:
+            return custom_api.get_namespaced_custom_object("kopf.dev", "v1", watched, "kopfpeerings", release.fullname).get("status") or {}
 
-        wait_for(both_registered, timeout=30, message="both keep-alives")
-        custom_api.create_namespaced_custom_object(group, version, watched, plural,
-                                                   _modeldeployment("elected", serving={"replicas": 1, "nodePool": "tpu"}))
+        wait_for(lambda: {"replica-a", "replica-b"} <= set(peers()), timeout=30, message="both keep-alives")
 
-        def handled() -> bool:
-            obj = custom_api.get_namespaced_custom_object(group, version, watched, plural, "elected")
+        def handled(name: str) -> bool:
+            obj = custom_api.get_namespaced_custom_object(group, version, watched, plural, name)
             return (obj.get("status") or {}).get("phase") == "Failed"
 
-        try:
-            wait_for(handled, timeout=30, message="one of the two operators to handle the ModelDeployment")
-        finally:
-            custom_api.delete_namespaced_custom_object(group, version, watched, plural, "elected")
+        custom_api.create_namespaced_custom_object(group, version, watched, plural,
+                                                   _modeldeployment("elected", serving={"replicas": 1, "nodePool": "tpu"}))
+        wait_for(lambda: handled("elected"), timeout=30, message="one of the two operators to handle the ModelDeployment")
         logs = a.log() + b.log()
         assert "Pausing all operators, including self" not in logs
+        active = max(peers().items(), key=lambda kv: kv[1]["priority"])[0]
+
+        lifetime = float(peers()[active].get("lifetime") or 60)
+        replicas[active].kill()
+        killed = time.monotonic()
+        custom_api.create_namespaced_custom_object(group, version, watched, plural,
+                                                   _modeldeployment("handed-over", serving={"replicas": 1, "nodePool": "tpu"}))
+        wait_for(lambda: handled("handed-over"), timeout=lifetime + 60, interval=1, message="the surviving replica to take over")
+        took = time.monotonic() - killed
+        assert took <= lifetime + 15, f"hand-over took {took:.0f}s with a {lifetime:.0f}s peering lifetime"
+        for name in ("elected", "handed-over"):
+            custom_api.delete_namespaced_custom_object(group, version, watched, plural, name)
