@@ -157,7 +157,7 @@ def main() -> int:
             items = custom_api.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
             return sum(1 for m in items if (m.get("status") or {}).get("phase") == "Ready")
 
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MALLOC_ARENA_MAX": "2"}  # as the chart's Deployment sets it
         for key in [k for k in env if k.startswith("MODEL_OPERATOR_")]:
             env.pop(key)
         done = 0

@@ -54,6 +54,10 @@ def test_defaults_fill_in() -> None:
         ({"model": ...}, "model"),
         ({"serving.unknownField": 1}, "serving.unknownField"),
         ({"optimization.pruning.sparsity": 0.99}, "optimization.pruning.sparsity"),
+        # Serving choices that can never load the artifact are refused before any Job runs.
+        ({"model.format": "torchscript", "conversion.format": "torchscript", "serving.backend": "python"}, "serving.backend"),
+        ({"serving.backend": "pytorch"}, "serving.backend"),
+        ({"model.format": "onnx", "conversion.format": "torchscript"}, "conversion.format"),
     ],
 )
 def test_bad_specs_name_the_field(patch: dict[str, Any], field: str) -> None:

@@ -11,8 +11,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from .types import (
+    Backend,
     ClippingMethod,
+    ConversionFormat,
     ModelDeploymentSpec,
+    ModelFormat,
     PruningMethod,
     QuantizationMode,
     Target,
@@ -44,6 +47,16 @@ def check_rules(spec: ModelDeploymentSpec) -> None:
         raise SpecError("optimization.clipping.percentile", "percentile clipping needs optimization.clipping.percentile")
     if spec.serving and spec.serving.gpus and spec.target != Target.cloud:
         raise SpecError("serving.gpus", "serving.gpus is only for target: cloud")
+    conversion = spec.conversion.format
+    if conversion == ConversionFormat.torchscript and spec.model.format == ModelFormat.onnx:
+        raise SpecError("conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx")
+    backend = spec.serving.backend if spec.serving else None
+    if backend in (Backend.onnxruntime, Backend.python) and conversion == ConversionFormat.torchscript:
+        raise SpecError("serving.backend", f"backend {backend.value} serves ONNX files, but conversion.format is torchscript: "
+                        "set conversion.format: onnx, or serving.backend: pytorch")
+    if backend == Backend.pytorch and conversion == ConversionFormat.onnx:
+        raise SpecError("serving.backend", "backend pytorch serves TorchScript files, but conversion.format is onnx: "
+                        "set conversion.format: torchscript, or serving.backend: onnxruntime")
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
