@@ -26,7 +26,6 @@ MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
 # kopf fixes timer intervals at import; the env vars let tests and small clusters react faster.
 RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS", "5"))
 SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
-WORKER_LIMIT = int(os.environ.get("MODEL_OPERATOR_WORKER_LIMIT", "64"))
 
 
 @kopf.on.login()
@@ -61,9 +60,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # A bounded number of per-object workers: a restart with thousands of objects resumes them
-    # in waves instead of all at once (the peak memory of the resume, benchmarks/scale_many.py).
-    settings.batching.worker_limit = WORKER_LIMIT
     kube = Kube()
     memo.kube = kube
     memo.reconciler = Reconciler(
