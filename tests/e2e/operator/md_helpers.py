@@ -174,7 +174,8 @@ class Load:
 
     def __init__(self, endpoints: Any, seconds: float, scale: float = 1.0, model: str = "digits", pause: float = 0.01,
                  on_off: tuple[float, float] | None = None) -> None:
-        self.endpoints = endpoints if callable(endpoints) else (lambda: list(endpoints))
+        fixed = [endpoints] if isinstance(endpoints, str) else list(endpoints) if not callable(endpoints) else []
+        self.endpoints = endpoints if callable(endpoints) else (lambda: fixed)
         self.start = time.monotonic()
         self.deadline = self.start + seconds
         self.scale, self.model, self.pause, self.on_off = scale, model, pause, on_off
