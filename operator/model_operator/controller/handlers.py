@@ -112,46 +112,30 @@ def _child_summary(body: kopf.Body) -> dict[str, Any]:
     }
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def deployments_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+# Children whose desired hash the reconciler compares; one summary function, one index each.
+# KEDA's and the Prometheus operator's kinds are watched only while the cluster serves them.
+_CHILD_INDEXES = (
+    ("deployments_idx", "apps", "v1", "deployments"),
+    ("services_idx", "", "v1", "services"),
+    ("pdbs_idx", "policy", "v1", "poddisruptionbudgets"),
+    ("hpas_idx", "autoscaling", "v2", "horizontalpodautoscalers"),
+    ("scaledobjects_idx", "keda.sh", "v1alpha1", "scaledobjects"),
+    ("servicemonitors_idx", "monitoring.coreos.com", "v1", "servicemonitors"),
+)
+
+
+def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: _child_summary(body)} if key else {}
 
 
-@kopf.index("", "v1", "services", labels=MANAGED)
-def services_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-def pdbs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
-
-
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
-def hpas_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
-
-
-# kopf watches these two only while the cluster serves them, and picks them up when they appear.
-@kopf.index("keda.sh", "v1alpha1", "scaledobjects", labels=MANAGED)
-def scaledobjects_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
-
-
-@kopf.index("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
-def servicemonitors_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
+for _id, _group, _version, _plural in _CHILD_INDEXES:
+    kopf.index(_group, _version, _plural, labels=MANAGED, id=_id)(children_idx)
 
 
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
     children: list[dict[str, Any]] = []
-    for idx in ("deployments_idx", "services_idx", "pdbs_idx", "hpas_idx", "scaledobjects_idx", "servicemonitors_idx"):
+    for idx, *_ in _CHILD_INDEXES:
         children += list(kw[idx].get(key, []))
     obs = observe(key, kw["jobs_idx"], kw["pods_idx"], {})
     obs.children = children
