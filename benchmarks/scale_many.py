@@ -127,6 +127,7 @@ def main() -> int:
         api.configuration.connection_pool_maxsize = 16
         custom_api, core_api = client.CustomObjectsApi(api), client.CoreV1Api(api)
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{PLURAL}.{GROUP}")
         core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
         wait_for(lambda: core_api.read_namespaced_service_account("default", NS), timeout=30, ignore=(Exception,))
 

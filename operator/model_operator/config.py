@@ -84,6 +84,10 @@ class OperatorConfig(BaseSettings):
     triton_args: list[str] = Field(default_factory=list, description="Extra tritonserver arguments.")
     security: SecurityContext = Field(default_factory=SecurityContext)
     metrics_port: int = 9090
+    api_request_connections: int = Field(
+        default=16, ge=1,
+        description="Connections to the API server for requests, on top of one per watch stream; bounds memory in large fleets.",
+    )
     finalizer_timeout_seconds: int = 600
 
     @classmethod

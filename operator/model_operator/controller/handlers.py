@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from ..api import types as t
 from ..config import OperatorConfig
 from ..kube.api import DESIRED_HASH, Kube
+from ..kube.session import bounded_session, connection_limit
 from ..resources import common as names
 from ..resources import status as st
 from ..api.validation import SpecError, load_spec
@@ -29,10 +30,17 @@ SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """In-cluster token first, else $KUBECONFIG as it is now (the client library reads it only
-    when it is imported, which breaks a kubeconfig chosen later, as tests do)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    when it is imported, which breaks a kubeconfig chosen later, as tests do); served through
+    a session with a bounded connection pool (kube/session.py says why)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        return None
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))
+    namespaces = getattr(memo, "namespaces", None) or config.namespaces
+    limit = connection_limit(WATCHED_KINDS, len(namespaces), config.api_request_connections)
+    return bounded_session(info, limit)
 
 
 class _RoutineSuccess(logging.Filter):
@@ -131,6 +139,9 @@ def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any)
 
 for _id, _group, _version, _plural in _CHILD_INDEXES:
     kopf.index(_group, _version, _plural, labels=MANAGED, id=_id)(children_idx)
+
+# ModelDeployments, Jobs, Pods and the children: each a watch stream per namespace.
+WATCHED_KINDS = 3 + len(_CHILD_INDEXES)
 
 
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:

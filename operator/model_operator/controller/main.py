@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces or (),
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(config=config),
+            memo=kopf.Memo(config=config, namespaces=list(namespaces)),
             standalone=not peering,
             peering_name=peering or None,
             priority=priority,

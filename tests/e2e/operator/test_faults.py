@@ -338,3 +338,86 @@ def test_finalizer_gives_up_on_an_unreachable_store_and_says_so(
     events = [e for e in core_api.list_namespaced_event(namespace).items if e.involved_object.name == "stuck"]
     abandoned = [e for e in events if e.reason == "CleanupAbandoned" and e.type == "Warning"]
     assert abandoned and "s3://models/mo/" in abandoned[0].message and "by hand" in abandoned[0].message, [(e.reason, e.message) for e in events]
+
+
+def _connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of process `pid` to `port` on loopback (from /proc: the
+    process' socket inodes, matched against the kernel's TCP tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def test_large_resume_on_a_small_connection_pool(
+    store: Path, operator: Any, operator_env: dict[str, str], namespace: str, custom_api: Any, cluster: Any,
+) -> None:
+    """60 ModelDeployments (device targets and served ones) resumed at once by an operator allowed
+    2 request connections: all become Ready (the watches are not starved) and the operator never
+    holds more connections to the API server than its pool allows plus the synchronous client's."""
+    from urllib.parse import urlparse
+
+    import kubernetes
+
+    from model_operator.api.hashing import spec_hash
+    from model_operator.api.validation import load_spec
+    from model_operator.controller.handlers import WATCHED_KINDS
+    from model_operator.kube.session import connection_limit
+
+    names = []
+    for i in range(60):
+        body = digits_md(f"fleet-{i:02d}", model=ONNX_MODEL, optimization=AS_IS,
+                         serving={"nodePool": "cpu", "replicas": 1, "backend": "python", "maxBatchSize": 16})
+        if i % 3 == 0:
+            body["spec"].pop("serving")
+            body["spec"]["target"] = "device"
+        create_md(custom_api, namespace, body)
+        digest = spec_hash(load_spec(body["spec"]))
+        # As after an earlier run: the artifact for this spec is already in status, so no Job is made.
+        custom_api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, body["metadata"]["name"], {"status": {
+            "artifact": {"uri": f"pvc://store/{namespace}/{body['metadata']['name']}/{digest}", "sha256": "0" * 64,
+                         "specHash": digest, "format": "onnx"}}})
+        names.append(body["metadata"]["name"])
+
+    kubeconfig = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    port = urlparse(kubeconfig["clusters"][0]["cluster"]["server"]).port
+    pool = connection_limit(WATCHED_KINDS, 1, 2)
+    sync_pool = kubernetes.client.Configuration().connection_pool_maxsize  # the reconciler's client
+    pools = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())["node_pools"]
+    op = operator(api_request_connections=2, node_pools={**pools, "cpu": {"node_selector": {"node-pool": "cpu"}}}).start()
+    peak, stop = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            if op.alive():
+                try:
+                    peak = max(peak, _connections_to(op.proc.pid, port))
+                except OSError:
+                    pass
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        def all_ready() -> bool:
+            items = custom_api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            return sum(1 for m in items if (m.get("status") or {}).get("phase") == "Ready") == len(names)
+
+        wait_for(all_ready, timeout=300, interval=2, message="60 ModelDeployments Ready on a 2-connection pool")
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+    assert 0 < peak <= pool + sync_pool, (peak, pool, sync_pool, op.text()[-3000:])

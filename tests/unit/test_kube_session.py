@@ -1,0 +1,38 @@
+"""The bounded session kopf logs in with: one connection per watch stream plus the request pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+from model_operator.controller import handlers
+from model_operator.kube.session import EXTRA_STREAMS, bounded_session, connection_limit
+
+
+def test_limit_leaves_one_connection_per_watch_stream() -> None:
+    assert connection_limit(9, 0, 16) == 9 + EXTRA_STREAMS + 16  # cluster-wide: one stream per kind
+    assert connection_limit(9, 3, 16) == 27 + EXTRA_STREAMS + 16  # one stream per kind and namespace
+    assert connection_limit(9, 1, 0) == 9 + EXTRA_STREAMS + 1  # never a pool with no room for requests
+
+
+def test_watched_kinds_match_what_kopf_watches() -> None:
+    registry = kopf.get_default_registry()
+    selectors = set()
+    for part in (registry._indexing, registry._watching, registry._spawning, registry._changing):
+        selectors |= part.get_all_selectors()
+    assert handlers.WATCHED_KINDS == len(selectors), sorted(s.plural or s.any_name for s in selectors)
+
+
+def test_session_keeps_the_credentials_and_bounds_the_pool() -> None:
+    info = kopf.ConnectionInfo(server="https://127.0.0.1:6443", token="t0ken", insecure=True, default_namespace="ns", priority=5)
+
+    async def build() -> tuple[int, str, str, int | None, str | None]:
+        ctx = bounded_session(info, 27)
+        try:
+            session = ctx.aiohttp_session
+            return session.connector.limit, session.headers["Authorization"], ctx.server, ctx.priority, ctx.default_namespace
+        finally:
+            await ctx.aiohttp_session.close()
+
+    assert asyncio.run(build()) == (27, "Bearer t0ken", "https://127.0.0.1:6443", 5, "ns")
