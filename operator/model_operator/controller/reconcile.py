@@ -4,6 +4,7 @@ what it sees, so running it twice, or after a restart, changes nothing that is a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class Reconciler:
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {
             SERVICE_MONITOR: (has_service_monitor, time.time()),
         }
+        self._kinds_lock = threading.Lock()
         self._health_checked: dict[Key, float] = {}
 
     def kind_served(self, api: tuple[str, str], now: float) -> bool:
@@ -157,9 +159,15 @@ class Reconciler:
         operator's ServiceMonitor). A miss is asked again after a minute, so installing one needs
         no operator restart; an apply that finds the kind gone marks it missing (_apply_optional)."""
         served, checked = self._kinds.get(api, (False, float("-inf")))
-        if not served and now - checked >= KIND_RECHECK_SECONDS:
-            served = self.kube.has_kind(*api)
-            self._kinds[api] = (served, now)
+        if served or now - checked < KIND_RECHECK_SECONDS:
+            return served
+        # One handler thread asks the API server; the others that found the answer stale wait
+        # for it instead of each running a full discovery.
+        with self._kinds_lock:
+            served, checked = self._kinds.get(api, (False, float("-inf")))
+            if not served and now - checked >= KIND_RECHECK_SECONDS:
+                served = self.kube.has_kind(*api)
+                self._kinds[api] = (served, now)
         return served
 
     def _apply_optional(self, owner: dict[str, Any], obj: dict[str, Any], observed: dict[str, Any] | None, now: float) -> None:

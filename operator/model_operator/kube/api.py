@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from functools import cached_property
 from typing import Any
 
@@ -53,13 +54,18 @@ class Kube:
                 kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             api_client = kubernetes.client.ApiClient()
         self.api_client = api_client
+        # The dynamic client's discovery cache is not thread-safe: a lookup that misses rebuilds
+        # it, and two handler threads rebuilding at once fail with KeyError('resources').
+        self._discovery = threading.RLock()
 
     @cached_property
     def dynamic(self) -> DynamicClient:
-        return DynamicClient(self.api_client)
+        with self._discovery:
+            return DynamicClient(self.api_client)
 
     def resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        with self._discovery:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         try:
@@ -81,7 +87,8 @@ class Kube:
         except NotFoundError as exc:
             # An apply creates, so a 404 means the endpoint is gone (a removed CRD), or the namespace.
             if "page not found" in str(getattr(exc, "body", "") or ""):
-                self.dynamic.resources.invalidate_cache()
+                with self._discovery:
+                    self.dynamic.resources.invalidate_cache()
                 raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is no longer served") from None
             raise
         return result.to_dict()

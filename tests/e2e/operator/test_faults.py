@@ -387,7 +387,7 @@ def test_large_resume_on_a_small_connection_pool(
         digest = spec_hash(load_spec(body["spec"]))
         # As after an earlier run: the artifact for this spec is already in status, so no Job is made.
         custom_api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, body["metadata"]["name"], {"status": {
-            "artifact": {"uri": f"pvc://store/{namespace}/{body['metadata']['name']}/{digest}", "sha256": "0" * 64,
+            "artifact": {"uri": f"pvc://{STORE_CLAIM}/{namespace}/{body['metadata']['name']}/{digest}", "sha256": "0" * 64,
                          "specHash": digest, "format": "onnx"}}})
         names.append(body["metadata"]["name"])
 
@@ -412,11 +412,19 @@ def test_large_resume_on_a_small_connection_pool(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        def all_ready() -> bool:
-            items = custom_api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-            return sum(1 for m in items if (m.get("status") or {}).get("phase") == "Ready") == len(names)
+        phases: dict[str, int] = {}
 
-        wait_for(all_ready, timeout=300, interval=2, message="60 ModelDeployments Ready on a 2-connection pool")
+        def all_ready() -> bool:
+            phases.clear()
+            for m in custom_api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+                phase = (m.get("status") or {}).get("phase") or "none"
+                phases[phase] = phases.get(phase, 0) + 1
+            return phases.get("Ready", 0) == len(names)
+
+        try:
+            wait_for(all_ready, timeout=300, interval=2, message="60 ModelDeployments Ready on a 2-connection pool")
+        except Exception as e:
+            raise AssertionError(f"phases {phases}; operator log: {op.text()[-4000:]}") from e
     finally:
         stop.set()
         sampler.join(timeout=5)
