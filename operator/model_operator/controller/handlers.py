@@ -67,6 +67,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
+    # Lists (at start and after each watch expires) come in pages: one response for every object
+    # of a large fleet is held as bytes, text and parsed objects at once.
+    settings.watching.chunk_size = 100
     settings.networking.request_timeout = 60
     kube = Kube()
     memo.kube = kube
@@ -89,6 +92,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
 
 
 # --- caches: the controller reads children from these, never with a GET per reconcile --------
+# The index functions are coroutines: kopf runs sync handlers in its thread pool, and while the
+# reconcilers of a large fleet fill that pool, every child event waited there with its body.
 
 
 def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str] | None:
@@ -97,13 +102,13 @@ def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str]
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_job(dict(body))} if key else {}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_pod(dict(body))} if key else {}
 
@@ -132,7 +137,7 @@ _CHILD_INDEXES = (
 )
 
 
-def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: _child_summary(body)} if key else {}
 
