@@ -29,6 +29,15 @@ RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SEC
 SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
+def _config(memo: kopf.Memo) -> OperatorConfig:
+    """The operator's configuration: what `model-operator run` put in the memo, else (an embedded
+    or KopfRunner operator) the file $MODEL_OPERATOR_CONFIG names, loaded once."""
+    if getattr(memo, "config", None) is None:
+        memo.config = OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))
+    config: OperatorConfig = memo.config
+    return config
+
+
 @kopf.on.login()
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """In-cluster token first, else $KUBECONFIG as it is now (the client library reads it only
@@ -37,7 +46,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if info is None:
         return None
-    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))
+    config = _config(memo)
     namespaces = getattr(memo, "namespaces", None) or config.namespaces
     limit = connection_limit(WATCHED_KINDS, len(namespaces), config.api_request_connections)
     return bounded_session(info, limit)
@@ -54,8 +63,7 @@ class _RoutineSuccess(logging.Filter):
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG"))
-    memo.config = config
+    config = _config(memo)
     objects_log = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _RoutineSuccess) for f in objects_log.filters):
         objects_log.addFilter(_RoutineSuccess())

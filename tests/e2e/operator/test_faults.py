@@ -391,8 +391,7 @@ def test_large_resume_on_a_small_connection_pool(
                          "specHash": digest, "format": "onnx"}}})
         names.append(body["metadata"]["name"])
 
-    kubeconfig = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    port = urlparse(kubeconfig["clusters"][0]["cluster"]["server"]).port
+    port = urlparse(cluster.server).port
     pool = connection_limit(WATCHED_KINDS, 1, 2)
     sync_pool = kubernetes.client.Configuration().connection_pool_maxsize  # the reconciler's client
     pools = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())["node_pools"]
