@@ -156,50 +156,6 @@ def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from spec.get("ephemeralContainers") or []
 
 
-def restricted_violations(obj: dict[str, Any]) -> list[str]:
-    """What keeps a pod (or a pod template) from the Pod Security Standard "restricted" profile,
-    plus a read-only root filesystem; empty when it complies."""
-    spec = pod_spec(obj)
-    if spec is None:
-        return []
-    name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-    problems: list[str] = []
-    psc = spec.get("securityContext") or {}
-    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
-        problems.append(f"{name}: host namespaces")
-    for vol in spec.get("volumes") or []:
-        if "hostPath" in vol:
-            problems.append(f"{name}: hostPath volume {vol.get('name')}")
-    if psc.get("runAsUser") == 0:
-        problems.append(f"{name}: pod runAsUser 0")
-    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
-    for c in containers(spec):
-        where = f"{name} container {c.get('name')}"
-        sc = c.get("securityContext") or {}
-        if sc.get("privileged"):
-            problems.append(f"{where}: privileged")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{where}: allowPrivilegeEscalation is not false")
-        if sc.get("readOnlyRootFilesystem") is not True:
-            problems.append(f"{where}: readOnlyRootFilesystem is not true")
-        if not (sc.get("runAsNonRoot") is True or (psc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)):
-            problems.append(f"{where}: runAsNonRoot is not true")
-        if sc.get("runAsUser") == 0:
-            problems.append(f"{where}: runAsUser 0")
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
-            problems.append(f"{where}: capabilities do not drop ALL")
-        if [cap for cap in caps.get("add") or [] if cap != "NET_BIND_SERVICE"]:
-            problems.append(f"{where}: adds capabilities {caps.get('add')}")
-        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            problems.append(f"{where}: seccompProfile is {seccomp!r}, not RuntimeDefault")
-        for port in c.get("ports") or []:
-            if port.get("hostPort"):
-                problems.append(f"{where}: hostPort {port['hostPort']}")
-    return problems
-
-
 def rbac_rules(objs: Iterable[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(owner "Kind/name[@namespace]", rule) for every rule of every Role and ClusterRole."""
     out = []

@@ -31,6 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 _unavailable = binaries.unavailable
 
+# Every test namespace enforces the `restricted` Pod Security level, so the API server refuses any
+# pod the operator or the chart makes that isn't restricted (as on a hardened cluster).
+RESTRICTED_NS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -118,7 +122,7 @@ def namespace(core_api: Any) -> Iterator[str]:
     from kubernetes.client.exceptions import ApiException
 
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true"})))
+    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true", **RESTRICTED_NS_LABELS})))
     _wait_for(lambda: core_api.read_namespaced_service_account("default", name), timeout=30,
               message=f"ServiceAccount {name}/default", ignore=(ApiException,))
     yield name
@@ -192,7 +196,7 @@ def watched(core_api: Any) -> Iterator[str]:
     from kubernetes.client.exceptions import ApiException
 
     name = f"e2e-w-{uuid.uuid4().hex[:6]}"
-    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true"})))
+    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"e2e": "true", **RESTRICTED_NS_LABELS})))
     yield name
     try:
         core_api.delete_namespace(name)
