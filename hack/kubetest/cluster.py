@@ -481,9 +481,9 @@ class Cluster:
 
         kube = self.kube
         for pool in self.pools:
-            for node in node_manifests(pool):
+            for manifest in node_manifests(pool):
                 try:
-                    kube.create("/api/v1/nodes", node)
+                    kube.create("/api/v1/nodes", manifest)
                 except ApiError as e:
                     if e.status != 409:
                         raise

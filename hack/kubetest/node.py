@@ -221,10 +221,16 @@ def make_cgroup_root() -> None:
                 (target / knob).write_text(parent_value.read_text())
 
 
+def _cgroup_dirs(root: Path) -> list[Path]:
+    """``root`` and every cgroup below it, deepest first (they vanish as we go: no errors)."""
+    found = [Path(d) for d, _, _ in os.walk(root, onerror=lambda e: None)]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
 def _kill_cgroup_tree(root: Path) -> None:
-    for procs_file in root.rglob("cgroup.procs"):
+    for d in _cgroup_dirs(root):
         try:
-            pids = procs_file.read_text().split()
+            pids = (d / "cgroup.procs").read_text().split()
         except OSError:
             continue
         for pid in pids:
@@ -241,8 +247,7 @@ def remove_cgroups() -> None:
     deadline = time.monotonic() + 10
     for root in roots:
         while True:
-            dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-            for d in [*dirs, root]:
+            for d in _cgroup_dirs(root):
                 try:
                     d.rmdir()
                 except OSError:
@@ -262,9 +267,10 @@ def _mount_points() -> list[str]:
 
 
 def unmount_under(*roots: Path) -> None:
-    prefixes = [str(r).rstrip("/") + "/" for r in roots if str(r) not in ("", "/")]
+    """Unmount every mount at or below ``roots`` (the kubelet bind-mounts its root dir on itself)."""
+    bases = [str(r).rstrip("/") for r in roots if str(r) not in ("", "/")]
     for _ in range(3):  # stacked mounts show up again after the top one goes
-        points = [p for p in _mount_points() if any(p.startswith(pre) for pre in prefixes)]
+        points = [p for p in _mount_points() if any(p == b or p.startswith(b + "/") for b in bases)]
         if not points:
             return
         for point in sorted(set(points), key=len, reverse=True):
