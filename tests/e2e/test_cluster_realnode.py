@@ -3,10 +3,11 @@ kube-proxy enforces what the pod runner ignores.
 
 This module starts its own cluster (``realnode`` fixture: no KWOK pools, only the real node
 ``local-0``), separate from the session's ``cluster`` fixture, and stops it at the end; its
-last test stops and restarts it and checks that nothing is left on the host. Only one real
-node fits on a machine, so this module must not run while another real node is up (for
-example a session ``cluster`` switched to the real node: run this module in its own pytest
-process then).
+last test stops and restarts it, kills one and checks that the next start clears what it left
+and that nothing is left on the host. Only one real node fits on a machine: with
+``$MODEL_OPERATOR_E2E_REAL_NODE=1`` (the session ``cluster`` is the real node) the module uses
+the session cluster instead, and the last test checks that a second real node is refused
+(the stop/restart checks then need a run without that variable).
 """
 
 from __future__ import annotations
@@ -64,8 +65,16 @@ def host_before() -> dict[str, Any]:
     return _host_state()
 
 
+def _shared() -> bool:
+    return os.environ.get("MODEL_OPERATOR_E2E_REAL_NODE") == "1"
+
+
 @pytest.fixture(scope="module")
-def realnode(tmp_path_factory: pytest.TempPathFactory, host_before: dict[str, Any]) -> Iterator[Cluster]:
+def realnode(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             host_before: dict[str, Any]) -> Iterator[Cluster]:
+    if _shared():
+        yield request.getfixturevalue("cluster")
+        return
     try:
         binaries.require([*binaries.CLUSTER_BINARIES, *binaries.NODE_BINARIES])
         binaries.require_node_tools()
@@ -283,6 +292,11 @@ def test_pull_from_a_plain_http_registry(realnode: Cluster, ns: str, tmp_path: P
 def test_stop_cleans_the_host_and_a_killed_node_is_cleared_at_the_next_start(
         realnode: Cluster, host_before: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
     assert _host_state()["bridge"] and _host_state()["node_ip"]
+    if _shared():  # the session's real node must keep running: a second one is refused
+        with pytest.raises(node.NodeError, match="already runs"):
+            Cluster(tmp_path_factory.mktemp("realnode-second"), pools=(), real_node=True).start()
+        assert realnode.kube.get("/api/v1/nodes/local-0")
+        return
     t0 = time.monotonic()
     realnode.stop()
     stop_seconds = time.monotonic() - t0
