@@ -145,8 +145,11 @@ def test_node_is_real_and_placed_like_the_pod_runner(realnode: Cluster) -> None:
     assert {"type": "InternalIP", "address": node.NODE_IP} in n["status"]["addresses"]
     svc = realnode.kube.get("/api/v1/namespaces/default/services/kubernetes")
     assert svc["spec"]["clusterIP"] == "198.19.0.1"
-    eps = realnode.kube.get("/api/v1/namespaces/default/endpoints/kubernetes")
-    assert eps["subsets"][0]["addresses"][0]["ip"] == node.NODE_IP
+    def endpoint() -> Any:
+        eps = realnode.kube.get("/api/v1/namespaces/default/endpoints/kubernetes")
+        return [a["ip"] for s in eps.get("subsets") or [] for a in s.get("addresses", [])]
+
+    assert wait_for(endpoint, timeout=30, message="endpoints of the kubernetes Service") == [node.NODE_IP]
 
 
 def test_privileged_pod_is_refused_under_restricted(realnode: Cluster, ns: str) -> None:
