@@ -27,7 +27,7 @@ import yaml
 
 from kubetest import binaries, node, procs
 from kubetest.cluster import Cluster
-from kubetest.rest import ApiError, Kube
+from kubetest.rest import ApiError
 from kubetest.wait import wait_for
 
 pytestmark = pytest.mark.e2e
