@@ -8,7 +8,7 @@
 # Usage: hack/build-binaries.sh [--check] [name...]
 #   --check  build nothing; exit 1 and list what is missing
 #   name     only these (kube-apiserver kube-controller-manager kube-scheduler
-#            kubectl etcd kwok helm prometheus); default all
+#            kubectl kubelet kube-proxy etcd kwok helm prometheus); default all
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +23,7 @@ export CGO_ENABLED=0
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm prometheus)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm prometheus)
 CHECK=0
 WANT=()
 for arg in "$@"; do
@@ -39,7 +39,7 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 version_of() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "${KUBERNETES_VERSION}" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "${KUBERNETES_VERSION}" ;;
     etcd) echo "${ETCD_VERSION}" ;;
     kwok) echo "${KWOK_VERSION}" ;;
     helm) echo "${HELM_VERSION}" ;;
@@ -51,7 +51,7 @@ version_of() {
 # module dir, module path whose version must match, package to build
 recipe_of() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy)
       echo "kubernetes k8s.io/kubernetes k8s.io/kubernetes/cmd/$1" ;;
     etcd) echo "etcd go.etcd.io/etcd/server/v3 ." ;;
     kwok) echo "kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok" ;;
@@ -63,7 +63,7 @@ recipe_of() {
 ldflags_of() {
   local name="$1" v="$2"
   case "${name}" in
-    kube-*|kubectl)
+    kube-*|kubectl|kubelet)
       # Without these, clients and `kubectl version` report v0.0.0-master,
       # which breaks version-skew checks in clients such as helm.
       local minor="${v#v1.}"; minor="${minor%%.*}"

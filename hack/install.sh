@@ -14,10 +14,20 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v gcc >/dev/null || need+=(gcc)          # the pod runner's bind shim
   command -v ip >/dev/null || need+=(iproute2)      # routes the local pod network to lo
   command -v nsenter >/dev/null || need+=(util-linux)
+  # The real node (kubetest.node): container runtime, CNI plugins, kube-proxy's and the CNI
+  # plugins' iptables, conntrack, and a static busybox for the node's own test image.
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
+  command -v conntrack >/dev/null || [ -x /usr/sbin/conntrack ] || need+=(conntrack)
+  [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)  # static pause
+  command -v docker-registry >/dev/null || need+=(docker-registry)  # plain-HTTP registry in the real-node tests
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
   fi
 fi
 
@@ -25,7 +35,7 @@ log "pip install -e .[worker,triton,dev] (torch is large: the first run download
 python3 -m pip install --progress-bar off -q -e ".[worker,triton,dev]"
 
 if [ -x hack/build-binaries.sh ]; then
-  log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm)"
+  log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, kubelet, kube-proxy, etcd, kwok, helm)"
   hack/build-binaries.sh
 fi
 log "done"

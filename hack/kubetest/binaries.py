@@ -14,12 +14,20 @@ _VERSION_KEY = {
     "kube-controller-manager": "KUBERNETES_VERSION",
     "kube-scheduler": "KUBERNETES_VERSION",
     "kubectl": "KUBERNETES_VERSION",
+    "kubelet": "KUBERNETES_VERSION",
+    "kube-proxy": "KUBERNETES_VERSION",
     "etcd": "ETCD_VERSION",
     "kwok": "KWOK_VERSION",
     "helm": "HELM_VERSION",
     "prometheus": "PROMETHEUS_VERSION",
 }
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+# What Cluster(real_node=True) needs on top: the node agents (built) ...
+NODE_BINARIES = ("kubelet", "kube-proxy")
+# ... and Debian's runtime, CNI plugins and network tools (hack/install.sh installs them).
+NODE_HOST_TOOLS = ("containerd", "ctr", "runc", "iptables", "iptables-save", "iptables-restore", "conntrack", "ip", "gcc")
+CNI_PLUGIN_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
 class BinariesMissing(RuntimeError):
@@ -60,6 +68,28 @@ def require(names: tuple[str, ...] | list[str] = CLUSTER_BINARIES) -> dict[str, 
             f"missing {', '.join(missing)} under {cache_dir() / 'bin'}; build them with {BUILD_SCRIPT}"
             " (the first build takes a while)"
         )
+    return found
+
+
+def require_node_tools() -> dict[str, Path]:
+    """Host programs and CNI plugins a real node needs; raise BinariesMissing naming
+    hack/install.sh otherwise."""
+    import shutil
+
+    found: dict[str, Path] = {}
+    missing = []
+    for tool in NODE_HOST_TOOLS:
+        where = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        if where:
+            found[tool] = Path(where)
+        else:
+            missing.append(tool)
+    missing += [f"CNI plugin {p}" for p in CNI_PLUGINS if not os.access(CNI_PLUGIN_DIR / p, os.X_OK)]
+    if missing:
+        raise BinariesMissing(f"missing {', '.join(missing)}; install them with hack/install.sh (as root: containerd,"
+                              " runc, containernetworking-plugins, iptables, conntrack, gcc)")
+    if os.geteuid() != 0:
+        raise BinariesMissing("a real node needs root (containerd, kubelet, network setup)")
     return found
 
 

@@ -4,7 +4,8 @@ etcd, kube-apiserver (TLS, Node+RBAC authorization, default admission plugins,
 service-account token signing), kube-controller-manager and kube-scheduler run
 as local processes from the binaries hack/build-binaries.sh builds; the KWOK
 controller simulates the node pools in ``nodepools``; the local pod runner
-(``podrunner``) really runs the pods bound to its node; Prometheus
+(``podrunner``) really runs the pods bound to its node, or, with ``real_node=True``,
+a real kubelet with containerd, CNI and kube-proxy does (``kubetest.node``); Prometheus
 (``prometheus``) is optional. Ports are picked at random, so a test cluster can
 run next to a developer's cluster.
 
@@ -19,6 +20,9 @@ State directory layout (``Cluster.state_dir``)::
     pods/<ns>_<pod>_<container>.log   output of pods run by the local pod runner
     runner/           the pod runner's per-pod files (volumes, termination messages)
     pvc/<ns>/<claim>/ data of PersistentVolumeClaims used on the local node
+    kubelet/          real node: the kubelet's root directory (pod volumes)
+    pods/<ns>_<pod>_<uid>/  real node: container logs (kubelet's podLogsDir)
+    kubelet.yaml, kube-proxy.yaml   real node: their configurations
     prometheus/       Prometheus configuration and data
 
 ``stop`` kills everything and removes the state, keeping ``logs/`` and ``pods/``.
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from . import binaries, pki, podnet, procs
+from . import binaries, node, pki, podnet, procs
 from .nodepools import DEFAULT_POOLS, KWOK_SELECTOR, NodePool, node_manifests
 from .rest import ApiError, Kube
 from .wait import wait_for
@@ -47,13 +51,16 @@ from .wait import wait_for
 if TYPE_CHECKING:
     from .prometheus import PrometheusHandle
 
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
-KWOK_POD_CIDR = "10.244.0.0/16"
+# Every address of the cluster lies in 198.18.0.0/15 (set aside for benchmarks, routed
+# nowhere): these machines must never send traffic to private ranges.
+SERVICE_CIDR = "198.19.0.0/20"
+SERVICE_IP = "198.19.0.1"
+KWOK_POD_CIDR = "198.19.64.0/18"
+KWOK_NODE_IP = "198.19.48.1"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOCAL_NODE = "local-0"
 # Components stopped in this order, the reverse of start.
-_STOP_ORDER = ("prometheus", "podrunner", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+_STOP_ORDER = ("prometheus", "podrunner", *node.NODE_PROCESSES, "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 _KEEP_ON_STOP = {"logs", "pods"}
 
 
@@ -75,6 +82,11 @@ class Cluster:
         prometheus: also start Prometheus (see ``kubetest.prometheus``).
         scrape_interval: Prometheus scrape and evaluation interval.
         pod_cidr: range for local pod IPs (default: chosen by ``kubetest.podnet``).
+        real_node: run a real kubelet node (``kubetest.node``) as ``local_node`` instead of the
+            pod runner (``local_runner`` is then ignored). Needs root, Debian's containerd,
+            runc and CNI plugins, and the kubelet and kube-proxy binaries.
+        registries: real node: ``{"host:port": "http://host:port"}``, registries containerd
+            pulls from over plain HTTP (more with ``add_registry``).
         startup_timeout: seconds ``start`` may take before it gives up.
     """
 
@@ -89,6 +101,8 @@ class Cluster:
         scrape_interval: str = "2s",
         pod_cidr: Optional[str] = None,
         startup_timeout: float = 90.0,
+        real_node: bool = False,
+        registries: Optional[dict[str, str]] = None,
     ) -> None:
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.pools = pools
@@ -98,6 +112,11 @@ class Cluster:
         self.scrape_interval = scrape_interval
         self.pod_cidr = pod_cidr
         self.startup_timeout = startup_timeout
+        self.real_node = real_node
+        self.registries = dict(registries or {})
+        if real_node:
+            self.local_runner = False
+        self._node: Optional[node.RealNode] = None
         self.info: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen] = {}
         self._kube: Optional[Kube] = None
@@ -158,10 +177,27 @@ class Cluster:
         c.info = info
         c.pod_cidr = info.get("pod_cidr")
         c.local_node = info.get("local_node", c.local_node)
+        c.real_node = bool(info.get("real_node"))
         return c
+
+    @property
+    def images(self) -> dict[str, str]:
+        """Real node: the locally built images, ``{"pause": ref, "busybox": ref}``."""
+        return dict(self.info.get("images") or {})
+
+    def add_registry(self, host: str, endpoint: str) -> None:
+        """Real node: pull images named ``host/...`` from ``endpoint`` (plain HTTP allowed)."""
+        if not self.real_node:
+            raise ClusterError("registries apply to the real node only")
+        node.RealNode(self.state_dir, self.local_node).add_registry(host, endpoint)
+        self.info.setdefault("registries", {})[host] = endpoint
+        self._write_info()
 
     def start(self) -> "Cluster":
         bins = binaries.require()
+        if self.real_node:
+            binaries.require([*binaries.NODE_BINARIES])
+            binaries.require_node_tools()
         if self.is_running():
             raise ClusterError(f"a cluster is already running in {self.state_dir}; stop it first (hack/cluster down)")
         t0 = time.monotonic()
@@ -181,6 +217,19 @@ class Cluster:
         """Stop every component (process groups), then remove the state (not logs)."""
         info = self._read_info() or self.info
         pids: dict[str, int] = dict(info.get("pids", {}))
+        if info.get("real_node"):
+            # The node first (kubelet, pods, containerd, network), while it is still ours;
+            # the record names this cluster unless another cluster took the node over.
+            if pids.get("prometheus"):
+                procs.stop_group(pids.pop("prometheus"), grace=5.0, proc=self._procs.get("prometheus"))
+            record = node.read_record()
+            if record.get("state_dir") == str(self.state_dir):
+                record["pids"] = {k: pids[k] for k in node.NODE_PROCESSES if k in pids} | record.get("pids", {})
+                node.teardown(record)
+            if self._node is not None:
+                self._node.release_lock()
+            for name in node.NODE_PROCESSES:
+                pids.pop(name, None)
         for name in _STOP_ORDER:
             pid = pids.get(name)
             if pid:
@@ -217,6 +266,8 @@ class Cluster:
     def _reset_state_dir(self) -> None:
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
+        if self.state_dir.exists():
+            node.unmount_under(self.state_dir)  # a killed real node's pod volumes
         for sub in ("pki", "kubeconfigs", "etcd", "logs", "pods", "runner", "pvc"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
@@ -268,8 +319,16 @@ class Cluster:
         if self.local_runner and not self.pod_cidr:
             self.pod_cidr, routed = podnet.choose()
             route = self.pod_cidr if routed else None
+        host = "127.0.0.1"
+        if self.real_node:
+            self._node = node.RealNode(sd, self.local_node, self.registries)
+            self._node.prepare()  # the node address must exist before the API server binds it
+            host = node.NODE_IP
         ports = {name: procs.free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")}
-        server = f"https://127.0.0.1:{ports['apiserver']}"
+        if self.real_node:
+            ports |= {name: procs.free_port() for name in
+                      ("kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics")}
+        server = f"https://{host}:{ports['apiserver']}"
         self.info = {
             "server": server,
             "kubeconfig": str(self.kubeconfig),
@@ -277,7 +336,9 @@ class Cluster:
             "ports": ports,
             "pod_cidr": self.pod_cidr,
             "pod_route": route,
-            "local_node": self.local_node if self.local_runner else None,
+            "local_node": self.local_node if (self.local_runner or self.real_node) else None,
+            "real_node": self.real_node,
+            "registries": self.registries,
             "versions": binaries.versions(),
             "pids": {},
         }
@@ -288,7 +349,7 @@ class Cluster:
             "kube-apiserver",
             dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local"),
-            ips=("127.0.0.1", SERVICE_IP),
+            ips=("127.0.0.1", SERVICE_IP, node.NODE_IP),
             server=True,
             client=False,
         )
@@ -299,6 +360,7 @@ class Cluster:
             "kube-scheduler": ca.issue("kube-scheduler", "system:kube-scheduler"),
         }
         front_proxy = ca.issue("front-proxy-client", "front-proxy-client")
+        kubelet_client = ca.issue(node.KUBELET_CLIENT_USER, node.KUBELET_CLIENT_USER)
         for user, pair in users.items():
             path = self.kubeconfig if user == "admin" else sd / "kubeconfigs" / f"{user}.kubeconfig"
             _write_kubeconfig(path, server, ca.pair.cert, pair, user)
@@ -318,7 +380,7 @@ class Cluster:
         self._spawn("kube-apiserver", [
             bins["kube-apiserver"],
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            f"--bind-address={host}", f"--advertise-address={host}", f"--secure-port={ports['apiserver']}",
             f"--cert-dir={sd / 'pki'}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={ca.pair.cert}",
@@ -338,10 +400,15 @@ class Cluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={front_proxy.cert}", f"--proxy-client-key-file={front_proxy.key}",
             "--profiling=false",
-            # No kubelets answer on node addresses; the "kubernetes" Service's
-            # endpoint would be a loopback address, which Endpoints validation
-            # rejects, so the API server would log that error forever.
-            "--endpoint-reconciler-type=none",
+            # kubectl logs/exec: the API server calls the kubelet at its InternalIP.
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={ca.pair.cert}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname,ExternalIP",
+            # Without a real node no kubelet answers on a node address and the "kubernetes"
+            # Service's endpoint would be a loopback address, which Endpoints validation
+            # rejects (the API server would log that forever). With one, the endpoint is the
+            # node address pods reach the API server at.
+            *([] if self.real_node else ["--endpoint-reconciler-type=none"]),
         ])
         admin = users["admin"]
         readyz = f"{server}/readyz"
@@ -380,7 +447,7 @@ class Cluster:
         self._spawn("kwok", [
             bins["kwok"], f"--config={kwok_cfg}", f"--kubeconfig={self.kubeconfig}",
             f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
-            f"--cidr={KWOK_POD_CIDR}", "--node-ip=10.0.0.1",
+            f"--cidr={KWOK_POD_CIDR}", f"--node-ip={KWOK_NODE_IP}",
             "--node-lease-duration-seconds=40",
         ])
 
@@ -393,6 +460,18 @@ class Cluster:
                 f"--pod-cidr={self.pod_cidr}",
             ], env=env)
 
+        if self.real_node:
+            assert self._node is not None
+            self._grant_kubelet_api()
+            def spawn(name: str, argv: list[Any], **kw: Any) -> None:
+                self._spawn(name, argv, **kw)
+                assert self._node is not None
+                self._node.remember(self.info["pids"], self.info["pids"].get("kube-apiserver"))
+
+            self._node.start(ca, server, spawn, ports, deadline)
+            self.info["images"] = self._node.images
+            self._node.remember(self.info["pids"], self.info["pids"].get("kube-apiserver"))
+
         kcm_health = f"https://127.0.0.1:{ports['kcm']}/healthz"
         sched_health = f"https://127.0.0.1:{ports['scheduler']}/healthz"
         self._wait("kube-controller-manager", lambda: _https_get_text(kcm_health, None, None) == "ok", deadline,
@@ -402,18 +481,20 @@ class Cluster:
 
         kube = self.kube
         for pool in self.pools:
-            for node in node_manifests(pool):
+            for manifest in node_manifests(pool):
                 try:
-                    kube.create("/api/v1/nodes", node)
+                    kube.create("/api/v1/nodes", manifest)
                 except ApiError as e:
                     if e.status != 409:
                         raise
         names = [f"{p.name}-{i}" for p in self.pools for i in range(p.count)]
-        if self.local_runner:
+        if self.local_runner or self.real_node:
             names.append(self.local_node)
+        watched = ["kwok"] + (["podrunner"] if self.local_runner else []) + (
+            list(node.NODE_PROCESSES) if self.real_node else [])
 
         def all_ready() -> bool:
-            for name in ("kwok", *(["podrunner"] if self.local_runner else [])):
+            for name in watched:
                 self._check_alive(name)
             nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
             return all(_node_ready(nodes.get(n)) for n in names)
@@ -428,6 +509,21 @@ class Cluster:
 
         if self.with_prometheus:
             self.start_prometheus(self.scrape_interval, deadline)
+
+    def _grant_kubelet_api(self) -> None:
+        """Bind the API server's kubelet client to the kubelet API (logs, exec, port-forward)."""
+        try:
+            self.kube.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "model-operator:kube-apiserver-kubelet-api"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "system:kubelet-api-admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                              "name": node.KUBELET_CLIENT_USER}],
+            })
+        except ApiError as e:
+            if e.status != 409:
+                raise
 
     def start_prometheus(self, scrape_interval: str = "2s", deadline: Optional[float] = None) -> "PrometheusHandle":
         """Start Prometheus for this cluster (once); return a handle to query it."""

@@ -3,8 +3,9 @@
 Two ways, chosen by ``$MODEL_OPERATOR_POD_NETWORK`` (``auto``, the default,
 tries the first and falls back to the second):
 
-* ``anyip``: a /22 of 198.18.0.0/15 (the range set aside for network
-  benchmarking, so it clashes with no real network) is routed to the loopback
+* ``anyip``: a /22 of 198.18.0.0/16 (half of 198.18.0.0/15, the range set aside for
+  network benchmarking, so it clashes with no real network; 198.19.0.0/16 holds the
+  cluster's Service range, KWOK's pod range and the real node's) is routed to the loopback
   device as a local range (``ip route add local ... dev lo``). Every address
   in it is then a local address, like 127.0.0.0/8, but the API server accepts
   it in EndpointSlices, so Services select local pods as they would in a real
@@ -26,7 +27,7 @@ import shutil
 import subprocess
 from typing import Optional
 
-ANYIP_SPACE = ipaddress.ip_network("198.18.0.0/15")
+ANYIP_SPACE = ipaddress.ip_network("198.18.0.0/16")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 

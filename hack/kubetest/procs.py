@@ -22,7 +22,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(argv: list[str], log: Path, env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> subprocess.Popen:
+def spawn(argv: list[str], log: Path, env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None,
+          pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -33,6 +34,7 @@ def spawn(argv: list[str], log: Path, env: Optional[dict[str, str]] = None, cwd:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
 
 

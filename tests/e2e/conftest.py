@@ -36,6 +36,11 @@ _unavailable = binaries.unavailable
 RESTRICTED_NS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
+def _real_node_requested() -> bool:
+    """``$MODEL_OPERATOR_E2E_REAL_NODE=1``: the session cluster's local-0 is a real kubelet node."""
+    return os.environ.get("MODEL_OPERATOR_E2E_REAL_NODE") == "1"
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The control plane, KWOK pools (gpu-*, edge-*, cpu-*) and the local node ``local-0``.
@@ -43,6 +48,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     ``$MODEL_OPERATOR_E2E_CLUSTER=<state dir>`` reuses a cluster started with
     ``hack/cluster up`` (faster when iterating); ``$MODEL_OPERATOR_E2E_STATE_DIR``
     picks where the session's own cluster lives (default: a pytest temp dir).
+    ``$MODEL_OPERATOR_E2E_REAL_NODE=1`` (opt-in) makes ``local-0`` a real kubelet node
+    (``kubetest.node``) instead of the pod runner; ``$MODEL_OPERATOR_E2E_REGISTRIES``
+    (``host=endpoint,...``, e.g. ``127.0.0.1:5000=http://127.0.0.1:5000``) are registries it
+    pulls from over plain HTTP.
     """
     existing = os.environ.get("MODEL_OPERATOR_E2E_CLUSTER")
     if existing:
@@ -56,7 +65,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     except binaries.BinariesMissing as e:
         _unavailable(str(e))
     state = os.environ.get("MODEL_OPERATOR_E2E_STATE_DIR") or tmp_path_factory.mktemp("cluster")
-    c = Cluster(state)
+    real = _real_node_requested()
+    registries = dict(r.split("=", 1) for r in os.environ.get("MODEL_OPERATOR_E2E_REGISTRIES", "").split(",") if r)
+    if real:
+        try:
+            binaries.require([*binaries.NODE_BINARIES])
+            binaries.require_node_tools()
+        except binaries.BinariesMissing as e:
+            _unavailable(str(e))
+    c = Cluster(state, real_node=real, registries=registries, startup_timeout=180 if real else 90)
     c.start()
     try:
         yield c
