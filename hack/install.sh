@@ -14,6 +14,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v gcc >/dev/null || need+=(gcc)          # the pod runner's bind shim
   command -v ip >/dev/null || need+=(iproute2)      # routes the local pod network to lo
   command -v nsenter >/dev/null || need+=(util-linux)
+  command -v buildah >/dev/null || need+=(buildah)              # builds the images (hack/build-images.sh)
+  command -v mmdebstrap >/dev/null || need+=(mmdebstrap)        # the images' Debian base
+  command -v docker-registry >/dev/null || need+=(docker-registry)  # the local registry they are pushed to
+  command -v runc >/dev/null || need+=(runc)                    # tests run the Triton image under runc
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
     apt-get update -qq
@@ -27,5 +31,9 @@ python3 -m pip install --progress-bar off -q -e ".[worker,triton,dev]"
 if [ -x hack/build-binaries.sh ]; then
   log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm)"
   hack/build-binaries.sh
+fi
+if [ "${MODEL_OPERATOR_SKIP_IMAGES:-0}" != 1 ]; then
+  log "building the container images (operator, worker, test Triton) into the local registry"
+  hack/build-images.sh
 fi
 log "done"

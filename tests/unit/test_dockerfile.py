@@ -266,3 +266,24 @@ def test_image_names_match_the_chart() -> None:
     text = DOCKERFILE.read_text()
     assert f"--target operator -t {values['image']['repository']}:" in text
     assert f"--target worker   -t {values['worker']['image']['repository']}:" in text
+
+
+@pytest.mark.parametrize("venv", ["operator-venv", "worker-venv"])
+def test_dependency_layers_come_before_the_project_source(venv: str) -> None:
+    """A source change rebuilds only the last layer: no stage the venv is built FROM copies the
+    source, and inside the venv stage torch and pyproject's dependencies install before the
+    project's wheel arrives (COPY --from=build), from a download cache mount."""
+    stages = chain(venv)
+    for stage in stages[1:]:
+        assert not [c for c in stage.ops("COPY") if "operator" in c.args], f"{venv} builds on {stage.name}, which copies the source"
+    steps = BY_NAME[venv].instructions
+    wheel_copy = next(i for i, s in enumerate(steps) if s.op == "COPY" and "--from=build" in s.args)
+    runs = [(i, s) for i, s in enumerate(steps) if s.op == "RUN"]
+    dep_runs = [(i, s) for i, s in runs if "pip download" in s.args]
+    assert dep_runs and all(i < wheel_copy for i, _ in dep_runs)
+    assert all("--mount=type=cache" in s.args for _, s in dep_runs)
+    assert all("--no-index" in s.args for i, s in runs if i > wheel_copy), "the wheel installs from what is there"
+    if venv == "worker-venv":
+        torch_run = next(i for i, s in runs if "torch==" in s.args)
+        pyproject_copy = next(i for i, s in enumerate(steps) if s.op == "COPY" and "pyproject.toml" in s.args)
+        assert torch_run < pyproject_copy, "torch must not reinstall when pyproject.toml changes"
