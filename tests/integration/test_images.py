@@ -222,7 +222,6 @@ def runc_config(rootfs: str, argv: list[str], env: list[str], models: Path, cgro
             "cwd": "/tmp",
             "capabilities": no_caps,
             "noNewPrivileges": True,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}],
         },
         "root": {"path": rootfs, "readonly": True},
         "hostname": "tritonserver",
