@@ -24,6 +24,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
   [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)  # static pause
   command -v docker-registry >/dev/null || need+=(docker-registry)  # plain-HTTP registry in the real-node tests
+  command -v buildah >/dev/null || need+=(buildah)              # builds the images (hack/build-images.sh)
+  command -v mmdebstrap >/dev/null || need+=(mmdebstrap)        # the images' Debian base
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
     apt-get update -qq
@@ -37,5 +39,9 @@ python3 -m pip install --progress-bar off -q -e ".[worker,triton,dev]"
 if [ -x hack/build-binaries.sh ]; then
   log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, kubelet, kube-proxy, etcd, kwok, helm)"
   hack/build-binaries.sh
+fi
+if [ "${MODEL_OPERATOR_SKIP_IMAGES:-0}" != 1 ]; then
+  log "building the container images (operator, worker, test Triton) into the local registry"
+  hack/build-images.sh
 fi
 log "done"

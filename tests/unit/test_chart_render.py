@@ -552,6 +552,16 @@ def test_images_name_no_registry_host() -> None:
         assert ":" in image and not image.endswith(":latest"), f"{image} is not pinned by tag"
 
 
+def test_image_repository_may_name_a_registry_with_a_port() -> None:
+    """`<registry>/model-operator` as README's "In a cluster" pushes it, e.g. a local registry."""
+    objs = render({"image": {"repository": "127.0.0.1:5000/model-operator", "tag": "abc123"},
+                   "worker": {"image": {"repository": "127.0.0.1:5000/model-operator-worker", "tag": "abc123"}}})
+    images = [c["image"] for o in chartlib.pod_templates(objs) for c in chartlib.containers(chartlib.pod_spec(o))]
+    assert "127.0.0.1:5000/model-operator:abc123" in images
+    cm = yaml.safe_load(chartlib.one(objs, "ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
+    assert cm["worker_image"] == "127.0.0.1:5000/model-operator-worker:abc123"
+
+
 # --- the schema rejects bad values, naming them ------------------------------------------------
 
 
@@ -562,6 +572,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-nested-key", {"rbac": {"namespace": True}}, "'namespace' not allowed"),
     ("pull-policy", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ("image-with-tag-in-repository", {"image": {"repository": "model-operator:1.0"}}, "/image/repository"),
+    ("image-with-tag-after-registry-port", {"image": {"repository": "127.0.0.1:5000/model-operator:1.0"}}, "/image/repository"),
     ("writable-root", {"securityContext": {"readOnlyRootFilesystem": False}}, "/securityContext/readOnlyRootFilesystem"),
     ("privilege-escalation", {"securityContext": {"allowPrivilegeEscalation": True}}, "/securityContext/allowPrivilegeEscalation"),
     ("root-user", {"podSecurityContext": {"runAsUser": 0}}, "/podSecurityContext/runAsUser"),

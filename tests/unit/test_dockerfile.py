@@ -158,7 +158,11 @@ def test_final_stages_have_no_build_tools(target: str) -> None:
     for stage in stages:
         for run in stage.ops("RUN"):
             assert not COMPILERS.search(run.args), f"line {run.line}: {run.args}"
-            assert "pip install" not in run.args, f"line {run.line}: install in a build stage, copy the result"
+            if "pip install" in run.args:
+                # Only the project's own wheel, last, offline: the dependencies come built from a venv stage.
+                assert "--no-index" in run.args and "/wheels/model_operator-" in run.args and "rm -rf /wheels" in run.args, (
+                    f"line {run.line}: install dependencies in a venv stage and copy the result"
+                )
     # What they copy comes from a venv stage that exists.
     for stage in stages:
         for copy in stage.ops("COPY"):
@@ -202,14 +206,19 @@ def test_cmd_uses_subcommands_the_cli_has(target: str) -> None:
 
 def test_worker_installs_the_worker_extra_and_the_operator_does_not() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    runs = {name: " ".join(i.args for s in chain(name) for i in s.ops("RUN")) for name in ("operator-venv", "worker-venv")}
+    runs = {
+        name: " ".join(i.args for s in [*chain(name), *chain(f"{name}-venv")] for i in s.ops("RUN"))
+        for name in ("operator", "worker")
+    }
     used = {name: set(re.findall(r"\.whl\)?\[([\w,-]+)\]", text)) for name, text in runs.items()}
-    assert used["operator-venv"] == set()
-    assert used["worker-venv"] == {"worker"}
+    assert used["operator"] == set()
+    assert used["worker"] == {"worker"}
+    # The venv stages install pyproject's dependencies: the worker's with the extra, the operator's without.
+    assert re.search(r"optional-dependencies.*\bworker >", runs["worker"]) and not re.search(r"\bworker >", runs["operator"])
     assert "worker" in extras
     assert any(d.startswith("torch") for d in extras["worker"])
     assert any(d.startswith("onnxruntime") for d in extras["worker"])
-    assert "torch==" in runs["worker-venv"] and "torch" not in runs["operator-venv"]
+    assert "torch==" in runs["worker"] and "torch" not in runs["operator"]
     copies = {name: [i.args for i in BY_NAME[name].ops("COPY")] for name in TARGETS}
     assert any("--from=worker-venv" in c for c in copies["worker"])
     assert any("--from=operator-venv" in c for c in copies["operator"])
@@ -266,3 +275,26 @@ def test_image_names_match_the_chart() -> None:
     text = DOCKERFILE.read_text()
     assert f"--target operator -t {values['image']['repository']}:" in text
     assert f"--target worker   -t {values['worker']['image']['repository']}:" in text
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dependency_layers_come_before_the_project_source(target: str) -> None:
+    """A source change rebuilds and ships only the last, small layer: the venv stage (torch and
+    pyproject's dependencies, through a download cache mount) never sees the source; the final
+    stage copies it, then installs the project's wheel offline."""
+    venv = f"{target}-venv"
+    for stage in chain(venv):
+        assert not [c for c in stage.ops("COPY") if "operator" in c.args or "--from=build" in c.args], (
+            f"{venv} (via {stage.name}) copies the source: every source change would reinstall its dependencies"
+        )
+    downloads = [r for r in BY_NAME[venv].ops("RUN") if "pip download" in r.args]
+    assert downloads and all("--mount=type=cache" in r.args for r in downloads)
+    steps = BY_NAME[target].instructions
+    venv_copy = next(i for i, s in enumerate(steps) if s.op == "COPY" and f"--from={venv}" in s.args)
+    wheel_copy = next(i for i, s in enumerate(steps) if s.op == "COPY" and "--from=build" in s.args)
+    assert venv_copy < wheel_copy
+    if target == "worker":
+        vsteps = BY_NAME[venv].instructions
+        torch_run = next(i for i, s in enumerate(vsteps) if s.op == "RUN" and "torch==" in s.args)
+        pyproject_copy = next(i for i, s in enumerate(vsteps) if s.op == "COPY" and "pyproject.toml" in s.args)
+        assert torch_run < pyproject_copy, "torch must not reinstall when pyproject.toml changes"
