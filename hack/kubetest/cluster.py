@@ -193,6 +193,40 @@ class Cluster:
         self.info.setdefault("registries", {})[host] = endpoint
         self._write_info()
 
+    def pull(self, ref: str, timeout: float = 1200) -> None:
+        """Real node: pull ``ref`` into the node's containerd (namespace k8s.io) now, as the
+        kubelet would on first use; a no-op when it is already there."""
+        if not self.real_node:
+            raise ClusterError("pull applies to the real node only")
+        ctr = node.RealNode(self.state_dir, self.local_node).ctr
+        have = subprocess.run([*ctr, "-n", "k8s.io", "images", "ls", "-q", f"name=={ref}"], capture_output=True, text=True, timeout=60)
+        if have.returncode == 0 and ref in have.stdout.split():
+            return
+        host = ref.split("/", 1)[0]
+        plain = (self.info.get("registries") or {}).get(host, "").startswith("http://")
+        argv = [*ctr, "-n", "k8s.io", "images", "pull", *(["--plain-http"] if plain else []), ref]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise ClusterError(f"pulling {ref} onto {self.local_node} failed: {done.stderr.strip()[-2000:]}")
+
+    def container_pid(self, container_id: str) -> int:
+        """Real node: the host PID of a container's main process, from the pod status's
+        ``containerID`` (``containerd://<id>``) — to kill it from outside, as the kernel would."""
+        if not self.real_node:
+            raise ClusterError("container_pid applies to the real node only")
+        cid = container_id.split("://", 1)[-1]
+        ctr = node.RealNode(self.state_dir, self.local_node).ctr
+        done = subprocess.run([*ctr, "-n", "k8s.io", "tasks", "ls"], capture_output=True, text=True, timeout=60)
+        for line in done.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == cid:
+                return int(fields[1])
+        raise ClusterError(f"no running task for container {cid} on {self.local_node}")
+
+    def pod_volume_dir(self, pod_uid: str, volume: str, kind: str = "empty-dir") -> Path:
+        """Real node: where the kubelet keeps a pod's volume on this machine."""
+        return self.state_dir / "kubelet" / "pods" / pod_uid / "volumes" / f"kubernetes.io~{kind}" / volume
+
     def start(self) -> "Cluster":
         bins = binaries.require()
         if self.real_node:

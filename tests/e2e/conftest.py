@@ -36,22 +36,26 @@ _unavailable = binaries.unavailable
 RESTRICTED_NS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-def _real_node_requested() -> bool:
-    """``$MODEL_OPERATOR_E2E_REAL_NODE=1``: the session cluster's local-0 is a real kubelet node."""
-    return os.environ.get("MODEL_OPERATOR_E2E_REAL_NODE") == "1"
+def _registries() -> dict[str, str]:
+    """The local registry the images are pushed to (kubetest.registry), started if needed."""
+    from kubetest import registry
+
+    try:
+        address = registry.ensure_running()
+    except registry.RegistryError as e:
+        _unavailable(f"{e}: run hack/install.sh")
+    return {address: f"http://{address}"}
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The control plane, KWOK pools (gpu-*, edge-*, cpu-*) and the local node ``local-0``.
+    """The control plane, KWOK pools (gpu-*, edge-*, cpu-*) and the real node ``local-0``: a
+    kubelet with containerd, runc, CNI and kube-proxy (``kubetest.node``) that pulls the
+    project's images from the local registry (``kubetest.registry``).
 
     ``$MODEL_OPERATOR_E2E_CLUSTER=<state dir>`` reuses a cluster started with
-    ``hack/cluster up`` (faster when iterating); ``$MODEL_OPERATOR_E2E_STATE_DIR``
+    ``hack/cluster up --real-node`` (faster when iterating); ``$MODEL_OPERATOR_E2E_STATE_DIR``
     picks where the session's own cluster lives (default: a pytest temp dir).
-    ``$MODEL_OPERATOR_E2E_REAL_NODE=1`` (opt-in) makes ``local-0`` a real kubelet node
-    (``kubetest.node``) instead of the pod runner; ``$MODEL_OPERATOR_E2E_REGISTRIES``
-    (``host=endpoint,...``, e.g. ``127.0.0.1:5000=http://127.0.0.1:5000``) are registries it
-    pulls from over plain HTTP.
     """
     existing = os.environ.get("MODEL_OPERATOR_E2E_CLUSTER")
     if existing:
@@ -62,23 +66,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         return
     try:
         binaries.require()
+        binaries.require([*binaries.NODE_BINARIES])
+        binaries.require_node_tools()
     except binaries.BinariesMissing as e:
         _unavailable(str(e))
     state = os.environ.get("MODEL_OPERATOR_E2E_STATE_DIR") or tmp_path_factory.mktemp("cluster")
-    real = _real_node_requested()
-    registries = dict(r.split("=", 1) for r in os.environ.get("MODEL_OPERATOR_E2E_REGISTRIES", "").split(",") if r)
-    if real:
-        try:
-            binaries.require([*binaries.NODE_BINARIES])
-            binaries.require_node_tools()
-        except binaries.BinariesMissing as e:
-            _unavailable(str(e))
-    c = Cluster(state, real_node=real, registries=registries, startup_timeout=180 if real else 90)
+    c = Cluster(state, real_node=True, registries=_registries(), startup_timeout=180)
     c.start()
     try:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def images(cluster: Cluster) -> dict[str, str]:
+    """The project's images in the local registry, current with the working tree
+    (``{"operator", "worker", "triton"}`` -> reference), pulled onto the real node once per
+    session so no test's deadline pays for the first pull of the multi-GB worker image."""
+    from kubetest import imagebuild, registry
+
+    try:
+        refs = imagebuild.built_images()
+    except imagebuild.ImagesStale as e:
+        _unavailable(str(e))
+    host = registry.ensure_running()
+    if host not in (cluster.info.get("registries") or {}):
+        cluster.add_registry(host, f"http://{host}")
+    for ref in (refs["triton"], refs["worker"], refs["operator"]):
+        cluster.pull(ref)
+    return refs
 
 
 @pytest.fixture(scope="session")

@@ -47,3 +47,17 @@ def test_index_handlers_run_in_the_event_loop() -> None:
     indexers = [h for h in registry._indexing.get_all_handlers()]
     assert len(indexers) == handlers.WATCHED_KINDS - 1  # every kind but ModelDeployments is watched for an index
     assert all(inspect.iscoroutinefunction(h.fn) for h in indexers), [h.id for h in indexers if not inspect.iscoroutinefunction(h.fn)]
+
+
+def test_in_cluster_login_uses_the_service_address_the_kubelet_gives() -> None:
+    """No cluster DNS needed: $KUBERNETES_SERVICE_HOST/PORT replace kubernetes.default.svc."""
+    from model_operator.controller.handlers import in_cluster_address
+
+    info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca")
+    moved = in_cluster_address(info, {"KUBERNETES_SERVICE_HOST": "198.19.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+    assert moved is not None and moved.server == "https://198.19.0.1:443"
+    assert moved.token == "t" and moved.ca_path == "/ca"
+    v6 = in_cluster_address(info, {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
+    assert v6 is not None and v6.server == "https://[fd00::1]:6443"
+    assert in_cluster_address(info, {}) is info
+    assert in_cluster_address(None, {"KUBERNETES_SERVICE_HOST": "198.19.0.1", "KUBERNETES_SERVICE_PORT": "443"}) is None

@@ -3,9 +3,11 @@ reconciler or a builder, and turns the outcome into a status patch and Events.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -38,12 +40,23 @@ def _config(memo: kopf.Memo) -> OperatorConfig:
     return config
 
 
+def in_cluster_address(info: kopf.ConnectionInfo | None, env: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo | None:
+    """kopf's service-account login names the API server `kubernetes.default.svc`, which needs
+    cluster DNS; the kubelet also gives every pod the Service's address in
+    $KUBERNETES_SERVICE_HOST/PORT, which is what client-go uses, so use that when it is there."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if info is None or not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
+
+
 @kopf.on.login()
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """In-cluster token first, else $KUBECONFIG as it is now (the client library reads it only
     when it is imported, which breaks a kubeconfig chosen later, as tests do); served through
     a session with a bounded connection pool (kube/session.py says why)."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = in_cluster_address(kopf.login_with_service_account(**kwargs)) or kopf.login_with_kubeconfig(**kwargs)
     if info is None:
         return None
     config = _config(memo)

@@ -1,8 +1,9 @@
 """The operator under test: `kopf.testing.KopfRunner` running model_operator's handlers against
 the test control plane, with node pools that match the simulated ones and a PVC artifact store.
 
-Pods it creates that must really run (worker Jobs, Triton) land on the local pod runner's node
-`local-0`; GPU and edge pods land on KWOK nodes, where the scheduler's placement is what counts.
+Pods it creates that must really run (worker Jobs, Triton) land on the real node `local-0` as
+containers from the project's own images (the `images` fixture); GPU and edge pods land on KWOK
+nodes, where the scheduler's placement is what counts.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def operator_config(prometheus_url: str, metrics_port: int) -> dict[str, Any]:
+def operator_config(prometheus_url: str, metrics_port: int, images: dict[str, str]) -> dict[str, Any]:
     return {
-        "worker_image": "model-operator-worker:test",
-        "triton_image": "tritonserver:test",
+        "worker_image": images["worker"],
+        "triton_image": images["triton"],
         "artifact_store": {"type": "pvc", "claim": STORE_CLAIM},
         "worker_node_selector": {"node-pool": "local"},
         "worker_tolerations": [LOCAL_TOLERATION],
@@ -56,13 +57,13 @@ def operator_config(prometheus_url: str, metrics_port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers.
     KopfRunner runs in this process, so the variables go into os.environ, and come out again
     after each module's tests (other tests read MODEL_OPERATOR_* configuration too)."""
     cfg_dir = tmp_path_factory.mktemp("operator")
     cfg = cfg_dir / "config.yaml"
-    cfg.write_text(yaml.safe_dump(operator_config(prometheus.url, free_port())))
+    cfg.write_text(yaml.safe_dump(operator_config(prometheus.url, free_port(), images)))
     env = {
         "KUBECONFIG": str(cluster.kubeconfig),
         "MODEL_OPERATOR_CONFIG": str(cfg),
