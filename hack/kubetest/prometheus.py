@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from . import binaries, procs
+from . import binaries, node, procs
 from .wait import wait_for
 
 if TYPE_CHECKING:
@@ -80,19 +80,23 @@ class Prometheus:
     """
 
     def __init__(self, directory: Path, server: str, ca: Path, cert: Path, key: Path,
-                 scrape_interval: str = "2s", port: Optional[int] = None) -> None:
+                 scrape_interval: str = "2s", port: Optional[int] = None, host: str = "127.0.0.1") -> None:
         self.directory = directory
         self.server = server
         self.tls = (ca, cert, key)
         self.scrape_interval = scrape_interval
         self.port = port or procs.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
 
     @classmethod
     def for_cluster(cls, cluster: "Cluster", scrape_interval: str = "2s") -> "Prometheus":
         pki = cluster.pki_dir
+        # With a real node, listen on the node's address: reachable from this machine and from
+        # pods (an operator running as a pod queries it), not from other hosts.
+        host = node.NODE_IP if cluster.real_node else "127.0.0.1"
         return cls(cluster.state_dir / "prometheus", cluster.server, pki / "ca.crt", pki / "admin.crt",
-                   pki / "admin.key", scrape_interval)
+                   pki / "admin.key", scrape_interval, host=host)
 
     @property
     def config_path(self) -> Path:
@@ -106,7 +110,7 @@ class Prometheus:
         log = log or self.directory.parent / "logs" / "prometheus.log"
         proc = procs.spawn([
             str(binary), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.directory / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
+            f"--web.listen-address={self.host}:{self.port}", "--storage.tsdb.retention.time=1d",
             "--web.enable-lifecycle",
         ], log)
         timeout = (deadline - time.monotonic()) if deadline else 30.0

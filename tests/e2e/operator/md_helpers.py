@@ -1,5 +1,5 @@
-"""Small helpers the operator e2e tests share: PVC paths on the local node, the digits model,
-reading ModelDeployments, finding ready Triton pods."""
+"""Small helpers the operator e2e tests share: PVC paths on the real node, the digits model,
+reading ModelDeployments, finding ready Triton pods, the Service clients use."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MODELS_CLAIM = "models"
 
 
 def make_claim(core_api: Any, namespace: str, name: str) -> Path:
-    """A PVC bound by the local runner's provisioner; returns its directory on this machine."""
+    """A PVC bound by the test cluster's hostPath provisioner; returns its directory on this machine."""
     core_api.create_namespaced_persistent_volume_claim(
         namespace,
         client.V1PersistentVolumeClaim(
@@ -167,8 +167,8 @@ def drifted_copy(path: Path, scale: float = -1.0) -> None:
 
 
 class Load:
-    """A bounded request loop against Triton pods (loopback-routed pod IPs), counting answers
-    and errors. `endpoints` is a list, or a function returning the current list (as a Service's
+    """A bounded request loop against Triton (a Service's ClusterIP, or pod IPs), counting
+    answers and errors. `endpoints` is a list, or a function returning the current list (as a Service's
     endpoints change); requests go round-robin. Inputs are random images times `scale`. With
     `on_off=(on, off)` the load is a square wave: `on` seconds of requests, `off` seconds of none."""
 
@@ -224,6 +224,14 @@ class Load:
     def stop(self) -> None:
         self.stop_flag.set()
         self.thread.join(timeout=30)
+
+
+def service_endpoint(core_api: Any, namespace: str, name: str, port: int = 8000) -> str:
+    """The ModelDeployment's Service as users reach it: its ClusterIP, routed by kube-proxy to the
+    ready Triton pods of every track."""
+    svc = core_api.read_namespaced_service(name, namespace)
+    assert svc.spec.cluster_ip and svc.spec.cluster_ip != "None", f"Service {namespace}/{name} has no ClusterIP"
+    return f"{svc.spec.cluster_ip}:{port}"
 
 
 def pod_endpoints(core_api: Any, namespace: str, name: str, track: str | None = None) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from kubetest.wait import wait_for
 from md_helpers import (
     MODELS_CLAIM, STORE_CLAIM, Load, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
-    wait_phase,
+    service_endpoint, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -42,11 +42,11 @@ def digits_ready(start_operator: Any, namespace: str, core_api: Any, custom_api:
 
 def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, core_api: Any, custom_api: Any, prometheus: Any) -> None:
     digits_ready()
-    pod = ready_triton_pods(core_api, namespace, "digits")[0]
+    assert ready_triton_pods(core_api, namespace, "digits")
     # Prometheus must see the pod before load means anything.
     wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
 
-    with Load(f"{pod.status.pod_ip}:8000", seconds=240) as load:
+    with Load(service_endpoint(core_api, namespace, "digits-triton"), seconds=240) as load:
         md = wait_for(
             lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] > 1 and m,
             timeout=120, interval=1, message="a scale-up decision",

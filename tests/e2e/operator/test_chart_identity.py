@@ -1,21 +1,21 @@
-"""The digits example end to end with the operator installed by the chart and authenticated only
-as the chart's ServiceAccount: the real worker Job, the real Triton pods, status, Events, the
-finalizer's cleanup Job. Any permission the chart's RBAC lacks shows up as a 403 in the
-operator's log or as a flow that never finishes."""
+"""The digits example end to end with the operator installed by the chart, as a user installs it:
+the chart's Deployment runs the operator image (two replicas, kopf peering) on the real node,
+authenticated only by its ServiceAccount's token; the real worker Job, the real Triton pods,
+status, Events, the finalizer's cleanup Job. Any permission the chart's RBAC lacks shows up as a
+403 in the operator's log (read with `kubectl logs`, as a user would) or as a flow that never
+finishes."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from chart_helpers import OperatorProcess, base_values, http_ok
 from md_helpers import (
     LOCAL_TOLERATION, MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits,
-    ready_triton_pods, wait_phase,
+    ready_triton_pods, service_endpoint, wait_phase,
 )
 from kubetest.wait import wait_for
 from model_operator.triton.client import infer
@@ -25,81 +25,105 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "4Gi"}}
 
 
-def chart_values(watched: str, prometheus_url: str) -> dict[str, Any]:
-    """The chart's values for this cluster: the local pod runner's node as the `local` pool, the
-    PVC artifact store, the test Prometheus."""
+def image_values(ref: str) -> dict[str, str]:
+    repository, tag = ref.rsplit(":", 1)
+    return {"repository": repository, "tag": tag}
+
+
+def chart_values(watched: str, prometheus_url: str, images: dict[str, str]) -> dict[str, Any]:
+    """The chart's values for this cluster: the images from the local registry, the operator's
+    pods and the `local` pool on the real node, the PVC artifact store, the test Prometheus."""
     return {
-        **base_values(watched),
-        "operator": {"nodeSelector": {"node-pool": "cpu"}, "finalizerTimeoutSeconds": 120},
+        "watchNamespaces": [watched],
+        "image": image_values(images["operator"]),
+        "operator": {"nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION], "finalizerTimeoutSeconds": 120,
+                     "reconcileIntervalSeconds": 2},
+        "worker": {"image": image_values(images["worker"]), "nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION],
+                   "resources": SMALL},
+        "triton": {"image": image_values(images["triton"])},
         "artifactStore": {"type": "pvc", "pvc": {"claim": STORE_CLAIM}},
-        "worker": {"nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION], "resources": SMALL},
         "nodePools": {"local": {"nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION], "resources": SMALL}},
         "defaultNodePool": {"cloud": "local", "edge": "local"},
         "prometheus": {"url": prometheus_url, "timeoutSeconds": 2, "window": "20s"},
     }
 
 
-def test_digits_flow_as_the_chart_service_account(
-    release: Any, watched: str, prometheus: Any, custom_api: Any, core_api: Any, apps_api: Any, batch_api: Any,
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+def operator_logs(kubectl: Any, release: Any) -> dict[str, str]:
+    """Each operator pod's log, by pod name, through the kubelet (`kubectl logs`)."""
+    pods = kubectl("get", "pods", "-n", release.namespace, "-l", f"app.kubernetes.io/instance={release.name}",
+                   "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    return {p: kubectl("logs", p, "-n", release.namespace, check=False).stdout for p in pods}
+
+
+def test_digits_flow_with_the_chart_installed_operator(
+    release: Any, watched: str, prometheus: Any, images: dict[str, str], kubectl: Any, custom_api: Any, core_api: Any,
+    apps_api: Any, batch_api: Any, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     cache = tmp_path_factory.getbasetemp()
     models = make_claim(core_api, watched, MODELS_CLAIM)
     store = make_claim(core_api, watched, STORE_CLAIM)
     put_digits(models, cache)
-    release.values = chart_values(watched, prometheus.url)
-    release.install()
+    release.values = chart_values(watched, prometheus.url, images)
+    release.install()  # --wait: both operator pods Ready (liveness and readiness through the kubelet)
 
-    op = OperatorProcess(release, "operator-0", tmp_path)
-    with op:
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{op.liveness}/healthz") or not op.alive(), timeout=60,
-                 message="the operator's liveness endpoint")
-        assert op.alive(), op.log()
-        create_md(custom_api, watched, digits_md("digits"))
+    pods = core_api.list_namespaced_pod(release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}").items
+    assert len(pods) == 2 and {p.spec.node_name for p in pods} == {"local-0"}, [(p.metadata.name, p.spec.node_name) for p in pods]
+    for pod in pods:
+        assert pod.spec.containers[0].image == images["operator"]
+        assert all(c.ready for c in pod.status.container_statuses), pod.status.container_statuses
+    # A user's first look: the Deployment's log, through the kubelet.
+    first = kubectl("logs", f"deploy/{release.fullname}", "-n", release.namespace).stdout
+    assert "kopf" in first.lower() or "model-operator" in first.lower(), first[-2000:]
+
+    create_md(custom_api, watched, digits_md("digits"))
+    try:
+        md = wait_phase(custom_api, watched, "digits", "Ready", timeout=420)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator logs:\n{operator_logs(kubectl, release)}") from None
+    assert condition(md, "OptimizationSucceeded")["status"] == "True"
+    assert condition(md, "Available")["status"] == "True"
+    artifact = md["status"]["artifact"]
+    assert (store / watched / "digits" / artifact["specHash"] / "COMPLETE").exists()
+
+    # The worker and Triton pods carry the chart's workload identity and security context.
+    pods = ready_triton_pods(core_api, watched, "digits")
+    assert len(pods) == 1 and pods[0].spec.node_name == "local-0"
+    sc = pods[0].spec.security_context
+    assert sc.run_as_non_root and sc.run_as_user == 1000 and sc.seccomp_profile.type == "RuntimeDefault"
+    for c in [*pods[0].spec.init_containers, *pods[0].spec.containers]:
+        assert c.security_context.read_only_root_filesystem and c.security_context.capabilities.drop == ["ALL"], c.name
+
+    data = np.load(digits_files(cache) / "validation.npz")
+    key = next(k for k in data.files if k not in ("labels", "targets"))
+    x = data[key][:16].astype(np.float32)
+    original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).argmax(1).numpy()
+    answer = infer(service_endpoint(core_api, watched, "digits-triton"), "digits", {"input": x}, ["logits"])
+    assert float((answer["logits"].argmax(1) == expected).mean()) >= 0.9
+
+    # Events were written under the ServiceAccount's identity.
+    reasons = {e.reason for e in core_api.list_namespaced_event(watched).items if e.involved_object.name == "digits"}
+    assert "JobSucceeded" in reasons, reasons
+
+    # Delete: the finalizer's cleanup Job removes the artifacts, then the object goes.
+    custom_api.delete_namespaced_custom_object("serving.model-operator.io", "v1alpha1", watched, "modeldeployments", "digits")
+
+    def gone() -> bool:
         try:
-            md = wait_phase(custom_api, watched, "digits", "Ready", timeout=420)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\noperator log:\n{op.log()[-4000:]}") from None
-        assert condition(md, "OptimizationSucceeded")["status"] == "True"
-        assert condition(md, "Available")["status"] == "True"
-        artifact = md["status"]["artifact"]
-        assert (store / watched / "digits" / artifact["specHash"] / "COMPLETE").exists()
+            get_md(custom_api, watched, "digits")
+            return False
+        except Exception:  # noqa: BLE001 - ApiException 404
+            return True
 
-        # The worker and Triton pods carry the chart's workload identity and security context.
-        pods = ready_triton_pods(core_api, watched, "digits")
-        assert len(pods) == 1 and pods[0].spec.node_name == "local-0"
-        sc = pods[0].spec.security_context
-        assert sc.run_as_non_root and sc.run_as_user == 1000 and sc.seccomp_profile.type == "RuntimeDefault"
-        for c in [*pods[0].spec.init_containers, *pods[0].spec.containers]:
-            assert c.security_context.read_only_root_filesystem and c.security_context.capabilities.drop == ["ALL"], c.name
-
-        data = np.load(digits_files(cache) / "validation.npz")
-        key = next(k for k in data.files if k not in ("labels", "targets"))
-        x = data[key][:16].astype(np.float32)
-        original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
-        with torch.no_grad():
-            expected = original(torch.from_numpy(x)).argmax(1).numpy()
-        answer = infer(f"{pods[0].status.pod_ip}:8000", "digits", {"input": x}, ["logits"])
-        assert float((answer["logits"].argmax(1) == expected).mean()) >= 0.9
-
-        # Events were written under the ServiceAccount's identity.
-        reasons = {e.reason for e in core_api.list_namespaced_event(watched).items if e.involved_object.name == "digits"}
-        assert "JobSucceeded" in reasons, reasons
-
-        # Delete: the finalizer's cleanup Job removes the artifacts, then the object goes.
-        custom_api.delete_namespaced_custom_object("serving.model-operator.io", "v1alpha1", watched, "modeldeployments", "digits")
-
-        def gone() -> bool:
-            try:
-                get_md(custom_api, watched, "digits")
-                return False
-            except Exception:  # noqa: BLE001 - ApiException 404
-                return True
-
-        wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
-        wait_for(lambda: not apps_api.list_namespaced_deployment(watched).items, timeout=120, message="Deployments garbage-collected")
-        assert not (store / watched / "digits").exists(), "artifacts left in the store"
-        assert op.alive(), op.log()[-4000:]
-    log = op.log()
-    for marker in ("403", "Forbidden", "forbidden"):
-        assert marker not in log, f"the operator was refused something:\n{log[-4000:]}"
+    wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
+    wait_for(lambda: not apps_api.list_namespaced_deployment(watched).items, timeout=120, message="Deployments garbage-collected")
+    assert not (store / watched / "digits").exists(), "artifacts left in the store"
+    logs = operator_logs(kubectl, release)
+    assert any("digits" in text for text in logs.values()), logs
+    for pod, text in logs.items():
+        for marker in ("403", "Forbidden", "forbidden"):
+            assert marker not in text, f"{pod} was refused something:\n{text[-4000:]}"
+    restarts = {p.metadata.name: sum(c.restart_count for c in p.status.container_statuses)
+                for p in core_api.list_namespaced_pod(release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}").items}
+    assert set(restarts.values()) == {0}, restarts

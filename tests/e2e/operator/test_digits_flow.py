@@ -1,6 +1,7 @@
 """The digits example end to end on the real control plane: apply -> a Job runs the real worker
-on the local pod runner -> the artifact lands in the store -> a Triton Deployment serves it ->
-Ready with the endpoint -> Triton answers like the original model -> delete -> all gone."""
+image on the real node -> the artifact lands in the store -> a Triton Deployment (the test Triton
+image, the worker image's `assemble` init container) serves it -> Ready with the endpoint ->
+Triton answers like the original model through the Service -> delete -> all gone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from md_helpers import (
-    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits, ready_triton_pods, wait_phase,
+    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
+    service_endpoint, wait_phase,
 )
 from kubetest.wait import wait_for
 from model_operator.triton.client import infer
@@ -20,8 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_digits_end_to_end(
-    start_operator: Any, namespace: str, custom_api: Any, core_api: Any, apps_api: Any, batch_api: Any,
-    tmp_path_factory: pytest.TempPathFactory,
+    start_operator: Any, namespace: str, custom_api: Any, core_api: Any, apps_api: Any, batch_api: Any, kubectl: Any,
+    images: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     cache = tmp_path_factory.getbasetemp()
     models = make_claim(core_api, namespace, MODELS_CLAIM)
@@ -50,16 +52,24 @@ def test_digits_end_to_end(
     jobs = batch_api.list_namespaced_job(namespace, label_selector="serving.model-operator.io/deployment=digits").items
     assert [j.metadata.name for j in jobs if j.metadata.labels.get("app.kubernetes.io/component") == "optimizer"] == [f"digits-opt-{spec_hash}"]
 
-    # Triton on the local node answers with the original model's classes.
+    # The worker ran from the worker image; its log is where a user looks first.
+    job_log = kubectl("logs", f"job/digits-opt-{spec_hash}", "-n", namespace).stdout
+    assert job_log.strip(), "kubectl logs of the optimization Job is empty"
+
+    # Triton on the real node, from the images the operator was configured with, answers with the
+    # original model's classes through the Service.
     pods = ready_triton_pods(core_api, namespace, "digits")
     assert len(pods) == 1 and pods[0].spec.node_name == "local-0"
+    assert {c.image for c in pods[0].spec.containers} >= {images["triton"]}
+    assert {c.image for c in pods[0].spec.init_containers} == {images["worker"]}
+    assert all(c.ready for c in pods[0].status.container_statuses)
     data = np.load(digits_files(cache) / "validation.npz")
     key = next(k for k in data.files if k not in ("labels", "targets"))
     x = data[key][:16].astype(np.float32)
     original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
     with torch.no_grad():
         expected = original(torch.from_numpy(x)).argmax(1).numpy()
-    answer = infer(f"{pods[0].status.pod_ip}:8000", "digits", {"input": x}, ["logits"])
+    answer = infer(service_endpoint(core_api, namespace, "digits-triton"), "digits", {"input": x}, ["logits"])
     agreement = float((answer["logits"].argmax(1) == expected).mean())
     assert agreement >= 0.9, agreement
 

@@ -2,7 +2,8 @@
 
 The operator runs as a real process (`model-operator run --namespace <test namespace>`), so it
 can be killed with SIGKILL. Serving pods that only need to exist land on the KWOK gpu pool;
-the worker Jobs and the Triton pods that must answer run on the local pod runner.
+the worker Jobs and the Triton pods that must answer run as containers on the real node, and
+clients reach them through the Service, as users do.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 from kubetest.wait import wait_for
 from md_helpers import (
     GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, OperatorProcess, condition, create_md, digits_md, get_md, make_claim,
-    pod_endpoints, put_digits, wait_phase,
+    put_digits, service_endpoint, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -124,7 +125,7 @@ def test_operator_killed_twenty_times_converges_with_one_job_per_spec(
 
 
 def test_worker_killed_mid_run_is_retried_and_no_partial_artifact_is_used(
-    store: Path, operator: Any, cluster: Any, namespace: str, custom_api: Any, core_api: Any, batch_api: Any,
+    store: Path, operator: Any, cluster: Any, kubectl: Any, namespace: str, custom_api: Any, core_api: Any, batch_api: Any,
 ) -> None:
     op = operator().start()
     # A search over several recipes keeps the worker busy for a few seconds.
@@ -134,18 +135,19 @@ def test_worker_killed_mid_run_is_retried_and_no_partial_artifact_is_used(
     }, data={"validation": {"uri": "pvc://models/validation.npz", "samples": 200},
              "calibration": {"uri": "pvc://models/calibration.npz", "samples": 64}}))
 
-    def running_worker() -> tuple[int, Path] | None:
+    def running_worker() -> tuple[str, str] | None:
         pods = core_api.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=optimizer").items
         for pod in pods:
             for c in pod.status.container_statuses or []:
                 if c.state.running and c.container_id:
-                    return int(c.container_id.split("://", 1)[1]), Path(cluster.state_dir) / "pods" / f"{namespace}_{pod.metadata.name}_worker.log"
+                    return pod.metadata.name, c.container_id
         return None
 
-    pid, log = wait_for(running_worker, timeout=120, interval=0.2, message="the worker running")
+    pod, container_id = wait_for(running_worker, timeout=300, interval=0.2, message="the worker running")
     # Kill it in the middle of the candidate search: after loading, before anything is published.
-    wait_for(lambda: "step 5/8" in log.read_text(errors="replace"), timeout=60, interval=0.1, message="the worker's candidate step")
-    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "step 5/8" in kubectl("logs", pod, "-n", namespace, check=False).stdout, timeout=120, interval=0.2,
+             message="the worker's candidate step")
+    os.kill(cluster.container_pid(container_id), signal.SIGKILL)
 
     md = wait_phase(custom_api, namespace, "retry", "Ready", timeout=400)
     digest = md["status"]["artifact"]["specHash"]
@@ -163,7 +165,7 @@ def test_artifact_altered_in_the_store_is_refused(
     operator().start()
     create_md(custom_api, namespace, digits_md("tamper", model=ONNX_MODEL, optimization=AS_IS))
     md = wait_phase(custom_api, namespace, "tamper", "Ready", timeout=300)
-    served = pod_endpoints(core_api, namespace, "tamper")
+    served = service_endpoint(core_api, namespace, "tamper-triton")
     digest = md["status"]["artifact"]["specHash"]
     (model_file,) = [p for p in (store / namespace / "tamper" / digest).rglob("*.onnx")]
     with open(model_file, "ab") as fh:
@@ -175,7 +177,8 @@ def test_artifact_altered_in_the_store_is_refused(
     degraded = condition(md, "Degraded")
     assert degraded["reason"] == "ArtifactRejected" and "refusing to serve" in degraded["message"], degraded
     assert md["status"]["phase"] == "Degraded" and md["status"]["readyReplicas"] == 1
-    # The pod that verified the artifact before it was altered keeps serving.
+    # The pod that verified the artifact before it was altered keeps serving: the Service sends
+    # nothing to the refused one, which never becomes ready.
     with Load(served, seconds=5, model="tamper") as load:
         load.thread.join(timeout=20)
     assert load.sent > 0 and load.failed == 0
@@ -265,7 +268,7 @@ def test_update_whose_pods_never_become_ready_is_rolled_back_and_clients_see_no_
     md = wait_phase(custom_api, namespace, "crash", "Ready", timeout=300)
     good = md["status"]["rollout"]["stable"]["revision"]
     root = store / namespace / "crash"
-    with Load(lambda: pod_endpoints(core_api, namespace, "crash"), seconds=400, pause=0.05, model="crash") as load:
+    with Load(service_endpoint(core_api, namespace, "crash-triton"), seconds=400, pause=0.05, model="crash") as load:
         patch_spec(custom_api, namespace, "crash", {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
         new = wait_for(lambda: next((d for d in root.iterdir() if d.name != good and (d / "COMPLETE").exists()), None),
                        timeout=300, interval=0.02, message="the new artifact published")

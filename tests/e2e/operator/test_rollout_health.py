@@ -1,8 +1,8 @@
-"""Health, canary and rollback on the real stack: Triton pods on the local pod runner, the real
-Prometheus scraping them, the operator reading both.
+"""Health, canary and rollback on the real stack: Triton pods as containers on the real node, the
+real Prometheus scraping them, the operator reading both, clients going through the Service.
 
-- a canary whose model returns errors is rolled back, and the stable track keeps serving with
-  no failed request;
+- a canary whose model returns errors takes its share of the Service's traffic (that is what a
+  canary is for: real requests), is rolled back, and afterwards every request succeeds;
 - a steady fleet whose error ratio breaks monitoring.maxErrorRatio is Degraded, and recovers;
 - the golden-set probe catches a served model whose answers changed;
 - an oscillating load makes the fleet scale up once, never flap down and up.
@@ -21,7 +21,7 @@ import pytest
 from kubetest.wait import wait_for
 from md_helpers import (
     GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, condition, create_md, digits_md, drifted_copy, erroring_digits,
-    get_md, make_claim, pod_endpoints, put_digits, ready_triton_pods, wait_phase,
+    get_md, make_claim, pod_endpoints, put_digits, ready_triton_pods, service_endpoint, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,7 +52,16 @@ def events(core_api: Any, namespace: str, name: str, reason: str) -> list[Any]:
     return [e for e in core_api.list_namespaced_event(namespace).items if e.involved_object.name == name and e.reason == reason]
 
 
-def test_canary_with_errors_is_rolled_back_and_stable_keeps_serving(
+def service_pod_ips(core_api: Any, namespace: str, service: str) -> set[str]:
+    """The ready endpoints kube-proxy routes the Service to."""
+    from kubernetes import client
+
+    slices = client.DiscoveryV1Api(core_api.api_client).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}").items
+    return {a for sl in slices for ep in sl.endpoints or [] if ep.conditions and ep.conditions.ready for a in ep.addresses}
+
+
+def test_canary_with_errors_is_rolled_back_and_then_every_request_succeeds(
     models: Path, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, apps_api: Any, prometheus: Any,
 ) -> None:
     start_operator()
@@ -64,19 +73,22 @@ def test_canary_with_errors_is_rolled_back_and_stable_keeps_serving(
     assert len(stable) == 1
     wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
 
-    # Clients keep using the stable pod through the whole canary, as they would through the Service.
-    with Load(stable, seconds=400, pause=0.05, model="canary") as stable_load:
+    # Users' requests go to the Service. Their inputs are ones the stable model answers and the
+    # new model cannot (its lookup fails above 20), so every failure is a request the canary took.
+    with Load(service_endpoint(core_api, namespace, "canary-triton"), seconds=500, scale=50.0, pause=0.05, model="canary") as load:
+        wait_for(lambda: load.sent > 20, timeout=60, message="answers from the stable track")
+        assert load.failed == 0, load.errors
         patch_spec(custom_api, namespace, "canary", {"model": {**ONNX_MODEL, "uri": "pvc://models/digits-bad.onnx"}})
-        canary = wait_for(lambda: pod_endpoints(core_api, namespace, "canary", "canary"), timeout=300, interval=1,
-                          message="the canary pod Ready")
+        wait_for(lambda: pod_endpoints(core_api, namespace, "canary", "canary"), timeout=300, interval=1,
+                 message="the canary pod Ready")
         md = get_md(custom_api, namespace, "canary")
         assert md["status"]["rollout"]["canary"]["revision"] != stable_revision
         assert condition(md, "RolledBack")["reason"] == "Analysing"
-        # The canary's share of traffic: requests its model cannot answer.
-        with Load(canary, seconds=300, scale=50.0, pause=0.05, model="canary") as canary_load:
-            md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "canary"), "RolledBack").get("status") == "True" and m,
-                          timeout=240, interval=1, message="RolledBack=True")
-        assert canary_load.failed > 0 and canary_load.sent == 0, (canary_load.sent, canary_load.errors[-3:])
+        sent_before = load.sent
+        md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "canary"), "RolledBack").get("status") == "True" and m,
+                      timeout=300, interval=1, message="RolledBack=True")
+        # Both tracks took traffic through the Service while the canary ran.
+        assert load.failed > 0 and load.sent > sent_before, (load.sent, load.failed, load.errors[-3:])
         rolled = condition(md, "RolledBack")
         assert rolled["reason"] == "ErrorRatioBreached", rolled
         assert "error ratio" in rolled["message"] and stable_revision in rolled["message"]
@@ -85,10 +97,15 @@ def test_canary_with_errors_is_rolled_back_and_stable_keeps_serving(
         wait_for(lambda: events(core_api, namespace, "canary", "RolledBack"), timeout=30, message="the RolledBack Event")
         wait_for(lambda: not [d for d in apps_api.list_namespaced_deployment(namespace).items if d.metadata.name.endswith("-canary")],
                  timeout=60, message="the canary Deployment removed")
-        # The stable track kept serving afterwards too.
-        sent_before = stable_load.sent
-        wait_for(lambda: stable_load.sent > sent_before + 20, timeout=60, message="more answers from the stable pod")
-    assert stable_load.failed == 0 and stable_load.sent > 100, (stable_load.sent, stable_load.errors)
+        stable_ips = {e.split(":")[0] for e in stable}
+        wait_for(lambda: service_pod_ips(core_api, namespace, "canary-triton") == stable_ips, timeout=60, interval=0.5,
+                 message="the Service's endpoints are the stable pod only")
+        # kube-proxy follows the EndpointSlice within a sync; from then on nothing fails.
+        mark = load.sent
+        wait_for(lambda: load.sent > mark + 20, timeout=60, message="answers after the rollback")
+        failed, sent = load.failed, load.sent
+        wait_for(lambda: load.sent > sent + 100, timeout=120, message="more answers after the rollback")
+        assert load.failed == failed, load.errors[-5:]
     md = wait_phase(custom_api, namespace, "canary", "Ready", timeout=60)
     assert md["spec"]["model"]["uri"].endswith("digits-bad.onnx")  # the spec is the user's; status says what serves
 
@@ -101,7 +118,7 @@ def test_error_ratio_above_the_objective_degrades_and_recovers(
     create_md(custom_api, namespace, digits_md("health", model=bad_model, optimization=AS_IS,
                                                monitoring={"goldenProbe": {"enabled": False}, "maxErrorRatio": 0.1}))
     wait_phase(custom_api, namespace, "health", "Ready", timeout=300)
-    endpoint = pod_endpoints(core_api, namespace, "health")
+    endpoint = service_endpoint(core_api, namespace, "health-triton")
     wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
     with Load(endpoint, seconds=120, scale=50.0, pause=0.05, model="health"):
         md = wait_phase(custom_api, namespace, "health", "Degraded", timeout=100)
@@ -130,11 +147,11 @@ def test_golden_probe_catches_a_model_whose_answers_changed(
     # Someone (or a bad disk) changes the model under the running server; the container restarts
     # and loads it. The artifact store still holds the right one: only the live answers drifted.
     (pod,) = ready_triton_pods(core_api, namespace, "golden")
-    repo = Path(cluster.state_dir) / "runner" / f"{namespace}_{pod.metadata.name}_{pod.metadata.uid[:8]}" / "volumes" / "models"
+    repo = cluster.pod_volume_dir(pod.metadata.uid, "models")
     (served,) = list(repo.rglob("*.onnx"))
     drifted_copy(served)
     container = next(c for c in pod.status.container_statuses if c.name == "triton")
-    os.kill(int(container.container_id.split("://", 1)[1]), signal.SIGKILL)
+    os.kill(cluster.container_pid(container.container_id), signal.SIGKILL)
 
     def restarted() -> bool:
         live = core_api.read_namespaced_pod(pod.metadata.name, namespace)
@@ -164,7 +181,7 @@ def test_oscillating_load_does_not_make_replicas_flap(
 
     # Five cycles of 10 s of load and 10 s of silence, against whatever pods are ready.
     started = time.time()
-    with Load(lambda: pod_endpoints(core_api, namespace, "wave"), seconds=100, pause=0.01, on_off=(10, 10), model="wave") as load:
+    with Load(service_endpoint(core_api, namespace, "wave-triton"), seconds=100, pause=0.01, on_off=(10, 10), model="wave") as load:
         load.thread.join(timeout=160)
     ended = time.time()
     assert load.failed == 0 and load.sent > 100, (load.sent, load.errors)

@@ -1,5 +1,5 @@
 """Credentials never reach logs, Events, status or reports. A full digits run with the S3
-artifact store (a moto server on loopback) and credentials the test made up: the worker, the
+artifact store (a moto server on the real node's address, where pods reach it) and credentials the test made up: the worker, the
 Triton `assemble` container, the golden probe and the cleanup Job all receive them (envFrom a
 Secret); afterwards every log, Event, status, pod termination message and stored report is
 searched for them. Also the S3 store end to end in the cluster."""
@@ -27,7 +27,9 @@ def s3() -> Any:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    from kubetest.node import NODE_IP
+
+    server = ThreadedMotoServer(ip_address=NODE_IP, port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
@@ -97,8 +99,10 @@ def test_no_credential_reaches_logs_events_status_or_reports(
         "operator log": op.text(),
         "events": "\n".join(f"{e.reason} {e.message}" for e in events),
         "status, reports, termination messages, Jobs": "\n".join(snapshots),
-        "pod logs": "\n".join(p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "pods").glob(f"{namespace}_*.log")),
-        "pod runner log": (Path(cluster.state_dir) / "logs" / "podrunner.log").read_text(errors="replace"),
+        # The kubelet's container logs (what `kubectl logs` reads), every container of every pod.
+        "pod logs": "\n".join(p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "pods").glob(f"{namespace}_*/*/*.log")),
+        "kubelet and containerd logs": "\n".join(
+            p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "logs").glob("*.log") if p.stem in ("kubelet", "containerd")),
     }
     assert len(sources["pod logs"]) > 1000 and "published s3://artifacts/mo/" in sources["pod logs"]
     leaks = [(where, value[:6] + "…") for where, text in sources.items() for value in known if value in text]
