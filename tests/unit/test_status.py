@@ -40,14 +40,25 @@ def test_summarize_pod_reads_unschedulable_crashloop_oom_and_messages() -> None:
         containerStatuses=[{
             "name": "triton", "restartCount": 4,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 1, "reason": "OOMKilled", "message": "failed to load model"}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "failed to load model"}},
         }],
     )
+    pod["spec"] = {"containers": [{"name": "triton", "resources": {"limits": {"memory": "64Mi"}}}]}
     s = st.summarize_pod(pod)
-    reasons = [p["reason"] for p in s["problems"]]
-    assert reasons == ["CrashLoopBackOff", "OOMKilled"] and s["restarts"] == 4
-    assert "failed to load model" in s["problems"][0]["message"]
+    # The out-of-memory kill is the cause, reported instead of the crash loop it causes.
+    (problem,) = s["problems"]
+    assert problem["reason"] == "OOMKilled" and s["restarts"] == 4
+    assert "(64Mi)" in problem["message"] and "restarted 4 times" in problem["message"] and "triton" in problem["message"]
     assert s["terminationMessages"] == ["failed to load model"]
+
+
+def test_a_crash_loop_without_an_oom_kill_stays_a_crash_loop() -> None:
+    pod = _pod(phase="Running", containerStatuses=[{
+        "name": "triton", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "failed to load model"}},
+    }])
+    (problem,) = st.summarize_pod(pod)["problems"]
+    assert problem["reason"] == "CrashLoopBackOff" and "failed to load model" in problem["message"]
 
 
 def test_a_refused_artifact_is_the_reason_not_the_crash_loop_it_causes() -> None:

@@ -93,7 +93,15 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
         waiting = state.get("waiting") or {}
         # The assemble init container refusing the artifact is the cause; its crash loop is the symptom.
         refused = cs.get("name") == "assemble" and any((t or {}).get("exitCode") for t in (state.get("terminated"), last.get("terminated")))
-        if waiting.get("reason") in BAD_WAITING and not refused:
+        # An out-of-memory kill is the cause; the crash loop it leads to is the symptom.
+        oom = any((t or {}).get("reason") == "OOMKilled" for t in (state.get("terminated"), last.get("terminated")))
+        if oom:
+            limit = _memory_limit(spec, cs.get("name"))
+            problems.append({"reason": "OOMKilled", "message": (
+                f"container {cs.get('name')} was killed for using more memory than its limit"
+                + (f" ({limit})" if limit else "") + f"; restarted {cs.get('restartCount') or 0} times"
+            )})
+        if waiting.get("reason") in BAD_WAITING and not refused and not oom:
             detail = (last.get("terminated") or {}).get("message") or waiting.get("message") or ""
             problems.append({"reason": waiting["reason"], "message": f"container {cs.get('name')}: {detail}".strip()})
         for term in (state.get("terminated"), last.get("terminated")):
@@ -102,7 +110,7 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
             if term.get("message"):
                 messages.append(term["message"])
             if term.get("reason") == "OOMKilled":
-                problems.append({"reason": "OOMKilled", "message": f"container {cs.get('name')} ran out of memory"})
+                continue
             elif term.get("exitCode") and cs.get("name") == "assemble":
                 problems.append({"reason": "ArtifactRejected", "message": (term.get("message") or "").strip()})
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
@@ -118,6 +126,13 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "terminationMessages": messages,
         "problems": problems,
     }
+
+
+def _memory_limit(spec: dict[str, Any], container: str | None) -> str | None:
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if c.get("name") == container:
+            return ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
 
 
 def parse_summary(message: str) -> dict[str, Any] | None:
