@@ -1,20 +1,17 @@
 """The test control plane itself: what the operator's e2e tests rely on really happens.
 
 Real API server validation (CEL, subresources), real scheduling onto the KWOK
-pools, real garbage collection, pods that really run on the local node, and a
-real Prometheus scraping them.
+pools, real garbage collection. The real node (kubelet, containers, Services,
+logs, Prometheus scraping pods) has its own tests in test_cluster_realnode.py.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetest.wait import wait_for
@@ -22,10 +19,9 @@ from kubetest.wait import wait_for
 pytestmark = pytest.mark.e2e
 
 GROUP = "test.model-operator.io"
-LOCAL_PLACEMENT = {
-    "nodeSelector": {"model-operator.io/local-runner": "true"},
-    "tolerations": [{"key": "model-operator.io/local", "operator": "Exists", "effect": "NoSchedule"}],
-}
+# Test namespaces enforce the `restricted` Pod Security level, so every pod here is restricted too.
+RESTRICTED_POD = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}}
+RESTRICTED_CONTAINER = {"securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
 GPU_PLACEMENT = {
     "nodeSelector": {"node-pool": "gpu"},
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -175,8 +171,8 @@ def test_status_and_scale_subresources(widget_crd: Any, custom_api: Any, namespa
 
 def test_gpu_deployment_lands_on_gpu_pool_and_becomes_available(apps_api: Any, core_api: Any, namespace: str) -> None:
     labels = {"app": "gpu-infer"}
-    spec = {**GPU_PLACEMENT, "containers": [{
-        "name": "server", "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+    spec = {**GPU_PLACEMENT, **RESTRICTED_POD, "containers": [{
+        "name": "server", "image": "tritonserver:24.08-py3", **RESTRICTED_CONTAINER,
         "resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "1", "memory": "1Gi"}},
     }]}
     apps_api.create_namespaced_deployment(namespace, _deployment("gpu-infer", labels, spec, replicas=2))
@@ -190,8 +186,8 @@ def test_gpu_deployment_lands_on_gpu_pool_and_becomes_available(apps_api: Any, c
 
 def test_pod_asking_for_16_gpus_stays_pending_unschedulable(core_api: Any, namespace: str) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "greedy"},
-           "spec": {**GPU_PLACEMENT, "containers": [{
-               "name": "c", "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+           "spec": {**GPU_PLACEMENT, **RESTRICTED_POD, "containers": [{
+               "name": "c", "image": "tritonserver:24.08-py3", **RESTRICTED_CONTAINER,
                "resources": {"limits": {"nvidia.com/gpu": 16}}}]}}
     core_api.create_namespaced_pod(namespace, pod)
 
@@ -207,71 +203,10 @@ def test_pod_asking_for_16_gpus_stays_pending_unschedulable(core_api: Any, names
     assert "nvidia.com/gpu" in cond.message, cond.message
 
 
-def test_job_on_local_node_runs_and_reports_termination_message(
-    batch_api: Any, core_api: Any, namespace: str, tmp_path: Path
-) -> None:
-    out_dir = tmp_path / "job-out"
-    script = (
-        "import os, socket\n"
-        "open('/work/result.txt', 'w').write('ran in ' + os.environ['POD_NAME'] + ' as ' + socket.gethostname())\n"
-        "open('/dev/termination-log', 'w').write('done: 42 ' + os.environ['GREETING'])\n"
-    )
-    job = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "worker"},
-        "spec": {"backoffLimit": 0, "template": {"spec": {
-            **LOCAL_PLACEMENT,
-            "restartPolicy": "Never",
-            "volumes": [{"name": "work", "hostPath": {"path": str(out_dir), "type": "DirectoryOrCreate"}}],
-            "containers": [{
-                "name": "worker", "image": "ghcr.io/example/model-operator:dev",
-                "command": ["python", "-c", script],
-                "env": [
-                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "WHO", "value": "world"},
-                    {"name": "GREETING", "value": "hello $(WHO)"},
-                ],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-            }],
-        }}},
-    }
-    batch_api.create_namespaced_job(namespace, job)
-
-    def complete() -> bool:
-        j = batch_api.read_namespaced_job("worker", namespace)
-        conds = {c.type: c.status for c in (j.status.conditions or [])}
-        assert conds.get("Failed") != "True", f"job failed: {j.status}"
-        return conds.get("Complete") == "True"
-
-    wait_for(complete, timeout=60, message="Job worker Complete")
-    pods = core_api.list_namespaced_pod(namespace, label_selector="job-name=worker").items
-    assert len(pods) == 1
-    pod = pods[0]
-    assert pod.spec.node_name == "local-0"
-    assert pod.status.phase == "Succeeded"
-    term = pod.status.container_statuses[0].state.terminated
-    assert term.exit_code == 0 and term.reason == "Completed"
-    assert term.message == "done: 42 hello world"
-    assert (out_dir / "result.txt").read_text() == f"ran in {pod.metadata.name} as {pod.metadata.name}"
-
-
-def test_failing_container_reports_exit_code_and_message(core_api: Any, namespace: str) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fails"}, "spec": {
-        **LOCAL_PLACEMENT, "restartPolicy": "Never",
-        "containers": [{"name": "c", "image": "python", "command": ["python", "-c"],
-                        "args": ["import sys; print('boom: bad input'); sys.exit(3)"],
-                        "terminationMessagePolicy": "FallbackToLogsOnError"}]}}
-    core_api.create_namespaced_pod(namespace, pod)
-    p = wait_for(lambda: (lambda p: p if p.status.phase == "Failed" else None)(core_api.read_namespaced_pod("fails", namespace)),
-                 timeout=30, message="pod fails Failed")
-    term = p.status.container_statuses[0].state.terminated
-    assert term.exit_code == 3 and term.reason == "Error"
-    assert "boom: bad input" in term.message
-
-
 def test_garbage_collector_deletes_owned_deployment(apps_api: Any, core_api: Any, namespace: str) -> None:
     owner = core_api.create_namespaced_config_map(
         namespace, {"metadata": {"name": "owner"}, "data": {"k": "v"}})
-    dep = _deployment("owned", {"app": "owned"}, {"containers": [{"name": "c", "image": "busybox"}]})
+    dep = _deployment("owned", {"app": "owned"}, {**RESTRICTED_POD, "containers": [{"name": "c", "image": "busybox", **RESTRICTED_CONTAINER}]})
     dep["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
                                            "uid": owner.metadata.uid, "blockOwnerDeletion": True}]
     apps_api.create_namespaced_deployment(namespace, dep)
@@ -290,84 +225,3 @@ def test_garbage_collector_deletes_owned_deployment(apps_api: Any, core_api: Any
     wait_for(gone, timeout=60, message="Deployment owned garbage-collected")
     wait_for(lambda: not apps_api.list_namespaced_replica_set(namespace, label_selector="app=owned").items,
              timeout=60, message="ReplicaSets of owned garbage-collected")
-
-
-def _http_get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=3) as r:
-        return r.status, r.read().decode()
-
-
-def test_two_local_pods_bind_the_same_port(apps_api: Any, core_api: Any, namespace: str) -> None:
-    labels = {"app": "twins"}
-    spec = {**LOCAL_PLACEMENT, "containers": [{
-        "name": "web", "image": "python:3.11",
-        "command": ["python", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
-        "ports": [{"containerPort": 8080, "name": "http"}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
-    }]}
-    apps_api.create_namespaced_deployment(namespace, _deployment("twins", labels, spec, replicas=2))
-    wait_for(lambda: _available(apps_api, namespace, "twins"), timeout=60, message="twins Available")
-    pods = core_api.list_namespaced_pod(namespace, label_selector="app=twins").items
-    ips = {p.status.pod_ip for p in pods}
-    assert len(ips) == 2 and all(p.spec.node_name == "local-0" for p in pods)
-    for ip in ips:
-        assert _http_get(f"http://{ip}:8080/")[0] == 200
-    assert all(p.status.container_statuses[0].restart_count == 0 for p in pods)
-
-
-def test_deleting_a_local_pod_stops_its_process(core_api: Any, namespace: str) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"}, "spec": {
-        **LOCAL_PLACEMENT, "terminationGracePeriodSeconds": 5,
-        "containers": [{"name": "web", "image": "python", "command": ["python", "-m", "http.server", "9090"],
-                        "readinessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 1}}]}}
-    core_api.create_namespaced_pod(namespace, pod)
-
-    def ready() -> Any:
-        p = core_api.read_namespaced_pod("sleeper", namespace)
-        return p if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) else None
-
-    ip = wait_for(ready, timeout=30, message="sleeper Ready").status.pod_ip
-    assert _http_get(f"http://{ip}:9090/")[0] == 200
-    core_api.delete_namespaced_pod("sleeper", namespace)
-
-    def deleted() -> bool:
-        try:
-            core_api.read_namespaced_pod("sleeper", namespace)
-            return False
-        except ApiException as e:
-            return e.status == 404
-
-    wait_for(deleted, timeout=30, message="pod sleeper deleted")
-    with pytest.raises(OSError):
-        _http_get(f"http://{ip}:9090/")
-
-
-def test_prometheus_scrapes_a_local_pod(prometheus: Any, core_api: Any, namespace: str) -> None:
-    name = _name("exporter")
-    core_api.create_namespaced_config_map(namespace, {
-        "metadata": {"name": "metrics"},
-        "data": {"metrics": "# TYPE model_operator_e2e_answer gauge\nmodel_operator_e2e_answer 42\n"},
-    })
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "labels": {"app": "exporter"},
-        "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/metrics"},
-    }, "spec": {
-        **LOCAL_PLACEMENT,
-        "volumes": [{"name": "www", "configMap": {"name": "metrics"}}],
-        "containers": [{"name": "exporter", "image": "python:3.11",
-                        "command": ["python", "-m", "http.server", "9100"], "workingDir": "/srv/www",
-                        "ports": [{"containerPort": 9100}],
-                        "volumeMounts": [{"name": "www", "mountPath": "/srv/www", "readOnly": True}]}],
-    }}
-    core_api.create_namespaced_pod(namespace, pod)
-
-    def up() -> Any:
-        return prometheus.query(f'up{{namespace="{namespace}",pod="{name}"}} == 1')
-
-    series = wait_for(up, timeout=60, interval=1, message=f"up{{pod={name}}} == 1")
-    assert series[0]["metric"]["label_app"] == "exporter"
-    answer = wait_for(lambda: prometheus.query(f'model_operator_e2e_answer{{pod="{name}"}}'), timeout=30,
-                      interval=1, message="model_operator_e2e_answer scraped")
-    assert answer[0]["value"][1] == "42"
-    assert answer[0]["metric"]["namespace"] == namespace
