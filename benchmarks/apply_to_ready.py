@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "tests" / "e2e" / "operator"))
 
-from kubetest.cluster import Cluster  # noqa: E402
+from kubetest import imagebuild  # noqa: E402
 from kubetest.wait import wait_for  # noqa: E402
 
 import md_helpers as h  # noqa: E402
@@ -36,7 +37,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def one_round(cluster: Cluster, custom_api, core_api, namespace: str, name: str, optimization: dict) -> dict[str, float]:
+def one_round(cluster: Any, custom_api, core_api, namespace: str, name: str, optimization: dict) -> dict[str, float]:
     body = h.digits_md(name, optimization=optimization)
     t0 = time.perf_counter()
     h.create_md(custom_api, namespace, body)
@@ -73,7 +74,7 @@ def main() -> int:
 
     state = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     log(f"starting the test cluster in {state}")
-    cluster = Cluster(state, prometheus=True).start()
+    cluster, images = imagebuild.real_node_cluster(state, prometheus=True)
     try:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         custom_api, core_api = client.CustomObjectsApi(api), client.CoreV1Api(api)
@@ -87,7 +88,7 @@ def main() -> int:
         h.put_digits(models, state)
 
         cfg = state / "operator.yaml"
-        cfg.write_text(yaml.safe_dump(operator_config(cluster.prometheus_url or "http://127.0.0.1:1", free_port())))
+        cfg.write_text(yaml.safe_dump(operator_config(cluster.prometheus_url or "http://127.0.0.1:1", free_port(), images)))
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MODEL_OPERATOR_CONFIG": str(cfg),
                "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1"}
         op_log = open(state / "operator.log", "w")
@@ -119,8 +120,8 @@ def main() -> int:
         "# apply → Ready, digits example, test cluster",
         "",
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
-        "Cluster: kube-apiserver v1.34 on loopback, the worker Job and Triton (nvidia-pytriton's 2.51, python backend) run as",
-        "local processes through the test pod runner; operator as a process with a 1 s reconcile timer.",
+        "Cluster: kube-apiserver v1.34 on loopback; the worker Job and Triton (nvidia-pytriton's 2.51, python backend, test image)",
+        "run as containers on the real node (kubelet, containerd, images pre-pulled); operator as a process with a 1 s reconcile timer.",
         f"Rounds: {args.rounds}, alternating the two variants; medians below.",
         "",
         "| variant | artifact ready (s) | Ready (s) |",

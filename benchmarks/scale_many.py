@@ -119,7 +119,7 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     load_before = os.getloadavg()[0]
     log(f"starting the test cluster ({nodes} KWOK cpu nodes, no local runner) in {state}")
-    cluster = Cluster(state, pools=(CPU_POOL.with_count(nodes),), local_runner=False).start()
+    cluster = Cluster(state, pools=(CPU_POOL.with_count(nodes),)).start()
     rows: list[dict[str, Any]] = []
     op = None
     try:

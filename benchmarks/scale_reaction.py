@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "tests" / "e2e" / "operator"))
 
-from kubetest.cluster import Cluster  # noqa: E402
+from kubetest import imagebuild  # noqa: E402
 from kubetest.wait import wait_for  # noqa: E402
 
 import md_helpers as h  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> int:
     machine_line = machine()
     state = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     log(f"starting the test cluster in {state}")
-    cluster = Cluster(state, prometheus=True, scrape_interval=f"{SCRAPE_S:g}s").start()
+    cluster, images = imagebuild.real_node_cluster(state, prometheus=True, scrape_interval=f"{SCRAPE_S:g}s")
     results: dict[int, list[dict[str, float]]] = {p: [] for p in polls}
     try:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -143,7 +143,7 @@ def main() -> int:
             return float(res[0]["value"][1]) if res else None
 
         cfg = state / "operator.yaml"
-        conf = operator_config(cluster.prometheus_url, free_port())
+        conf = operator_config(cluster.prometheus_url, free_port(), images)
         conf["prometheus_window"] = WINDOW
         cfg.write_text(yaml.safe_dump(conf))
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
@@ -177,7 +177,7 @@ def main() -> int:
         "# Load step → scale-up decision → new replica Ready, by poll interval",
         "",
         f"Machine: {machine_line}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
-        "Cluster: kube-apiserver v1.34 on loopback; Triton 2.51 (python backend, digits ONNX) on the local pod runner;",
+        "Cluster: kube-apiserver v1.34 on loopback; Triton 2.51 (python backend, digits ONNX) as containers on the real node;",
         f"Prometheus 2.55 scraping every {SCRAPE_S:g} s; the operator as a process, scaler tick 1 s, rate window {WINDOW}.",
         "Policy: inferenceRate target 5 req/s per replica, tolerance 0.1, scale-up stabilization 0 s, max 2 replicas.",
         "Load: one client thread, back-to-back requests of 4 images, from the step until the second replica is Ready.",

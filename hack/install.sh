@@ -11,8 +11,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the chart's rules
   command -v openssl >/dev/null || need+=(openssl)
-  command -v gcc >/dev/null || need+=(gcc)          # the pod runner's bind shim
-  command -v ip >/dev/null || need+=(iproute2)      # routes the local pod network to lo
+  command -v gcc >/dev/null || need+=(gcc)          # the real node's static pause image
+  command -v ip >/dev/null || need+=(iproute2)      # the real node's address and bridge
   command -v nsenter >/dev/null || need+=(util-linux)
   # The real node (kubetest.node): container runtime, CNI plugins, kube-proxy's and the CNI
   # plugins' iptables, conntrack, and a static busybox for the node's own test image.

@@ -3,10 +3,9 @@
 etcd, kube-apiserver (TLS, Node+RBAC authorization, default admission plugins,
 service-account token signing), kube-controller-manager and kube-scheduler run
 as local processes from the binaries hack/build-binaries.sh builds; the KWOK
-controller simulates the node pools in ``nodepools``; the local pod runner
-(``podrunner``) really runs the pods bound to its node, or, with ``real_node=True``,
-a real kubelet with containerd, CNI and kube-proxy does (``kubetest.node``); Prometheus
-(``prometheus``) is optional. Ports are picked at random, so a test cluster can
+controller simulates the node pools in ``nodepools``; with ``real_node=True``, a
+real kubelet with containerd, CNI and kube-proxy (``kubetest.node``) runs the pods
+bound to the node ``local-0`` as containers; Prometheus (``prometheus``) is optional. Ports are picked at random, so a test cluster can
 run next to a developer's cluster.
 
 State directory layout (``Cluster.state_dir``)::
@@ -17,9 +16,7 @@ State directory layout (``Cluster.state_dir``)::
     kubeconfigs/      one kubeconfig per component
     etcd/             etcd data
     logs/<component>.log
-    pods/<ns>_<pod>_<container>.log   output of pods run by the local pod runner
-    runner/           the pod runner's per-pod files (volumes, termination messages)
-    pvc/<ns>/<claim>/ data of PersistentVolumeClaims used on the local node
+    pvc/<ns>/<claim>/ data of PersistentVolumeClaims (the hostPath provisioner's)
     kubelet/          real node: the kubelet's root directory (pod volumes)
     pods/<ns>_<pod>_<uid>/  real node: container logs (kubelet's podLogsDir)
     kubelet.yaml, kube-proxy.yaml   real node: their configurations
@@ -31,11 +28,9 @@ State directory layout (``Cluster.state_dir``)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from . import binaries, node, pki, podnet, procs
+from . import binaries, node, pki, procs
 from .nodepools import DEFAULT_POOLS, KWOK_SELECTOR, NodePool, node_manifests
 from .rest import ApiError, Kube
 from .wait import wait_for
@@ -60,7 +55,7 @@ KWOK_NODE_IP = "198.19.48.1"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOCAL_NODE = "local-0"
 # Components stopped in this order, the reverse of start.
-_STOP_ORDER = ("prometheus", "podrunner", *node.NODE_PROCESSES, "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+_STOP_ORDER = ("prometheus", *node.NODE_PROCESSES, "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 _KEEP_ON_STOP = {"logs", "pods"}
 
 
@@ -78,13 +73,11 @@ class Cluster:
     Parameters:
         state_dir: where everything lives (default ``$MODEL_OPERATOR_CACHE/cluster``).
         pools: KWOK node pools to create (default: gpu, edge, cpu; 2 nodes each).
-        local_runner: start the local pod runner and its node ``local_node``.
         prometheus: also start Prometheus (see ``kubetest.prometheus``).
         scrape_interval: Prometheus scrape and evaluation interval.
-        pod_cidr: range for local pod IPs (default: chosen by ``kubetest.podnet``).
-        real_node: run a real kubelet node (``kubetest.node``) as ``local_node`` instead of the
-            pod runner (``local_runner`` is then ignored). Needs root, Debian's containerd,
-            runc and CNI plugins, and the kubelet and kube-proxy binaries.
+        real_node: run a real kubelet node (``kubetest.node``) as ``local_node``. Needs root,
+            Debian's containerd, runc and CNI plugins, and the kubelet and kube-proxy binaries.
+            Without it the cluster has only the KWOK pools (scale runs).
         registries: real node: ``{"host:port": "http://host:port"}``, registries containerd
             pulls from over plain HTTP (more with ``add_registry``).
         startup_timeout: seconds ``start`` may take before it gives up.
@@ -95,27 +88,21 @@ class Cluster:
         state_dir: Optional[Path | str] = None,
         *,
         pools: tuple[NodePool, ...] = DEFAULT_POOLS,
-        local_runner: bool = True,
         local_node: str = LOCAL_NODE,
         prometheus: bool = False,
         scrape_interval: str = "2s",
-        pod_cidr: Optional[str] = None,
         startup_timeout: float = 90.0,
         real_node: bool = False,
         registries: Optional[dict[str, str]] = None,
     ) -> None:
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.pools = pools
-        self.local_runner = local_runner
         self.local_node = local_node
         self.with_prometheus = prometheus
         self.scrape_interval = scrape_interval
-        self.pod_cidr = pod_cidr
         self.startup_timeout = startup_timeout
         self.real_node = real_node
         self.registries = dict(registries or {})
-        if real_node:
-            self.local_runner = False
         self._node: Optional[node.RealNode] = None
         self.info: dict[str, Any] = {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -175,7 +162,6 @@ class Cluster:
         if not info:
             raise ClusterError(f"no cluster in {c.state_dir}; start one with hack/cluster up")
         c.info = info
-        c.pod_cidr = info.get("pod_cidr")
         c.local_node = info.get("local_node", c.local_node)
         c.real_node = bool(info.get("real_node"))
         return c
@@ -267,11 +253,8 @@ class Cluster:
         for name in _STOP_ORDER:
             pid = pids.get(name)
             if pid:
-                procs.stop_group(pid, grace=10.0 if name == "podrunner" else 5.0, proc=self._procs.get(name))
+                procs.stop_group(pid, grace=5.0, proc=self._procs.get(name))
         self._procs.clear()
-        if info.get("pod_route"):
-            podnet.remove_local_route(info["pod_route"])
-            info["pod_route"] = None
         if not keep_state and self.state_dir.exists():
             for child in self.state_dir.iterdir():
                 if child.name in _KEEP_ON_STOP:
@@ -302,7 +285,7 @@ class Cluster:
             shutil.rmtree(self.state_dir)
         if self.state_dir.exists():
             node.unmount_under(self.state_dir)  # a killed real node's pod volumes
-        for sub in ("pki", "kubeconfigs", "etcd", "logs", "pods", "runner", "pvc"):
+        for sub in ("pki", "kubeconfigs", "etcd", "logs", "pods", "pvc"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
 
@@ -349,10 +332,6 @@ class Cluster:
 
     def _start(self, bins: dict[str, Path], deadline: float) -> None:
         sd = self.state_dir
-        route = None
-        if self.local_runner and not self.pod_cidr:
-            self.pod_cidr, routed = podnet.choose()
-            route = self.pod_cidr if routed else None
         host = "127.0.0.1"
         if self.real_node:
             self._node = node.RealNode(sd, self.local_node, self.registries)
@@ -368,9 +347,7 @@ class Cluster:
             "kubeconfig": str(self.kubeconfig),
             "state_dir": str(sd),
             "ports": ports,
-            "pod_cidr": self.pod_cidr,
-            "pod_route": route,
-            "local_node": self.local_node if (self.local_runner or self.real_node) else None,
+            "local_node": self.local_node if self.real_node else None,
             "real_node": self.real_node,
             "registries": self.registries,
             "versions": binaries.versions(),
@@ -485,15 +462,6 @@ class Cluster:
             "--node-lease-duration-seconds=40",
         ])
 
-        if self.local_runner:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(binaries.HACK_DIR), env.get("PYTHONPATH")]))
-            self._spawn("podrunner", [
-                sys.executable, "-m", "kubetest.podrunner",
-                f"--kubeconfig={self.kubeconfig}", f"--state-dir={sd}", f"--node-name={self.local_node}",
-                f"--pod-cidr={self.pod_cidr}",
-            ], env=env)
-
         if self.real_node:
             assert self._node is not None
             self._grant_kubelet_api()
@@ -522,10 +490,9 @@ class Cluster:
                     if e.status != 409:
                         raise
         names = [f"{p.name}-{i}" for p in self.pools for i in range(p.count)]
-        if self.local_runner or self.real_node:
+        if self.real_node:
             names.append(self.local_node)
-        watched = ["kwok"] + (["podrunner"] if self.local_runner else []) + (
-            list(node.NODE_PROCESSES) if self.real_node else [])
+        watched = ["kwok"] + (list(node.NODE_PROCESSES) if self.real_node else [])
 
         def all_ready() -> bool:
             for name in watched:

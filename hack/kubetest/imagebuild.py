@@ -28,6 +28,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = "hack/build-images.sh"
@@ -189,3 +190,18 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def real_node_cluster(state_dir: Path, **kwargs: Any) -> tuple[Any, dict[str, str]]:
+    """A started cluster whose real node pulls from the local registry, with the project's
+    current images pulled onto it: (cluster, {"operator", "worker", "triton"} -> reference).
+    For benchmarks and scripts; the pytest fixtures do the same in steps."""
+    from . import registry
+    from .cluster import Cluster
+
+    refs = built_images()
+    host = registry.ensure_running()
+    cluster = Cluster(state_dir, real_node=True, registries={host: f"http://{host}"}, startup_timeout=180, **kwargs).start()
+    for ref in refs.values():
+        cluster.pull(ref)
+    return cluster, refs
