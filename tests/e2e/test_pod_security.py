@@ -5,7 +5,7 @@ The pods are not written by hand here: the chart is rendered by helm (default an
 and the operator's children by the operator's own builders for every example under the
 configuration that chart writes. Each pod template becomes a Pod created with a server-side dry
 run in a namespace labelled `pod-security.kubernetes.io/enforce: restricted`, so the judge is the
-real admission plugin, not a checker of ours. A privileged pod is refused in the same namespace,
+real admission plugin, not a checker of ours. A pod adding a capability is refused in the same namespace,
 which shows the check can fail.
 """
 
@@ -109,12 +109,13 @@ def test_chart_and_operator_pods_are_admitted_as_restricted(case: str, kubectl: 
     assert refused == []
 
 
-def test_a_privileged_pod_is_refused_in_the_same_namespace(kubectl: Any, restricted_ns: str) -> None:
+def test_a_pod_adding_a_capability_is_refused_in_the_same_namespace(kubectl: Any, restricted_ns: str) -> None:
     """The control: the namespace really enforces `restricted`, so the test above can fail."""
     _helm_or_fail()
     _, obj = next(iter((f"chart: {o['kind']}", o) for o in chart_pods({})))
     pod = as_pod(obj, restricted_ns)
-    pod["spec"]["containers"][0]["securityContext"] = {**pod["spec"]["containers"][0].get("securityContext", {}), "privileged": True}
+    sc = pod["spec"]["containers"][0].setdefault("securityContext", {})
+    sc["capabilities"] = {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     result = admit(kubectl, pod)
     assert result.returncode != 0
-    assert "violates PodSecurity" in result.stderr and "privileged" in result.stderr
+    assert "violates PodSecurity" in result.stderr and "NET_ADMIN" in result.stderr, result.stderr
