@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from .resources.render import main as render_main
+    from .plan.render import main as render_main
 
     return render_main(args)
 
