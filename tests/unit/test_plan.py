@@ -103,14 +103,23 @@ def test_a_worker_pod_that_cannot_start_is_degraded() -> None:
     assert conditions(p)["Degraded"] == ("True", "ImagePullBackOff") and p.status["phase"] == "Optimizing"
 
 
-@pytest.mark.parametrize("exit_code,reason", [(1, "the worker crashed"), (2, "bad input: model.inputs"), (3, "quality gate rejected")])
-def test_job_failed_is_reported_and_not_restarted(exit_code: int, reason: str) -> None:
+CANDIDATES = [{"name": "static-int8", "passed": False, "quality": {"top1": 0.91}, "reason": "top-1 dropped 4.00 points"}]
+
+
+@pytest.mark.parametrize("exit_code,reason,cond_reason", [
+    (1, "internal error: the worker crashed", "WorkerFailed"),
+    (2, "spec.model.inputs: no tensor named 'input'", "InvalidInput"),
+    (3, "best static-int8: top-1 dropped 4.00 points, more than qualityGate.maxTop1Drop 0.50", "QualityGateRejected"),
+])
+def test_job_failed_is_reported_by_kind_and_not_restarted(exit_code: int, reason: str, cond_reason: str) -> None:
     doc = md()
     job = {"name": job_name(doc), "finishedFailed": True, "failureMessage": "BackoffLimitExceeded"}
-    obs = Observed(jobs=[job], pods=[summary_pod(job_name(doc), {"ok": False, "reason": reason}, exit_code)], now=NOW)
+    summary = {"ok": False, "reason": reason, "exitCode": exit_code, **({"candidates": CANDIDATES} if exit_code == 3 else {})}
+    obs = Observed(jobs=[job], pods=[summary_pod(job_name(doc), summary, exit_code)], now=NOW)
     p = plan(doc, obs, CONFIG)
     assert p.apply == []
-    assert conditions(p)["OptimizationSucceeded"][0] == "False"
+    assert conditions(p)["OptimizationSucceeded"] == ("False", cond_reason)
+    assert p.status["optimization"].get("candidates") == (CANDIDATES if exit_code == 3 else None)
     assert reason in st.get_condition(p.status["conditions"], "OptimizationSucceeded")["message"]
     assert conditions(p)["Progressing"] == ("False", "OptimizationFailed") and p.status["phase"] == "Failed"
     assert p.counts == {"jobs_failed": 1}
@@ -118,6 +127,14 @@ def test_job_failed_is_reported_and_not_restarted(exit_code: int, reason: str) -
     # The Job is gone (TTL): the failure stands until the spec changes; nothing is started again.
     again = plan({**doc, "status": p.status}, Observed(now=NOW + 60), CONFIG)
     assert again.apply == [] and again.status["phase"] == "Failed" and again.counts == {}
+
+
+def test_worker_job_fails_at_once_on_deterministic_exit_codes() -> None:
+    doc = md()
+    job = plan(doc, Observed(now=NOW), CONFIG).apply[0].obj
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2, 3]}} in rules
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
 
 
 def test_job_succeeded_without_a_summary_waits_for_it() -> None:

@@ -51,7 +51,7 @@ def plan_optimization(d: Draft, spec: ModelDeploymentSpec, digest: str, config: 
 def _follow_job(d: Draft, spec: ModelDeploymentSpec, digest: str, config: OperatorConfig, state: OptimizationState) -> None:
     job_name = names.job_name(d.name, digest)
     job = d.observed.job(job_name)
-    failed_before = state.optimization.get("job") == job_name and d.old_condition("OptimizationSucceeded").get("reason") == "WorkerFailed"
+    failed_before = state.optimization.get("job") == job_name and d.old_condition("OptimizationSucceeded").get("reason") in FAILED
     if job is None and failed_before:
         state.failed = True
     elif job is None:
@@ -81,14 +81,22 @@ def _job_succeeded(d: Draft, job_name: str, digest: str, state: OptimizationStat
     d.cond("OptimizationSucceeded", True, "JobSucceeded", f"Job {job_name} produced {state.artifact.get('uri')} (recipe {recipe})")
 
 
+# The worker's exit code (docs/contracts.md) -> the OptimizationSucceeded reason.
+FAILURE_REASONS = {2: "InvalidInput", 3: "QualityGateRejected"}
+FAILED = {"WorkerFailed", *FAILURE_REASONS.values()}
+
+
 def _job_failed(d: Draft, job: dict[str, Any], job_name: str, state: OptimizationState) -> None:
-    summary = worker_summary(d.observed.job_pods(job_name))
-    reason = (summary or {}).get("reason") or job.get("failureMessage") or "the worker failed"
+    summary = worker_summary(d.observed.job_pods(job_name)) or {}
+    message = summary.get("reason") or job.get("failureMessage") or "the worker failed"
+    reason = FAILURE_REASONS.get(int(summary.get("exitCode") or 1), "WorkerFailed")
     state.failed = True
     state.optimization = {"job": job_name}
-    if d.old_condition("OptimizationSucceeded").get("reason") != "WorkerFailed":
+    if summary.get("candidates"):
+        state.optimization["candidates"] = summary["candidates"]
+    if d.old_condition("OptimizationSucceeded").get("reason") not in FAILED:
         d.count("jobs_failed")
-    d.cond("OptimizationSucceeded", False, "WorkerFailed", f"Job {job_name}: {reason}")
+    d.cond("OptimizationSucceeded", False, reason, f"Job {job_name}: {message}")
 
 
 def _job_running(d: Draft, job_name: str, state: OptimizationState) -> None:

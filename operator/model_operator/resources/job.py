@@ -13,6 +13,10 @@ from . import common as c
 TERMINATION_LOG = "/dev/termination-log"
 
 
+# The worker's exit codes that retrying cannot change (docs/contracts.md): 2 bad input, 3 gate rejected.
+DETERMINISTIC_EXIT_CODES = (2, 3)
+
+
 def spec_uris(spec: ModelDeploymentSpec) -> list[str | None]:
     return [
         spec.model.uri,
@@ -83,6 +87,12 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
         },
         "spec": {
             "backoffLimit": config.job_backoff_limit,
+            # Bad input (exit 2) and a rejected quality gate (exit 3) give the same answer on
+            # every retry: the Job fails at once. A crash (1) or an eviction is retried.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": list(DETERMINISTIC_EXIT_CODES)}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
             "activeDeadlineSeconds": spec.optimization.time_budget_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
