@@ -47,7 +47,7 @@ from model_operator.triton.python_model import FAILURE_METRIC  # noqa: E402 - ex
 TRITON_METRICS = {
     "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
     "nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_pending_request_count", "nv_inference_request_duration_us_bucket",
+    "nv_inference_pending_request_count", "nv_inference_request_duration_us_bucket", "nv_inference_request_summary_us",
     "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
     "nv_cpu_utilization", "nv_cpu_memory_used_bytes",
 }
@@ -166,16 +166,16 @@ def test_dashboard_has_the_panels_the_issue_lists() -> None:
     board = dashboard()
     titles = [p["title"] for p in board["panels"]]
     for wanted in [
-        "Request rate", "Latency: p50 / p99 (histogram) and mean", "Queue and compute time per request", "Error ratio",
+        "Request rate", "Latency: p50 / p99 (summary) and mean", "Queue and compute time per request", "Error ratio",
         "Desired vs ready replicas", "GPU utilisation", "GPU memory in use", "CPU memory in use and CPU utilisation",
         "Golden-probe quality", "Artifact size before / after optimization", "Latency before / after optimization",
     ]:
         assert wanted in titles, wanted
     assert "Scale events" in [a["name"] for a in board["annotations"]["list"]]
     assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "namespace", "modeldeployment"]
-    # Panels where Triton's histogram is optional say so.
+    # The latency panel says where its quantiles come from.
     latency = next(p for p in board["panels"] if p["title"].startswith("Latency: p50"))
-    assert "histogram_latencies=true" in latency["description"]
+    assert "summary_latencies=true" in latency["description"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     for p in board["panels"]:

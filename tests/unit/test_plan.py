@@ -200,7 +200,7 @@ def test_rolling_update_moves_stable_and_watches_it() -> None:
     assert conditions(p)["Progressing"] == ("True", "Rolling") and conditions(p)["RolledBack"] == ("False", "Analysing")
 
 
-def canary_state(error_ratio: float | None, elapsed: float, latency: tuple[float, float] | None = None) -> Plan:
+def canary_state(error_ratio: float | None, elapsed: float, latency: tuple[float, float] | None = None, requests: float = 500) -> Plan:
     doc, first = serving_md()
     new = _new_artifact(doc, "c" * 64)
     started = plan(new, Observed(children=ready_children(first), now=NOW), CONFIG)
@@ -210,7 +210,7 @@ def canary_state(error_ratio: float | None, elapsed: float, latency: tuple[float
     ready = plan(new, Observed(children=children, now=NOW + 1), CONFIG)  # the canary became ready: analysis starts
     assert ready.status["rollout"]["canary"]["started"] == NOW + 1
     new["status"] = ready.status
-    metrics = {"canary": Readings(request_rate=5.0, error_ratio=error_ratio, latency_ms=(latency or (None, None))[0]),
+    metrics = {"canary": Readings(request_rate=5.0, error_ratio=error_ratio, latency_ms=(latency or (None, None))[0], requests=requests),
                "stable": Readings(request_rate=5.0, error_ratio=0.0, latency_ms=(latency or (None, None))[1])}
     return plan(new, Observed(children=children, metrics=metrics, now=NOW + 1 + elapsed), CONFIG)
 
@@ -226,6 +226,16 @@ def test_canary_passing_its_window_is_promoted() -> None:
     p = canary_state(error_ratio=0.0, elapsed=301)
     assert p.status["rollout"]["stable"]["sha256"] == "c" * 64 and "canary" not in p.status["rollout"]
     assert any(e[:2] == ("Normal", "Promoted") for e in p.events)
+
+
+def test_canary_without_traffic_is_held_not_promoted() -> None:
+    p = canary_state(error_ratio=None, elapsed=301, requests=3)
+    assert p.status["rollout"]["stable"]["sha256"] == "a" * 64 and p.status["rollout"]["canary"]["sha256"] == "c" * 64
+    assert conditions(p)["Progressing"] == ("True", "NoCanaryTraffic")
+    message = st.get_condition(p.status["conditions"], "Progressing")["message"]
+    assert "3 requests" in message and "minRequests 10" in message
+    assert any(e[:2] == ("Warning", "NoCanaryTraffic") for e in p.events)
+    assert not any(e[1] in ("Promoted", "RolledBack") for e in p.events)
 
 
 def test_canary_with_errors_is_rolled_back() -> None:

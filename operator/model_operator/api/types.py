@@ -353,6 +353,10 @@ class Canary(Model):
     analysis_seconds: int = Field(default=120, ge=10, le=86400)
     max_error_ratio: float = Field(default=0.01, ge=0, le=1)
     max_latency_ratio: float = Field(default=1.5, ge=1, le=100, description="Canary p99 / stable p99 above this fails.")
+    min_requests: int = Field(
+        default=10, ge=0, le=1_000_000,
+        description="Requests the canary must answer during its analysis before it can be promoted; with fewer it is held "
+                    "(reason NoCanaryTraffic), neither promoted nor rolled back. 0 promotes a canary no request reached.")
 
 
 class Rollout(Model):

@@ -139,11 +139,15 @@ class Reconciler:
             last is None or observed.now - last >= self.config.health_interval_seconds)
         if health_due:
             self._health_checked[key] = observed.now
-            self._take(observed, "all", promql.pod_matcher(meta["name"], meta["namespace"], track=None), promql.p99_latency_ms)
+            self._take(observed, "all", promql.pod_matcher(meta["name"], meta["namespace"], track=None))
+        since = (rollout.get("canary") or {}).get("started")
         for track in tracks:
-            self._take(observed, track, promql.pod_matcher(meta["name"], meta["namespace"], track=track), promql.avg_latency_ms)
+            counted = observed.now - float(since) if track == "canary" and since is not None else None
+            self._take(observed, track, promql.pod_matcher(meta["name"], meta["namespace"], track=track), counted)
 
-    def _take(self, observed: Observed, key: str, sel: str, latency: Any) -> None:
+    def _take(self, observed: Observed, key: str, sel: str, count_seconds: float | None = None) -> None:
+        """Request rate, error ratio and p99 latency of the selected pods; the requests answered
+        over the last `count_seconds` when given (the canary's, since its analysis started)."""
         assert self.prom is not None
         window = self.config.prometheus_window
         try:
@@ -151,7 +155,9 @@ class Reconciler:
             readings = Readings(request_rate=rate)
             if rate:
                 readings.error_ratio = self.prom.query(promql.error_ratio(sel, window))
-            readings.latency_ms = self.prom.query(latency(sel, window))
+            readings.latency_ms = self.prom.query(promql.p99_latency_ms(sel, window))
+            if count_seconds is not None:
+                readings.requests = self.prom.query(promql.request_count(sel, count_seconds))
         except PrometheusError as exc:
             observed.metrics_errors[key] = str(exc)
             return

@@ -93,7 +93,11 @@ def _serve(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, opt: Opt
         d.cond("Available", True, "MinimumReplicasReady", f"{served.ready}/{served.desired} Triton replicas ready")
     else:
         d.cond("Available", False, "ReplicasNotReady", f"{served.ready}/{served.desired} Triton replicas ready")
-    if served.complete and not opt.optimizing:
+    if served.held is not None:
+        d.cond("Progressing", True, "NoCanaryTraffic", served.held)
+        if d.old_condition("Progressing").get("reason") != "NoCanaryTraffic":
+            d.event("Warning", "NoCanaryTraffic", served.held)
+    elif served.complete and not opt.optimizing:
         d.cond("Progressing", False, "RolloutComplete", "serving the current artifact on every replica")
     else:
         d.cond("Progressing", True, "Rolling", "rollout in progress")

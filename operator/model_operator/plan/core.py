@@ -23,7 +23,8 @@ class Readings:
 
     request_rate: float | None = None
     error_ratio: float | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # p99, from Triton's latency summaries
+    requests: float | None = None  # answered since the analysis started (the canary's)
 
 
 @dataclass

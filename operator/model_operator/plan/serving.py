@@ -32,6 +32,7 @@ class ServeResult:
     complete: bool = False
     rollout: dict[str, Any] = field(default_factory=dict)
     rolled_back: tuple[str, str] | None = None
+    held: str | None = None  # why an analysed canary is neither promoted nor rolled back
 
 
 def track_view(desired: dict[str, Any], observed: dict[str, Any] | None, replicas: int) -> TrackView:
@@ -113,17 +114,17 @@ def _subject(tracks: ro.TrackPlan, stable: TrackView, canary: TrackView | None) 
     return tracks.stable, stable, "watch", "stable"
 
 
-def _readings(d: Draft, tracks: ro.TrackPlan, track: str) -> tuple[float | None, float | None, float | None]:
-    """(error ratio, latency, baseline latency) from the readings the controller took."""
+def _readings(d: Draft, tracks: ro.TrackPlan, track: str) -> tuple[float | None, float | None, float | None, float | None]:
+    """(error ratio, p99 latency, baseline p99 latency, requests) from the readings the controller took."""
     subject = d.observed.metrics.get(track)
     if subject is None:
-        return None, None, None
+        return None, None, None, None
     # Without requests an error ratio of 0 is no evidence: report it as no data.
     error_ratio = subject.error_ratio if subject.request_rate else None
     if tracks.mode != "canary":
-        return error_ratio, None, None
+        return error_ratio, None, None, None
     baseline = d.observed.metrics.get("stable")
-    return error_ratio, subject.latency_ms, baseline.latency_ms if baseline else None
+    return error_ratio, subject.latency_ms, baseline.latency_ms if baseline else None, subject.requests
 
 
 def analyse(
@@ -146,13 +147,15 @@ def analyse(
         state["started"] = d.now
     bad = [p for p in by_revision.get(subject.revision, []) + view.problems if p.reason in FATAL]
     crashing = f"{bad[0].reason}: {bad[0].message}" if bad else None
-    error_ratio, latency, baseline = (None, None, None) if crashing or state.get("started") is None else _readings(d, tracks, track)
-    canary_spec = spec.rollout.canary
+    taken = crashing is None and state.get("started") is not None
+    error_ratio, latency, baseline, requests = _readings(d, tracks, track) if taken else (None, None, None, None)
+    canary_spec, canary = spec.rollout.canary, tracks.mode == "canary"
     verdict = ro.analyze(
         started=state.get("started"), now=d.now, duration=canary_spec.analysis_seconds, error_ratio=error_ratio,
-        max_error_ratio=canary_spec.max_error_ratio if tracks.mode == "canary" else spec.monitoring.max_error_ratio,
+        max_error_ratio=canary_spec.max_error_ratio if canary else spec.monitoring.max_error_ratio,
         latency=latency, baseline_latency=baseline,
-        max_latency_ratio=canary_spec.max_latency_ratio if tracks.mode == "canary" else None, crashing=crashing,
+        max_latency_ratio=canary_spec.max_latency_ratio if canary else None, crashing=crashing,
+        requests=requests, min_requests=canary_spec.min_requests if canary else 0,
     )
     rollout["analysis"] = f"{key} {subject.revision}: {verdict.reason}"
     return _decide(d, spec, rollout, state, subject, key, verdict, result)
@@ -164,6 +167,8 @@ def _decide(
 ) -> dict[str, Any]:
     if verdict.outcome == "wait":
         rollout[key] = state
+        if verdict.metric == ro.NO_TRAFFIC:
+            result.held = f"{key} {subject.revision}: {verdict.reason}"
     elif verdict.outcome == "pass":
         rollout["stable"] = subject.to_status()
         rollout.pop(key, None)
