@@ -1,8 +1,8 @@
 """ModelDeployment spec and status: the one definition the CRD, the worker and the operator share.
 
 Field names are camelCase on the wire (what users write in YAML) and snake_case in Python.
-Cross-field rules live twice on purpose: as CEL on the models (enforced by the API server)
-and in `validation.py` (enforced by the worker and `local`, which see specs that never
+Cross-field rules are written once in `rules.py`: each as CEL (the CRD carries it, the API server
+enforces it) and as a Python predicate (for the worker and `local`, which see specs that never
 passed through an API server).
 """
 
@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from .rules import cel_validations
 
 GROUP = "serving.model-operator.io"
 VERSION = "v1alpha1"
@@ -378,47 +380,8 @@ class Monitoring(Model):
     p99_latency_ms: float | None = Field(default=None, gt=0)
 
 
-_SPEC_RULES = [
-    _cel(
-        "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
-        "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
-        ".autoscaling.minReplicas",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.quantization) || !has(self.optimization.quantization.mode)"
-        " || self.optimization.quantization.mode != 'static-int8' || (has(self.data) && has(self.data.calibration))",
-        "static-int8 quantization needs calibration data: set data.calibration",
-        ".optimization.quantization.mode",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.pruning) || !has(self.optimization.pruning.method)"
-        " || self.optimization.pruning.method != 'gradient' || (has(self.data) && has(self.data.calibration))",
-        "gradient pruning needs calibration data: set data.calibration",
-        ".optimization.pruning.method",
-    ),
-    _cel(
-        "!has(self.target) || self.target != 'device' || (!has(self.serving) && !has(self.autoscaling))",
-        "target: device serves nothing: remove the serving and autoscaling blocks",
-        ".target",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
-        " || self.optimization.clipping.method != 'threshold' || has(self.optimization.clipping.threshold)",
-        "threshold clipping needs optimization.clipping.threshold",
-        ".optimization.clipping.threshold",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
-        " || self.optimization.clipping.method != 'percentile' || has(self.optimization.clipping.percentile)",
-        "percentile clipping needs optimization.clipping.percentile",
-        ".optimization.clipping.percentile",
-    ),
-    _cel(
-        "!has(self.serving) || !has(self.serving.gpus) || self.serving.gpus == 0 || !has(self.target) || self.target == 'cloud'",
-        "serving.gpus is only for target: cloud",
-        ".serving.gpus",
-    ),
-]
+# Cross-field rules: api/rules.py (CEL here, the same rules in Python there).
+_SPEC_RULES = cel_validations()
 
 
 class ModelDeploymentSpec(Model):
