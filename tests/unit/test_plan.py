@@ -340,3 +340,14 @@ def test_golden_probe_runs_and_its_result_is_folded_in() -> None:
     p = plan(doc, Observed(children=ready_children(first), jobs=[done], pods=[pod, result], now=NOW), CONFIG)
     assert [(x.kind, x.name) for x in p.delete] == [("Job", "digits-cloud-probe")]
     assert conditions(p)["QualityDegraded"] == ("True", "GoldenSetDrift") and p.golden_agreement == 0.5
+
+
+def test_a_running_job_shows_its_progress() -> None:
+    doc = md()
+    progress = {"step": "candidates (5)", "stepNumber": 4, "steps": 8, "candidate": 2, "candidates": 5, "elapsedSeconds": 40,
+                "latest": [{"name": "dynamic-int8", "passed": True, "latencyMs": 0.2}]}
+    obs = Observed(jobs=[{"name": job_name(doc), "active": 1}], progress={job_name(doc): progress}, now=NOW)
+    p = plan(doc, obs, CONFIG)
+    shown = p.status["optimization"]["progress"]
+    assert shown["summary"] == "step 4/8 candidates 2/5, 40s" and shown["latest"][0]["name"] == "dynamic-int8"
+    assert "step 4/8 candidates 2/5" in st.get_condition(p.status["conditions"], "OptimizationSucceeded")["message"]

@@ -113,6 +113,7 @@ PRINTER_COLUMNS = [
     _column("Ready", ".status.ready", "string", "Ready Triton replicas / replicas."),
     _column("Format", ".status.artifact.format", "string", "Format of the served artifact."),
     _column("Size", ".status.artifact.size", "string", "Size of the optimized artifact."),
+    _column("Progress", ".status.optimization.progress.summary", "string", "Where the running optimization Job is."),
     _column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
     _column("Target", ".spec.target", "string", "cloud, edge or device.", priority=1),
     _column("Recipe", ".status.optimization.recipe", "string", "Optimization recipe that passed the quality gate.", priority=1),

@@ -435,11 +435,27 @@ class ArtifactStatus(Model):
     spec_hash: str | None = None
 
 
+class OptimizationProgress(Model):
+    """Where the running worker is (read from the worker's /progress while its Job runs)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    summary: str = Field(default="", description="One line for kubectl get: step k/n, candidate k/n, elapsed.")
+    step: str | None = Field(default=None, description="The worker's current step.")
+    step_number: int | None = Field(default=None, description="Its number, 1-based.")
+    steps: int | None = Field(default=None, description="How many steps a run has.")
+    candidate: int | None = Field(default=None, description="The candidate recipe being tried, 1-based.")
+    candidates: int | None = Field(default=None, description="How many candidates this run tries.")
+    elapsed_seconds: int | None = Field(default=None, description="Seconds since the worker started.")
+    latest: list[Candidate] = Field(default_factory=list, description="The latest candidates' results, newest last.")
+
+
 class OptimizationStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     recipe: str | None = None
     job: str | None = None
+    progress: OptimizationProgress | None = Field(default=None, description="While the optimization Job runs: where it is.")
     candidates: list[Candidate] = Field(default_factory=list)
     quality_before: dict[str, float] = Field(default_factory=dict)
     quality_after: dict[str, float] = Field(default_factory=dict)

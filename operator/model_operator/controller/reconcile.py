@@ -16,13 +16,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 from kubernetes.client.exceptions import ApiException
 
 from ..api.types import Target
 from ..config import OperatorConfig
 from ..kube.api import Kube, KindNotServed
+from ..optimize.progress import PORT as PROGRESS_PORT
 from ..plan import SERVICE_MONITOR, Child, Delete, Observed, Plan, Readings, plan
 from ..resources import autoscaling as autoscaling_builder
+from ..resources.common import LABEL_COMPONENT
 from ..resources import status as st
 from ..scaling import promql
 from ..scaling.prometheus import Prometheus, PrometheusError
@@ -107,6 +110,7 @@ class Reconciler:
         observed.now = time.time() if now is None else now
         observed.served = frozenset(api for api in OPTIONAL_KINDS if self.kind_served(api, observed.now))
         self._read_metrics(body, observed)
+        observed.progress = read_progress(observed.pods)
         decided = plan(body, observed, self.config)
         meta = body["metadata"]
         failures = self.apply(meta["namespace"], meta["name"], decided, observed.now)
@@ -219,6 +223,27 @@ class Reconciler:
         self._health_checked.pop((namespace, name), None)
         for key in [k for k in self._backoff if k[:2] == (namespace, name)]:
             self._backoff.pop(key, None)
+
+
+PROGRESS_TIMEOUT = 1.0
+
+
+def read_progress(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What each running worker pod answers on /progress, by Job name. A worker that does not
+    answer (starting, an older image) has no entry: status then says only that the Job runs."""
+    out: dict[str, dict[str, Any]] = {}
+    for pod in pods:
+        labels = pod.get("labels", {})
+        if labels.get(LABEL_COMPONENT) != "optimizer" or pod.get("phase") != "Running" or not pod.get("podIP") or pod.get("deleting"):
+            continue
+        try:
+            resp = requests.get(f"http://{pod['podIP']}:{PROGRESS_PORT}/progress", timeout=PROGRESS_TIMEOUT)
+            data = resp.json() if resp.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            continue
+        if isinstance(data, dict) and labels.get("job-name"):
+            out[labels["job-name"]] = data
+    return out
 
 
 def _report_failures(body: dict[str, Any], outcome: Outcome) -> None:

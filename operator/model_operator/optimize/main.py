@@ -101,6 +101,10 @@ def _write_summary(path: str | None, summary: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     _setup_logging()
+    if getattr(args, "progress_port", 0):
+        from .progress import serve
+
+        serve(args.progress_port)
     summary_path = getattr(args, "report_summary", None)
     shash = ""
     try:

@@ -33,6 +33,7 @@ from ..api.types import (
     TensorSpec,
 )
 from . import report as rep
+from .progress import PROGRESS
 from .data import Dataset, load_npz
 from .errors import GateError, InputError, OptimizationError, WorkerError, first_line
 from .load import SourceModel, load_source
@@ -78,6 +79,7 @@ class _Step:
     def __enter__(self) -> "_Step":
         self.t0 = time.monotonic()
         log.info("step %d/%d %s", self.run.step_no, self.TOTAL, self.title)
+        PROGRESS.update(step=self.title, stepNumber=self.run.step_no, steps=self.TOTAL)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,6 +182,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
     outcomes: list[Outcome] = []
     with r.step(f"candidates ({len(plans)})"):
         for i, plan in enumerate(plans):
+            PROGRESS.update(candidate=i + 1, candidates=len(plans))
             if i > 0 and r.deadline_near():
                 outcomes.append(Outcome(plan, reason="skipped: time budget (optimization.timeBudgetSeconds) nearly spent"))
                 log.info("candidate %d/%d %s: skipped (time budget)", i + 1, len(plans), plan.name)
@@ -197,6 +200,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 o = Outcome(plan, reason=f"{type(exc).__name__}: {first_line(exc)}")
             o.seconds = round(time.monotonic() - t0, 3)
             outcomes.append(o)
+            PROGRESS.candidate_done(rep.candidate_entry(o))
             if o.artifact is not None:
                 log.info("candidate %d/%d %s: %s, %s, %s%s", i + 1, len(plans), plan.name,
                          "passed" if o.passed else "REJECTED", _bytes(o.size_bytes or 0), _q(o.quality), "" if o.passed else f": {o.reason}")

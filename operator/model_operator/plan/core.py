@@ -39,6 +39,8 @@ class Observed:
     metrics: dict[str, Readings] = field(default_factory=dict)
     # The same keys, for readings that failed (Prometheus unreachable, a bad answer).
     metrics_errors: dict[str, str] = field(default_factory=dict)
+    # What running worker Jobs report on their /progress endpoint, by Job name.
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     now: float = 0.0
 
     def child(self, kind: str, name: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..api.types import ModelDeploymentSpec
 from ..config import OperatorConfig
+from ..optimize.progress import summary as progress_summary
 from ..resources import common as names
 from ..resources import job as job_builder
 from ..resources import status as st
@@ -102,6 +103,9 @@ def _job_failed(d: Draft, job: dict[str, Any], job_name: str, state: Optimizatio
 def _job_running(d: Draft, job_name: str, state: OptimizationState) -> None:
     state.optimizing = True
     state.optimization = {**state.optimization, "job": job_name}
+    progress = d.observed.progress.get(job_name)
+    if progress is not None:
+        state.optimization["progress"] = {**progress, "summary": progress_summary(progress)}
     problems: list[st.Problem] = []
     for pod in d.observed.job_pods(job_name):
         problems += [st.Problem(p["reason"], f"worker pod {pod['name']}: {p['message']}") for p in pod["problems"]]
@@ -109,7 +113,8 @@ def _job_running(d: Draft, job_name: str, state: OptimizationState) -> None:
     if problems:
         d.cond("OptimizationSucceeded", "Unknown", problems[0].reason, problems[0].message)
     else:
-        d.cond("OptimizationSucceeded", "Unknown", "JobRunning", f"optimization Job {job_name} is running")
+        where = f": {progress_summary(progress)}" if progress is not None else ""
+        d.cond("OptimizationSucceeded", "Unknown", "JobRunning", f"optimization Job {job_name} is running{where}")
 
 
 def _artifact_condition(d: Draft, state: OptimizationState) -> None:

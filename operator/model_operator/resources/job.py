@@ -8,11 +8,10 @@ from typing import Any
 from ..api.types import ModelDeploymentSpec
 from ..api.hashing import spec_hash as compute_hash
 from ..config import OperatorConfig
+from ..optimize.progress import PORT as PROGRESS_PORT
 from . import common as c
 
 TERMINATION_LOG = "/dev/termination-log"
-
-
 # The worker's exit codes that retrying cannot change (docs/contracts.md): 2 bad input, 3 gate rejected.
 DETERMINISTIC_EXIT_CODES = (2, 3)
 
@@ -63,7 +62,10 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
             "--name", name,
             "--output", output,
             "--report-summary", TERMINATION_LOG,
+            "--progress-port", str(PROGRESS_PORT),
         ],
+        # The operator reads where the run is from here (status.optimization.progress).
+        "ports": [{"name": "progress", "containerPort": PROGRESS_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": c.merge_resources(config.worker_resources),
         "volumeMounts": mounts,
