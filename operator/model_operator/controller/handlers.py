@@ -24,8 +24,18 @@ from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
 MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
-# kopf fixes timer intervals at import; the env vars let tests and small clusters react faster.
-RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS", "5"))
+
+def _reconcile_interval() -> float:
+    """kopf fixes timer intervals at import, so the configured one is read here: from the config
+    file `model-operator run` names (main.py sets $MODEL_OPERATOR_CONFIG before importing this
+    module), unless $MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS overrides it."""
+    override = os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS")
+    if override:
+        return float(override)
+    return OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG")).reconcile_interval_seconds
+
+
+RECONCILE_INTERVAL = _reconcile_interval()
 SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
