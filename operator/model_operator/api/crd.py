@@ -89,14 +89,16 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": "serving.model-operator.io/v1alpha1."},
+            "kind": {"type": "string", "description": "ModelDeployment."},
             "metadata": {
                 "type": "object",
-                "properties": {"name": {"type": "string", "maxLength": 63, "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$"}},
+                "description": "Standard object metadata.",
+                "properties": {"name": {"type": "string", "maxLength": 63, "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+                                        "description": "A DNS label: it names the Triton Deployment, Service and Jobs."}},
             },
-            "spec": spec,
-            "status": status,
+            "spec": {**spec, "description": "The model, how to optimize it and how to serve it."},
+            "status": {**status, "description": "What the operator observed and decided."},
         },
     }
 
