@@ -22,6 +22,7 @@ CHART = REPO / "charts" / "model-operator"
 
 
 from kubetest import chartlib  # noqa: E402
+from kubetest.binaries import unavailable  # noqa: E402 - after the sys.path setup
 
 
 def _load(name: str, path: Path) -> Any:
@@ -34,9 +35,24 @@ def _load(name: str, path: Path) -> Any:
 
 dashboard_gen = _load("model_operator_chart_dashboard", CHART / "hack" / "dashboard.py")
 
-needs_helm = pytest.mark.skipif(chartlib.helm_binary() is None, reason="helm not built: run hack/build-binaries.sh")
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install -y prometheus")
+
+
+@pytest.fixture
+def _helm() -> None:
+    """Skipped on a machine without helm, failed under CI (kubetest.binaries.unavailable)."""
+    if chartlib.helm_binary() is None:
+        unavailable("helm not built: run hack/build-binaries.sh")
+
+
+@pytest.fixture
+def _promtool() -> None:
+    if PROMTOOL is None:
+        unavailable("promtool missing: apt-get install -y prometheus")
+
+
+needs_helm = pytest.mark.usefixtures("_helm")
+needs_promtool = pytest.mark.usefixtures("_promtool")
 
 DASHBOARD = CHART / "files" / "dashboard.json"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kubernetes.client.exceptions import ApiException
 import torch
 
 from chart_helpers import OperatorProcess, base_values, http_ok
@@ -93,8 +94,10 @@ def test_digits_flow_as_the_chart_service_account(
             try:
                 get_md(custom_api, watched, "digits")
                 return False
-            except Exception:  # noqa: BLE001 - ApiException 404
-                return True
+            except ApiException as e:  # only a 404 is "deleted": an unreachable API server is not
+                if e.status == 404:
+                    return True
+                raise
 
         wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
         wait_for(lambda: not apps_api.list_namespaced_deployment(watched).items, timeout=120, message="Deployments garbage-collected")
