@@ -39,20 +39,20 @@ PROMTOOL = shutil.which("promtool")
 
 
 @pytest.fixture
-def _helm() -> None:
+def _helm_required() -> None:
     """Skipped on a machine without helm, failed under CI (kubetest.binaries.unavailable)."""
     if chartlib.helm_binary() is None:
         unavailable("helm not built: run hack/build-binaries.sh")
 
 
 @pytest.fixture
-def _promtool() -> None:
+def _promtool_required() -> None:
     if PROMTOOL is None:
         unavailable("promtool missing: apt-get install -y prometheus")
 
 
-needs_helm = pytest.mark.usefixtures("_helm")
-needs_promtool = pytest.mark.usefixtures("_promtool")
+needs_helm = pytest.mark.usefixtures("_helm_required")
+needs_promtool = pytest.mark.usefixtures("_promtool_required")
 
 DASHBOARD = CHART / "files" / "dashboard.json"
 
