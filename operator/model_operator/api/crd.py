@@ -91,11 +91,10 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "serving.model-operator.io/v1alpha1."},
             "kind": {"type": "string", "description": "ModelDeployment."},
+            # The API server allows nothing but name (and generateName) here, not even a description.
             "metadata": {
                 "type": "object",
-                "description": "Standard object metadata.",
-                "properties": {"name": {"type": "string", "maxLength": 63, "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
-                                        "description": "A DNS label: it names the Triton Deployment, Service and Jobs."}},
+                "properties": {"name": {"type": "string", "maxLength": 63, "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$"}},
             },
             "spec": {**spec, "description": "The model, how to optimize it and how to serve it."},
             "status": {**status, "description": "What the operator observed and decided."},
