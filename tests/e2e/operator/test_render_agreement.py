@@ -24,7 +24,7 @@ from model_operator.plan.render import ALL_OPTIONAL, render
 
 pytestmark = [pytest.mark.e2e]
 
-EXAMPLES = [p for p in sorted((REPO / "examples").glob("*/modeldeployment.yaml"))
+EXAMPLES = [p for p in sorted((REPO / "examples").glob("*/modeldeployment*.yaml"))
             if "://" in yaml.safe_load(p.read_text())["spec"]["model"]["uri"]]
 SHA = "e" * 64
 # Kinds the operator may create for an MD, as (apiVersion, kind).
@@ -48,7 +48,7 @@ def _rendered(objs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return {(o["kind"], o["metadata"]["name"]): o["metadata"]["annotations"][DESIRED_HASH] for o in objs}
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"{p.parent.name}/{p.stem}" for p in EXAMPLES])
 def test_render_and_the_operator_create_the_same_objects(example: Path, start_operator: Any, namespace: str, custom_api: Any,
                                                          operator_env: dict[str, str]) -> None:
     config = OperatorConfig.load(operator_env["MODEL_OPERATOR_CONFIG"])
