@@ -129,6 +129,14 @@ def test_job_failed_is_reported_by_kind_and_not_restarted(exit_code: int, reason
     assert again.apply == [] and again.status["phase"] == "Failed" and again.counts == {}
 
 
+def test_the_pods_exit_code_classifies_a_failure_without_a_summary() -> None:
+    doc = md()
+    job = {"name": job_name(doc), "finishedFailed": True, "failureMessage": "exit code 2 matching FailJob rule (PodFailurePolicy)"}
+    pod = {**summary_pod(job_name(doc), None), "exitCodes": [2]}
+    p = plan(doc, Observed(jobs=[job], pods=[pod], now=NOW), CONFIG)
+    assert conditions(p)["OptimizationSucceeded"] == ("False", "InvalidInput")
+
+
 def test_worker_job_fails_at_once_on_deterministic_exit_codes() -> None:
     doc = md()
     job = plan(doc, Observed(now=NOW), CONFIG).apply[0].obj

@@ -88,9 +88,12 @@ FAILED = {"WorkerFailed", *FAILURE_REASONS.values()}
 
 
 def _job_failed(d: Draft, job: dict[str, Any], job_name: str, state: OptimizationState) -> None:
-    summary = worker_summary(d.observed.job_pods(job_name)) or {}
+    pods = d.observed.job_pods(job_name)
+    summary = worker_summary(pods) or {}
     message = summary.get("reason") or job.get("failureMessage") or "the worker failed"
-    reason = FAILURE_REASONS.get(int(summary.get("exitCode") or 1), "WorkerFailed")
+    # The summary's exit code; else the pods' (a worker that died before writing one).
+    codes = [int(summary["exitCode"])] if summary.get("exitCode") else [c for p in pods for c in p.get("exitCodes") or []]
+    reason = next((FAILURE_REASONS[c] for c in codes if c in FAILURE_REASONS), "WorkerFailed")
     state.failed = True
     state.optimization = {"job": job_name}
     if summary.get("candidates"):

@@ -87,6 +87,7 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
             problems.append({"reason": "Unschedulable", "message": cond.get("message", "")})
     statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
     restarts = 0
+    exit_codes: list[int] = []
     for cs in statuses:
         restarts += cs.get("restartCount") or 0
         state, last = cs.get("state") or {}, cs.get("lastState") or {}
@@ -101,6 +102,8 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
                 continue
             if term.get("message"):
                 messages.append(term["message"])
+            if term.get("exitCode"):
+                exit_codes.append(int(term["exitCode"]))
             if term.get("reason") == "OOMKilled":
                 problems.append({"reason": "OOMKilled", "message": f"container {cs.get('name')} ran out of memory"})
             elif term.get("exitCode") and cs.get("name") == "assemble":
@@ -116,6 +119,7 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "labels": meta.get("labels") or {},
         "restarts": restarts,
         "terminationMessages": messages,
+        "exitCodes": exit_codes,
         "problems": problems,
     }
 
