@@ -92,7 +92,7 @@ class OperatorConfig(BaseSettings):
     finalizer_timeout_seconds: int = 600
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]  # pydantic-settings' hook, typed by its base class
         # Env wins over the file (passed as init kwargs), so a Helm-rendered file can be overridden per pod.
         return (env_settings, init_settings)
 

@@ -444,7 +444,7 @@ class Monitoring(Model):
 
 
 # Cross-field rules: api/rules.py (CEL here, the same rules in Python there).
-_SPEC_RULES = cel_validations()
+_SPEC_RULES: Any = cel_validations()  # JSON for json_schema_extra
 
 
 class ModelDeploymentSpec(Model):

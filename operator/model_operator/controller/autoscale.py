@@ -83,7 +83,8 @@ def tick(
     except PrometheusError as exc:
         metrics.PROMETHEUS_ERRORS.labels(exc.cause).inc()
         before = st.get_condition(conditions, "MetricsAvailable")
-        out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", f"Prometheus{exc.cause.capitalize()}", f"{exc}; holding {current} replicas", generation)
+        out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", f"Prometheus{exc.cause.capitalize()}",
+                                          f"{exc}; holding {current} replicas", generation)
         if before is None or before.get("status") != "False":
             out.events.append(("Warning", "MetricsUnavailable", f"{exc}; holding {current} replicas"))
         out.scaling = {**old, "engine": "operator", "desired": current, "reason": f"holding {current} replicas: {exc}", "lastPoll": now}

@@ -12,12 +12,12 @@ import kopf
 from prometheus_client import start_http_server
 
 from ..api import types as t
+from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
 from ..kube.api import DESIRED_HASH, Kube
 from ..kube.session import bounded_session, connection_limit
 from ..resources import common as names
 from ..resources import status as st
-from ..api.validation import SpecError, load_spec
 from ..scaling.prometheus import Prometheus
 from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
@@ -120,13 +120,13 @@ def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str]
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-async def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def jobs_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_job(dict(body))} if key else {}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def pods_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_pod(dict(body))} if key else {}
 
@@ -155,7 +155,7 @@ _CHILD_INDEXES = (
 )
 
 
-async def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def children_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: _child_summary(body)} if key else {}
 

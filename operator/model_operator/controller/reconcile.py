@@ -21,12 +21,12 @@ from kubernetes.client.exceptions import ApiException
 
 from ..api.types import Target
 from ..config import OperatorConfig
-from ..kube.api import Kube, KindNotServed
+from ..kube.api import KindNotServed, Kube
 from ..optimize.progress import PORT as PROGRESS_PORT
 from ..plan import SERVICE_MONITOR, Child, Delete, Observed, Plan, Readings, plan
 from ..resources import autoscaling as autoscaling_builder
-from ..resources.common import LABEL_COMPONENT
 from ..resources import status as st
+from ..resources.common import LABEL_COMPONENT
 from ..scaling import promql
 from ..scaling.prometheus import Prometheus, PrometheusError
 from . import metrics

@@ -8,6 +8,7 @@ Nothing is written at the destination until the artifact is complete (storage.pu
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -33,10 +34,10 @@ from ..api.types import (
     TensorSpec,
 )
 from . import report as rep
-from .progress import PROGRESS
 from .data import Dataset, load_npz
 from .errors import GateError, InputError, OptimizationError, WorkerError, first_line
 from .load import SourceModel, load_source
+from .progress import PROGRESS
 from .quiet import captured
 from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_latency, run_all, threads
 from .search import Outcome, Plan, check_plans, choose, plans_for
@@ -145,10 +146,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
         validation = calibration = None
         if val_path is not None:
             assert spec.data.validation is not None
-            validation = load_npz(val_path, field_name="spec.data.validation.uri", uri=spec.data.validation.uri, inputs=source.inputs, samples=spec.data.validation.samples)
+            validation = load_npz(val_path, field_name="spec.data.validation.uri", uri=spec.data.validation.uri, inputs=source.inputs,
+                                  samples=spec.data.validation.samples)
         if cal_path is not None:
             assert spec.data.calibration is not None
-            calibration = load_npz(cal_path, field_name="spec.data.calibration.uri", uri=spec.data.calibration.uri, inputs=source.inputs, samples=spec.data.calibration.samples)
+            calibration = load_npz(cal_path, field_name="spec.data.calibration.uri", uri=spec.data.calibration.uri, inputs=source.inputs,
+                                   samples=spec.data.calibration.samples)
         optimizing = (
             opt.quantization.mode != QuantizationMode.none or opt.pruning.method != PruningMethod.none
             or opt.clipping.method.value != "none" or opt.search.enabled
@@ -171,10 +174,10 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
     lat_inputs = latency_feeds(validation.inputs, lat_batch)
 
     with r.step("reference"):
-        ref_runner = TorchRunner(source.fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
+        ref_runner = TorchRunner(source.load_fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
         try:
             reference = run_all(ref_runner, validation.inputs, eval_batch)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any error of the original model on the data is the data's field to fix
             raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
         quality_before = reference_quality(task, reference, validation.labels, validation.targets)
         log.info("original: %s on %d samples", _q(quality_before) or "no ground truth", validation.size)
@@ -211,11 +214,11 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
         gated = [o for o in outcomes if o.artifact is not None]
         if gated:
             table = [rep.candidate_entry(o) for o in outcomes]
-            best = _closest_to_gate(gated)
+            closest = _closest_to_gate(gated)
             if len(plans) == 1:
-                raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {best.reason}", table)
+                raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {closest.reason}", table)
             raise GateError("spec.optimization.qualityGate",
-                            f"no candidate passed the gate ({len(outcomes)} tried); best {best.plan.name}: {best.reason}", table)
+                            f"no candidate passed the gate ({len(outcomes)} tried); best {closest.plan.name}: {closest.reason}", table)
         raise OptimizationError("spec.optimization", f"every candidate failed; {outcomes[0].plan.name}: {outcomes[0].reason}")
 
     with r.step("latency"):
@@ -327,7 +330,7 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
         from .convert import export_onnx, save_torchscript
         from .transform import transform_torch
 
-        module = source.fresh()
+        module = source.load_fresh()
         clip_stats, prune_stats = transform_torch(module, plan.clipping, plan.pruning, calibration=calibration, inputs=source.inputs, task=task.value)
         if ConversionFormat(conversion.format) == ConversionFormat.torchscript:
             path = save_torchscript(source.kind, module, d / "model.pt")
@@ -428,8 +431,8 @@ def _measure_latencies(r: Run, ref_runner: OrtRunner | TorchRunner, outcomes: li
         for k, (o, runner) in enumerate(entries):
             if rnd > 0 and o is not None and not o.passed:
                 continue
-            times[k].append(measure_latency(lambda runner=runner: runner.run(lat_inputs), budget_s=budget))
-    for (o, _runner_), t in zip(entries[1:], times[1:]):
+            times[k].append(measure_latency(functools.partial(runner.run, lat_inputs), budget_s=budget))
+    for (o, _), t in zip(entries[1:], times[1:]):
         assert o is not None
         o.latency_ms = float(np.median(t))
     return float(np.median(times[0]))
@@ -467,7 +470,7 @@ def _runner(art: Path, source: SourceModel, level: str) -> OrtRunner | TorchRunn
 def _run_artifact(art: Path, fmt: str, source: SourceModel, level: str, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
     try:
         return run_all(_runner(art, source, level), inputs, batch)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any error running the optimized model fails the candidate with its reason
         raise OptimizationError("spec.optimization", f"the optimized model fails to run: {first_line(exc)}") from None
 
 
@@ -499,7 +502,7 @@ def _onnx_facts(art: Path, fmt: str) -> dict[str, Any]:
 
     m = onnx.load(str(art), load_external_data=False)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    weights = {}
+    weights: dict[str, int] = {}
     for init in m.graph.initializer:
         name = onnx.TensorProto.DataType.Name(init.data_type).lower()
         weights[name] = weights.get(name, 0) + int(np.prod(init.dims)) if init.dims else weights.get(name, 0) + 1
@@ -548,8 +551,9 @@ def _q(q: dict[str, float]) -> str:
 
 
 def _bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

@@ -134,10 +134,11 @@ def quantize(
                 )
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's quantizer raises arbitrary classes; reported as the step's failure
         raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
     model = onnx.load(str(out), load_external_data=False)
-    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "DequantizeLinear")]
+    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv",
+                                                           "QGemm", "QAttention", "DequantizeLinear")]
     return QuantResult(out, quantized_nodes=len(qnodes), op_types=sorted({n.op_type for n in qnodes}), excluded=list(exclude))
 
 

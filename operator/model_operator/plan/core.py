@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -141,7 +141,7 @@ class Draft:
         self, obj: dict[str, Any], observed: dict[str, Any] | None = None, optional: bool = False, counter: str | None = None
     ) -> None:
         """A child that should exist as `obj`: owned by the MD, stamped with its desired hash."""
-        kopf.adopt(obj, owner=self.md)
+        kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, self.md)))
         with_desired_hash(obj)
         self.plan.apply.append(Child(obj, observed, optional, counter))
 

@@ -149,13 +149,13 @@ def analyse(
     crashing = f"{bad[0].reason}: {bad[0].message}" if bad else None
     taken = crashing is None and state.get("started") is not None
     error_ratio, latency, baseline, requests = _readings(d, tracks, track) if taken else (None, None, None, None)
-    canary_spec, canary = spec.rollout.canary, tracks.mode == "canary"
+    canary_spec, is_canary = spec.rollout.canary, tracks.mode == "canary"
     verdict = ro.analyze(
         started=state.get("started"), now=d.now, duration=canary_spec.analysis_seconds, error_ratio=error_ratio,
-        max_error_ratio=canary_spec.max_error_ratio if canary else spec.monitoring.max_error_ratio,
+        max_error_ratio=canary_spec.max_error_ratio if is_canary else spec.monitoring.max_error_ratio,
         latency=latency, baseline_latency=baseline,
-        max_latency_ratio=canary_spec.max_latency_ratio if canary else None, crashing=crashing,
-        requests=requests, min_requests=canary_spec.min_requests if canary else 0,
+        max_latency_ratio=canary_spec.max_latency_ratio if is_canary else None, crashing=crashing,
+        requests=requests, min_requests=canary_spec.min_requests if is_canary else 0,
     )
     rollout["analysis"] = f"{key} {subject.revision}: {verdict.reason}"
     return _decide(d, spec, rollout, state, subject, key, verdict, result)

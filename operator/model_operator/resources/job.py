@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..api.types import ModelDeploymentSpec
 from ..api.hashing import spec_hash as compute_hash
+from ..api.types import ModelDeploymentSpec
 from ..config import OperatorConfig
 from ..optimize.progress import PORT as PROGRESS_PORT
 from . import common as c

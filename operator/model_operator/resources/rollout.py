@@ -98,7 +98,8 @@ def analyze(
     if max_latency_ratio and latency is not None and baseline_latency:
         ratio = latency / baseline_latency
         if ratio > max_latency_ratio:
-            return Verdict("fail", f"p99 latency {latency:.2f} ms is {ratio:.2f}x the stable {baseline_latency:.2f} ms (max {max_latency_ratio:g}x)", "latencyRatio", ratio)
+            return Verdict("fail", f"p99 latency {latency:.2f} ms is {ratio:.2f}x the stable {baseline_latency:.2f} ms (max {max_latency_ratio:g}x)",
+                           "latencyRatio", ratio)
     if now - started < duration:
         return Verdict("wait", f"analysing: {now - started:.0f}/{duration:.0f}s")
     if min_requests and (requests or 0) < min_requests:

@@ -155,7 +155,7 @@ def set_condition(
         "reason": reason,
         "message": message[:1024],
         "observedGeneration": generation,
-        "lastTransitionTime": (now or now_iso()) if changed else old.get("lastTransitionTime") or now or now_iso(),
+        "lastTransitionTime": (now or now_iso()) if changed or old is None else old.get("lastTransitionTime") or now or now_iso(),
     }
     out.append(cond)
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
