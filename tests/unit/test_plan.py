@@ -18,7 +18,7 @@ from model_operator.config import NodePool, OperatorConfig
 from model_operator.plan import Observed, Plan, Readings, plan
 from model_operator.resources import autoscaling as autoscaling_builder
 from model_operator.resources import common as names
-from model_operator.resources import status as st
+from model_operator.plan import status as st
 from model_operator.plan.core import SERVICE_MONITOR
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from model_operator.config import NodePool, OperatorConfig
 from model_operator.controller.reconcile import BACKOFF_FIRST, Reconciler
 from model_operator.plan import Observed
-from model_operator.resources import status as st
+from model_operator.plan import status as st
 
 from test_plan import NOW, artifact, md
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from model_operator.api.types import Phase
-from model_operator.resources import status as st
+from model_operator.plan import status as st
 
 
 def test_set_condition_moves_transition_time_only_on_status_change() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.types import Autoscaling, ModelDeploymentSpec, ScalingEngine, Target
-from ..resources import status as st
+from ..plan import status as st
 from ..scaling import promql
 from ..scaling.policy import Recommendation, ScaleEvent, decide
 from ..scaling.prometheus import Prometheus, PrometheusError

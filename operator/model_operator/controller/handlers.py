@@ -16,8 +16,8 @@ from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
 from ..kube.api import DESIRED_HASH, Kube
 from ..kube.session import bounded_session, connection_limit
+from ..plan import status as st
 from ..resources import common as names
-from ..resources import status as st
 from ..scaling.prometheus import Prometheus
 from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe

@@ -24,8 +24,8 @@ from ..config import OperatorConfig
 from ..kube.api import KindNotServed, Kube
 from ..optimize.progress import PORT as PROGRESS_PORT
 from ..plan import SERVICE_MONITOR, Child, Delete, Observed, Plan, Readings, plan
+from ..plan import status as st
 from ..resources import autoscaling as autoscaling_builder
-from ..resources import status as st
 from ..resources.common import LABEL_COMPONENT
 from ..scaling import promql
 from ..scaling.prometheus import Prometheus, PrometheusError

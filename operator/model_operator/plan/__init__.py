@@ -16,7 +16,7 @@ from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
 from ..resources import common as names
 from ..resources import serving as serving_builder
-from ..resources import status as st
+from . import status as st
 from .core import SERVICE_MONITOR, Child, Delete, Draft, Observed, Plan, Readings
 from .engines import plan_engine
 from .monitoring import plan_health, plan_probe, plan_service_monitor

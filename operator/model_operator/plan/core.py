@@ -11,7 +11,7 @@ from typing import Any, cast
 import kopf
 
 from ..kube.api import DESIRED_HASH, with_desired_hash
-from ..resources import status as st
+from . import status as st
 
 Key = tuple[str, str]
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")

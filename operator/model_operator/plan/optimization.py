@@ -11,7 +11,7 @@ from ..config import OperatorConfig
 from ..optimize.progress import summary as progress_summary
 from ..resources import common as names
 from ..resources import job as job_builder
-from ..resources import status as st
+from . import status as st
 from .core import Draft
 
 

@@ -12,7 +12,7 @@ from ..kube.api import DESIRED_HASH
 from ..resources import common as names
 from ..resources import rollout as ro
 from ..resources import serving as serving_builder
-from ..resources import status as st
+from . import status as st
 from .core import Draft
 
 FATAL = {"CrashLoopBackOff", "ArtifactRejected", "ProgressDeadlineExceeded", "OOMKilled", "ImagePullBackOff", "ErrImagePull"}

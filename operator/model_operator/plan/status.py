@@ -1,6 +1,7 @@
-"""What the status should say, computed from what the operator observed. Pure: the controller
-gathers observations (from its caches), this module turns them into phase, conditions and the
-problems worth an Event, so every rule here is unit-testable with plain dicts."""
+"""What the status should say, computed from what the operator observed. Pure: the controller's
+caches keep the summaries made here (summarize_job, summarize_pod), and plan() turns them into
+phase, conditions and the problems worth an Event, so every rule is unit-testable with plain dicts.
+(It lived in resources/, which holds the builders of single objects; status is no object.)"""
 
 from __future__ import annotations
 
