@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from .resources.render import main as render_main
+    from .plan.render import main as render_main
 
     return render_main(args)
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="destination: a directory, or s3://bucket/prefix")
     p.add_argument("--report-summary", default=None, help="also write the <4 KiB summary here (e.g. /dev/termination-log)")
     p.add_argument("--work-dir", default=None, help="scratch directory (default: a temporary one)")
+    p.add_argument("--progress-port", type=int, default=0, help="answer GET /progress on this port while running (0: off)")
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("local", help="run the pipeline and a real Triton server on this machine")

@@ -30,7 +30,6 @@ class ArtifactStore(BaseModel):
 
     type: Literal["pvc", "s3"] = "pvc"
     claim: str = "model-artifacts"
-    mount_path: str = "/artifacts"
     bucket: str | None = None
     prefix: str = "model-operator"
     endpoint: str | None = None
@@ -67,7 +66,9 @@ class OperatorConfig(BaseSettings):
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_timeout_seconds: float = 5.0
     prometheus_window: str = Field(default="1m", description="Range of rate() in scaling and health queries.")
-    reconcile_interval_seconds: float = 5.0
+    reconcile_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often each ModelDeployment is reconciled besides its changes (kopf timer; "
+                                       "$MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS overrides it).")
     progress_deadline_seconds: int = Field(
         default=600, ge=10, description="A Triton rollout that makes no progress this long is rolled back (Deployment progressDeadlineSeconds)."
     )
@@ -91,7 +92,7 @@ class OperatorConfig(BaseSettings):
     finalizer_timeout_seconds: int = 600
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]  # pydantic-settings' hook, typed by its base class
         # Env wins over the file (passed as init kwargs), so a Helm-rendered file can be overridden per pod.
         return (env_settings, init_settings)
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .api.types import Serving, Target
+from .api.types import Backend, Serving, Target
 
 TERMINATION_LOG = Path("/dev/termination-log")
 
@@ -53,9 +53,9 @@ def assemble(artifact: Path, name: str, target: str, serving: Serving, output: P
     if not (source / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{source}/config.pbtxt: the artifact holds no model named {name!r}")
     inputs, outputs, _ = read_signature((source / "config.pbtxt").read_text())
-    backend = serving.backend
+    backend: Backend | str | None = serving.backend
     if backend is None and (source / "1" / "model.py").exists():
-        backend = "python"
+        backend = Backend.python
     text = build_model_config(
         name, inputs, outputs, artifact_format=_artifact_format(source), serving=serving, target=Target(target), backend=backend
     )

@@ -307,6 +307,12 @@ def test_two_replicas_elect_one_active_operator_and_hand_over(release: Release, 
         logs = a.log() + b.log()
         assert "Pausing all operators, including self" not in logs
         active = max(peers().items(), key=lambda kv: kv[1]["priority"])[0]
+        standby = next(name for name in replicas if name != active)
+        # kopf prefixes each object's log lines with [namespace/name]: the leader's log has
+        # "elected" (its InvalidSpec warning), the standby's none while the leader lives.
+        marker = f"{watched}/elected"
+        assert marker in replicas[active].log(), replicas[active].log()[-2000:]
+        assert marker not in replicas[standby].log(), f"the standby handled it too:\n{replicas[standby].log()[-2000:]}"
 
         lifetime = float(peers()[active].get("lifetime") or 60)
         replicas[active].kill()

@@ -69,7 +69,7 @@ def chart_pods(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def operator_pods(values: dict[str, Any], tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
     from model_operator.config import OperatorConfig
-    from model_operator.resources.render import render as operator_render
+    from model_operator.plan.render import render as operator_render
 
     objs = chartlib.render(values or None, release="mo", namespace="model-operator")
     cm = chartlib.one(objs, "ConfigMap", "mo-model-operator-config")

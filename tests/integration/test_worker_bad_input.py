@@ -153,6 +153,9 @@ def test_bad_input(case: str, digits: Digits, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary siblings"
     assert res.summary["ok"] is False
     assert "error: " + res.summary["reason"] == res.last_line
+    assert res.summary["exitCode"] == code
+    if code == 3:  # the operator shows what was tried in status.optimization.candidates
+        assert res.summary["candidates"] and not any(c["passed"] for c in res.summary["candidates"])
 
 
 def test_bad_encoder_inputs(encoder: EncoderFiles, tmp_path: Path) -> None:

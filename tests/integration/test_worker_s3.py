@@ -69,7 +69,7 @@ def test_wrong_credentials(s3: S3, uploaded: dict[str, str], tmp_path: Path, s3_
     assert res.last_line.startswith("error: --output: s3://models/artifacts/ns/digits/wrongcreds: cannot list: "), res.last_line
     assert "AWS_ACCESS_KEY_ID" in res.last_line
     assert "definitely-not-the-secret" not in res.stderr and s3.secret not in res.stderr
-    assert res.summary == {"ok": False, "reason": res.last_line[len("error: "):], "specHash": res.summary["specHash"]}
+    assert res.summary == {"ok": False, "reason": res.last_line[len("error: "):], "specHash": res.summary["specHash"], "exitCode": 2}
     assert s3.keys("artifacts/ns/digits/wrongcreds") == []
 
 

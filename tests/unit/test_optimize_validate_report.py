@@ -92,7 +92,13 @@ def test_summary_fits_4k_with_32_candidates(chosen: int) -> None:
 
 
 def test_failure_summary() -> None:
-    assert report.failure("abc", "spec.model.uri: x: no such file") == {"ok": False, "reason": "spec.model.uri: x: no such file", "specHash": "abc"}
+    assert report.failure("abc", "spec.model.uri: x: no such file", 2) == {
+        "ok": False, "reason": "spec.model.uri: x: no such file", "specHash": "abc", "exitCode": 2}
+    many = [{"name": f"candidate-{i}", "passed": False, "quality": {"top1": 0.5, "loss": 1.0}, "reason": "x" * 400} for i in range(40)]
+    gated = report.failure("abc", "no candidate passed", 3, many)
+    assert len(report.dumps(gated).encode()) < report.SUMMARY_LIMIT
+    assert gated["candidates"][0] == {"name": "candidate-0", "passed": False, "quality": {"top1": 0.5}, "reason": "x" * 200}
+    assert gated["candidatesOmitted"] == 40 - len(gated["candidates"]) > 0
 
 
 def test_errors_are_one_line() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from model_operator.api.types import Phase
-from model_operator.resources import status as st
+from model_operator.plan import status as st
 
 
 def test_set_condition_moves_transition_time_only_on_status_change() -> None:
@@ -129,10 +129,10 @@ def test_status_changes_carries_only_what_differs() -> None:
 
 
 def test_a_retried_jobs_successful_summary_wins() -> None:
-    from model_operator.controller.reconcile import Reconciler
+    from model_operator.plan import worker_summary
 
     failed = {"terminationMessages": [json.dumps({"ok": False, "reason": "killed"})], "problems": []}
     ok = {"terminationMessages": [json.dumps({"ok": True, "artifact": {"sha256": "x"}})], "problems": []}
-    assert Reconciler._summary([failed, ok])["ok"] is True
-    assert Reconciler._summary([failed])["reason"] == "killed"
-    assert Reconciler._summary([]) is None
+    assert worker_summary([failed, ok])["ok"] is True
+    assert worker_summary([failed])["reason"] == "killed"
+    assert worker_summary([]) is None

@@ -47,8 +47,8 @@ MD = 'namespace="$namespace",modeldeployment="$modeldeployment"'
 
 
 def quantile_latency_ms(q: float, sel: str, window: str) -> str:
-    """Latency quantile from Triton's histogram; for q=0.99 exactly promql.p99_latency_ms."""
-    return f"histogram_quantile({q:g}, sum by (le) (rate(nv_inference_request_duration_us_bucket{{{sel}}}[{window}]))) / 1000"
+    """Latency quantile from Triton's latency summaries; for q=0.99 exactly promql.p99_latency_ms."""
+    return promql.latency_quantile_ms(q, sel)
 
 
 def mean_compute_ms(sel: str, window: str) -> str:
@@ -147,13 +147,14 @@ def build() -> dict[str, Any]:
         unit="percentunit", min=0,
     ))
     lay.add(timeseries(
-        "Latency: p50 / p99 (histogram) and mean",
-        "p50 and p99 come from nv_inference_request_duration_us_bucket, which Triton exports only with "
-        "--metrics-config=histogram_latencies=true (values: triton.args); without it those series are "
-        "empty. The mean is computed from the request-duration and request counters Triton always exports.",
+        "Latency: p50 / p99 (summary) and mean",
+        "p50 and p99 come from nv_inference_request_summary_us, the latency summaries the operator starts "
+        "Triton with (--metrics-config=summary_latencies=true): the slowest pod's quantile. They are what "
+        "monitoring.p99LatencyMs and the canary's maxLatencyRatio judge. The mean is computed from the "
+        "request-duration and request counters.",
         [
-            target(quantile_latency_ms(0.5, SEL, w), "p50 (histogram)", "A"),
-            target(promql.p99_latency_ms(SEL, w), "p99 (histogram)", "B"),
+            target(quantile_latency_ms(0.5, SEL, w), "p50 (summary)", "A"),
+            target(promql.p99_latency_ms(SEL, w), "p99 (summary)", "B"),
             target(promql.avg_latency_ms(SEL, w), "mean (counters)", "C"),
         ],
         unit="ms", min=0,

@@ -89,14 +89,15 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"type": "string", "description": "serving.model-operator.io/v1alpha1."},
+            "kind": {"type": "string", "description": "ModelDeployment."},
+            # The API server allows nothing but name (and generateName) here, not even a description.
             "metadata": {
                 "type": "object",
                 "properties": {"name": {"type": "string", "maxLength": 63, "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$"}},
             },
-            "spec": spec,
-            "status": status,
+            "spec": {**spec, "description": "The model, how to optimize it and how to serve it."},
+            "status": {**status, "description": "What the operator observed and decided."},
         },
     }
 
@@ -113,6 +114,7 @@ PRINTER_COLUMNS = [
     _column("Ready", ".status.ready", "string", "Ready Triton replicas / replicas."),
     _column("Format", ".status.artifact.format", "string", "Format of the served artifact."),
     _column("Size", ".status.artifact.size", "string", "Size of the optimized artifact."),
+    _column("Progress", ".status.optimization.progress.summary", "string", "Where the running optimization Job is."),
     _column("Age", ".metadata.creationTimestamp", "date", "Time since creation."),
     _column("Target", ".spec.target", "string", "cloud, edge or device.", priority=1),
     _column("Recipe", ".status.optimization.recipe", "string", "Optimization recipe that passed the quality gate.", priority=1),

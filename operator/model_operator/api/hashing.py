@@ -19,7 +19,7 @@ HASH_LENGTH = 10
 def artifact_fields(spec: ModelDeploymentSpec) -> dict[str, Any]:
     dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     backend = spec.serving.backend.value if spec.serving and spec.serving.backend else None
-    fields = {k: dumped.get(k) for k in ("model", "target", "data", "optimization", "conversion")}
+    fields: dict[str, Any] = {k: dumped.get(k) for k in ("model", "target", "data", "optimization", "conversion")}
     # The backend decides the repository layout (a python-backend model carries model.py).
     fields["backend"] = backend
     # The time budget bounds the Job, it doesn't change what the Job produces.

@@ -1,8 +1,8 @@
 """ModelDeployment spec and status: the one definition the CRD, the worker and the operator share.
 
 Field names are camelCase on the wire (what users write in YAML) and snake_case in Python.
-Cross-field rules live twice on purpose: as CEL on the models (enforced by the API server)
-and in `validation.py` (enforced by the worker and `local`, which see specs that never
+Cross-field rules are written once in `rules.py`: each as CEL (the CRD carries it, the API server
+enforces it) and as a Python predicate (for the worker and `local`, which see specs that never
 passed through an API server).
 """
 
@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from .rules import cel_validations
 
 GROUP = "serving.model-operator.io"
 VERSION = "v1alpha1"
@@ -31,7 +33,10 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, st
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    """Base of the spec and status types (a pydantic model of the API, not an ML model). A field's
+    docstring is its description in the CRD (`kubectl explain`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True)
 
 
 # --- enums -------------------------------------------------------------------------------
@@ -170,7 +175,9 @@ class TensorSpec(Model):
     """One named input or output of the model."""
 
     name: TensorName
+    """Tensor name as the model knows it."""
     dtype: DType = DType.float32
+    """Element type."""
     shape: list[Annotated[int, Field(ge=-1)]] = Field(
         description="Dimensions including the batch dimension; -1 marks a dynamic axis.",
         min_length=1,
@@ -190,6 +197,7 @@ class ModelSource(Model):
         default=None, max_length=32, description="Input signature; required when the format doesn't carry one (TorchScript)."
     )
     outputs: list[TensorSpec] | None = Field(default=None, max_length=32)
+    """Output signature; required when the format doesn't carry one (TorchScript)."""
     credentials_secret: K8sName | None = Field(
         default=None, description="Secret in the same namespace with S3 or HTTP credentials for the URIs of this spec."
     )
@@ -200,6 +208,7 @@ class DataRef(Model):
     or `targets` (regression/embedding reference outputs)."""
 
     uri: Uri
+    """s3://, http(s):// or pvc://claim/path of the .npz file."""
     samples: int | None = Field(default=None, ge=1, le=1_000_000, description="Use at most this many samples.")
 
 
@@ -221,9 +230,12 @@ class SensitiveLayers(Model):
 
 class Quantization(Model):
     mode: QuantizationMode = QuantizationMode.none
+    """none, dynamic-int8, static-int8 (needs data.calibration) or fp16."""
     scope: QuantizationScope = QuantizationScope.full
+    """full, or partial: the sensitive layers stay in float (needs a mode other than none)."""
     per_channel: bool = Field(default=True, description="Per-channel weight scales (else per-tensor).")
     sensitive_layers: SensitiveLayers = Field(default_factory=SensitiveLayers)
+    """Layers kept in float with scope: partial."""
     op_types: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, max_length=64, description="Quantize only these operator types (e.g. MatMul, Conv)."
     )
@@ -231,12 +243,14 @@ class Quantization(Model):
 
 class Clipping(Model):
     method: ClippingMethod = ClippingMethod.none
+    """none, threshold (needs threshold) or percentile (needs percentile)."""
     threshold: float | None = Field(default=None, gt=0, description="Clip weights to [-threshold, threshold].")
     percentile: float | None = Field(default=None, gt=50, le=100, description="Clip each weight tensor at this |w| percentile.")
 
 
 class Pruning(Model):
     method: PruningMethod = PruningMethod.none
+    """none, magnitude, gradient (needs data.calibration) or structured."""
     sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction of weights (or channels) to remove.")
 
 
@@ -244,19 +258,27 @@ class Recipe(Model):
     """One candidate of a search: overrides of the base optimization."""
 
     name: Annotated[str, Field(min_length=1, max_length=63)]
+    """Candidate name, shown in status.optimization.candidates."""
     quantization: Quantization | None = None
+    """Replaces optimization.quantization for this candidate."""
     clipping: Clipping | None = None
+    """Replaces optimization.clipping for this candidate."""
     pruning: Pruning | None = None
+    """Replaces optimization.pruning for this candidate."""
     graph_optimization_level: Annotated[str, Field(pattern=r"^(disable|basic|extended|all)$")] | None = None
+    """ONNX Runtime graph optimization level baked into the artifact: disable, basic, extended or all."""
 
 
 class Search(Model):
     enabled: bool = False
+    """Try several recipes and keep the fastest that passes the quality gate."""
     candidates: list[Recipe] | None = Field(
         default=None, max_length=32, description="Recipes to try; a built-in set when omitted."
     )
     max_candidates: int = Field(default=8, ge=1, le=32)
+    """Try at most this many candidates."""
     latency_batch_size: int = Field(default=1, ge=1, le=1024)
+    """Batch size latency is measured at when candidates are compared."""
 
 
 class QualityGate(Model):
@@ -267,22 +289,31 @@ class QualityGate(Model):
 
 class Optimization(Model):
     quantization: Quantization = Field(default_factory=Quantization)
+    """Weight/activation quantization."""
     clipping: Clipping = Field(default_factory=Clipping)
+    """Weight clipping before quantization."""
     pruning: Pruning = Field(default_factory=Pruning)
+    """Weight pruning (sparsity)."""
     search: Search = Field(default_factory=Search)
+    """Search over candidate recipes."""
     quality_gate: QualityGate = Field(default_factory=QualityGate)
+    """What the optimized model must keep compared with the original on data.validation."""
     time_budget_seconds: int = Field(default=1800, ge=10, le=86400, description="Deadline of the optimization Job.")
 
 
 class DynamicAxes(Model):
     batch: bool = True
+    """Export the first axis as dynamic (batching)."""
     sequence: bool = Field(default=False, description="Mark axis 1 of integer inputs dynamic (token sequences).")
 
 
 class Conversion(Model):
     format: ConversionFormat = ConversionFormat.onnx
+    """Format of the artifact: onnx or torchscript."""
     opset: int = Field(default=17, ge=11, le=23)
+    """ONNX opset of the export."""
     dynamic_axes: DynamicAxes = Field(default_factory=DynamicAxes)
+    """Which axes stay dynamic in the exported model."""
 
 
 # --- serving ------------------------------------------------------------------------------
@@ -292,38 +323,51 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G
 
 class Resources(Model):
     requests: dict[str, Quantity] = Field(default_factory=dict)
+    """Resource requests of the Triton container (cpu, memory, ...)."""
     limits: dict[str, Quantity] = Field(default_factory=dict)
+    """Resource limits of the Triton container."""
 
 
 class DynamicBatching(Model):
     enabled: bool = True
+    """Let Triton combine requests into batches."""
     preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=16)
+    """Batch sizes Triton prefers to form; each must be <= serving.maxBatchSize."""
     max_queue_delay_microseconds: int = Field(default=100, ge=0, le=10_000_000)
+    """How long a request may wait for a batch to fill."""
 
 
 class Serving(Model):
     node_pool: K8sName | None = Field(default=None, description="Node pool from the operator's configuration.")
     replicas: int = Field(default=1, ge=0, le=1000)
+    """Triton replicas (the autoscaler changes it when autoscaling is on)."""
     resources: Resources = Field(default_factory=Resources)
+    """Requests and limits of the Triton container; the node pool's defaults fill the rest."""
     gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per replica (cloud target).")
     triton_image: Annotated[str, Field(max_length=512)] | None = Field(default=None, description="Overrides the operator's Triton image.")
     backend: Backend | None = Field(default=None, description="Triton backend; follows the artifact format when omitted.")
     max_batch_size: int = Field(default=8, ge=0, le=65536)
+    """Largest batch Triton sends to the model (0: no batching)."""
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
+    """Triton's dynamic batcher."""
     instance_count: int = Field(default=1, ge=1, le=64)
+    """Model instances per replica (parallel executions)."""
     gpu_accelerator: GpuAccelerator = Field(default=GpuAccelerator.none, description="ONNX Runtime TensorRT execution accelerator (GPU pools).")
 
 
 class ScalingMetric(Model):
     type: ScalingMetricType
+    """queueTime, inferenceRate, pendingRequests, gpuUtilization or cpuUtilization."""
     target: float = Field(gt=0, description="Per-replica target: ms for queueTime, req/s for inferenceRate, count, or percent.")
 
 
 class ScalingRules(Model):
     stabilization_seconds: int = Field(ge=0, le=3600)
+    """Window of past recommendations considered before changing replicas."""
     max_percent: int = Field(default=100, ge=1, le=1000, description="Largest change per period, percent of current replicas.")
     max_pods: int = Field(default=4, ge=1, le=1000, description="Largest change per period, in pods.")
     period_seconds: int = Field(default=15, ge=1, le=1800)
+    """Period the maxPercent/maxPods limits apply to."""
 
 
 def _scale_up_default() -> ScalingRules:
@@ -336,99 +380,94 @@ def _scale_down_default() -> ScalingRules:
 
 class Autoscaling(Model):
     enabled: bool = True
+    """Scale replicas on load."""
     engine: ScalingEngine = ScalingEngine.operator
+    """operator (the built-in scaler), hpa (a HorizontalPodAutoscaler) or keda (a KEDA ScaledObject)."""
     min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest replicas; must be <= maxReplicas."""
     max_replicas: int = Field(default=4, ge=1, le=1000)
+    """Most replicas."""
     metrics: list[ScalingMetric] = Field(
         default_factory=lambda: [ScalingMetric(type=ScalingMetricType.queue_time, target=5.0)], max_length=8
     )
+    """Per-replica targets; the metric asking for the most replicas wins."""
     tolerance: float = Field(default=0.1, ge=0, le=1)
+    """Relative deviation from a target that causes no change (0.1 = 10 %)."""
     scale_up: ScalingRules = Field(default_factory=_scale_up_default)
+    """How fast replicas are added."""
     scale_down: ScalingRules = Field(default_factory=_scale_down_default)
+    """How fast replicas are removed."""
     poll_seconds: int = Field(default=5, ge=1, le=600)
+    """How often the built-in scaler reads Prometheus."""
 
 
 class Canary(Model):
     weight: int = Field(default=10, ge=1, le=99, description="Share of replicas (percent) that serve the new artifact.")
     analysis_seconds: int = Field(default=120, ge=10, le=86400)
+    """How long the new artifact is analysed before it is promoted."""
     max_error_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Failed / all requests of the canary above this rolls it back."""
     max_latency_ratio: float = Field(default=1.5, ge=1, le=100, description="Canary p99 / stable p99 above this fails.")
+    min_requests: int = Field(
+        default=10, ge=0, le=1_000_000,
+        description="Requests the canary must answer during its analysis before it can be promoted; with fewer it is held "
+                    "(reason NoCanaryTraffic), neither promoted nor rolled back. 0 promotes a canary no request reached.")
 
 
 class Rollout(Model):
     strategy: RolloutStrategy = RolloutStrategy.rolling
+    """rolling (replace, then watch) or canary (a share of replicas first)."""
     canary: Canary = Field(default_factory=Canary)
+    """The canary's share, analysis window and thresholds."""
     auto_rollback: bool = True
+    """Return to the last good artifact when an analysis fails."""
 
 
 class GoldenProbe(Model):
     enabled: bool = True
+    """Send the artifact's golden samples to the serving pods periodically and compare the answers with the report."""
     interval_seconds: int = Field(default=60, ge=5, le=86400)
+    """Seconds between probes."""
     samples: int = Field(default=16, ge=1, le=1024)
+    """Golden samples per probe."""
 
 
 class Monitoring(Model):
     service_monitor: bool = True
+    """Create a ServiceMonitor for Triton's metrics when the cluster serves the kind."""
     golden_probe: GoldenProbe = Field(default_factory=GoldenProbe)
+    """Periodic check that live answers match the optimization report."""
     max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    """Failed / all requests above this marks the deployment Degraded (status.health)."""
     p99_latency_ms: float | None = Field(default=None, gt=0)
+    """p99 request latency objective in ms, from Triton's latency summaries; above it is Degraded."""
 
 
-_SPEC_RULES = [
-    _cel(
-        "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
-        "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
-        ".autoscaling.minReplicas",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.quantization) || !has(self.optimization.quantization.mode)"
-        " || self.optimization.quantization.mode != 'static-int8' || (has(self.data) && has(self.data.calibration))",
-        "static-int8 quantization needs calibration data: set data.calibration",
-        ".optimization.quantization.mode",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.pruning) || !has(self.optimization.pruning.method)"
-        " || self.optimization.pruning.method != 'gradient' || (has(self.data) && has(self.data.calibration))",
-        "gradient pruning needs calibration data: set data.calibration",
-        ".optimization.pruning.method",
-    ),
-    _cel(
-        "!has(self.target) || self.target != 'device' || (!has(self.serving) && !has(self.autoscaling))",
-        "target: device serves nothing: remove the serving and autoscaling blocks",
-        ".target",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
-        " || self.optimization.clipping.method != 'threshold' || has(self.optimization.clipping.threshold)",
-        "threshold clipping needs optimization.clipping.threshold",
-        ".optimization.clipping.threshold",
-    ),
-    _cel(
-        "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
-        " || self.optimization.clipping.method != 'percentile' || has(self.optimization.clipping.percentile)",
-        "percentile clipping needs optimization.clipping.percentile",
-        ".optimization.clipping.percentile",
-    ),
-    _cel(
-        "!has(self.serving) || !has(self.serving.gpus) || self.serving.gpus == 0 || !has(self.target) || self.target == 'cloud'",
-        "serving.gpus is only for target: cloud",
-        ".serving.gpus",
-    ),
-]
+# Cross-field rules: api/rules.py (CEL here, the same rules in Python there).
+_SPEC_RULES: Any = cel_validations()  # JSON for json_schema_extra
 
 
 class ModelDeploymentSpec(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
 
     model: ModelSource
+    """The trained model and its signature."""
     target: Target = Target.cloud
+    """cloud (Triton on a node pool), edge (Triton on edge nodes) or device (publish the artifact only)."""
     data: Data = Field(default_factory=Data)
+    """Calibration and validation datasets."""
     optimization: Optimization = Field(default_factory=Optimization)
+    """How the model is optimized and the quality it must keep."""
     conversion: Conversion = Field(default_factory=Conversion)
+    """The served artifact's format."""
     serving: Serving | None = None
+    """How Triton serves the artifact (cloud and edge targets)."""
     autoscaling: Autoscaling | None = None
+    """Replicas from load (cloud and edge targets)."""
     rollout: Rollout = Field(default_factory=Rollout)
+    """How a new artifact replaces the serving one."""
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    """Health objectives and checks of the serving deployment."""
 
 
 # --- status -------------------------------------------------------------------------------
@@ -438,65 +477,115 @@ class Condition(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     type: str
+    """Condition type, e.g. Available, Progressing, Degraded."""
     status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$")]
+    """True, False or Unknown."""
     reason: str = ""
+    """One-word reason, CamelCase."""
     message: str = ""
+    """Human-readable detail."""
     last_transition_time: str | None = None
+    """When status last changed."""
     observed_generation: int | None = None
+    """The spec generation this condition is about."""
 
 
 class Candidate(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     name: str
+    """Candidate recipe name."""
     passed: bool
+    """Whether it passed the quality gate."""
     latency_ms: float | None = None
+    """Measured latency in ms."""
     size_bytes: int | None = None
+    """Artifact size in bytes."""
     quality: dict[str, float] = Field(default_factory=dict)
+    """Quality metrics measured on the validation data."""
     reason: str = ""
+    """Why it was rejected or failed."""
 
 
 class ArtifactStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     uri: str | None = None
+    """Where the artifact is."""
     sha256: str | None = None
+    """Digest of the artifact's files."""
     format: str | None = None
+    """onnx or torchscript."""
     size_bytes: int | None = None
+    """Size of the optimized model."""
     size: str | None = Field(default=None, description="Human-readable artifact size, for kubectl get.")
     original_size_bytes: int | None = None
+    """Size of the original model."""
     spec_hash: str | None = None
+    """Hash of the spec fields that made this artifact."""
+
+
+class OptimizationProgress(Model):
+    """Where the running worker is (read from the worker's /progress while its Job runs)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    summary: str = Field(default="", description="One line for kubectl get: step k/n, candidate k/n, elapsed.")
+    step: str | None = Field(default=None, description="The worker's current step.")
+    step_number: int | None = Field(default=None, description="Its number, 1-based.")
+    steps: int | None = Field(default=None, description="How many steps a run has.")
+    candidate: int | None = Field(default=None, description="The candidate recipe being tried, 1-based.")
+    candidates: int | None = Field(default=None, description="How many candidates this run tries.")
+    elapsed_seconds: int | None = Field(default=None, description="Seconds since the worker started.")
+    latest: list[Candidate] = Field(default_factory=list, description="The latest candidates' results, newest last.")
 
 
 class OptimizationStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     recipe: str | None = None
+    """The recipe that was chosen."""
     job: str | None = None
+    """The optimization Job."""
+    progress: OptimizationProgress | None = Field(default=None, description="While the optimization Job runs: where it is.")
     candidates: list[Candidate] = Field(default_factory=list)
+    """Every candidate tried, with its result (also after a gate rejection)."""
     quality_before: dict[str, float] = Field(default_factory=dict)
+    """Quality of the original model."""
     quality_after: dict[str, float] = Field(default_factory=dict)
+    """Quality of the chosen artifact."""
     latency_ms_before: float | None = None
+    """Latency of the original model in ms."""
     latency_ms_after: float | None = None
+    """Latency of the chosen artifact in ms."""
 
 
 class Endpoint(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     http: str | None = None
+    """HTTP inference endpoint (or the artifact's URI for target: device)."""
     grpc: str | None = None
+    """gRPC inference endpoint."""
     metrics: str | None = None
+    """Triton's metrics endpoint."""
     model_name: str | None = None
+    """Model name in Triton's repository."""
 
 
 class ScalingDecision(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     time: str
+    """When (RFC 3339)."""
     unix_time: float | None = None
+    """When (seconds since the epoch)."""
     from_replicas: int
+    """Replicas before."""
     to_replicas: int
+    """Replicas after."""
     reason: str
+    """Which metric asked for it and why."""
 
 
 class RecommendationRecord(Model):
@@ -504,29 +593,40 @@ class RecommendationRecord(Model):
 
     time: float = Field(description="Unix time of the recommendation.")
     replicas: int
+    """Replicas recommended at that time."""
 
 
 class ScalingStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     engine: str | None = None
+    """operator, hpa or keda."""
     desired: int | None = None
+    """Replicas the engine wants now."""
     metrics: dict[str, float] = Field(default_factory=dict)
+    """The latest value of each autoscaling metric."""
     reason: str = ""
+    """Why the engine wants that many."""
     last_scale_time: str | None = None
+    """When replicas last changed."""
     history: list[ScalingDecision] = Field(default_factory=list, max_length=20)
+    """Recent scaling decisions, newest last."""
     recommendations: list[RecommendationRecord] = Field(
         default_factory=list, max_length=400, description="Recent recommendations, for the stabilization windows."
     )
     last_poll: float | None = None
+    """When the built-in scaler last read Prometheus."""
 
 
 class TrackStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     uri: str
+    """Artifact URI of this track."""
     sha256: str
+    """Artifact digest of this track."""
     revision: str = ""
+    """Spec hash of the artifact."""
     started: float | None = Field(default=None, description="Unix time the analysis of this track began.")
 
 
@@ -537,7 +637,9 @@ class RolloutStatus(Model):
     canary: TrackStatus | None = Field(default=None, description="The artifact under canary analysis.")
     watch: TrackStatus | None = Field(default=None, description="A rolling update under post-rollout analysis.")
     failed_revisions: list[str] = Field(default_factory=list, max_length=50)
+    """Artifacts rolled back; not retried until the spec changes them."""
     analysis: str | None = None
+    """The running analysis and where it stands."""
 
 
 class QualityStatus(Model):
@@ -545,12 +647,19 @@ class QualityStatus(Model):
 
     time: float | None = Field(default=None, description="Unix time of the last golden-set probe.")
     passed: bool | None = None
+    """Whether the last golden probe matched the report."""
     agreement: float | None = None
+    """Share of golden samples whose live answer matched."""
     cosine: float | None = None
+    """Mean cosine similarity of live and reported outputs."""
     max_abs_error: float | None = None
+    """Largest absolute difference of live and reported outputs."""
     samples: int | None = None
+    """Samples sent."""
     revision: str | None = None
+    """Artifact revision probed."""
     reason: str = ""
+    """Why it passed or failed."""
 
 
 class HealthStatus(Model):
@@ -558,32 +667,50 @@ class HealthStatus(Model):
 
     healthy: bool | None = Field(default=None, description="From Prometheus: error ratio and p99 against spec.monitoring; null without traffic.")
     reason: str = ""
+    """WithinObjectives, NoTraffic, ErrorRatioHigh, LatencyAboveObjective or MetricsUnavailable."""
     message: str = ""
+    """The measured values against the objectives."""
     request_rate: float | None = None
+    """Requests per second over the query window."""
     error_ratio: float | None = None
+    """Failed / all requests (Triton's and the Python backend's failures)."""
     p99_latency_ms: float | None = None
+    """p99 request latency in ms (Triton's latency summaries; the slowest pod)."""
 
 
 class ModelDeploymentStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     phase: Phase | None = None
+    """Pending, Optimizing, Deploying, Ready, Degraded or Failed."""
     ready: str | None = Field(default=None, description="readyReplicas/replicas, for kubectl get.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+    """OptimizationSucceeded, ArtifactReady, Available, Progressing, Degraded and others."""
     observed_generation: int | None = None
+    """The spec generation the status is about."""
     artifact: ArtifactStatus | None = None
+    """The artifact the current spec produced (or the previous one while a new one is made)."""
     optimization: OptimizationStatus | None = None
+    """The optimization's result, or its progress while the Job runs."""
     replicas: int | None = None
+    """Triton replicas wanted."""
     ready_replicas: int | None = None
+    """Triton replicas ready."""
     selector: str | None = None
+    """Label selector of the Triton pods (scale subresource)."""
     endpoint: Endpoint | None = None
+    """Where to send inference requests."""
     scaling: ScalingStatus | None = None
+    """The autoscaler's state."""
     rollout: RolloutStatus | None = None
+    """Which artifact each track serves, and the analysis."""
     quality: QualityStatus | None = None
+    """The last golden probe's result."""
     health: HealthStatus | None = None
+    """Serving health against the monitoring objectives."""
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:

@@ -1,6 +1,6 @@
 """Cross-field rules, enforced outside the API server too (worker, `local`, the operator).
 
-They mirror the CEL rules of the CRD (see types._SPEC_RULES) so a spec that never passed
+The rules are api/rules.py's, the same ones the CRD carries as CEL, so a spec that never passed
 through an API server (a file given to `model-operator local up`) fails the same way.
 """
 
@@ -10,16 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .types import (
-    Backend,
-    ClippingMethod,
-    ConversionFormat,
-    ModelDeploymentSpec,
-    ModelFormat,
-    PruningMethod,
-    QuantizationMode,
-    Target,
-)
+from .rules import broken
+from .types import ModelDeploymentSpec
 
 
 class SpecError(ValueError):
@@ -32,31 +24,9 @@ class SpecError(ValueError):
 
 
 def check_rules(spec: ModelDeploymentSpec) -> None:
-    opt = spec.optimization
-    if spec.autoscaling and spec.autoscaling.min_replicas > spec.autoscaling.max_replicas:
-        raise SpecError("autoscaling.minReplicas", "must be <= autoscaling.maxReplicas")
-    if opt.quantization.mode == QuantizationMode.static_int8 and spec.data.calibration is None:
-        raise SpecError("optimization.quantization.mode", "static-int8 quantization needs calibration data: set data.calibration")
-    if opt.pruning.method == PruningMethod.gradient and spec.data.calibration is None:
-        raise SpecError("optimization.pruning.method", "gradient pruning needs calibration data: set data.calibration")
-    if spec.target == Target.device and (spec.serving is not None or spec.autoscaling is not None):
-        raise SpecError("target", "target: device serves nothing: remove the serving and autoscaling blocks")
-    if opt.clipping.method == ClippingMethod.threshold and opt.clipping.threshold is None:
-        raise SpecError("optimization.clipping.threshold", "threshold clipping needs optimization.clipping.threshold")
-    if opt.clipping.method == ClippingMethod.percentile and opt.clipping.percentile is None:
-        raise SpecError("optimization.clipping.percentile", "percentile clipping needs optimization.clipping.percentile")
-    if spec.serving and spec.serving.gpus and spec.target != Target.cloud:
-        raise SpecError("serving.gpus", "serving.gpus is only for target: cloud")
-    conversion = spec.conversion.format
-    if conversion == ConversionFormat.torchscript and spec.model.format == ModelFormat.onnx:
-        raise SpecError("conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx")
-    backend = spec.serving.backend if spec.serving else None
-    if backend in (Backend.onnxruntime, Backend.python) and conversion == ConversionFormat.torchscript:
-        raise SpecError("serving.backend", f"backend {backend.value} serves ONNX files, but conversion.format is torchscript: "
-                        "set conversion.format: onnx, or serving.backend: pytorch")
-    if backend == Backend.pytorch and conversion == ConversionFormat.onnx:
-        raise SpecError("serving.backend", "backend pytorch serves TorchScript files, but conversion.format is onnx: "
-                        "set conversion.format: torchscript, or serving.backend: onnxruntime")
+    """The first cross-field rule (api/rules.py) the spec breaks, as a SpecError naming its field."""
+    for rule in broken(spec):
+        raise SpecError(rule.field, rule.message)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.types import Autoscaling, ModelDeploymentSpec, ScalingEngine, Target
-from ..resources import status as st
+from ..plan import status as st
 from ..scaling import promql
 from ..scaling.policy import Recommendation, ScaleEvent, decide
 from ..scaling.prometheus import Prometheus, PrometheusError
@@ -83,7 +83,8 @@ def tick(
     except PrometheusError as exc:
         metrics.PROMETHEUS_ERRORS.labels(exc.cause).inc()
         before = st.get_condition(conditions, "MetricsAvailable")
-        out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", f"Prometheus{exc.cause.capitalize()}", f"{exc}; holding {current} replicas", generation)
+        out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", f"Prometheus{exc.cause.capitalize()}",
+                                          f"{exc}; holding {current} replicas", generation)
         if before is None or before.get("status") != "False":
             out.events.append(("Warning", "MetricsUnavailable", f"{exc}; holding {current} replicas"))
         out.scaling = {**old, "engine": "operator", "desired": current, "reason": f"holding {current} replicas: {exc}", "lastPoll": now}

@@ -6,14 +6,14 @@ the configured timeout with a Warning naming what was left, so it can never bloc
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from ..config import OperatorConfig
 from ..kube.api import Kube
-from ..resources import store_jobs as cleanup_builder
 from ..resources import common as names
+from ..resources import store_jobs as cleanup_builder
 
 
 def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: Any, *, retry: int, started: Any) -> None:
@@ -22,7 +22,8 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
     root = config.artifact_store.root_uri(namespace, name)
     elapsed = (dt.datetime.now(dt.timezone.utc) - _aware(started)).total_seconds() if started else 0.0
     if elapsed > config.finalizer_timeout_seconds:
-        kopf.warn(body, reason="CleanupAbandoned", message=f"gave up deleting artifacts under {root} after {elapsed:.0f}s; remove them by hand")
+        kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="CleanupAbandoned",
+                  message=f"gave up deleting artifacts under {root} after {elapsed:.0f}s; remove them by hand")
         logger.warning("gave up deleting artifacts under %s after %.0fs", root, elapsed)
         return
 
@@ -35,7 +36,7 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
         raise kopf.TemporaryError(f"waiting for {len(workers)} worker pod(s) of {name} to stop before deleting artifacts", delay=2)
 
     job = cleanup_builder.build_cleanup_job(name, namespace, config)
-    kopf.adopt(job, owner=body)
+    kopf.adopt(job, owner=kopf.Body(cast(kopf.RawBody, body)))
     current = kube.get("batch/v1", "Job", job["metadata"]["name"], namespace)
     if current is None:
         kube.apply(job)
@@ -48,7 +49,7 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
     if failed:
         # Start over with a fresh Job: the store may come back.
         kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Background")
-        kopf.warn(body, reason="CleanupFailed", message=f"could not delete artifacts under {root}; retrying")
+        kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="CleanupFailed", message=f"could not delete artifacts under {root}; retrying")
         raise kopf.TemporaryError(f"cleanup of {root} failed; retrying", delay=min(60, 5 * (retry + 1)))
     raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)
 

@@ -14,20 +14,30 @@ import kopf
 from prometheus_client import start_http_server
 
 from ..api import types as t
+from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
 from ..kube.api import DESIRED_HASH, Kube
 from ..kube.session import bounded_session, connection_limit
+from ..plan import status as st
 from ..resources import common as names
-from ..resources import status as st
-from ..api.validation import SpecError, load_spec
 from ..scaling.prometheus import Prometheus
 from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
 MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
-# kopf fixes timer intervals at import; the env vars let tests and small clusters react faster.
-RECONCILE_INTERVAL = float(os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS", "5"))
+
+def _reconcile_interval() -> float:
+    """kopf fixes timer intervals at import, so the configured one is read here: from the config
+    file `model-operator run` names (main.py sets $MODEL_OPERATOR_CONFIG before importing this
+    module), unless $MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS overrides it."""
+    override = os.environ.get("MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS")
+    if override:
+        return float(override)
+    return OperatorConfig.load(os.environ.get("MODEL_OPERATOR_CONFIG")).reconcile_interval_seconds
+
+
+RECONCILE_INTERVAL = _reconcile_interval()
 SCALER_TICK = float(os.environ.get("MODEL_OPERATOR_SCALER_TICK_SECONDS", "1"))
 
 
@@ -123,13 +133,13 @@ def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str]
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-async def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def jobs_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_job(dict(body))} if key else {}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def pods_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: st.summarize_pod(dict(body))} if key else {}
 
@@ -158,7 +168,7 @@ _CHILD_INDEXES = (
 )
 
 
-async def children_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def children_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
     return {key: _child_summary(body)} if key else {}
 

@@ -61,9 +61,14 @@ class InputError(WorkerError):
 
 
 class GateError(WorkerError):
-    """No candidate passed the quality gate (exit 3)."""
+    """No candidate passed the quality gate (exit 3). `candidates`: the table of what was tried
+    (report.candidate_entry rows), for the summary the operator shows in status."""
 
     exit_code = EXIT_GATE
+
+    def __init__(self, where: str, reason: str, candidates: list[dict[str, object]] | None = None) -> None:
+        super().__init__(where, reason)
+        self.candidates = list(candidates or [])
 
 
 class OptimizationError(WorkerError):

@@ -32,7 +32,8 @@ from .signature import (
 
 FIELD_URI = "spec.model.uri"
 # Operator domains ONNX Runtime implements besides the standard one.
-KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "ai.onnx.training", "ai.onnx.preview.training"}
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "ai.onnx.training",
+                 "ai.onnx.preview.training"}
 
 
 @dataclass
@@ -49,6 +50,12 @@ class SourceModel:
     fresh: Callable[[], Any] | None = None
     exported: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_fresh(self) -> Any:
+        """A new copy of the torch module (torch kinds only)."""
+        if self.fresh is None:
+            raise TypeError(f"{self.kind} source has no torch module to load")
+        return self.fresh()
 
     @property
     def is_torch(self) -> bool:
@@ -158,7 +165,9 @@ def _load_onnx(path: Path, source: ModelSource) -> SourceModel:
         raise InputError(FIELD_URI, f"{uri}: the model keeps its weights in external data files, which are not fetched: save it as one .onnx file")
     bad = unsupported_nodes(model)
     if bad:
-        raise InputError(FIELD_URI, f"{uri}: unsupported operator {bad[0]}: neither ONNX nor ONNX Runtime defines it" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        raise InputError(FIELD_URI,
+                         f"{uri}: unsupported operator {bad[0]}: neither ONNX nor ONNX Runtime defines it"
+                         + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError
@@ -221,7 +230,8 @@ def run_torch(module: Any, inputs: Sequence[TensorSpec], feeds: dict[str, np.nda
     return [o.detach().float().numpy() if o.dtype == torch.bfloat16 else o.detach().numpy() for o in torch_outputs(out)]
 
 
-def _torch_output_specs(module: Any, inputs: list[TensorSpec], data: dict[str, np.ndarray] | None, spec_outputs: Sequence[TensorSpec] | None) -> list[TensorSpec]:
+def _torch_output_specs(module: Any, inputs: list[TensorSpec], data: dict[str, np.ndarray] | None,
+                        spec_outputs: Sequence[TensorSpec] | None) -> list[TensorSpec]:
     """Outputs from trial runs: dtype and shape from a run on sample inputs; the axes that change
     when the dynamic input axes change are dynamic (-1)."""
     try:
@@ -271,14 +281,16 @@ def _load_torchscript(path: Path, source: ModelSource, data: dict[str, np.ndarra
         raise InputError(FIELD_URI, f"{uri}: not a TorchScript archive, the file is corrupt or truncated ({first_line(exc)})") from None
     try:
         args = [a for a in module.forward.schema.arguments[1:]]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a scripted module without a readable schema has no named arguments
         args = []
     if not source.inputs:
         names = ", ".join(a.name for a in args) or "?"
-        raise InputError("spec.model.inputs", f"a TorchScript model does not carry its input shapes: list its inputs ({names}) with dtype and shape, -1 for dynamic axes")
+        raise InputError("spec.model.inputs",
+                         f"a TorchScript model does not carry its input shapes: list its inputs ({names}) with dtype and shape, -1 for dynamic axes")
     required = [a for a in args if a.default_value is None]
     if args and not len(required) <= len(source.inputs) <= len(args):
-        raise InputError("spec.model.inputs", f"lists {len(source.inputs)} inputs but the model's forward takes {len(required)} ({', '.join(a.name for a in args)})")
+        raise InputError("spec.model.inputs",
+                         f"lists {len(source.inputs)} inputs but the model's forward takes {len(required)} ({', '.join(a.name for a in args)})")
     inputs = list(source.inputs)
     outputs = _torch_output_specs(module, inputs, data, source.outputs)
     return SourceModel(kind=ModelFormat.torchscript.value, path=path, uri=uri, inputs=inputs, outputs=outputs, fresh=fresh)
@@ -295,7 +307,7 @@ def _load_exported(path: Path, source: ModelSource, data: dict[str, np.ndarray] 
 
     try:
         ep = load()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - torch.export.load raises many classes for a corrupt archive
         raise InputError(FIELD_URI, f"{uri}: not a torch.export (.pt2) archive, the file is corrupt or truncated ({first_line(exc)})") from None
     user_inputs = list(ep.graph_signature.user_inputs)
     model_inputs: list[TensorSpec] = []

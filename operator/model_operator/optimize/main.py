@@ -101,6 +101,10 @@ def _write_summary(path: str | None, summary: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     _setup_logging()
+    if getattr(args, "progress_port", 0):
+        from .progress import serve
+
+        serve(args.progress_port)
     summary_path = getattr(args, "report_summary", None)
     shash = ""
     try:
@@ -114,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
             raise InputError("--name", f"'{name}' is not a valid model name (letters, digits, '_', '.', '-')")
         summary = run_worker(spec, name=name, output=args.output, work_dir=getattr(args, "work_dir", None), base_dir=base_dir)
     except WorkerError as exc:
-        return _fail(summary_path, shash, exc.line, exc.exit_code)
+        return _fail(summary_path, shash, exc.line, exc.exit_code, getattr(exc, "candidates", None))
     except SpecError as exc:
         return _fail(summary_path, shash, str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
@@ -130,11 +134,11 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fail(summary_path: str | None, shash: str, reason: str, code: int) -> int:
+def _fail(summary_path: str | None, shash: str, reason: str, code: int, candidates: list[dict[str, Any]] | None = None) -> int:
     from .report import failure
 
     line = one_line(reason)
-    _write_summary(summary_path, failure(shash, line))
+    _write_summary(summary_path, failure(shash, line, code, candidates))
     for h in log.handlers:
         h.flush()
     sys.stderr.write(f"error: {line}\n")

@@ -8,6 +8,7 @@ Nothing is written at the destination until the artifact is complete (storage.pu
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from . import report as rep
 from .data import Dataset, load_npz
 from .errors import GateError, InputError, OptimizationError, WorkerError, first_line
 from .load import SourceModel, load_source
+from .progress import PROGRESS
 from .quiet import captured
 from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_latency, run_all, threads
 from .search import Outcome, Plan, check_plans, choose, plans_for
@@ -78,6 +80,7 @@ class _Step:
     def __enter__(self) -> "_Step":
         self.t0 = time.monotonic()
         log.info("step %d/%d %s", self.run.step_no, self.TOTAL, self.title)
+        PROGRESS.update(step=self.title, stepNumber=self.run.step_no, steps=self.TOTAL)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -143,10 +146,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
         validation = calibration = None
         if val_path is not None:
             assert spec.data.validation is not None
-            validation = load_npz(val_path, field_name="spec.data.validation.uri", uri=spec.data.validation.uri, inputs=source.inputs, samples=spec.data.validation.samples)
+            validation = load_npz(val_path, field_name="spec.data.validation.uri", uri=spec.data.validation.uri, inputs=source.inputs,
+                                  samples=spec.data.validation.samples)
         if cal_path is not None:
             assert spec.data.calibration is not None
-            calibration = load_npz(cal_path, field_name="spec.data.calibration.uri", uri=spec.data.calibration.uri, inputs=source.inputs, samples=spec.data.calibration.samples)
+            calibration = load_npz(cal_path, field_name="spec.data.calibration.uri", uri=spec.data.calibration.uri, inputs=source.inputs,
+                                   samples=spec.data.calibration.samples)
         optimizing = (
             opt.quantization.mode != QuantizationMode.none or opt.pruning.method != PruningMethod.none
             or opt.clipping.method.value != "none" or opt.search.enabled
@@ -169,10 +174,10 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
     lat_inputs = latency_feeds(validation.inputs, lat_batch)
 
     with r.step("reference"):
-        ref_runner = TorchRunner(source.fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
+        ref_runner = TorchRunner(source.load_fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
         try:
             reference = run_all(ref_runner, validation.inputs, eval_batch)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any error of the original model on the data is the data's field to fix
             raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
         quality_before = reference_quality(task, reference, validation.labels, validation.targets)
         log.info("original: %s on %d samples", _q(quality_before) or "no ground truth", validation.size)
@@ -180,6 +185,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
     outcomes: list[Outcome] = []
     with r.step(f"candidates ({len(plans)})"):
         for i, plan in enumerate(plans):
+            PROGRESS.update(candidate=i + 1, candidates=len(plans))
             if i > 0 and r.deadline_near():
                 outcomes.append(Outcome(plan, reason="skipped: time budget (optimization.timeBudgetSeconds) nearly spent"))
                 log.info("candidate %d/%d %s: skipped (time budget)", i + 1, len(plans), plan.name)
@@ -197,6 +203,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 o = Outcome(plan, reason=f"{type(exc).__name__}: {first_line(exc)}")
             o.seconds = round(time.monotonic() - t0, 3)
             outcomes.append(o)
+            PROGRESS.candidate_done(rep.candidate_entry(o))
             if o.artifact is not None:
                 log.info("candidate %d/%d %s: %s, %s, %s%s", i + 1, len(plans), plan.name,
                          "passed" if o.passed else "REJECTED", _bytes(o.size_bytes or 0), _q(o.quality), "" if o.passed else f": {o.reason}")
@@ -206,9 +213,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
     if not any(o.passed for o in outcomes):
         gated = [o for o in outcomes if o.artifact is not None]
         if gated:
+            table = [rep.candidate_entry(o) for o in outcomes]
+            closest = _closest_to_gate(gated)
             if len(plans) == 1:
-                raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {gated[0].reason}")
-            raise GateError("spec.optimization.qualityGate", f"no candidate passed the gate ({len(outcomes)} tried); {gated[0].plan.name}: {gated[0].reason}")
+                raise GateError("spec.optimization.qualityGate", f"{plans[0].name} rejected: {closest.reason}", table)
+            raise GateError("spec.optimization.qualityGate",
+                            f"no candidate passed the gate ({len(outcomes)} tried); best {closest.plan.name}: {closest.reason}", table)
         raise OptimizationError("spec.optimization", f"every candidate failed; {outcomes[0].plan.name}: {outcomes[0].reason}")
 
     with r.step("latency"):
@@ -320,7 +330,7 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
         from .convert import export_onnx, save_torchscript
         from .transform import transform_torch
 
-        module = source.fresh()
+        module = source.load_fresh()
         clip_stats, prune_stats = transform_torch(module, plan.clipping, plan.pruning, calibration=calibration, inputs=source.inputs, task=task.value)
         if ConversionFormat(conversion.format) == ConversionFormat.torchscript:
             path = save_torchscript(source.kind, module, d / "model.pt")
@@ -393,6 +403,19 @@ def _candidate(
 LATENCY_ROUNDS = 3
 
 
+# Quality keys where higher is better, in the order they decide which rejected candidate came closest.
+_CLOSEST_KEYS = ("agreement", "top1", "cosine", "minSampleCosine", "r2")
+
+
+def _closest_to_gate(gated: list[Outcome]) -> Outcome:
+    """The rejected candidate whose quality came closest to the gate: its metric is the one worth
+    showing against the gate (the first in _CLOSEST_KEYS they all measured; else the first tried)."""
+    for key in _CLOSEST_KEYS:
+        if all(key in o.quality for o in gated):
+            return max(gated, key=lambda o: o.quality[key])
+    return gated[0]
+
+
 def _measure_latencies(r: Run, ref_runner: OrtRunner | TorchRunner, outcomes: list[Outcome], source: SourceModel, lat_inputs: dict[str, np.ndarray]) -> float:
     """Latency of the original and of every built candidate, measured side by side: LATENCY_ROUNDS
     interleaved rounds (rejected candidates: one), median of the rounds, so a busy machine's
@@ -408,8 +431,8 @@ def _measure_latencies(r: Run, ref_runner: OrtRunner | TorchRunner, outcomes: li
         for k, (o, runner) in enumerate(entries):
             if rnd > 0 and o is not None and not o.passed:
                 continue
-            times[k].append(measure_latency(lambda runner=runner: runner.run(lat_inputs), budget_s=budget))
-    for (o, _runner_), t in zip(entries[1:], times[1:]):
+            times[k].append(measure_latency(functools.partial(runner.run, lat_inputs), budget_s=budget))
+    for (o, _), t in zip(entries[1:], times[1:]):
         assert o is not None
         o.latency_ms = float(np.median(t))
     return float(np.median(times[0]))
@@ -447,7 +470,7 @@ def _runner(art: Path, source: SourceModel, level: str) -> OrtRunner | TorchRunn
 def _run_artifact(art: Path, fmt: str, source: SourceModel, level: str, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
     try:
         return run_all(_runner(art, source, level), inputs, batch)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any error running the optimized model fails the candidate with its reason
         raise OptimizationError("spec.optimization", f"the optimized model fails to run: {first_line(exc)}") from None
 
 
@@ -479,7 +502,7 @@ def _onnx_facts(art: Path, fmt: str) -> dict[str, Any]:
 
     m = onnx.load(str(art), load_external_data=False)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    weights = {}
+    weights: dict[str, int] = {}
     for init in m.graph.initializer:
         name = onnx.TensorProto.DataType.Name(init.data_type).lower()
         weights[name] = weights.get(name, 0) + int(np.prod(init.dims)) if init.dims else weights.get(name, 0) + 1
@@ -528,8 +551,9 @@ def _q(q: dict[str, float]) -> str:
 
 
 def _bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

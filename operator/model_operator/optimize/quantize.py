@@ -4,6 +4,7 @@ nodes kept in float (named in the spec or found by sensitivity.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -41,7 +42,9 @@ def preprocess(src: Path, dst: Path) -> Path:
     last: Exception | None = None
     for kwargs in attempts:
         try:
-            with captured():
+            # It writes sym_shape_infer_temp.onnx (and external data) into the working
+            # directory: keep them in the work dir, not the caller's.
+            with captured(), contextlib.chdir(dst.parent):
                 quant_pre_process(str(src), str(dst), **kwargs)
             return dst
         except Exception as exc:  # noqa: BLE001 - each fallback is cheaper and more permissive
@@ -115,7 +118,7 @@ def quantize(
     op_types = list(q.op_types) if q.op_types else None
     extra: dict[str, Any] = {"MatMulConstBOnly": True}
     try:
-        with captured():
+        with captured(), contextlib.chdir(Path(out).parent):  # temporaries stay in the work dir
             if mode == QuantizationMode.dynamic_int8:
                 quantize_dynamic(
                     str(pre), str(out), op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=False,
@@ -134,10 +137,11 @@ def quantize(
                 )
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's quantizer raises arbitrary classes; reported as the step's failure
         raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
     model = onnx.load(str(out), load_external_data=False)
-    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "DequantizeLinear")]
+    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv",
+                                                           "QGemm", "QAttention", "DequantizeLinear")]
     return QuantResult(out, quantized_nodes=len(qnodes), op_types=sorted({n.op_type for n in qnodes}), excluded=list(exclude))
 
 

@@ -5,7 +5,8 @@ Summary (docs/contracts.md):
  "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"},
  "optimization": {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter",
                   "candidates": [{"name", "passed", "latencyMs", "sizeBytes", "quality", "reason"}]}}
-On failure: {"ok": false, "reason": "<the one-line reason>", "specHash": "..."}.
+On failure: {"ok": false, "reason": "<the one-line reason>", "specHash": "...", "exitCode": 2|3|1},
+with "candidates" when the quality gate rejected them (exit 3).
 When the candidates don't fit, they are shortened (qualities reduced to the gated metric, reasons
 cut), then dropped from the end (the chosen one is always kept) and `candidatesOmitted` says how
 many.
@@ -89,8 +90,20 @@ def summary(
     return fit(out, chosen)
 
 
-def failure(spec_hash: str, reason: str) -> dict[str, Any]:
-    return {"ok": False, "reason": reason[:3500], "specHash": spec_hash}
+def failure(spec_hash: str, reason: str, exit_code: int = 1, candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The failure summary: the reason, the exit code (2 bad input, 3 gate rejected, 1 other) and,
+    for a gate rejection, the candidates (shortened, then dropped from the end, to fit)."""
+    out: dict[str, Any] = {"ok": False, "reason": reason[:1500], "specHash": spec_hash, "exitCode": exit_code}
+    if not candidates:
+        return out
+    cands = [{**c, "quality": {k: v for k, v in (c.get("quality") or {}).items() if k in KEY_METRICS}, "reason": str(c.get("reason", ""))[:200]}
+             for c in candidates]
+    while cands and len(dumps({**out, "candidates": cands}).encode()) >= SUMMARY_LIMIT:
+        cands.pop()
+    out["candidates"] = cands
+    if len(cands) < len(candidates):
+        out["candidatesOmitted"] = len(candidates) - len(cands)
+    return out
 
 
 def dumps(obj: dict[str, Any]) -> str:

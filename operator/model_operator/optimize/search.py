@@ -134,7 +134,7 @@ def builtin_candidates(
         add(_q(QuantizationMode.fp16), level="extended")
         add(_q(QuantizationMode.fp16), level="basic")
     else:
-        D, S = QuantizationMode.dynamic_int8, QuantizationMode.static_int8  # noqa: N806
+        D, S = QuantizationMode.dynamic_int8, QuantizationMode.static_int8  # noqa: N806 - one-letter names make the table of modes below readable
         if mode == QuantizationMode.none:
             add(_q(QuantizationMode.none), level="basic")
             add(_q(QuantizationMode.fp16))
@@ -193,7 +193,8 @@ def check_plans(plans: Sequence[Plan], opt: Optimization, *, has_calibration: bo
             if not torch_source:
                 raise InputError(f"{prefix}.pruning.method", "gradient pruning needs a PyTorch model (TorchScript or torch.export); the source is ONNX")
         if conversion == ConversionFormat.torchscript and mode != QuantizationMode.none:
-            raise InputError(f"{prefix}.quantization.mode", f"{mode.value} quantization produces an ONNX model: set conversion.format: onnx (or quantization.mode: none)")
+            raise InputError(f"{prefix}.quantization.mode",
+                             f"{mode.value} quantization produces an ONNX model: set conversion.format: onnx (or quantization.mode: none)")
         q = plan.quantization
         if mode != QuantizationMode.none and q.scope == QuantizationScope.partial and not q.sensitive_layers.auto and not q.sensitive_layers.names:
             raise InputError(f"{prefix}.quantization.sensitiveLayers", "scope: partial needs sensitiveLayers.names or sensitiveLayers.auto: true")
@@ -217,10 +218,10 @@ class Outcome:
 def choose(outcomes: Sequence[Outcome], tie: float = LATENCY_TIE) -> int | None:
     """Index of the winner: among passed candidates with a latency, the smallest artifact among
     those within `tie` (relative) of the fastest, then the fastest, then the earliest."""
-    passed = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None]
-    if not passed:
+    latency = {i: o.latency_ms for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None}
+    if not latency:
         return None
-    fastest = min(outcomes[i].latency_ms for i in passed)  # type: ignore[type-var]
-    near = [i for i in passed if outcomes[i].latency_ms <= fastest * (1 + tie)]  # type: ignore[operator]
-    return min(near, key=lambda i: (outcomes[i].size_bytes or 0, outcomes[i].latency_ms, i))
+    fastest = min(latency.values())
+    near = [i for i, ms in latency.items() if ms <= fastest * (1 + tie)]
+    return min(near, key=lambda i: (outcomes[i].size_bytes or 0, latency[i], i))
 

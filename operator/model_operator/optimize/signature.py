@@ -107,7 +107,7 @@ def sample_feeds(inputs: Sequence[TensorSpec], data: Mapping[str, np.ndarray] | 
     """A small batch for tracing and trial runs: the first `n` data samples when there are data,
     else zeros (integers) / standard normal values (floats) with dynamic axes set small."""
     rng = np.random.default_rng(0)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for t in inputs:
         arr = _matching(t, data, len(inputs))
         if arr is not None:

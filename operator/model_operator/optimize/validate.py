@@ -51,7 +51,8 @@ def reference_quality(task: Task, outputs: Sequence[np.ndarray], labels: np.ndar
     return {}
 
 
-def compare(task: Task, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, float]:
+def compare(task: Task, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], labels: np.ndarray | None,
+            targets: np.ndarray | None) -> dict[str, float]:
     """The candidate's quality: against the ground truth as in `reference_quality`, plus its
     agreement with the original (argmax agreement for classifiers, cosine, max abs error)."""
     q = reference_quality(task, candidate, labels, targets)
@@ -78,11 +79,15 @@ def gate(task: Task, before: dict[str, float], after: dict[str, float], g: Quali
         if "top1" in before and "top1" in after:
             drop = before["top1"] - after["top1"]
             if drop > g.max_top1_drop + tol:
-                return Verdict(False, f"top-1 dropped {drop * 100:.2f} points ({before['top1']:.4f} -> {after['top1']:.4f}), more than qualityGate.maxTop1Drop {g.max_top1_drop * 100:.2f}")
+                return Verdict(False,
+                               f"top-1 dropped {drop * 100:.2f} points ({before['top1']:.4f} -> {after['top1']:.4f}), "
+                               f"more than qualityGate.maxTop1Drop {g.max_top1_drop * 100:.2f}")
         else:
             disagree = 1.0 - after["agreement"]
             if disagree > g.max_top1_drop + tol:
-                return Verdict(False, f"top-1 agrees with the original on {after['agreement'] * 100:.2f}% of samples, below 1 - qualityGate.maxTop1Drop ({(1 - g.max_top1_drop) * 100:.2f}%)")
+                return Verdict(False,
+                               f"top-1 agrees with the original on {after['agreement'] * 100:.2f}% of samples, "
+                               f"below 1 - qualityGate.maxTop1Drop ({(1 - g.max_top1_drop) * 100:.2f}%)")
     elif after["cosine"] < g.min_cosine - tol:
         return Verdict(False, f"cosine similarity {after['cosine']:.5f} is below qualityGate.minCosine {g.min_cosine}")
     if g.max_abs_error is not None and after["maxAbsError"] > g.max_abs_error:

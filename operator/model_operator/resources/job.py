@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..api.types import ModelDeploymentSpec
 from ..api.hashing import spec_hash as compute_hash
+from ..api.types import ModelDeploymentSpec
 from ..config import OperatorConfig
+from ..optimize.progress import PORT as PROGRESS_PORT
 from . import common as c
 
 TERMINATION_LOG = "/dev/termination-log"
+# The worker's exit codes that retrying cannot change (docs/contracts.md): 2 bad input, 3 gate rejected.
+DETERMINISTIC_EXIT_CODES = (2, 3)
 
 
 def spec_uris(spec: ModelDeploymentSpec) -> list[str | None]:
@@ -59,7 +62,10 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
             "--name", name,
             "--output", output,
             "--report-summary", TERMINATION_LOG,
+            "--progress-port", str(PROGRESS_PORT),
         ],
+        # The operator reads where the run is from here (status.optimization.progress).
+        "ports": [{"name": "progress", "containerPort": PROGRESS_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": c.merge_resources(config.worker_resources),
         "volumeMounts": mounts,
@@ -83,6 +89,12 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
         },
         "spec": {
             "backoffLimit": config.job_backoff_limit,
+            # Bad input (exit 2) and a rejected quality gate (exit 3) give the same answer on
+            # every retry: the Job fails at once. A crash (1) or an eviction is retried.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": list(DETERMINISTIC_EXIT_CODES)}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
             "activeDeadlineSeconds": spec.optimization.time_budget_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},

@@ -62,6 +62,9 @@ def plan_tracks(spec: ModelDeploymentSpec, rollout: dict[str, Any], newest: Trac
     return TrackPlan(newest, total, None, 0, "rolling")
 
 
+NO_TRAFFIC = "NoCanaryTraffic"
+
+
 @dataclass(frozen=True)
 class Verdict:
     outcome: str  # "pass", "fail" or "wait"
@@ -81,6 +84,8 @@ def analyze(
     baseline_latency: float | None,
     max_latency_ratio: float | None,
     crashing: str | None,
+    requests: float | None = None,
+    min_requests: int = 0,
 ) -> Verdict:
     """Judge a track under analysis. A crash-looping or unloadable model fails at once;
     thresholds fail as soon as they're breached; passing needs the whole window."""
@@ -93,8 +98,12 @@ def analyze(
     if max_latency_ratio and latency is not None and baseline_latency:
         ratio = latency / baseline_latency
         if ratio > max_latency_ratio:
-            return Verdict("fail", f"latency {latency:.2f} ms is {ratio:.2f}x the stable {baseline_latency:.2f} ms (max {max_latency_ratio:g}x)", "latencyRatio", ratio)
+            return Verdict("fail", f"p99 latency {latency:.2f} ms is {ratio:.2f}x the stable {baseline_latency:.2f} ms (max {max_latency_ratio:g}x)",
+                           "latencyRatio", ratio)
     if now - started < duration:
         return Verdict("wait", f"analysing: {now - started:.0f}/{duration:.0f}s")
+    if min_requests and (requests or 0) < min_requests:
+        return Verdict("wait", f"{requests or 0:.0f} requests reached it in {now - started:.0f}s of analysis, fewer than "
+                               f"rollout.canary.minRequests {min_requests}: not promoted", NO_TRAFFIC)
     evidence = f"error ratio {error_ratio:.3f}" if error_ratio is not None else "no requests reached it, so no error ratio to judge"
     return Verdict("pass", f"passed {duration:.0f}s analysis ({evidence})")

@@ -58,6 +58,9 @@ def triton_args(config: OperatorConfig) -> list[str]:
         f"--grpc-port={c.GRPC_PORT}",
         f"--metrics-port={c.METRICS_PORT}",
         "--allow-metrics=true",
+        # Latency quantiles (nv_inference_request_summary_us) for monitoring.p99LatencyMs and the
+        # canary's maxLatencyRatio; Triton exports none by default.
+        "--metrics-config=summary_latencies=true",
         *config.triton_args,
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -40,7 +41,7 @@ class Prometheus:
             error = payload.get("error") if isinstance(payload, dict) else None
             raise PrometheusError("error", f"Prometheus query failed (HTTP {resp.status_code}): {error or 'malformed answer'}")
         data = payload.get("data") or {}
-        result = data.get("result")
+        result: Any = data.get("result")
         try:
             if data.get("resultType") == "scalar":
                 value = float(result[1])

@@ -80,9 +80,28 @@ def request_rate(sel: str, window: str) -> str:
     return f"{_rate('nv_inference_request_success', sel, window)} + {_rate('nv_inference_request_failure', sel, window)}"
 
 
+# Triton's request-latency summary: the operator starts Triton with
+# --metrics-config=summary_latencies=true (resources/serving.triton_args), which exports
+# quantiles 0.5, 0.9, 0.95, 0.99 and 0.999 over a sliding window, per pod.
+LATENCY_SUMMARY = "nv_inference_request_summary_us"
+
+
+def latency_quantile_ms(q: float, sel: str) -> str:
+    """A request-latency quantile from Triton's summaries: the slowest pod's, since quantiles of
+    separate pods cannot be merged (a pod with no requests in the window reports NaN, ignored)."""
+    return f'max({LATENCY_SUMMARY}{{{sel},quantile="{q:g}"}}) / 1000'
+
+
 def p99_latency_ms(sel: str, window: str) -> str:
-    """p99 from Triton's request-duration histogram, where the server exports one."""
-    return f"histogram_quantile(0.99, sum by (le) (rate(nv_inference_request_duration_us_bucket{{{sel}}}[{window}]))) / 1000"
+    """p99 request latency (`window` is unused: Triton's summary window is its own)."""
+    return latency_quantile_ms(0.99, sel)
+
+
+def request_count(sel: str, seconds: float) -> str:
+    """Requests answered (successes and failures) over the last `seconds`."""
+    window = f"{max(int(seconds), 1)}s"
+    return (f"sum(increase(nv_inference_request_success{{{sel}}}[{window}]))"
+            f" + sum(increase(nv_inference_request_failure{{{sel}}}[{window}]))")
 
 
 def avg_latency_ms(sel: str, window: str) -> str:

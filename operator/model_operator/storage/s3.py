@@ -118,14 +118,14 @@ def iter_keys(bucket: str, prefix: str, uri: str) -> Iterator[tuple[str, int]]:
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - boto3 raises many unrelated classes; translate() names the cause
         raise translate(exc, uri, "list") from None
 
 
 def upload_file(s3: Any, path: Path, bucket: str, key: str, uri: str) -> None:
     try:
         s3.upload_file(str(path), bucket, key)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - boto3 raises many unrelated classes; translate() names the cause
         raise translate(exc, uri, "write") from None
 
 
@@ -137,7 +137,7 @@ def delete_keys(s3: Any, bucket: str, keys: list[str], uri: str) -> None:
             errors = resp.get("Errors") or []
             if errors:
                 raise StorageError(uri, f"cannot delete {errors[0].get('Key')}: {errors[0].get('Code')}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - boto3 raises many unrelated classes; translate() names the cause
         raise translate(exc, uri, "delete") from None
 
 

@@ -108,7 +108,7 @@ def infer(
     if protocol == "http":
         import tritonclient.http as mod
     elif protocol == "grpc":
-        import tritonclient.grpc as mod  # type: ignore[no-redef]
+        import tritonclient.grpc as mod  # type: ignore[no-redef]  # the http and grpc clients share one interface
     else:
         raise ValueError(f"protocol must be http or grpc, not {protocol!r}")
     own = client is None
@@ -267,7 +267,7 @@ def probe(
     Raises ProbeError when the golden set doesn't fit the model or the endpoint fails."""
     try:
         client = connect(endpoint, protocol, timeout=30.0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any connection failure is the probe's answer for that endpoint
         raise ProbeError(f"{endpoint}: {exc}") from None
     try:
         try:
@@ -293,7 +293,7 @@ def probe(
             batch = {k: v[start : min(n, start + step)] for k, v in ins.items()}
             try:
                 answer = infer(endpoint, model, batch, out_names, protocol=protocol, client=client)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any inference failure is the probe's answer for that endpoint
                 raise ProbeError(f"{endpoint}: inference on model {model} failed: {exc}") from None
             for name in out_names:
                 got[name].append(answer[name])

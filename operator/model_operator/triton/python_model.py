@@ -115,7 +115,7 @@ class TritonPythonModel:
         threads = params.get("intra_op_threads")
         if threads:
             opts.intra_op_num_threads = int(threads)
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))}))
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from ..api.types import Backend, Serving, Target, TensorSpec
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..api.types import Backend, Serving, Target, TensorSpec
 from .config import (
     DEFAULT_ONNX_FILE,
     PYTHON_MODEL_FILE_PARAM,

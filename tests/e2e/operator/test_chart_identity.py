@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from kubernetes.client.exceptions import ApiException
 
 from md_helpers import (
     LOCAL_TOLERATION, MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits,
@@ -113,8 +114,10 @@ def test_digits_flow_with_the_chart_installed_operator(
         try:
             get_md(custom_api, watched, "digits")
             return False
-        except Exception:  # noqa: BLE001 - ApiException 404
-            return True
+        except ApiException as e:  # only a 404 is "deleted": an unreachable API server is not
+            if e.status == 404:
+                return True
+            raise
 
     wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
     wait_for(lambda: not apps_api.list_namespaced_deployment(watched).items, timeout=120, message="Deployments garbage-collected")

@@ -79,7 +79,7 @@ def test_corrupt_model_fails_with_the_workers_reason(start_operator: Any, namesp
     create_md(custom_api, namespace, body)
     md = wait_phase(custom_api, namespace, "corrupt", "Failed", timeout=300)
     failed = condition(md, "OptimizationSucceeded")
-    assert failed["status"] == "False" and failed["reason"] == "WorkerFailed"
+    assert failed["status"] == "False" and failed["reason"] == "InvalidInput"  # exit 2: not retried
     assert "corrupt.pt" in failed["message"], failed["message"]
     assert not apps_api.list_namespaced_deployment(namespace).items
 

@@ -1,6 +1,7 @@
-"""What the status should say, computed from what the operator observed. Pure: the controller
-gathers observations (from its caches), this module turns them into phase, conditions and the
-problems worth an Event, so every rule here is unit-testable with plain dicts."""
+"""What the status should say, computed from what the operator observed. Pure: the controller's
+caches keep the summaries made here (summarize_job, summarize_pod), and plan() turns them into
+phase, conditions and the problems worth an Event, so every rule is unit-testable with plain dicts.
+(It lived in resources/, which holds the builders of single objects; status is no object.)"""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
             problems.append({"reason": "Unschedulable", "message": cond.get("message", "")})
     statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
     restarts = 0
+    exit_codes: list[int] = []
     for cs in statuses:
         restarts += cs.get("restartCount") or 0
         state, last = cs.get("state") or {}, cs.get("lastState") or {}
@@ -109,6 +111,8 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
                 continue
             if term.get("message"):
                 messages.append(term["message"])
+            if term.get("exitCode"):
+                exit_codes.append(int(term["exitCode"]))
             if term.get("reason") == "OOMKilled":
                 continue
             elif term.get("exitCode") and cs.get("name") == "assemble":
@@ -124,6 +128,7 @@ def summarize_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "labels": meta.get("labels") or {},
         "restarts": restarts,
         "terminationMessages": messages,
+        "exitCodes": exit_codes,
         "problems": problems,
     }
 
@@ -166,7 +171,7 @@ def set_condition(
         "reason": reason,
         "message": message[:1024],
         "observedGeneration": generation,
-        "lastTransitionTime": (now or now_iso()) if changed else old.get("lastTransitionTime") or now or now_iso(),
+        "lastTransitionTime": (now or now_iso()) if changed or old is None else old.get("lastTransitionTime") or now or now_iso(),
     }
     out.append(cond)
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}

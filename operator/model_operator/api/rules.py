@@ -1,0 +1,106 @@
+"""The spec's cross-field rules, each written once: a CEL expression the generated CRD carries
+(the API server enforces it) and a Python predicate `check()` enforces for specs that never pass
+an API server (`model-operator local`, the worker). tests/e2e/test_spec_rules.py checks the two
+agree on a shared table of specs (tests/spec_rule_cases.py) against a real API server.
+
+CEL sees the object after the API server applied the schema's defaults, but guards every
+optional field with has() all the same: a rule must hold for any object the schema admits.
+Predicates take the parsed ModelDeploymentSpec (this module imports no types: api/types.py
+imports it to build the CRD's x-kubernetes-validations)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import ModelDeploymentSpec
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str  # the dotted path under spec the message is about
+    message: str
+    cel: str  # true when the spec is valid; `self` is the spec
+    holds: Callable[[ModelDeploymentSpec], bool]
+
+    def validation(self) -> dict[str, str]:
+        """The CRD's x-kubernetes-validations entry."""
+        return {"rule": self.cel, "message": self.message, "fieldPath": "." + self.field}
+
+
+def _mode(s: ModelDeploymentSpec) -> str:
+    return str(s.optimization.quantization.mode.value)
+
+
+def _backend(s: ModelDeploymentSpec) -> str | None:
+    return s.serving.backend.value if s.serving and s.serving.backend else None
+
+
+_QUANT = "has(self.optimization) && has(self.optimization.quantization)"
+_BACKEND = "has(self.serving) && has(self.serving.backend)"
+_CONVERSION_TS = "(has(self.conversion) && has(self.conversion.format) && self.conversion.format == 'torchscript')"
+
+RULES: tuple[Rule, ...] = (
+    Rule("autoscaling.minReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+         "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
+         lambda s: s.autoscaling is None or s.autoscaling.min_replicas <= s.autoscaling.max_replicas),
+    Rule("optimization.quantization.mode", "static-int8 quantization needs calibration data: set data.calibration",
+         f"!({_QUANT} && has(self.optimization.quantization.mode) && self.optimization.quantization.mode == 'static-int8')"
+         " || (has(self.data) && has(self.data.calibration))",
+         lambda s: _mode(s) != "static-int8" or s.data.calibration is not None),
+    Rule("optimization.quantization.scope",
+         "scope: partial keeps sensitive layers unquantized, so it needs a quantization mode other than none",
+         f"!({_QUANT} && has(self.optimization.quantization.scope) && self.optimization.quantization.scope == 'partial')"
+         " || (has(self.optimization.quantization.mode) && self.optimization.quantization.mode != 'none')",
+         lambda s: s.optimization.quantization.scope.value != "partial" or _mode(s) != "none"),
+    Rule("optimization.pruning.method", "gradient pruning needs calibration data: set data.calibration",
+         "!has(self.optimization) || !has(self.optimization.pruning) || !has(self.optimization.pruning.method)"
+         " || self.optimization.pruning.method != 'gradient' || (has(self.data) && has(self.data.calibration))",
+         lambda s: s.optimization.pruning.method.value != "gradient" or s.data.calibration is not None),
+    Rule("target", "target: device serves nothing: remove the serving and autoscaling blocks",
+         "!has(self.target) || self.target != 'device' || (!has(self.serving) && !has(self.autoscaling))",
+         lambda s: s.target.value != "device" or (s.serving is None and s.autoscaling is None)),
+    Rule("optimization.clipping.threshold", "threshold clipping needs optimization.clipping.threshold",
+         "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
+         " || self.optimization.clipping.method != 'threshold' || has(self.optimization.clipping.threshold)",
+         lambda s: s.optimization.clipping.method.value != "threshold" or s.optimization.clipping.threshold is not None),
+    Rule("optimization.clipping.percentile", "percentile clipping needs optimization.clipping.percentile",
+         "!has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
+         " || self.optimization.clipping.method != 'percentile' || has(self.optimization.clipping.percentile)",
+         lambda s: s.optimization.clipping.method.value != "percentile" or s.optimization.clipping.percentile is not None),
+    Rule("serving.gpus", "serving.gpus is only for target: cloud",
+         "!has(self.serving) || !has(self.serving.gpus) || self.serving.gpus == 0 || !has(self.target) || self.target == 'cloud'",
+         lambda s: not (s.serving and s.serving.gpus) or s.target.value == "cloud"),
+    Rule("serving.gpuAccelerator", "gpuAccelerator: tensorrt runs on GPUs: set serving.gpus",
+         "!has(self.serving) || !has(self.serving.gpuAccelerator) || self.serving.gpuAccelerator != 'tensorrt'"
+         " || (has(self.serving.gpus) && self.serving.gpus > 0)",
+         lambda s: s.serving is None or s.serving.gpu_accelerator.value != "tensorrt" or s.serving.gpus > 0),
+    Rule("serving.dynamicBatching.preferredBatchSizes", "every preferred batch size must be <= serving.maxBatchSize",
+         "!has(self.serving) || !has(self.serving.dynamicBatching) || !has(self.serving.dynamicBatching.preferredBatchSizes)"
+         " || self.serving.dynamicBatching.preferredBatchSizes.all(b, b <= (has(self.serving.maxBatchSize) ? self.serving.maxBatchSize : 8))",
+         lambda s: s.serving is None or all(b <= s.serving.max_batch_size for b in s.serving.dynamic_batching.preferred_batch_sizes)),
+    Rule("model.outputs", "an output may not have the name of an input",
+         "!has(self.model.inputs) || !has(self.model.outputs) || self.model.outputs.all(o, !self.model.inputs.exists(i, i.name == o.name))",
+         lambda s: not ({t.name for t in s.model.inputs or []} & {t.name for t in s.model.outputs or []})),
+    Rule("conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx",
+         f"!{_CONVERSION_TS} || !has(self.model.format) || self.model.format != 'onnx'",
+         lambda s: s.conversion.format.value != "torchscript" or s.model.format is None or s.model.format.value != "onnx"),
+    Rule("serving.backend", "backends onnxruntime and python serve ONNX files, but conversion.format is torchscript: "
+                            "set conversion.format: onnx, or serving.backend: pytorch",
+         f"!({_BACKEND} && (self.serving.backend == 'onnxruntime' || self.serving.backend == 'python')) || !{_CONVERSION_TS}",
+         lambda s: _backend(s) not in ("onnxruntime", "python") or s.conversion.format.value != "torchscript"),
+    Rule("serving.backend", "backend pytorch serves TorchScript files, but conversion.format is onnx: "
+                            "set conversion.format: torchscript, or serving.backend: onnxruntime",
+         f"!({_BACKEND} && self.serving.backend == 'pytorch') || {_CONVERSION_TS}",
+         lambda s: _backend(s) != "pytorch" or s.conversion.format.value == "torchscript"),
+)
+
+
+def broken(spec: ModelDeploymentSpec) -> list[Rule]:
+    return [r for r in RULES if not r.holds(spec)]
+
+
+def cel_validations() -> list[dict[str, Any]]:
+    return [r.validation() for r in RULES]

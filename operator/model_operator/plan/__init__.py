@@ -1,0 +1,168 @@
+"""plan(md, observed, config) -> Plan: everything one reconcile decides, as a pure function.
+
+The controller gathers Observed (its caches, the optional kinds served, Prometheus readings,
+the time), calls plan(), and applies the result through kube/; `model-operator render`
+prints the children of the same plan. The parts: optimization (the worker Job and its
+outcome), serving (tracks, Service, PDB, rollout analysis), engines (HPA/KEDA), monitoring
+(ServiceMonitor, health, golden probe); this module joins them into status and conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.hashing import spec_hash
+from ..api.types import ModelDeploymentSpec, Serving, Target
+from ..api.validation import SpecError, load_spec
+from ..config import OperatorConfig
+from ..resources import common as names
+from ..resources import serving as serving_builder
+from . import status as st
+from .core import SERVICE_MONITOR, Child, Delete, Draft, Observed, Plan, Readings
+from .engines import plan_engine
+from .monitoring import plan_health, plan_probe, plan_service_monitor
+from .optimization import OptimizationState, plan_optimization, worker_summary
+from .serving import ServeResult, plan_serving
+
+__all__ = ["SERVICE_MONITOR", "Child", "Delete", "Observed", "Plan", "Readings", "admitted_spec", "check_cluster_uris", "plan", "worker_summary"]
+
+
+def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
+    """Local paths exist only on the machine of `model-operator local`; in a cluster they would
+    read whatever the worker image happens to hold."""
+    refs = [("model.uri", spec.model.uri)]
+    if spec.data.calibration:
+        refs.append(("data.calibration.uri", spec.data.calibration.uri))
+    if spec.data.validation:
+        refs.append(("data.validation.uri", spec.data.validation.uri))
+    for path, uri in refs:
+        if not uri.startswith(("s3://", "http://", "https://", "pvc://")):
+            raise SpecError(path, f"{uri!r}: in a cluster use s3://, http(s):// or pvc://claim/path (local paths are for `model-operator local`)")
+        if uri.startswith("pvc://") and ".." in uri.split("/"):
+            raise SpecError(path, f"{uri!r}: '..' is not allowed in pvc:// paths")
+
+
+def admitted_spec(md: dict[str, Any], config: OperatorConfig) -> ModelDeploymentSpec:
+    """The spec, if this operator can act on it: valid, with cluster URIs and a known node pool.
+    SpecError (naming the field) otherwise."""
+    spec = load_spec(md.get("spec") or {})
+    check_cluster_uris(spec)
+    if spec.target != Target.device:
+        serving_builder.resolve_pool(spec, config)
+    return spec
+
+
+def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan:
+    """The children, deletions, status and Events for one ModelDeployment in the observed state.
+    A ModelDeployment being deleted plans nothing: the finalizer owns it then."""
+    d = Draft(md, observed)
+    if (md.get("metadata") or {}).get("deletionTimestamp"):
+        return d.plan
+    try:
+        spec = admitted_spec(md, config)
+    except SpecError as exc:
+        d.cond("OptimizationSucceeded", False, "InvalidSpec", str(exc))
+        d.plan.status.update(phase=st.Phase.failed.value, conditions=d.conditions)
+        return d.plan
+    opt = plan_optimization(d, spec, spec_hash(spec), config)
+    serves = spec.target != Target.device
+    served = ServeResult()
+    if serves and opt.artifact_ready:
+        served = _serve(d, spec, config, opt)
+    elif serves:
+        _waiting(d, spec, opt)
+    else:
+        _published(d, opt)
+    _finish(d, opt, serves, served)
+    return d.plan
+
+
+def _serve(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, opt: OptimizationState) -> ServeResult:
+    status = d.plan.status
+    served = plan_serving(d, spec, config, opt.artifact)
+    status["rollout"] = served.rollout
+    if served.rolled_back is not None:
+        metric, message = served.rolled_back
+        d.cond("RolledBack", True, f"{metric[0].upper()}{metric[1:]}Breached", message)
+    elif served.rollout.get("canary") or served.rollout.get("watch"):
+        d.cond("RolledBack", False, "Analysing", served.rollout.get("analysis") or "analysing the new artifact")
+    status.update(
+        replicas=served.desired, readyReplicas=served.ready, ready=f"{served.ready}/{served.desired}",
+        selector=names.selector_string(names.serving_selector(d.name)), endpoint=serving_builder.endpoint(d.name, d.namespace),
+    )
+    if served.ready >= max(served.desired, 1) or served.desired == 0:
+        d.cond("Available", True, "MinimumReplicasReady", f"{served.ready}/{served.desired} Triton replicas ready")
+    else:
+        d.cond("Available", False, "ReplicasNotReady", f"{served.ready}/{served.desired} Triton replicas ready")
+    if served.held is not None:
+        d.cond("Progressing", True, "NoCanaryTraffic", served.held)
+        if d.old_condition("Progressing").get("reason") != "NoCanaryTraffic":
+            d.event("Warning", "NoCanaryTraffic", served.held)
+    elif served.complete and not opt.optimizing:
+        d.cond("Progressing", False, "RolloutComplete", "serving the current artifact on every replica")
+    else:
+        d.cond("Progressing", True, "Rolling", "rollout in progress")
+    plan_service_monitor(d, spec)
+    scaling = plan_engine(d, spec, config)
+    if scaling is not None:
+        status["scaling"] = scaling
+    _monitor(d, spec, config)
+    return served
+
+
+def _monitor(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig) -> None:
+    status = d.plan.status
+    if spec.monitoring.golden_probe.enabled:
+        quality = plan_probe(d, spec, config)
+        if quality is not None:
+            status["quality"] = quality
+            if quality.get("passed") is False:
+                d.cond("QualityDegraded", True, "GoldenSetDrift", quality.get("reason") or "live answers drifted from the report")
+            elif quality.get("passed") is True:
+                d.cond("QualityDegraded", False, "GoldenSetMatches", quality.get("reason") or "live answers match the report")
+    rollout = status.get("rollout") or {}
+    if rollout.get("canary") or rollout.get("watch"):
+        return
+    health = plan_health(d, spec)
+    if health is not None:
+        status["health"] = health
+        if health.get("healthy") is False:
+            d.problems.append(st.Problem(health["reason"], health["message"]))
+
+
+def _waiting(d: Draft, spec: ModelDeploymentSpec, opt: OptimizationState) -> None:
+    d.plan.status.update(
+        replicas=0, readyReplicas=0, ready=f"0/{(spec.serving or Serving()).replicas}",
+        selector=names.selector_string(names.serving_selector(d.name)),
+    )
+    if opt.failed:
+        d.cond("Available", False, "OptimizationFailed", "the optimization Job failed; see OptimizationSucceeded")
+        d.cond("Progressing", False, "OptimizationFailed", "nothing to roll out until the spec changes")
+    else:
+        d.cond("Available", False, "NoArtifact", "waiting for the optimized artifact")
+        d.cond("Progressing", True, "Optimizing", "optimizing the model")
+
+
+def _published(d: Draft, opt: OptimizationState) -> None:
+    """A device target: the artifact itself is the product."""
+    ready = opt.artifact_ready
+    d.cond("Available", ready, "Published" if ready else "NoArtifact",
+           f"artifact at {opt.artifact.get('uri')}" if ready else "waiting for the optimized artifact")
+    if ready:
+        d.plan.status["endpoint"] = {"http": opt.artifact.get("uri")}
+
+
+def _finish(d: Draft, opt: OptimizationState, serves: bool, served: ServeResult) -> None:
+    if d.problems:
+        d.cond("Degraded", True, d.problems[0].reason, "; ".join(p.message for p in d.problems)[:1024])
+    else:
+        d.cond("Degraded", False, "Healthy", "no problems observed")
+    phase = st.phase_for(
+        spec_error=None, optimization_failed=opt.failed, optimizing=opt.optimizing, artifact_ready=opt.artifact_ready,
+        serves=serves, ready_replicas=served.ready, desired_replicas=served.desired, rollout_complete=served.complete,
+        problems=d.problems,
+    )
+    d.plan.status.update(phase=phase.value, conditions=d.conditions)
+    if opt.artifact:
+        d.plan.status["artifact"] = opt.artifact
+    if opt.optimization:
+        d.plan.status["optimization"] = opt.optimization

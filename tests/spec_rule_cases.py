@@ -1,0 +1,71 @@
+"""The shared table of specs for the cross-field rules (api/rules.py): each case is a spec and
+the field the rule it breaks names (None: valid). tests/unit/test_spec_rules_table.py checks
+the Python predicates against it; tests/e2e/test_spec_rules.py checks the CRD's CEL against it
+on a real API server. Every rule has at least one case that breaks it and one that keeps it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+BASE: dict[str, Any] = {
+    "model": {
+        "uri": "s3://models/m.pt", "format": "torchscript",
+        "inputs": [{"name": "input", "shape": [-1, 4]}], "outputs": [{"name": "logits", "shape": [-1, 2]}],
+    },
+    "data": {"validation": {"uri": "s3://models/v.npz"}},
+    "serving": {"replicas": 1},
+}
+
+
+def spec(**edits: Any) -> dict[str, Any]:
+    """BASE with dotted-path edits (`serving__gpus=1` sets spec.serving.gpus; None deletes)."""
+    out = copy.deepcopy(BASE)
+    for dotted, value in edits.items():
+        keys = dotted.split("__")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return out
+
+
+CAL = {"uri": "s3://models/c.npz"}
+# (id, spec, field of the broken rule or None)
+CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("valid", spec(), None),
+    ("autoscaling-min-above-max", spec(autoscaling={"minReplicas": 4, "maxReplicas": 2}), "autoscaling.minReplicas"),
+    ("autoscaling-min-equals-max", spec(autoscaling={"minReplicas": 2, "maxReplicas": 2}), None),
+    ("static-int8-without-calibration", spec(optimization={"quantization": {"mode": "static-int8"}}), "optimization.quantization.mode"),
+    ("static-int8-with-calibration", spec(optimization={"quantization": {"mode": "static-int8"}}, data__calibration=CAL), None),
+    ("partial-scope-mode-none", spec(optimization={"quantization": {"mode": "none", "scope": "partial"}}), "optimization.quantization.scope"),
+    ("partial-scope-default-mode", spec(optimization={"quantization": {"scope": "partial"}}), "optimization.quantization.scope"),
+    ("partial-scope-dynamic", spec(optimization={"quantization": {"mode": "dynamic-int8", "scope": "partial"}}), None),
+    ("gradient-pruning-without-calibration", spec(optimization={"pruning": {"method": "gradient"}}), "optimization.pruning.method"),
+    ("gradient-pruning-with-calibration", spec(optimization={"pruning": {"method": "gradient"}}, data__calibration=CAL), None),
+    ("device-with-serving", spec(target="device"), "target"),
+    ("device-without-serving", spec(target="device", serving=None), None),
+    ("threshold-clipping-without-threshold", spec(optimization={"clipping": {"method": "threshold"}}), "optimization.clipping.threshold"),
+    ("threshold-clipping-with-threshold", spec(optimization={"clipping": {"method": "threshold", "threshold": 2.0}}), None),
+    ("percentile-clipping-without-percentile", spec(optimization={"clipping": {"method": "percentile"}}), "optimization.clipping.percentile"),
+    ("percentile-clipping-with-percentile", spec(optimization={"clipping": {"method": "percentile", "percentile": 99.9}}), None),
+    ("gpus-on-edge", spec(target="edge", serving={"gpus": 1}), "serving.gpus"),
+    ("gpus-on-cloud", spec(serving={"gpus": 1}), None),
+    ("tensorrt-without-gpus", spec(serving={"gpuAccelerator": "tensorrt"}), "serving.gpuAccelerator"),
+    ("tensorrt-with-gpus", spec(serving={"gpuAccelerator": "tensorrt", "gpus": 1}), None),
+    ("preferred-batch-above-max", spec(serving={"maxBatchSize": 8, "dynamicBatching": {"preferredBatchSizes": [4, 16]}}),
+     "serving.dynamicBatching.preferredBatchSizes"),
+    ("preferred-batch-above-default-max", spec(serving={"dynamicBatching": {"preferredBatchSizes": [16]}}),
+     "serving.dynamicBatching.preferredBatchSizes"),
+    ("preferred-batch-within-max", spec(serving={"maxBatchSize": 16, "dynamicBatching": {"preferredBatchSizes": [4, 16]}}), None),
+    ("output-named-like-an-input", spec(model__outputs=[{"name": "input", "shape": [-1, 2]}]), "model.outputs"),
+    ("onnx-to-torchscript", spec(model__format="onnx", conversion={"format": "torchscript"}, serving={"backend": "pytorch"}), "conversion.format"),
+    ("torchscript-to-torchscript", spec(conversion={"format": "torchscript"}, serving={"backend": "pytorch"}), None),
+    ("onnxruntime-serving-torchscript", spec(conversion={"format": "torchscript"}, serving={"backend": "onnxruntime"}), "serving.backend"),
+    ("python-serving-torchscript", spec(conversion={"format": "torchscript"}, serving={"backend": "python"}), "serving.backend"),
+    ("pytorch-serving-onnx", spec(serving={"backend": "pytorch"}), "serving.backend"),
+    ("onnxruntime-serving-onnx", spec(serving={"backend": "onnxruntime"}), None),
+]

@@ -1,0 +1,105 @@
+"""The controller's apply step: a child the API server refuses reaches the status (ApplyFailed,
+with the kind, the name and the server's message), an Event, and is retried with back-off; the
+rest of the plan is still applied. And reconcile.py stays small."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from model_operator.config import NodePool, OperatorConfig
+from model_operator.controller.reconcile import BACKOFF_FIRST, Reconciler
+from model_operator.plan import Observed
+from model_operator.plan import status as st
+
+from test_plan import NOW, artifact, md
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeKube:
+    def __init__(self, refuse: dict[str, tuple[int, str]] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.applied: list[str] = []
+        self.deleted: list[str] = []
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        return False
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        kind = obj["kind"]
+        self.applied.append(kind)
+        if kind in self.refuse:
+            code, message = self.refuse[kind]
+            exc = ApiException(status=code, reason="Forbidden")
+            exc.body = json.dumps({"kind": "Status", "message": message, "code": code})
+            raise exc
+        return obj
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background") -> bool:
+        self.deleted.append(kind)
+        return True
+
+
+QUOTA = 'deployments.apps "digits-cloud-triton" is forbidden: exceeded quota: one, requested: count/deployments.apps=1'
+
+
+def reconciler(kube: FakeKube) -> Reconciler:
+    return Reconciler(kube, OperatorConfig(node_pools={"gpu": NodePool()}))  # type: ignore[arg-type]  # a fake Kube
+
+
+def serving_doc() -> dict[str, Any]:
+    doc = md()
+    doc["status"] = {"artifact": artifact(doc)}
+    return doc
+
+
+def test_a_refused_child_is_apply_failed_with_kind_name_and_message() -> None:
+    kube = FakeKube({"Deployment": (403, QUOTA)})
+    out = reconciler(kube).reconcile(serving_doc(), Observed(), now=NOW)
+    assert {"Service", "PodDisruptionBudget"} <= set(kube.applied), "the rest of the plan is still applied"
+    cond = st.get_condition(out.status["conditions"], "Progressing")
+    assert cond["status"] == "False" and cond["reason"] == "ApplyFailed"
+    assert "Deployment digits-cloud-triton" in cond["message"] and "exceeded quota" in cond["message"]
+    assert ("Warning", "ApplyFailed", cond["message"]) in out.events
+
+
+def test_apply_is_retried_with_back_off_and_recovers() -> None:
+    kube = FakeKube({"Deployment": (403, QUOTA)})
+    rec = reconciler(kube)
+    doc = serving_doc()
+    first = rec.reconcile(doc, Observed(), now=NOW)
+    doc["status"] = first.status
+    kube.applied.clear()
+    during = rec.reconcile(doc, Observed(), now=NOW + BACKOFF_FIRST / 2)
+    assert "Deployment" not in kube.applied, "no retry inside the back-off"
+    assert st.get_condition(during.status["conditions"], "Progressing")["reason"] == "ApplyFailed"
+    assert not any(e[1] == "ApplyFailed" for e in during.events), "the same refusal is one Event, not one per reconcile"
+    kube.applied.clear()
+    rec.reconcile(doc, Observed(), now=NOW + BACKOFF_FIRST + 1)
+    assert kube.applied.count("Deployment") == 1
+    kube.applied.clear()
+    rec.reconcile(doc, Observed(), now=NOW + BACKOFF_FIRST + 2 + BACKOFF_FIRST)  # doubled: still waiting
+    assert "Deployment" not in kube.applied
+    kube.refuse.clear()
+    after = rec.reconcile(doc, Observed(), now=NOW + 100)
+    assert kube.applied.count("Deployment") == 1
+    assert st.get_condition(after.status["conditions"], "Progressing")["reason"] == "Rolling"
+
+
+def test_a_refused_worker_job_is_not_reported_as_started() -> None:
+    kube = FakeKube({"Job": (422, 'ValidatingAdmissionPolicy "no-jobs" denied request: jobs are not allowed here')})
+    doc = md()
+    out = reconciler(kube).reconcile(doc, Observed(), now=NOW)
+    opt = st.get_condition(out.status["conditions"], "OptimizationSucceeded")
+    assert opt["reason"] == "ApplyFailed" and "denied request" in opt["message"] and "Job digits-cloud-opt-" in opt["message"]
+
+
+def test_reconcile_functions_are_short() -> None:
+    tree = ast.parse((REPO / "operator/model_operator/controller/reconcile.py").read_text())
+    lengths = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert max(lengths.values()) < 60, lengths
