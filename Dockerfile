@@ -63,7 +63,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN --mount=type=cache,id=model-operator-wheels,target=/var/cache/wheels,sharing=locked \
     python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + [d for e in sys.argv[1:] for d in p["optional-dependencies"][e]]))' worker > /tmp/requirements.txt \
- && /opt/venv/bin/pip download --dest /var/cache/wheels -r /tmp/requirements.txt "torch==${TORCH_VERSION}" \
+ && /opt/venv/bin/pip download --dest /var/cache/wheels ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} \
+        -r /tmp/requirements.txt "torch==${TORCH_VERSION}" \
  && /opt/venv/bin/pip install --no-index --find-links /var/cache/wheels -r /tmp/requirements.txt "torch==${TORCH_VERSION}"
 
 # ---- runtime: the plain base image, an unprivileged user, no build tools ----------------------
