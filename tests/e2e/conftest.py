@@ -36,6 +36,14 @@ _unavailable = binaries.unavailable
 RESTRICTED_NS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real node's own tests start, stop and kill a real node of their own, and only one fits
+    on a machine: they run first, before anything starts the session cluster."""
+    first = [i for i in items if i.path.name == "test_cluster_realnode.py"]
+    if first:
+        items[:] = first + [i for i in items if i.path.name != "test_cluster_realnode.py"]
+
+
 def _registries() -> dict[str, str]:
     """The local registry the images are pushed to (kubetest.registry), started if needed."""
     from kubetest import registry

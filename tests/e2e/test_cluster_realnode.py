@@ -4,10 +4,11 @@ kube-proxy enforces what the pod runner ignores.
 This module starts its own cluster (``realnode`` fixture: no KWOK pools, only the real node
 ``local-0``), separate from the session's ``cluster`` fixture, and stops it at the end; its
 last test stops and restarts it, kills one and checks that the next start clears what it left
-and that nothing is left on the host. Only one real node fits on a machine: with
-``$MODEL_OPERATOR_E2E_REAL_NODE=1`` (the session ``cluster`` is the real node) the module uses
-the session cluster instead, and the last test checks that a second real node is refused
-(the stop/restart checks then need a run without that variable).
+and that nothing is left on the host. Only one real node fits on a machine, and the session's
+``cluster`` is a real node too, so tests/e2e/conftest.py runs this module first, before anything
+starts the session cluster. With ``$MODEL_OPERATOR_E2E_CLUSTER`` (a developer's running cluster)
+the module uses that cluster instead, and the last test checks that a second real node is
+refused (the stop/restart checks then need a run without it).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def host_before() -> dict[str, Any]:
 
 
 def _shared() -> bool:
-    return os.environ.get("MODEL_OPERATOR_E2E_REAL_NODE") == "1"
+    return bool(os.environ.get("MODEL_OPERATOR_E2E_CLUSTER"))
 
 
 @pytest.fixture(scope="module")
