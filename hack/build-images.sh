@@ -111,7 +111,7 @@ build() {  # LOCAL_TAG CONTEXT BUD_ARGS...
   ca="$(python3 hack/kubetest/imagebuild.py pipconf "$PIPCONF")"
   t0=$(now)
   log "build $tag"
-  "${BUILDAH[@]}" bud --network=host --layers --force-rm --pull=false --quiet \
+  "${BUILDAH[@]}" bud --network=host --layers --force-rm --pull=false \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
     --volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro" \
     --volume "$PIPCONF:/etc/pip.conf:ro" \
