@@ -115,7 +115,7 @@ build() {  # LOCAL_TAG CONTEXT BUD_ARGS...
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
     --volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro" \
     --volume "$PIPCONF:/etc/pip.conf:ro" \
-    -t "$tag" "$@" "$context" >"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log"; die "build $tag failed (log: $STATE/build.log)"; }
+    -t "$tag" "$@" "$context" >>"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log"; die "build $tag failed (log: $STATE/build.log)"; }
   no_private_bridge
   log "build $tag: $(( $(now) - t0 )) s"
 }
@@ -141,6 +141,7 @@ if [ ${#todo[@]} -eq 0 ]; then
   exit 0
 fi
 
+: >"$STATE/build.log"
 base_image
 for ref in "${todo[@]}"; do
   local_tag="localhost/${ref#*/}"
