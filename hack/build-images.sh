@@ -41,13 +41,8 @@ WORKER_REF="$REGISTRY/model-operator-worker:$APP_HASH"
 TRITON_REF="$REGISTRY/tritonserver-test:$TRITON_HASH"
 BASE_IMAGE="localhost/model-operator-base:$BASE_HASH"
 
-in_registry() {  # REF: does the registry have this tag?
-  local ref="$1" repo tag
-  repo="${ref#*/}"; tag="${repo##*:}"; repo="${repo%:*}"
-  curl -fsS -o /dev/null -I \
-    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-    "http://$REGISTRY/v2/$repo/manifests/$tag" 2>/dev/null
+in_registry() {  # REF...: does the registry have these tags?
+  python3 hack/kubetest/registry.py has "$@"
 }
 
 write_json() {
