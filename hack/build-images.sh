@@ -41,13 +41,8 @@ WORKER_REF="$REGISTRY/model-operator-worker:$APP_HASH"
 TRITON_REF="$REGISTRY/tritonserver-test:$TRITON_HASH"
 BASE_IMAGE="localhost/model-operator-base:$BASE_HASH"
 
-in_registry() {  # REF: does the registry have this tag?
-  local ref="$1" repo tag
-  repo="${ref#*/}"; tag="${repo##*:}"; repo="${repo%:*}"
-  curl -fsS -o /dev/null -I \
-    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-    "http://$REGISTRY/v2/$repo/manifests/$tag" 2>/dev/null
+in_registry() {  # REF...: does the registry have these tags?
+  python3 hack/kubetest/registry.py has "$@"
 }
 
 write_json() {
@@ -115,7 +110,7 @@ build() {  # LOCAL_TAG CONTEXT BUD_ARGS...
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
     --volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro" \
     --volume "$PIPCONF:/etc/pip.conf:ro" \
-    -t "$tag" "$@" "$context" >"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log"; die "build $tag failed (log: $STATE/build.log)"; }
+    -t "$tag" "$@" "$context" >>"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log"; die "build $tag failed (log: $STATE/build.log)"; }
   no_private_bridge
   log "build $tag: $(( $(now) - t0 )) s"
 }
@@ -141,6 +136,7 @@ if [ ${#todo[@]} -eq 0 ]; then
   exit 0
 fi
 
+: >"$STATE/build.log"
 base_image
 for ref in "${todo[@]}"; do
   local_tag="localhost/${ref#*/}"

@@ -7,8 +7,9 @@ $MODEL_OPERATOR_REGISTRY_PORT (default 5000), storage under $MODEL_OPERATOR_CACH
 
     ensure_running() -> "127.0.0.1:5000"   start it unless it already answers; idempotent
     stop()                                 stop the registry this module started
+    has(ref) -> bool                       is this tag in the registry
 
-Usable from the shell: `python3 hack/kubetest/registry.py start|stop|address`.
+Usable from the shell: `python3 hack/kubetest/registry.py start|stop|address|has REF...`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def answers(timeout: float = 2.0) -> bool:
     """True when a registry answers the v2 API on address()."""
     try:
         with urllib.request.urlopen(f"http://{address()}/v2/", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def has(ref: str) -> bool:
+    """True when the registry in `ref` (host:port/repo:tag) has that tag."""
+    host, _, rest = ref.partition("/")
+    repo, _, tag = rest.rpartition(":")
+    req = urllib.request.Request(
+        f"http://{host}/v2/{repo}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -160,8 +177,10 @@ def main(argv: list[str]) -> int:
         stop()
     elif argv[:1] == ["address"]:
         print(address())
+    elif argv[:1] == ["has"] and len(argv) >= 2:
+        return 0 if all(has(ref) for ref in argv[1:]) else 1
     else:
-        print("usage: registry.py start|stop|address", file=sys.stderr)
+        print("usage: registry.py start|stop|address|has REF...", file=sys.stderr)
         return 2
     return 0
 
