@@ -23,6 +23,11 @@ log = logging.getLogger("model_operator.optimize")
 
 # Ops whose weights quantization stores as int8 (the ones that carry the bytes).
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU")
+# Static int8 without opTypes: the weight-carrying ops only. Quantizing every activation (Add,
+# Mul, Softmax...) puts a transformer's additive attention mask (float32 min) into an int8 range
+# and wipes out everything else in it (pretrained MiniLM: pooled cosine 0.32); the entropy and
+# percentile calibrators refuse such a tensor outright.
+STATIC_DEFAULT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention")
 CALIBRATION_BATCH = 8
 INT4_BLOCK = 32
 CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -138,7 +143,7 @@ def quantize(
                     raise InputError("spec.data.calibration", "static-int8 quantization needs calibration data: set data.calibration")
                 quantize_static(
                     str(pre), str(out), NpzReader(calibration, input_names), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=reduce_range,
+                    op_types_to_quantize=op_types or list(STATIC_DEFAULT_OPS), per_channel=q.per_channel, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                     nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=calib,
                     extra_options={**extra, "ActivationSymmetric": False, "WeightSymmetric": True},
