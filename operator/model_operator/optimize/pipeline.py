@@ -201,7 +201,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                  len(parts.report), len(parts.selection), " and ".join(map(str, gate_batches)))
         onnx_fp32: Path | None = None
         if conversion == ConversionFormat.onnx:
-            onnx_fp32 = source.path if not source.is_torch else _float_model(r, _fp32_plan(), source, calibration, validation, task)[0]
+            onnx_fp32 = source.path if not source.is_torch else _exported(r, source, calibration, validation, task)
         model_ops = _quantizable_ops(onnx_fp32) if onnx_fp32 is not None else None
         plans = plans_for(opt, **plan_args, model_ops=model_ops)
         check_plans(plans, opt, **plan_args)
@@ -475,8 +475,15 @@ def _quality(task: Task, reference: list[np.ndarray], ds: Dataset, idx: np.ndarr
     return reference_quality(task, [x[idx] for x in reference], _take(ds.labels, idx), _take(ds.targets, idx))
 
 
-def _fp32_plan() -> Plan:
-    return Plan("fp32", Quantization(), Clipping(), Pruning())
+def _exported(r: Run, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task) -> Path:
+    """The unquantized, untransformed ONNX conversion of a torch source (the fp32 baseline; the
+    candidates without clipping or pruning share it)."""
+    try:
+        return _float_model(r, Plan("fp32", Quantization(), Clipping(), Pruning()), source, calibration, validation, task)[0]
+    except WorkerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors
+        raise OptimizationError("spec.conversion", f"the model could not be converted to ONNX: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _quantizable_ops(path: Path) -> frozenset[str]:
