@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -559,7 +558,7 @@ def _measure_latencies(
     res = measure_interleaved(fns, rounds=LATENCY_ROUNDS, rounds_for=lambda i: LATENCY_ROUNDS if i < first or timed[i - first].passed else 1,
                               stop=r.deadline_near)
     for o, lat in zip(timed, res[first:]):
-        o.latency_ms, o.latency_spread = lat.ms, lat.spread
+        o.latency_ms, o.latency_spread = lat.ms, (lat.spread if lat.rounds > 1 else None)
     return res[0], (res[1] if fp32_runner is not None else None)
 
 
