@@ -196,8 +196,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
             raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
         _check_view(view, reference, spec)
         quality_before = _quality(task, reference, validation, parts.report)
-        log.info("original: %s on %d held-out samples; the gate decides on %d others, at batch %s", _q(quality_before) or "no ground truth",
-                 len(parts.report), len(parts.selection), " and ".join(map(str, gate_batches)))
+        if parts.held_out:
+            log.info("original: %s on %d held-out samples; the gate decides on %d others, at batch %s", _q(quality_before) or "no ground truth",
+                     len(parts.report), len(parts.selection), " and ".join(map(str, gate_batches)))
+        else:
+            log.info("original: %s on %d samples (too few to hold some out: the gate and the report use them all), gate at batch %s",
+                     _q(quality_before) or "no ground truth", validation.size, " and ".join(map(str, gate_batches)))
         onnx_fp32: Path | None = None
         if conversion == ConversionFormat.onnx:
             onnx_fp32 = source.path if not source.is_torch else _exported(r, source, calibration, validation, task)
