@@ -532,11 +532,9 @@ def _gate_batches(spec: ModelDeploymentSpec, fixed: int | None) -> list[int]:
 
 
 def _view(spec: ModelDeploymentSpec, source: SourceModel, validation: Dataset) -> View:
+    """How the gate compares outputs. That pooling and maskInput need task: embedding is a rule of
+    api/rules.py (the worker's load_spec enforces it); here: the mask names a [batch, sequence] input."""
     g = spec.optimization.quality_gate
-    task = Task(spec.model.task)
-    for name, value in (("pooling", g.pooling not in (None, Pooling.none)), ("maskInput", g.mask_input is not None)):
-        if value and task != Task.embedding:
-            raise InputError(f"spec.optimization.qualityGate.{name}", f"only for model.task: embedding (the task is {task.value})")
     mask = None
     if g.mask_input is not None:
         t = next((t for t in source.inputs if t.name == g.mask_input), None)
