@@ -207,7 +207,7 @@ def _int4(pre: Path, out: Path, exclude: Sequence[str], include: Sequence[str] |
     last: Exception | None = None
     for ops, axes in ((("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))), (("MatMul",), (("MatMul", 0),))):
         try:
-            with captured():
+            with captured(), contextlib.chdir(out.parent):  # temporaries stay in the work dir
                 quant = MatMulNBitsQuantizer(
                     onnx.load(str(pre)), bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4,
                     nodes_to_exclude=list(exclude), nodes_to_include=list(include) if include else None,
