@@ -324,7 +324,10 @@ class QualityGate(Model):
     )
     pooling: Pooling | None = Field(
         default=None,
-        description="Embedding tasks with a token-level output [batch, sequence, hidden]: compare mean- or cls-pooled embeddings (default none: the whole output).",
+        description=(
+            "Embedding tasks with a token-level output [batch, sequence, hidden]: compare mean- or cls-pooled embeddings"
+            " (default none: the whole output)."
+        ),
     )
     mask_input: TensorName | None = Field(
         default=None,
@@ -346,7 +349,10 @@ class Optimization(Model):
     time_budget_seconds: int = Field(default=1800, ge=10, le=86400, description="Deadline of the optimization Job.")
     objective: Objective | None = Field(
         default=None,
-        description="What the search optimizes among candidates that pass the gate: latency, size or balanced; default size for edge and device targets, latency for cloud.",
+        description=(
+            "What the search optimizes among candidates that pass the gate: latency, size or balanced;"
+            " default size for edge and device targets, latency for cloud."
+        ),
     )
 
 
@@ -617,7 +623,9 @@ class OptimizationStatus(Model):
     latency_batch_size: int | None = Field(default=None, description="Batch size of every latency here.")
     threads: int | None = Field(default=None, description="Threads of every runtime measured (intra-op).")
     latency_spread: float | None = Field(default=None, description="Relative range of the chosen candidate's latency over interleaved rounds.")
-    quality_samples: int | None = Field(default=None, description="Held-out validation samples qualityBefore/qualityAfter are measured on (not those that chose the recipe).")
+    quality_samples: int | None = Field(
+        default=None, description="Held-out validation samples qualityBefore/qualityAfter are measured on (not those that chose the recipe)."
+    )
     objective: str | None = None
     """The objective the recipe was chosen for: latency, size or balanced."""
 

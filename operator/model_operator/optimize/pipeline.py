@@ -178,7 +178,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                  " with labels" if validation.labels is not None else "", f"{calibration.size} samples" if calibration else "none")
 
     conversion = ConversionFormat(spec.conversion.format)
-    plan_args = dict(has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
+    plan_args: dict[str, Any] = dict(has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
     check_plans(plans_for(opt, **plan_args), opt, **plan_args)
     if not source.is_torch and conversion == ConversionFormat.torchscript:
         raise InputError("spec.conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx")
@@ -340,7 +340,8 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 "plan": won.plan.describe(),
                 "qualityBefore": quality_before,
                 "qualityAfter": quality_after,
-                "qualityOn": f"held-out validation samples ({len(parts.report)})" if parts.held_out else f"all validation samples ({len(parts.report)}): too few to hold some out",
+                "qualityOn": (f"held-out validation samples ({len(parts.report)})" if parts.held_out
+                              else f"all validation samples ({len(parts.report)}): too few to hold some out"),
                 **figures,
                 "originalRuntime": _framework(source),
                 "selectionQualityAfter": won.quality,
@@ -535,13 +536,15 @@ def _view(spec: ModelDeploymentSpec, source: SourceModel, validation: Dataset) -
     """How the gate compares outputs. That pooling and maskInput need task: embedding is a rule of
     api/rules.py (the worker's load_spec enforces it); here: the mask names a [batch, sequence] input."""
     g = spec.optimization.quality_gate
+    field_name = "spec.optimization.qualityGate.maskInput"
     mask = None
     if g.mask_input is not None:
         t = next((t for t in source.inputs if t.name == g.mask_input), None)
         if t is None:
-            raise InputError("spec.optimization.qualityGate.maskInput", f"'{g.mask_input}' is not an input of the model (inputs: {', '.join(t.name for t in source.inputs)})")
+            names = ", ".join(t.name for t in source.inputs)
+            raise InputError(field_name, f"'{g.mask_input}' is not an input of the model (inputs: {names})")
         if len(t.shape) != 2 or not (is_integer(t) or DType(t.dtype) in (DType.bool_, DType.float32)):
-            raise InputError("spec.optimization.qualityGate.maskInput", f"'{t.name}' must be a [batch, sequence] mask (it is {DType(t.dtype).value} {list(t.shape)})")
+            raise InputError(field_name, f"'{t.name}' must be a [batch, sequence] mask (it is {DType(t.dtype).value} {list(t.shape)})")
         mask = validation.inputs[t.name]
     return View(mask=mask, pooling=Pooling(g.pooling or Pooling.none))
 
@@ -549,9 +552,12 @@ def _view(spec: ModelDeploymentSpec, source: SourceModel, validation: Dataset) -
 def _check_view(view: View, reference: list[np.ndarray], spec: ModelDeploymentSpec) -> None:
     out = reference[0]
     if view.pooling != Pooling.none and out.ndim < 3:
-        raise InputError("spec.optimization.qualityGate.pooling", f"pooling needs a token-level first output [batch, sequence, hidden]; it is {list(out.shape)}")
+        raise InputError("spec.optimization.qualityGate.pooling",
+                         f"pooling needs a token-level first output [batch, sequence, hidden]; it is {list(out.shape)}")
     if view.mask is not None and (out.ndim < 2 or out.shape[:2] != view.mask.shape) and view.pooling == Pooling.none:
-        raise InputError("spec.optimization.qualityGate.maskInput", f"the mask {list(view.mask.shape)} does not match the first output {list(out.shape)}: its first two axes must be [batch, sequence]")
+        raise InputError("spec.optimization.qualityGate.maskInput",
+                         f"the mask {list(view.mask.shape)} does not match the first output {list(out.shape)}: "
+                         "its first two axes must be [batch, sequence]")
 
 
 def _framework(source: SourceModel) -> str:

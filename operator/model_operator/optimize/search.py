@@ -23,17 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..api.types import (
+    CalibrationMethod,
     Clipping,
     ClippingMethod,
     ConversionFormat,
+    FloatType,
+    Objective,
     Optimization,
     Pruning,
     PruningMethod,
     Quantization,
     QuantizationMode,
-    CalibrationMethod,
-    FloatType,
-    Objective,
     QuantizationScope,
     Recipe,
     SensitiveLayers,
