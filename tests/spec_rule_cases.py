@@ -68,4 +68,10 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("python-serving-torchscript", spec(conversion={"format": "torchscript"}, serving={"backend": "python"}), "serving.backend"),
     ("pytorch-serving-onnx", spec(serving={"backend": "pytorch"}), "serving.backend"),
     ("onnxruntime-serving-onnx", spec(serving={"backend": "onnxruntime"}), None),
+    ("pooling-on-a-classifier", spec(optimization={"qualityGate": {"pooling": "mean"}}), "optimization.qualityGate.pooling"),
+    ("pooling-on-an-embedding", spec(model__task="embedding", optimization={"qualityGate": {"pooling": "mean"}}), None),
+    ("pooling-none-on-a-classifier", spec(optimization={"qualityGate": {"pooling": "none"}}), None),
+    ("mask-input-on-a-regression", spec(model__task="regression", optimization={"qualityGate": {"maskInput": "input"}}),
+     "optimization.qualityGate.maskInput"),
+    ("mask-input-on-an-embedding", spec(model__task="embedding", optimization={"qualityGate": {"maskInput": "input"}}), None),
 ]

@@ -61,7 +61,7 @@ def test_crd_names_subresources_and_columns() -> None:
 def test_enums_defaults_bounds_and_cel_are_in_schema() -> None:
     spec = crd.openapi_schema()["properties"]["spec"]
     quant = spec["properties"]["optimization"]["properties"]["quantization"]["properties"]["mode"]
-    assert quant["enum"] == ["none", "dynamic-int8", "static-int8", "fp16"]
+    assert quant["enum"] == ["none", "dynamic-int8", "static-int8", "fp16", "int4-weight-only"]
     assert quant["default"] == "none"
     pruning = spec["properties"]["optimization"]["properties"]["pruning"]["properties"]["sparsity"]
     assert pruning["minimum"] == 0 and pruning["maximum"] == 0.95

@@ -5,9 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from model_operator.api.types import ConversionFormat, Optimization
+from model_operator.api.types import ConversionFormat, Objective, Optimization, Target
 from model_operator.optimize.errors import InputError
-from model_operator.optimize.search import Outcome, Plan, builtin_candidates, check_plans, choose, plan_name, plans_for, resolve
+from model_operator.optimize.search import (
+    Outcome,
+    Plan,
+    builtin_candidates,
+    check_plans,
+    choose,
+    default_objective,
+    effective_on,
+    pareto,
+    plan_name,
+    plans_for,
+    resolve,
+    same_speed,
+)
 
 
 def _opt(**kw: object) -> Optimization:
@@ -37,6 +50,7 @@ def test_builtin_space_for_int8() -> None:
     assert len(names) == len(set(names)) and len({p.identity() for p in plans}) == len(plans)
     assert "static-int8" in names and "dynamic-int8-per-tensor" in names and "dynamic-int8-matmul-gemm-gather" in names
     assert "dynamic-int8-partial-auto" in names and "dynamic-int8+magnitude-30" in names and "dynamic-int8@extended" in names
+    assert "static-int8-entropy" in names and "int4-weight-only" in names
     assert all(p.quantization.mode.value != "fp16" for p in plans), "an int8 spec is not searched into fp16"
     no_calib = builtin_candidates(opt, has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)
     assert not [p for p in no_calib if p.quantization.mode.value == "static-int8"]
@@ -85,8 +99,76 @@ def test_choose_fastest_passing() -> None:
 
 
 def test_choose_prefers_smaller_within_noise() -> None:
-    outs = [_out("fast-big", True, 1.00, 500), _out("near-small", True, 1.04, 100), _out("slow-tiny", True, 1.2, 50)]
-    assert choose(outs) == 1
+    outs = [_out("fast-big", True, 1.00, 500), _out("near-small", True, 1.02, 100), _out("slow-tiny", True, 1.2, 50)]
+    assert choose(outs) == 1, "within the 3% floor: a tie, the smaller wins"
+
+
+def test_ties_are_decided_by_the_measured_spread() -> None:
+    outs = [_out("fast-big", True, 1.00, 500), _out("near-small", True, 1.08, 100)]
+    assert choose(outs) == 0, "8% apart with no spread measured: not a tie"
+    outs[0].latency_spread = 0.10
+    assert choose(outs) == 1, "8% apart while the fastest's rounds spread over 10%: a tie, the smaller wins"
+    outs[0].latency_spread, outs[1].latency_spread = 0.01, 0.09
+    assert choose(outs) == 1, "the larger of the two spreads counts"
+    assert same_speed(outs[0], outs[1]) and not same_speed(outs[0], _out("slow", True, 1.2, 1))
+
+
+def test_objectives() -> None:
+    outs = [_out("fast-big", True, 1.0, 1000), _out("mid", True, 1.5, 400), _out("slow-small", True, 3.0, 250),
+            _out("slower-same-size", True, 4.0, 252), _out("tiny-rejected", False, 0.5, 10)]
+    assert choose(outs, Objective.latency) == 0
+    assert choose(outs, Objective.size) == 2, "the smallest; one 1% larger but slower loses"
+    # balanced: on the front, the smallest (latency / fastest) * (size / smallest): 4.0, 2.4, 3.0
+    assert choose(outs, Objective.balanced) == 1
+    same = [_out("small-slow", True, 3.0, 250), _out("small-fast", True, 1.0, 254)]
+    assert choose(same, Objective.size) == 1, "sizes within 2% are equal: the faster wins"
+
+
+def test_pareto_flags() -> None:
+    outs = [_out("a", True, 1.0, 1000), _out("b", True, 2.0, 500), _out("c", True, 2.5, 600), _out("d", False, 0.1, 1),
+            _out("e", True, None, 1), _out("f", True, 1.0, 1000)]
+    assert pareto(outs) == [True, True, False, None, None, True], "c is slower and bigger than b; equal twins both stay"
+
+
+@pytest.mark.parametrize(("target", "objective", "want"), [
+    ("cloud", None, Objective.latency), ("edge", None, Objective.size), ("device", None, Objective.size),
+    ("edge", "latency", Objective.latency), ("cloud", "balanced", Objective.balanced),
+])
+def test_default_objective(target: str, objective: str | None, want: Objective) -> None:
+    opt = _opt(**({"objective": objective} if objective else {}))
+    assert default_objective(opt, Target(target)) == want
+
+
+def test_builtin_space_has_the_families() -> None:
+    plans = builtin_candidates(_opt(quantization={"mode": "dynamic-int8"}), has_calibration=True, torch_source=True,
+                               conversion=ConversionFormat.onnx, max_candidates=32)
+    names = [p.name for p in plans]
+    for want in ("static-int8", "static-int8-entropy", "static-int8-percentile", "static-int8-reduce-range", "static-int8-per-tensor",
+                 "dynamic-int8-partial-auto-fp16", "dynamic-int8-partial-auto", "int4-weight-only"):
+        assert want in names, (want, names)
+    first8 = names[:8]
+    assert {"static-int8-entropy", "static-int8-percentile", "int4-weight-only", "dynamic-int8-partial-auto-fp16"} <= set(first8), \
+        "each family is tried within the default maxCandidates"
+    fp16_kept = next(p for p in plans if p.name == "dynamic-int8-partial-auto-fp16")
+    assert fp16_kept.describe()["sensitiveLayers"]["dtype"] == "float16"
+    assert next(p for p in plans if p.name == "static-int8-entropy").describe()["calibrationMethod"] == "entropy"
+
+
+def test_no_variant_identical_in_effect() -> None:
+    opt = _opt(quantization={"mode": "dynamic-int8"})
+    args = dict(has_calibration=True, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)
+    # A transformer: MatMul and Gather, no Conv. The MatMul/Gemm/Gather subset is the whole model.
+    names = [p.name for p in builtin_candidates(opt, model_ops=frozenset({"MatMul", "Gather"}), **args)]
+    assert "dynamic-int8-matmul-gemm-gather" not in names and "int4-weight-only" in names
+    # A CNN with Conv and Gemm only: no int4 (no MatMul, no Gather), the subset differs from the whole.
+    names = [p.name for p in builtin_candidates(opt, model_ops=frozenset({"Conv", "Gemm"}), **args)]
+    assert "int4-weight-only" not in names and "dynamic-int8-matmul-gemm-gather" in names
+    # Spelled-out defaults are the same plan as omitted ones.
+    a = resolve(_opt(quantization={"mode": "static-int8"}))
+    b = resolve(_opt(quantization={"mode": "static-int8", "calibrationMethod": "minmax", "reduceRange": False}))
+    c = resolve(_opt(quantization={"mode": "dynamic-int8", "calibrationMethod": "entropy"}))
+    assert a.identity() == b.identity() and c.identity() == resolve(opt).identity()
+    assert effective_on(a.quantization, frozenset()) is False and effective_on(a.quantization, None) is True
 
 
 def test_choose_none_when_nothing_passed() -> None:

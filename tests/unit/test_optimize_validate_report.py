@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_operator.api.types import Optimization, QualityGate, Task
+from model_operator.api.types import Optimization, Pooling, QualityGate, Task
+from model_operator.optimize.data import MIN_SPLIT, split
 from model_operator.optimize import report
 from model_operator.optimize.errors import EXIT_GATE, EXIT_INPUT, GateError, InputError, first_line, one_line
 from model_operator.optimize.search import Outcome, Plan, resolve
-from model_operator.optimize.validate import compare, cosine, gate, reference_quality
+from model_operator.optimize.validate import View, compare, cosine, gate, reference_quality, sample_cosines, worst
 
 
 def test_cosine() -> None:
@@ -57,10 +58,62 @@ def test_embedding_gate_and_max_abs_error() -> None:
     assert not v.passed and "qualityGate.maxAbsError" in v.reason
 
 
+def _tokens() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two samples of three tokens (hidden 2); the second has one padding token, where the
+    candidate differs wildly."""
+    ref = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]])
+    cand = ref.copy()
+    cand[1, 2] = [-50.0, 7.0]
+    mask = np.array([[1, 1, 1], [1, 1, 0]])
+    return ref, cand, mask
+
+
+def test_embedding_view_masks_padding_and_pools() -> None:
+    ref, cand, mask = _tokens()
+    assert cosine(cand, ref) < 0.8, "flattened, the padding token's garbage counts"
+    assert sample_cosines(cand, ref, View(mask=mask)) == pytest.approx([1.0, 1.0]), "masked, it doesn't"
+    pooled = View(mask=mask, pooling=Pooling.mean).apply(ref)
+    np.testing.assert_allclose(pooled, [[2 / 3, 1 / 3], [1.0, 1.0]])
+    assert View(pooling=Pooling.cls).apply(ref).tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    after = compare(Task.embedding, [ref], [cand], None, None, View(mask=mask, pooling=Pooling.mean))
+    assert after["cosine"] == pytest.approx(1.0) and after["minCosine"] == pytest.approx(1.0)
+    assert after["maxAbsError"] == pytest.approx(50.0), "maxAbsError stays on the raw outputs"
+    assert View(mask=mask).subset(np.array([1])).mask.tolist() == [[1, 1, 0]]
+
+
+def test_min_sample_cosine_gate() -> None:
+    ref = np.array([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
+    cand = ref.copy()
+    cand[9] = [0.5, 0.5]  # one sample at cosine 0.707, the mean still 0.97
+    after = compare(Task.embedding, [ref], [cand], None, None)
+    assert after["minCosine"] == pytest.approx(0.7071, abs=1e-4) and after["cosine"] > 0.97
+    assert gate(Task.embedding, {}, after, QualityGate(min_cosine=0.95)).passed
+    v = gate(Task.embedding, {}, after, QualityGate(min_cosine=0.95, min_sample_cosine=0.9))
+    assert not v.passed and "qualityGate.minSampleCosine 0.9" in v.reason
+
+
+def test_worst_over_batches() -> None:
+    assert worst([{"cosine": 0.99, "maxAbsError": 0.1, "top1": 0.9}, {"cosine": 0.98, "maxAbsError": 0.05, "top1": 0.95}]) == \
+        {"cosine": 0.98, "maxAbsError": 0.1, "top1": 0.9}
+
+
+def test_split_is_seeded_disjoint_and_covers() -> None:
+    a, b = split(300), split(300)
+    assert a.held_out and np.array_equal(a.selection, b.selection) and np.array_equal(a.report, b.report)
+    assert len(a.selection) == 200 and len(a.report) == 100
+    assert not set(a.selection) & set(a.report) and sorted([*a.selection, *a.report]) == list(range(300))
+    assert a.selection.tolist() != list(range(200)), "a random selection, not the first samples"
+    assert not np.array_equal(split(300, seed=1).report, a.report)
+    small = split(MIN_SPLIT - 1)
+    assert not small.held_out and small.selection.tolist() == small.report.tolist() == list(range(MIN_SPLIT - 1))
+    edge = split(MIN_SPLIT)
+    assert edge.held_out and len(edge.report) >= 1 and len(edge.selection) >= 1
+
+
 def _outcome(i: int) -> Outcome:
     base = resolve(Optimization())
     plan = Plan(f"candidate-number-{i:02d}-with-a-long-name", base.quantization, base.clipping, base.pruning)
-    o = Outcome(plan, passed=i % 2 == 0, latency_ms=1.0 + i / 7, size_bytes=1000 + i)
+    o = Outcome(plan, passed=i % 2 == 0, latency_ms=1.0 + i / 7, size_bytes=1000 + i, latency_spread=0.0123456, pareto=i % 2 == 0 or None)
     o.quality = {"top1": 0.97123456, "agreement": 0.99, "cosine": 0.9999, "maxAbsError": 0.123456, "extra": 1.0}
     o.reason = "" if o.passed else "top-1 dropped 2.00 points (0.9700 -> 0.9500), more than qualityGate.maxTop1Drop 1.00"
     return o
@@ -68,17 +121,27 @@ def _outcome(i: int) -> Outcome:
 
 def _summary(n: int, chosen: int) -> dict:
     outs = [_outcome(i) for i in range(n)]
+    figures = {"latencyMsBefore": 2.0, "latencyMsAfter": 1.0, "latencyMsOnnxFp32": 1.5, "speedup": 2.0, "speedupVsOnnxFp32": 1.5,
+               "latencyBatchSize": 1, "threads": 2, "latencySpread": 0.01, "qualitySamples": 120, "objective": "latency"}
     return report.summary(spec_hash="abc", uri="s3://b/p", sha256="f" * 64, fmt="onnx", size_bytes=1, original_size_bytes=4,
                           recipe=outs[chosen].plan.name, quality_before={"top1": 0.97}, quality_after={"top1": 0.97},
-                          latency_before=2.0, latency_after=1.0, outcomes=outs, chosen=chosen)
+                          figures=figures, outcomes=outs, chosen=chosen)
 
 
 def test_summary_shape() -> None:
     s = _summary(3, 0)
     assert list(s) == ["ok", "reason", "specHash", "artifact", "optimization"]
     assert set(s["artifact"]) == {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"}
-    assert set(s["optimization"]) == {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter", "candidates"}
-    assert set(s["optimization"]["candidates"][0]) == {"name", "passed", "latencyMs", "sizeBytes", "quality", "reason"}
+    assert set(s["optimization"]) == {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter", "latencyMsOnnxFp32",
+                                      "speedup", "speedupVsOnnxFp32", "latencyBatchSize", "threads", "latencySpread", "qualitySamples",
+                                      "objective", "candidates"}
+    assert set(s["optimization"]["candidates"][0]) == {"name", "passed", "latencyMs", "latencySpread", "pareto", "sizeBytes", "quality", "reason"}
+    assert "pareto" not in s["optimization"]["candidates"][1], "no flag for a rejected candidate"
+    from model_operator.api.types import OptimizationStatus
+
+    status = OptimizationStatus.model_validate(s["optimization"]).model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert status["latencyMsOnnxFp32"] == 1.5 and status["speedupVsOnnxFp32"] == 1.5 and status["latencyBatchSize"] == 1
+    assert status["candidates"][0]["pareto"] is True and status["candidates"][0]["latencySpread"] == 0.0123456
     assert s["optimization"]["candidates"][0]["quality"]["top1"] == 0.971235, "floats are rounded"
 
 

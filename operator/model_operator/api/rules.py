@@ -34,12 +34,19 @@ def _mode(s: ModelDeploymentSpec) -> str:
     return str(s.optimization.quantization.mode.value)
 
 
+def _pooling(s: ModelDeploymentSpec) -> str:
+    p = s.optimization.quality_gate.pooling
+    return "none" if p is None else str(p.value)
+
+
 def _backend(s: ModelDeploymentSpec) -> str | None:
     return s.serving.backend.value if s.serving and s.serving.backend else None
 
 
 _QUANT = "has(self.optimization) && has(self.optimization.quantization)"
 _BACKEND = "has(self.serving) && has(self.serving.backend)"
+_GATE = "has(self.optimization) && has(self.optimization.qualityGate)"
+_EMBEDDING = "(has(self.model.task) && self.model.task == 'embedding')"
 _CONVERSION_TS = "(has(self.conversion) && has(self.conversion.format) && self.conversion.format == 'torchscript')"
 
 RULES: tuple[Rule, ...] = (
@@ -95,6 +102,12 @@ RULES: tuple[Rule, ...] = (
                             "set conversion.format: torchscript, or serving.backend: onnxruntime",
          f"!({_BACKEND} && self.serving.backend == 'pytorch') || {_CONVERSION_TS}",
          lambda s: _backend(s) != "pytorch" or s.conversion.format.value == "torchscript"),
+    Rule("optimization.qualityGate.pooling", "qualityGate.pooling pools a token-level embedding: it needs model.task: embedding",
+         f"!({_GATE} && has(self.optimization.qualityGate.pooling) && self.optimization.qualityGate.pooling != 'none') || {_EMBEDDING}",
+         lambda s: _pooling(s) == "none" or s.model.task.value == "embedding"),
+    Rule("optimization.qualityGate.maskInput", "qualityGate.maskInput leaves padding out of an embedding: it needs model.task: embedding",
+         f"!({_GATE} && has(self.optimization.qualityGate.maskInput)) || {_EMBEDDING}",
+         lambda s: s.optimization.quality_gate.mask_input is None or s.model.task.value == "embedding"),
 )
 
 

@@ -69,6 +69,30 @@ class QuantizationMode(str, Enum):
     dynamic_int8 = "dynamic-int8"
     static_int8 = "static-int8"
     fp16 = "fp16"
+    int4_weight_only = "int4-weight-only"
+
+
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class FloatType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Pooling(str, Enum):
+    none = "none"
+    mean = "mean"
+    cls = "cls"
+
+
+class Objective(str, Enum):
+    latency = "latency"
+    size = "size"
+    balanced = "balanced"
 
 
 class QuantizationScope(str, Enum):
@@ -226,6 +250,10 @@ class SensitiveLayers(Model):
     names: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list, max_length=256, description="Layer (node or module) names to keep in float."
     )
+    dtype: FloatType | None = Field(
+        default=None,
+        description="Float type the kept layers store their weights in: float32 (default) or float16 (half the bytes; computed in float32 on CPU).",
+    )
 
 
 class Quantization(Model):
@@ -238,6 +266,12 @@ class Quantization(Model):
     """Layers kept in float with scope: partial."""
     op_types: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, max_length=64, description="Quantize only these operator types (e.g. MatMul, Conv)."
+    )
+    calibration_method: CalibrationMethod | None = Field(
+        default=None, description="static-int8 activation ranges: minmax (default), entropy or percentile (ONNX Runtime's calibrators)."
+    )
+    reduce_range: bool | None = Field(
+        default=None, description="7-bit weights for int8 (avoids overflow on CPUs without VNNI); default false."
     )
 
 
@@ -285,6 +319,20 @@ class QualityGate(Model):
     max_top1_drop: float = Field(default=0.01, ge=0, le=1, description="Largest allowed top-1 accuracy drop (0.01 = 1 point).")
     min_cosine: float = Field(default=0.99, ge=-1, le=1, description="Smallest allowed mean cosine similarity of outputs.")
     max_abs_error: float | None = Field(default=None, gt=0, description="Largest allowed absolute output error.")
+    min_sample_cosine: float | None = Field(
+        default=None, ge=-1, le=1, description="Smallest allowed cosine similarity of any one sample (embedding, regression)."
+    )
+    pooling: Pooling | None = Field(
+        default=None,
+        description=(
+            "Embedding tasks with a token-level output [batch, sequence, hidden]: compare mean- or cls-pooled embeddings"
+            " (default none: the whole output)."
+        ),
+    )
+    mask_input: TensorName | None = Field(
+        default=None,
+        description="Embedding tasks: the model input holding the attention mask; padding tokens are left out of the comparison and of mean pooling.",
+    )
 
 
 class Optimization(Model):
@@ -299,6 +347,13 @@ class Optimization(Model):
     quality_gate: QualityGate = Field(default_factory=QualityGate)
     """What the optimized model must keep compared with the original on data.validation."""
     time_budget_seconds: int = Field(default=1800, ge=10, le=86400, description="Deadline of the optimization Job.")
+    objective: Objective | None = Field(
+        default=None,
+        description=(
+            "What the search optimizes among candidates that pass the gate: latency, size or balanced;"
+            " default size for edge and device targets, latency for cloud."
+        ),
+    )
 
 
 class DynamicAxes(Model):
@@ -505,6 +560,8 @@ class Candidate(Model):
     """Quality metrics measured on the validation data."""
     reason: str = ""
     """Why it was rejected or failed."""
+    latency_spread: float | None = Field(default=None, description="Relative range of the latency over interleaved rounds.")
+    pareto: bool | None = Field(default=None, description="No other passed candidate is both faster and smaller.")
 
 
 class ArtifactStatus(Model):
@@ -554,10 +611,23 @@ class OptimizationStatus(Model):
     """Quality of the original model."""
     quality_after: dict[str, float] = Field(default_factory=dict)
     """Quality of the chosen artifact."""
-    latency_ms_before: float | None = None
-    """Latency of the original model in ms."""
+    latency_ms_before: float | None = Field(
+        default=None,
+        description="Latency of the original model in ms, in its own framework (PyTorch eager / TorchScript, or ONNX Runtime for an ONNX source).",
+    )
     latency_ms_after: float | None = None
     """Latency of the chosen artifact in ms."""
+    latency_ms_onnx_fp32: float | None = Field(default=None, description="Latency of the unquantized conversion in ONNX Runtime, in ms.")
+    speedup: float | None = Field(default=None, description="latencyMsBefore / latencyMsAfter.")
+    speedup_vs_onnx_fp32: float | None = Field(default=None, description="latencyMsOnnxFp32 / latencyMsAfter.")
+    latency_batch_size: int | None = Field(default=None, description="Batch size of every latency here.")
+    threads: int | None = Field(default=None, description="Threads of every runtime measured (intra-op).")
+    latency_spread: float | None = Field(default=None, description="Relative range of the chosen candidate's latency over interleaved rounds.")
+    quality_samples: int | None = Field(
+        default=None, description="Held-out validation samples qualityBefore/qualityAfter are measured on (not those that chose the recipe)."
+    )
+    objective: str | None = None
+    """The objective the recipe was chosen for: latency, size or balanced."""
 
 
 class Endpoint(Model):

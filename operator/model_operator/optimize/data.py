@@ -38,6 +38,14 @@ class Dataset:
             uri=self.uri,
         )
 
+    def subset(self, index: np.ndarray) -> Dataset:
+        return Dataset(
+            inputs={k: v[index] for k, v in self.inputs.items()},
+            labels=None if self.labels is None else self.labels[index],
+            targets=None if self.targets is None else self.targets[index],
+            uri=self.uri,
+        )
+
     def batches(self, batch: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.size, batch):
             yield {k: v[start : start + batch] for k, v in self.inputs.items()}
@@ -95,3 +103,30 @@ def _check_array(arr: np.ndarray, t: TensorSpec, field_name: str, uri: str, key:
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise InputError(field_name, f"{uri}: array '{key}' is {arr.dtype}, the model input '{t.name}' needs {DType(t.dtype).value}")
     return np.ascontiguousarray(arr.astype(want))
+
+
+SPLIT_SEED = 0
+SELECTION_SHARE = 2 / 3
+MIN_SPLIT = 12  # fewer samples than this: no held-out part (both parts are the whole set)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices of the validation samples that choose the recipe (`selection`: the gate) and of
+    the held-out ones whose quality is reported (`report`). `held_out` is False when the set was
+    too small to split and both are the whole set."""
+
+    selection: np.ndarray
+    report: np.ndarray
+    held_out: bool
+
+
+def split(n: int, *, share: float = SELECTION_SHARE, seed: int = SPLIT_SEED) -> Split:
+    """A seeded random split of n samples: round(n * share) for selection, the rest held out
+    (at least one each). Below MIN_SPLIT samples both parts are everything."""
+    everything = np.arange(n)
+    if n < MIN_SPLIT:
+        return Split(everything, everything, held_out=False)
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(n - 1, max(1, round(n * share)))
+    return Split(np.sort(order[:k]), np.sort(order[k:]), held_out=True)

@@ -1,5 +1,11 @@
 """The worker's pipeline: fetch -> load -> data -> reference -> candidates (transform, convert,
-quantize, validate, time) -> choose -> package -> publish.
+quantize, validate) -> latency -> choose -> package -> publish.
+
+Honest figures: the validation set is split (seeded) into a selection part, on which the gate
+decides at batch 1 and at the serving batch size, and a held-out report part, whose quality is
+the one reported. Latencies are measured side by side in interleaved rounds after each runtime
+has settled, at one batch size and thread count (both reported): the original in its own
+framework, its unquantized ONNX conversion in ONNX Runtime, and every candidate.
 
 Progress goes to the `model_operator.optimize` logger, one line per step and per candidate.
 Nothing is written at the destination until the artifact is complete (storage.publish_dir).
@@ -8,10 +14,8 @@ Nothing is written at the destination until the artifact is complete (storage.pu
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -24,31 +28,41 @@ import numpy as np
 from .. import storage
 from ..api.hashing import spec_hash as compute_spec_hash
 from ..api.types import (
+    Clipping,
     ConversionFormat,
     DType,
     ModelDeploymentSpec,
+    ModelFormat,
+    Pooling,
+    Pruning,
     PruningMethod,
+    Quantization,
     QuantizationMode,
     QuantizationScope,
+    Serving,
+    Target,
     Task,
     TensorSpec,
 )
 from . import report as rep
-from .data import Dataset, load_npz
+from .data import Dataset, Split, load_npz, split
 from .errors import GateError, InputError, OptimizationError, WorkerError, first_line
 from .load import SourceModel, load_source
 from .progress import PROGRESS
 from .quiet import captured
-from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_latency, run_all, threads
-from .search import Outcome, Plan, check_plans, choose, plans_for
-from .signature import dynamic_axes, sample_feeds, with_dynamic
-from .validate import compare, gate, reference_quality
+from .runtime import OrtRunner, TorchRunner, configure_torch, latency_feeds, measure_interleaved, run_all, threads
+from .search import Outcome, Plan, check_plans, choose, default_objective, pareto, plans_for
+from .signature import dynamic_axes, is_integer, sample_feeds, with_dynamic
+from .validate import View, compare, gate, reference_quality, worst
 
 log = logging.getLogger("model_operator.optimize")
 
 SYNTHETIC_SAMPLES = 8
 GOLDEN_MIN = 64
 BUDGET_SHARE = 0.85
+BATCH1_SAMPLES = 256  # the gate at batch 1 looks at this many selection samples at most
+LATENCY_ROUNDS = 5
+EVAL_BATCH_DEVICE = 32  # evaluation batch when nothing is served (device target)
 
 
 @dataclass
@@ -164,14 +178,19 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                  " with labels" if validation.labels is not None else "", f"{calibration.size} samples" if calibration else "none")
 
     conversion = ConversionFormat(spec.conversion.format)
-    plans = plans_for(opt, has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
-    check_plans(plans, opt, has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
+    plan_args: dict[str, Any] = dict(has_calibration=calibration is not None, torch_source=source.is_torch, conversion=conversion)
+    check_plans(plans_for(opt, **plan_args), opt, **plan_args)
     if not source.is_torch and conversion == ConversionFormat.torchscript:
         raise InputError("spec.conversion.format", "an ONNX model cannot be converted to TorchScript: set conversion.format: onnx")
-
-    eval_batch = source.inputs[0].shape[0] if source.inputs[0].shape[0] != -1 else 32
-    lat_batch = eval_batch if source.inputs[0].shape[0] != -1 else opt.search.latency_batch_size
+    view = _view(spec, source, validation)
+    fixed_batch = source.inputs[0].shape[0] if source.inputs[0].shape[0] != -1 else None
+    gate_batches = _gate_batches(spec, fixed_batch)
+    eval_batch = gate_batches[-1]
+    lat_batch = fixed_batch or opt.search.latency_batch_size
     lat_inputs = latency_feeds(validation.inputs, lat_batch)
+    synthetic = validation.uri == "(synthetic)"
+    parts = Split(np.arange(validation.size), np.arange(validation.size), held_out=False) if synthetic else split(validation.size)
+    objective = default_objective(opt, Target(spec.target))
 
     with r.step("reference"):
         ref_runner = TorchRunner(source.load_fresh(), source.inputs) if source.is_torch else OrtRunner(source.path, level="all")
@@ -179,10 +198,23 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
             reference = run_all(ref_runner, validation.inputs, eval_batch)
         except Exception as exc:  # noqa: BLE001 - any error of the original model on the data is the data's field to fix
             raise InputError("spec.data.validation.uri", f"the original model fails on the validation data: {first_line(exc)}") from None
-        quality_before = reference_quality(task, reference, validation.labels, validation.targets)
-        log.info("original: %s on %d samples", _q(quality_before) or "no ground truth", validation.size)
+        _check_view(view, reference, spec)
+        quality_before = _quality(task, reference, validation, parts.report)
+        if parts.held_out:
+            log.info("original: %s on %d held-out samples; the gate decides on %d others, at batch %s", _q(quality_before) or "no ground truth",
+                     len(parts.report), len(parts.selection), " and ".join(map(str, gate_batches)))
+        else:
+            log.info("original: %s on %d samples (too few to hold some out: the gate and the report use them all), gate at batch %s",
+                     _q(quality_before) or "no ground truth", validation.size, " and ".join(map(str, gate_batches)))
+        onnx_fp32: Path | None = None
+        if conversion == ConversionFormat.onnx:
+            onnx_fp32 = source.path if not source.is_torch else _exported(r, source, calibration, validation, task)
+        model_ops = _quantizable_ops(onnx_fp32) if onnx_fp32 is not None else None
+        plans = plans_for(opt, **plan_args, model_ops=model_ops)
+        check_plans(plans, opt, **plan_args)
 
     outcomes: list[Outcome] = []
+    digests: dict[str, str] = {}
     with r.step(f"candidates ({len(plans)})"):
         for i, plan in enumerate(plans):
             PROGRESS.update(candidate=i + 1, candidates=len(plans))
@@ -192,7 +224,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 continue
             t0 = time.monotonic()
             try:
-                o = _candidate(r, i, plan, source, validation, calibration, reference, quality_before, eval_batch, task)
+                o = _candidate(r, i, plan, source, validation, calibration, reference, parts, view, gate_batches, task, digests)
             except WorkerError as exc:
                 if len(plans) == 1 or isinstance(exc, InputError):
                     raise
@@ -208,7 +240,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 log.info("candidate %d/%d %s: %s, %s, %s%s", i + 1, len(plans), plan.name,
                          "passed" if o.passed else "REJECTED", _bytes(o.size_bytes or 0), _q(o.quality), "" if o.passed else f": {o.reason}")
             else:
-                log.info("candidate %d/%d %s: failed: %s", i + 1, len(plans), plan.name, o.reason)
+                log.info("candidate %d/%d %s: %s", i + 1, len(plans), plan.name, o.reason if o.reason.startswith("skipped") else f"failed: {o.reason}")
 
     if not any(o.passed for o in outcomes):
         gated = [o for o in outcomes if o.artifact is not None]
@@ -222,18 +254,42 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
         raise OptimizationError("spec.optimization", f"every candidate failed; {outcomes[0].plan.name}: {outcomes[0].reason}")
 
     with r.step("latency"):
-        latency_before = _measure_latencies(r, ref_runner, outcomes, source, lat_inputs)
-        del ref_runner
-        log.info("latency (batch %d, %d threads, median of interleaved rounds): original %.3f ms", lat_batch, n_threads, latency_before)
+        fp32_runner = OrtRunner(onnx_fp32, level="all") if onnx_fp32 is not None and source.is_torch else None
+        before, fp32 = _measure_latencies(r, ref_runner, fp32_runner, outcomes, source, lat_inputs)
+        del ref_runner, fp32_runner
+        if fp32 is None and not source.is_torch:
+            fp32 = before  # the original is the ONNX Runtime fp32 model
+        latency_before, latency_fp32 = before.ms, (fp32.ms if fp32 else None)
+        log.info("latency (batch %d, %d threads, median of %d interleaved rounds after warm-up): original (%s) %.4g ms ±%.0f%%%s",
+                 lat_batch, n_threads, before.rounds, _framework(source), latency_before, before.spread * 100,
+                 f", ONNX Runtime fp32 {latency_fp32:.4g} ms" if latency_fp32 is not None and source.is_torch else "")
         for i, o in enumerate(outcomes):
             if o.latency_ms is not None:
-                log.info("latency %d/%d %s: %.3f ms (%.2fx the original's speed)%s", i + 1, len(outcomes), o.plan.name, o.latency_ms,
-                         latency_before / o.latency_ms if o.latency_ms else 0.0, "" if o.passed else " (rejected)")
-    best = choose(outcomes)
+                log.info("latency %d/%d %s: %.4g ms ±%.0f%% (%s)%s", i + 1, len(outcomes), o.plan.name, o.latency_ms, (o.latency_spread or 0) * 100,
+                         _speedups(latency_before, latency_fp32, o.latency_ms), "" if o.passed else " (rejected)")
+    flags = pareto(outcomes)
+    for o, f in zip(outcomes, flags):
+        o.pareto = f
+    best = choose(outcomes, objective)
     assert best is not None, "a passed candidate always has a latency"
     won = outcomes[best]
-    log.info("chosen %s: latency %.3f ms vs %.3f ms original, %s vs %s original", won.plan.name, won.latency_ms, latency_before,
-             _bytes(won.size_bytes or 0), _bytes(source.size_bytes))
+    assert won.latency_ms is not None
+    quality_after = won.details.get("heldOutQuality", won.quality)
+    log.info("chosen %s (objective %s): %.4g ms (%s), %s vs %s original; held-out quality %s (original %s)", won.plan.name, objective.value,
+             won.latency_ms, _speedups(latency_before, latency_fp32, won.latency_ms), _bytes(won.size_bytes or 0), _bytes(source.size_bytes),
+             _q(quality_after), _q(quality_before) or "no ground truth")
+    figures = rep.rounded({
+        "latencyMsBefore": latency_before,
+        "latencyMsAfter": won.latency_ms,
+        "latencyMsOnnxFp32": latency_fp32,
+        "speedup": latency_before / won.latency_ms if won.latency_ms else None,
+        "speedupVsOnnxFp32": latency_fp32 / won.latency_ms if latency_fp32 and won.latency_ms else None,
+        "latencyBatchSize": lat_batch,
+        "threads": n_threads,
+        "latencySpread": won.latency_spread,
+        "qualitySamples": len(parts.report),
+        "objective": objective.value,
+    })
 
     with r.step("package"):
         stage = work / "stage"
@@ -254,7 +310,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
             raise InputError("spec.serving", str(exc)) from None
         golden_n = min(validation.size, max(GOLDEN_MIN, spec.monitoring.golden_probe.samples))
         golden_inputs = {k: v[:golden_n] for k, v in validation.inputs.items()}
-        golden_outputs = _run_artifact(art, fmt, source, won.plan.graph_level, golden_inputs, eval_batch)
+        golden_outputs = _run_artifact(art, source, won.plan.graph_level, golden_inputs, eval_batch)
         np.savez(stage / "golden.npz", **golden_inputs, **{t.name: a for t, a in zip(out_sig, golden_outputs)})
         files = storage.file_digests(stage)
         digest = storage.digest.digest_of(files)
@@ -268,7 +324,9 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
             "source": {"uri": spec.model.uri, "format": source.kind, "sizeBytes": source.size_bytes, "sha256": storage.file_sha256(source.path),
                        "inputs": _dump(source.inputs), "outputs": _dump(source.outputs)},
             "data": {
-                "validation": {"uri": validation.uri, "samples": validation.size, "labels": validation.labels is not None},
+                "validation": {"uri": validation.uri, "samples": validation.size, "labels": validation.labels is not None,
+                               "selectionSamples": len(parts.selection), "reportSamples": len(parts.report), "heldOut": parts.held_out,
+                               "gateBatchSizes": gate_batches},
                 "calibration": {"uri": calibration.uri, "samples": calibration.size} if calibration else None,
             },
             "artifact": {
@@ -281,12 +339,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
                 "recipe": won.plan.name,
                 "plan": won.plan.describe(),
                 "qualityBefore": quality_before,
-                "qualityAfter": won.quality,
-                "latencyMsBefore": latency_before,
-                "latencyMsAfter": won.latency_ms,
-                "latencyBatchSize": lat_batch,
-                "threads": n_threads,
-                "speedup": (latency_before / won.latency_ms) if won.latency_ms else None,
+                "qualityAfter": quality_after,
+                "qualityOn": (f"held-out validation samples ({len(parts.report)})" if parts.held_out
+                              else f"all validation samples ({len(parts.report)}): too few to hold some out"),
+                **figures,
+                "originalRuntime": _framework(source),
+                "selectionQualityAfter": won.quality,
                 "gate": spec.optimization.quality_gate.model_dump(mode="json", by_alias=True),
                 "task": task.value,
                 "search": bool(opt.search.enabled),
@@ -308,8 +366,7 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
 
     return rep.summary(
         spec_hash=shash, uri=output, sha256=digest, fmt=fmt, size_bytes=size, original_size_bytes=source.size_bytes,
-        recipe=won.plan.name, quality_before=quality_before, quality_after=won.quality, latency_before=latency_before,
-        latency_after=won.latency_ms, outcomes=outcomes, chosen=best,
+        recipe=won.plan.name, quality_before=quality_before, quality_after=quality_after, figures=figures, outcomes=outcomes, chosen=best,
     )
 
 
@@ -354,8 +411,8 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
 
 
 def _candidate(
-    r: Run, idx: int, plan: Plan, source: SourceModel, validation: Dataset, calibration: Dataset | None,
-    reference: list[np.ndarray], quality_before: dict[str, float], eval_batch: int, task: Task,
+    r: Run, idx: int, plan: Plan, source: SourceModel, validation: Dataset, calibration: Dataset | None, reference: list[np.ndarray],
+    parts: Split, view: View, gate_batches: list[int], task: Task, digests: dict[str, str],
 ) -> Outcome:
     from .quantize import match_names, preprocess, quantize
 
@@ -384,27 +441,51 @@ def _candidate(
                 field_name = "spec.optimization.quantization.sensitiveLayers.names"
                 exclude += match_names(model, q.sensitive_layers.names, field_name)
             if q.sensitive_layers.auto:
-                exclude += [n for n in _sensitive(r, plan, pre, validation, reference, calibration) if n not in exclude]
+                exclude += [n for n in _sensitive(r, plan, pre, validation.subset(parts.selection), reference, parts, calibration) if n not in exclude]
             details["excludedNodes"] = exclude
         art = cdir / "model.onnx"
         res = quantize(pre, art, q, calibration=calibration, input_names=[t.name for t in source.inputs], exclude=exclude)
         details["quantizedNodes"] = res.quantized_nodes
         if res.blocked_fp16_ops:
             details["fp16BlockedOps"] = res.blocked_fp16_ops
+    digest = storage.file_sha256(art)
+    if digest in digests:
+        return Outcome(plan, reason=f"skipped: the same model file as {digests[digest]}", details={"identicalTo": digests[digest]})
+    digests[digest] = plan.name
     o = Outcome(plan, details=details, artifact=art)
-    outputs = _run_artifact(art, "torchscript" if art.suffix == ".pt" else "onnx", source, plan.graph_level, validation.inputs, eval_batch)
-    o.quality = compare(task, reference, outputs, validation.labels, validation.targets)
-    verdict = gate(task, quality_before, o.quality, r.spec.optimization.quality_gate)
-    o.passed, o.reason = verdict.passed, verdict.reason
+    runner = _runner_or_fail(art, source, plan.graph_level)
+    verdicts, by_batch = [], {}
+    outputs_b = None
+    for b in gate_batches:
+        idx_b = parts.selection if b != 1 or len(gate_batches) == 1 else parts.selection[:BATCH1_SAMPLES]
+        if b == gate_batches[-1]:
+            outputs_b = _run_or_fail(runner, validation.inputs, b)
+            outs = [x[idx_b] for x in outputs_b]
+        else:
+            outs = _run_or_fail(runner, {k: v[idx_b] for k, v in validation.inputs.items()}, b)
+        before = _quality(task, reference, validation, idx_b)
+        after = compare(task, [x[idx_b] for x in reference], outs, _take(validation.labels, idx_b), _take(validation.targets, idx_b), view.subset(idx_b))
+        by_batch[str(b)] = after
+        verdicts.append((b, gate(task, before, after, r.spec.optimization.quality_gate)))
+    assert outputs_b is not None
+    o.quality = worst(list(by_batch.values()))
+    failed = [(b, v) for b, v in verdicts if not v.passed]
+    o.passed = not failed
+    o.reason = "" if not failed else (failed[0][1].reason + (f" (at batch {failed[0][0]})" if len(gate_batches) > 1 else ""))
+    details["qualityByBatch"] = by_batch
+    details["heldOutQuality"] = compare(task, [x[parts.report] for x in reference], [x[parts.report] for x in outputs_b],
+                                        _take(validation.labels, parts.report), _take(validation.targets, parts.report), view.subset(parts.report))
+    o.details = details
     o.size_bytes = art.stat().st_size
     return o
 
 
-LATENCY_ROUNDS = 3
+def _take(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[idx]
 
 
 # Quality keys where higher is better, in the order they decide which rejected candidate came closest.
-_CLOSEST_KEYS = ("agreement", "top1", "cosine", "minSampleCosine", "r2")
+_CLOSEST_KEYS = ("agreement", "top1", "cosine", "minCosine", "r2")
 
 
 def _closest_to_gate(gated: list[Outcome]) -> Outcome:
@@ -416,36 +497,109 @@ def _closest_to_gate(gated: list[Outcome]) -> Outcome:
     return gated[0]
 
 
-def _measure_latencies(r: Run, ref_runner: OrtRunner | TorchRunner, outcomes: list[Outcome], source: SourceModel, lat_inputs: dict[str, np.ndarray]) -> float:
-    """Latency of the original and of every built candidate, measured side by side: LATENCY_ROUNDS
-    interleaved rounds (rejected candidates: one), median of the rounds, so a busy machine's
-    swings hit every candidate alike. Sets each outcome's latency_ms; returns the original's."""
-    entries: list[tuple[Outcome | None, OrtRunner | TorchRunner]] = [(None, ref_runner)]
-    entries += [(o, _runner(o.artifact, source, o.plan.graph_level)) for o in outcomes if o.artifact is not None]
-    budget = float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5")) / LATENCY_ROUNDS
-    times: list[list[float]] = [[] for _ in entries]
-    for rnd in range(LATENCY_ROUNDS):
-        if rnd > 0 and r.deadline_near():
-            log.info("latency: time budget nearly spent, %d round(s) measured", rnd)
-            break
-        for k, (o, runner) in enumerate(entries):
-            if rnd > 0 and o is not None and not o.passed:
-                continue
-            times[k].append(measure_latency(functools.partial(runner.run, lat_inputs), budget_s=budget))
-    for (o, _), t in zip(entries[1:], times[1:]):
-        assert o is not None
-        o.latency_ms = float(np.median(t))
-    return float(np.median(times[0]))
+def _quality(task: Task, reference: list[np.ndarray], ds: Dataset, idx: np.ndarray) -> dict[str, float]:
+    return reference_quality(task, [x[idx] for x in reference], _take(ds.labels, idx), _take(ds.targets, idx))
 
 
-def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: list[np.ndarray], calibration: Dataset | None) -> list[str]:
+def _exported(r: Run, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task) -> Path:
+    """The unquantized, untransformed ONNX conversion of a torch source (the fp32 baseline; the
+    candidates without clipping or pruning share it)."""
+    try:
+        return _float_model(r, Plan("fp32", Quantization(), Clipping(), Pruning()), source, calibration, validation, task)[0]
+    except WorkerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors
+        raise OptimizationError("spec.conversion", f"the model could not be converted to ONNX: {type(exc).__name__}: {first_line(exc)}") from None
+
+
+def _quantizable_ops(path: Path) -> frozenset[str]:
+    import onnx
+
+    from .quantize import quantizable_nodes
+
+    return frozenset(n.op_type for n in quantizable_nodes(onnx.load(str(path), load_external_data=False)))
+
+
+def _gate_batches(spec: ModelDeploymentSpec, fixed: int | None) -> list[int]:
+    """Batch sizes the gate evaluates at: 1 and the serving maxBatchSize (dynamic int8 scales
+    activations per batch, kernels differ by shape), or the model's fixed batch."""
+    if fixed:
+        return [fixed]
+    if Target(spec.target) == Target.device:
+        top = EVAL_BATCH_DEVICE
+    else:
+        top = (spec.serving or Serving()).max_batch_size or 1
+    return sorted({1, top})
+
+
+def _view(spec: ModelDeploymentSpec, source: SourceModel, validation: Dataset) -> View:
+    """How the gate compares outputs. That pooling and maskInput need task: embedding is a rule of
+    api/rules.py (the worker's load_spec enforces it); here: the mask names a [batch, sequence] input."""
+    g = spec.optimization.quality_gate
+    field_name = "spec.optimization.qualityGate.maskInput"
+    mask = None
+    if g.mask_input is not None:
+        t = next((t for t in source.inputs if t.name == g.mask_input), None)
+        if t is None:
+            names = ", ".join(t.name for t in source.inputs)
+            raise InputError(field_name, f"'{g.mask_input}' is not an input of the model (inputs: {names})")
+        if len(t.shape) != 2 or not (is_integer(t) or DType(t.dtype) in (DType.bool_, DType.float32)):
+            raise InputError(field_name, f"'{t.name}' must be a [batch, sequence] mask (it is {DType(t.dtype).value} {list(t.shape)})")
+        mask = validation.inputs[t.name]
+    return View(mask=mask, pooling=Pooling(g.pooling or Pooling.none))
+
+
+def _check_view(view: View, reference: list[np.ndarray], spec: ModelDeploymentSpec) -> None:
+    out = reference[0]
+    if view.pooling != Pooling.none and out.ndim < 3:
+        raise InputError("spec.optimization.qualityGate.pooling",
+                         f"pooling needs a token-level first output [batch, sequence, hidden]; it is {list(out.shape)}")
+    if view.mask is not None and (out.ndim < 2 or out.shape[:2] != view.mask.shape) and view.pooling == Pooling.none:
+        raise InputError("spec.optimization.qualityGate.maskInput",
+                         f"the mask {list(view.mask.shape)} does not match the first output {list(out.shape)}: "
+                         "its first two axes must be [batch, sequence]")
+
+
+def _framework(source: SourceModel) -> str:
+    return {ModelFormat.onnx.value: "ONNX Runtime fp32", ModelFormat.torchscript.value: "TorchScript",
+            ModelFormat.torch_export.value: "PyTorch eager"}.get(source.kind, source.kind)
+
+
+def _speedups(before: float, fp32: float | None, after: float) -> str:
+    text = f"{before / after:.2f}x the original's speed" if after else "?"
+    if fp32 is not None and after:
+        text += f", {fp32 / after:.2f}x ONNX Runtime fp32's"
+    return text
+
+
+def _measure_latencies(
+    r: Run, ref_runner: OrtRunner | TorchRunner, fp32_runner: OrtRunner | None, outcomes: list[Outcome], source: SourceModel,
+    lat_inputs: dict[str, np.ndarray],
+) -> tuple[Any, Any]:
+    """Latency of the original, of its ONNX Runtime fp32 conversion (when there is one) and of
+    every built candidate, side by side in LATENCY_ROUNDS interleaved rounds (rejected
+    candidates: one). Sets each outcome's latency_ms and latency_spread; returns the original's
+    and the fp32 conversion's Latency (or None)."""
+    runners: list[OrtRunner | TorchRunner] = [ref_runner] + ([fp32_runner] if fp32_runner is not None else [])
+    timed = [o for o in outcomes if o.artifact is not None]
+    runners += [_runner(o.artifact, source, o.plan.graph_level) for o in timed]
+    first = len(runners) - len(timed)
+    fns = [lambda runner=runner: runner.run(lat_inputs) for runner in runners]
+    res = measure_interleaved(fns, rounds=LATENCY_ROUNDS, rounds_for=lambda i: LATENCY_ROUNDS if i < first or timed[i - first].passed else 1,
+                              stop=r.deadline_near)
+    for o, lat in zip(timed, res[first:]):
+        o.latency_ms, o.latency_spread = lat.ms, (lat.spread if lat.rounds > 1 else None)
+    return res[0], (res[1] if fp32_runner is not None else None)
+
+
+def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: list[np.ndarray], parts: Split, calibration: Dataset | None) -> list[str]:
     from . import sensitivity
 
     q = plan.quantization
     key = json.dumps(["sens", plan.transform_key(), QuantizationMode(q.mode).value, q.per_channel, q.op_types])
     if key not in r.cache:
         t0 = time.monotonic()
-        scores = sensitivity.measure(pre, q, validation=validation, reference=reference, calibration=calibration,
+        scores = sensitivity.measure(pre, q, validation=validation, reference=[x[parts.selection] for x in reference], calibration=calibration,
                                      input_names=list(validation.inputs), work=r.work / "sensitivity",
                                      deadline=r.deadline_near)
         r.cache[key] = scores
@@ -467,11 +621,22 @@ def _runner(art: Path, source: SourceModel, level: str) -> OrtRunner | TorchRunn
     return OrtRunner(art, level=level)
 
 
-def _run_artifact(art: Path, fmt: str, source: SourceModel, level: str, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+def _runner_or_fail(art: Path, source: SourceModel, level: str) -> OrtRunner | TorchRunner:
     try:
-        return run_all(_runner(art, source, level), inputs, batch)
+        return _runner(art, source, level)
+    except Exception as exc:  # noqa: BLE001 - any error loading the optimized model fails the candidate with its reason
+        raise OptimizationError("spec.optimization", f"the optimized model fails to load: {first_line(exc)}") from None
+
+
+def _run_or_fail(runner: OrtRunner | TorchRunner, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    try:
+        return run_all(runner, inputs, batch)
     except Exception as exc:  # noqa: BLE001 - any error running the optimized model fails the candidate with its reason
         raise OptimizationError("spec.optimization", f"the optimized model fails to run: {first_line(exc)}") from None
+
+
+def _run_artifact(art: Path, source: SourceModel, level: str, inputs: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    return _run_or_fail(_runner_or_fail(art, source, level), inputs, batch)
 
 
 # --- helpers --------------------------------------------------------------------------------------

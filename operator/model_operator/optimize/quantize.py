@@ -1,6 +1,9 @@
-"""Quantization with ONNX Runtime: dynamic int8, static int8 (QDQ, calibrated on the
-calibration .npz), fp16 (fp16.py); per-channel or per-tensor weights; a subset of op types;
-nodes kept in float (named in the spec or found by sensitivity.py)."""
+"""Quantization with ONNX Runtime's tools: dynamic int8, static int8 (QDQ, calibrated on the
+calibration .npz with the MinMax, entropy or percentile calibrator), weight-only int4 of MatMul
+weights and embeddings (MatMulNBits / GatherBlockQuantized, block-wise), fp16 (fp16.py);
+per-channel or per-tensor weights, optionally reduce_range (7-bit); a subset of op types; nodes
+kept in float (named in the spec or found by sensitivity.py), their weights optionally stored in
+float16 behind a Cast that ONNX Runtime folds when it loads the model."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api.types import Quantization, QuantizationMode
+from ..api.types import CalibrationMethod, FloatType, Quantization, QuantizationMode
 from .data import Dataset
 from .errors import InputError, OptimizationError, first_line
 from .quiet import captured
@@ -21,7 +24,20 @@ log = logging.getLogger("model_operator.optimize")
 
 # Ops whose weights quantization stores as int8 (the ones that carry the bytes).
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU")
+# Static int8 without opTypes: the weight-carrying ops only. Quantizing every activation (Add,
+# Mul, Softmax...) puts a transformer's additive attention mask (float32 min) into an int8 range
+# and wipes out everything else in it (pretrained MiniLM: pooled cosine 0.32); the entropy and
+# percentile calibrators refuse such a tensor outright.
+STATIC_DEFAULT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention")
 CALIBRATION_BATCH = 8
+INT4_BLOCK = 32
+CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# ONNX Runtime's entropy calibrator, as quantize_static sets it up, has as many histogram bins as
+# quantized bins (128): its threshold search then has one choice, the full range, and the result is
+# byte-identical to MinMax. The ranges are computed here with a finer histogram and handed to
+# quantize_static through its calibration cache.
+ENTROPY_BINS = 512
+ENTROPY_QUANTIZED_BINS = 128
 
 
 @dataclass
@@ -99,7 +115,8 @@ def quantize(
 ) -> QuantResult:
     """Quantize the pre-processed model at `pre` into `out` as `q` asks."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationMethod as CalibrationMethod_
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     mode = QuantizationMode(q.mode)
     if mode == QuantizationMode.none:
@@ -115,34 +132,129 @@ def quantize(
         onnx.save(converted, str(out))
         return QuantResult(out, quantized_nodes=len(converted.graph.node), op_types=["*"], blocked_fp16_ops=blocked)
 
+    if mode == QuantizationMode.int4_weight_only:
+        return _int4(pre, out, exclude, nodes_to_quantize)
+
     op_types = list(q.op_types) if q.op_types else None
     extra: dict[str, Any] = {"MatMulConstBOnly": True}
+    reduce_range = bool(q.reduce_range)
+    calib = getattr(CalibrationMethod_, CALIBRATORS[(q.calibration_method or CalibrationMethod.minmax).value])
     try:
         with captured(), contextlib.chdir(Path(out).parent):  # temporaries stay in the work dir
             if mode == QuantizationMode.dynamic_int8:
                 quantize_dynamic(
-                    str(pre), str(out), op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=False,
+                    str(pre), str(out), op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=reduce_range,
                     weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), nodes_to_quantize=list(nodes_to_quantize or []),
                     extra_options=extra,
                 )
             else:
                 if calibration is None:
                     raise InputError("spec.data.calibration", "static-int8 quantization needs calibration data: set data.calibration")
+                static_ops = op_types or list(STATIC_DEFAULT_OPS)
+                cache = _entropy_ranges(pre, out, calibration, input_names, static_ops) if calib == CalibrationMethod_.Entropy else None
                 quantize_static(
-                    str(pre), str(out), NpzReader(calibration, input_names), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types, per_channel=q.per_channel, reduce_range=False,
+                    str(pre), str(out), NpzReader(calibration, input_names), quant_format=QuantFormat.QDQ, calibration_cache_path=cache,
+                    op_types_to_quantize=static_ops, per_channel=q.per_channel, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                    nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=calib,
                     extra_options={**extra, "ActivationSymmetric": False, "WeightSymmetric": True},
                 )
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's quantizer raises arbitrary classes; reported as the step's failure
         raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
+    if exclude and q.sensitive_layers.dtype == FloatType.float16:
+        weights_to_float16(out, exclude)
+    return _result(out, exclude)
+
+
+def _entropy_ranges(pre: Path, out: Path, calibration: Dataset, input_names: Sequence[str], op_types: Sequence[str]) -> Path:
+    """Activation ranges by ONNX Runtime's entropy (KL) calibrator with ENTROPY_BINS bins, saved
+    as a calibration cache next to `out`."""
+    from onnxruntime.quantization import CalibrationMethod as CalibrationMethod_
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    cache = out.with_suffix(".ranges.json")
+    augmented = out.with_suffix(".augmented.onnx")
+    calibrator = create_calibrator(pre, list(op_types), augmented_model_path=str(augmented), calibrate_method=CalibrationMethod_.Entropy,
+                                   extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS, "symmetric": False})
+    calibrator.collect_data(NpzReader(calibration, input_names))
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+    augmented.unlink(missing_ok=True)
+    return cache
+
+
+QUANTIZED_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention",
+                 "DequantizeLinear", "MatMulNBits", "GatherBlockQuantized")
+
+
+def _result(out: Path, exclude: Sequence[str]) -> QuantResult:
+    import onnx
+
     model = onnx.load(str(out), load_external_data=False)
-    qnodes = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv",
-                                                           "QGemm", "QAttention", "DequantizeLinear")]
+    qnodes = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     return QuantResult(out, quantized_nodes=len(qnodes), op_types=sorted({n.op_type for n in qnodes}), excluded=list(exclude))
+
+
+def _int4(pre: Path, out: Path, exclude: Sequence[str], include: Sequence[str] | None) -> QuantResult:
+    """Weight-only int4, symmetric, blocks of INT4_BLOCK along the reduction axis: MatMul weights
+    to MatMulNBits and embedding tables to GatherBlockQuantized; activations stay float. Falls
+    back to MatMul only where this ONNX Runtime can't quantize Gather."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    last: Exception | None = None
+    for ops, axes in ((("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))), (("MatMul",), (("MatMul", 0),))):
+        try:
+            with captured(), contextlib.chdir(out.parent):  # temporaries stay in the work dir
+                quant = MatMulNBitsQuantizer(
+                    onnx.load(str(pre)), bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4,
+                    nodes_to_exclude=list(exclude), nodes_to_include=list(include) if include else None,
+                    op_types_to_quantize=ops, quant_axes=axes,
+                )
+                quant.process()
+                quant.model.save_model_to_file(str(out), use_external_data_format=False)
+            return _result(out, exclude)
+        except Exception as exc:  # noqa: BLE001 - try the narrower op set
+            last = exc
+            log.debug("int4 with %s failed: %s", ops, first_line(exc))
+    raise OptimizationError("spec.optimization.quantization", f"int4-weight-only quantization failed: {first_line(last) if last else '?'}")
+
+
+def weights_to_float16(path: Path, nodes: Sequence[str]) -> int:
+    """Store the float32 weight initializers of `nodes` in float16, each behind a Cast back to
+    float32 under its old name (ONNX Runtime folds the Cast at load: the file shrinks, the
+    arithmetic stays float32). Returns how many initializers were converted."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    wanted = set(nodes)
+    done = 0
+    casts = []
+    for node in g.node:
+        if node.name not in wanted:
+            continue
+        idx = 0 if node.op_type == "Gather" else 1
+        name = node.input[idx] if len(node.input) > idx else ""
+        init = inits.get(name)
+        if init is None or init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name + "_fp16")
+        g.initializer.remove(init)
+        del inits[name]
+        g.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], name=name + "_to_fp32", to=onnx.TensorProto.FLOAT))
+        done += 1
+    if done:
+        for c in reversed(casts):
+            g.node.insert(0, c)
+        onnx.save(model, str(path))
+    return done
 
 
 def match_names(model: Any, names: Sequence[str], field_name: str) -> list[str]:

@@ -4,7 +4,15 @@ Summary (docs/contracts.md):
 {"ok": true, "reason": "", "specHash": "...",
  "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"},
  "optimization": {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter",
-                  "candidates": [{"name", "passed", "latencyMs", "sizeBytes", "quality", "reason"}]}}
+                  "latencyMsOnnxFp32", "speedup", "speedupVsOnnxFp32", "latencyBatchSize", "threads",
+                  "latencySpread", "qualitySamples", "objective",
+                  "candidates": [{"name", "passed", "latencyMs", "latencySpread", "pareto", "sizeBytes",
+                                  "quality", "reason"}]}}
+latencyMsBefore is the original in its own framework (PyTorch eager / TorchScript, or ONNX Runtime
+for an ONNX source), latencyMsOnnxFp32 its unquantized conversion in ONNX Runtime; every latency
+is at latencyBatchSize with `threads` intra-op threads. qualityBefore/qualityAfter are measured on
+the held-out part of the validation set (qualitySamples); the candidates' qualities are the
+selection part's, the worst over the gate's batch sizes.
 On failure: {"ok": false, "reason": "<the one-line reason>", "specHash": "...", "exitCode": 2|3|1},
 with "candidates" when the quality gate rejected them (exit 3).
 When the candidates don't fit, they are shortened (qualities reduced to the gated metric, reasons
@@ -22,7 +30,7 @@ from typing import Any, Final
 from .search import Outcome
 
 SUMMARY_LIMIT: Final = 4096
-KEY_METRICS: Final = ("top1", "agreement", "cosine", "maxAbsError")
+KEY_METRICS: Final = ("top1", "agreement", "cosine", "minCosine", "maxAbsError")
 
 
 def rounded(x: Any, digits: int = 6) -> Any:
@@ -43,10 +51,13 @@ def candidate_entry(o: Outcome, *, full: bool = False) -> dict[str, Any]:
         "name": o.plan.name,
         "passed": o.passed,
         "latencyMs": o.latency_ms,
+        "latencySpread": o.latency_spread,
+        "pareto": o.pareto,
         "sizeBytes": o.size_bytes,
         "quality": dict(o.quality),
         "reason": o.reason,
     }
+    entry = {k: v for k, v in entry.items() if v is not None or k in ("latencyMs", "sizeBytes")}
     if full:
         entry["recipe"] = o.plan.describe()
         entry["seconds"] = o.seconds
@@ -65,11 +76,14 @@ def summary(
     recipe: str,
     quality_before: dict[str, float],
     quality_after: dict[str, float],
-    latency_before: float | None,
-    latency_after: float | None,
     outcomes: Sequence[Outcome],
     chosen: int,
+    figures: dict[str, Any] | None = None,
+    latency_before: float | None = None,
+    latency_after: float | None = None,
 ) -> dict[str, Any]:
+    """`figures`: latencyMsBefore, latencyMsAfter and the other latency fields (module docstring)."""
+    figures = dict(figures or {"latencyMsBefore": latency_before, "latencyMsAfter": latency_after})
     cands = [candidate_entry(o) for o in outcomes]
     out = {
         "ok": True,
@@ -81,8 +95,7 @@ def summary(
                 "recipe": recipe,
                 "qualityBefore": quality_before,
                 "qualityAfter": quality_after,
-                "latencyMsBefore": latency_before,
-                "latencyMsAfter": latency_after,
+                **{k: v for k, v in figures.items() if v is not None or k in ("latencyMsBefore", "latencyMsAfter")},
                 "candidates": cands,
             }
         ),

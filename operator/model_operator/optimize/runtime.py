@@ -1,5 +1,6 @@
 """Running models the same way for every measurement: ONNX Runtime sessions and torch modules
-with the same number of threads, batched evaluation, and median latency after warm-up."""
+with the same number of threads, batched evaluation, and latency measured after a warm-up that
+waits until the runtime has settled, in interleaved rounds whose spread is reported."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,17 +105,42 @@ def latency_feeds(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.nda
     return out
 
 
-def warm_up(fn: Callable[[], Any], calls: int = 10, max_calls: int = 100) -> None:
-    """At least `calls` untimed calls, more while the last one is still much slower than the
-    fastest so far (TorchScript's profiling executor runs its first several calls slowly)."""
-    best = float("inf")
-    for i in range(max_calls):
+WARM_WINDOW: Final = 5
+WARM_SETTLED: Final = 0.10
+WARM_MAX_CALLS: Final = 400
+WARM_MAX_S: Final = 20.0
+
+
+def warm_up(fn: Callable[[], Any], *, min_calls: int = 10, max_calls: int = WARM_MAX_CALLS, max_s: float = WARM_MAX_S) -> int:
+    """Untimed calls until the runtime has settled: at least `min_calls`, then windows of
+    WARM_WINDOW calls until a window's median is within WARM_SETTLED of the previous one's
+    (TorchScript's profiling executor profiles and recompiles over its first calls; ONNX Runtime
+    allocates its arenas on the first few). Bounded by `max_calls` and `max_s`. Returns the
+    number of calls made."""
+    start = time.perf_counter()
+    times: list[float] = []
+    while len(times) < max_calls and time.perf_counter() - start < max_s:
         t0 = time.perf_counter()
         fn()
-        took = time.perf_counter() - t0
-        best = min(best, took)
-        if i + 1 >= calls and took <= 2 * best:
-            return
+        times.append(time.perf_counter() - t0)
+        n = len(times)
+        if n >= max(min_calls, 2 * WARM_WINDOW) and n % WARM_WINDOW == 0:
+            last = statistics.median(times[-WARM_WINDOW:])
+            prev = statistics.median(times[-2 * WARM_WINDOW : -WARM_WINDOW])
+            if abs(last - prev) <= WARM_SETTLED * prev:
+                break
+    return len(times)
+
+
+def timed_block(fn: Callable[[], Any], *, min_runs: int, budget_s: float, max_runs: int = 5000) -> list[float]:
+    """Wall times (ms) of at least `min_runs` calls, more while under `budget_s` seconds."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
 
 
 def measure_latency(fn: Callable[[], Any], *, min_runs: int = 20, max_runs: int = 5000, budget_s: float | None = None) -> float:
@@ -121,12 +148,68 @@ def measure_latency(fn: Callable[[], Any], *, min_runs: int = 20, max_runs: int 
     more while under `budget_s` seconds (default MODEL_OPERATOR_LATENCY_BUDGET_S, else 1.5; at
     most `max_runs`)."""
     if budget_s is None:
-        budget_s = float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5"))
+        budget_s = latency_budget()
     warm_up(fn)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
+    return statistics.median(timed_block(fn, min_runs=min_runs, budget_s=budget_s, max_runs=max_runs))
+
+
+def latency_budget() -> float:
+    """Seconds of timed calls per measured model (MODEL_OPERATOR_LATENCY_BUDGET_S, default 1.5)."""
+    return float(os.environ.get("MODEL_OPERATOR_LATENCY_BUDGET_S", "1.5"))
+
+
+BLOCK_QUANTILE: Final = 0.2
+
+
+def block_ms(times: Sequence[float]) -> float:
+    """A block's figure: its BLOCK_QUANTILE quantile. A call the scheduler interrupted (another
+    process on the node, a thread of a parallel region descheduled) only ever adds time, so a low
+    quantile estimates the model's own latency better than the median does on a busy node."""
+    return float(np.quantile(np.asarray(times, dtype=np.float64), BLOCK_QUANTILE))
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency from interleaved rounds: `ms` is the median of the rounds' figures (block_ms),
+    `spread` the relative range of those figures ((max - min) / ms), `rounds` how many were
+    measured."""
+
+    ms: float
+    spread: float
+    rounds: int
+
+
+def summarize_rounds(medians: Sequence[float]) -> Latency:
+    if not medians:
+        raise ValueError("no rounds measured")
+    mid = statistics.median(medians)
+    spread = (max(medians) - min(medians)) / mid if mid > 0 else 0.0
+    return Latency(ms=mid, spread=spread, rounds=len(medians))
+
+
+def measure_interleaved(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    rounds: int = 5,
+    budget_s: float | None = None,
+    min_runs: int = 5,
+    rounds_for: Callable[[int], int] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[Latency]:
+    """Latency of each callable, measured side by side: every callable is warmed up (until
+    settled), then `rounds` rounds each time every callable for a block of at least `min_runs`
+    calls (budget_s / rounds seconds; budget default latency_budget()). A busy machine's swings
+    hit every callable alike and show up in the spread. `rounds_for(i)` may give callable i fewer
+    rounds (at least 1); `stop()` ends the measurement after a complete round."""
+    budget = latency_budget() if budget_s is None else budget_s
+    want = [max(1, min(rounds, rounds_for(i) if rounds_for else rounds)) for i in range(len(fns))]
+    for fn in fns:
+        warm_up(fn)
+    medians: list[list[float]] = [[] for _ in fns]
+    for rnd in range(rounds):
+        if rnd > 0 and stop():
+            break
+        for i, fn in enumerate(fns):
+            if rnd < want[i]:
+                medians[i].append(block_ms(timed_block(fn, min_runs=min_runs, budget_s=budget / rounds)))
+    return [summarize_rounds(m) for m in medians]

@@ -2,9 +2,17 @@
 
 A Plan is a fully resolved recipe (quantization, clipping, pruning, graph optimization level).
 `builtin_candidates` derives a search space from the spec's base optimization (variants of the
-quantization family the spec asks for, so a search never trades away the size the spec wants);
-`choose` picks the fastest candidate that passed the gate, preferring the smaller artifact
-among candidates whose latencies are within LATENCY_TIE of the fastest (measurement noise).
+quantization family the spec asks for, so a search never trades away the size the spec wants):
+dynamic and static int8 (MinMax, entropy and percentile calibration; per-channel with and without
+reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32, weight-only
+int4 (MatMulNBits), op subsets, pruning and graph levels. Given the model's quantizable op types
+it leaves out variants that would do the same to the model as another (an op subset that covers
+every quantizable op, int4 on a model without MatMul).
+
+`choose` picks among candidates that passed the gate by `optimization.objective`: latency (the
+fastest; candidates within the measured spread of each other are ties and the smaller artifact
+wins), size (the smallest; the faster among those of about the same size) or balanced (on the
+Pareto front of latency and size, the smallest product of both relative to the best of each).
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..api.types import (
+    CalibrationMethod,
     Clipping,
     ClippingMethod,
     ConversionFormat,
+    FloatType,
+    Objective,
     Optimization,
     Pruning,
     PruningMethod,
@@ -26,10 +37,13 @@ from ..api.types import (
     QuantizationScope,
     Recipe,
     SensitiveLayers,
+    Target,
 )
 from .errors import InputError
 
-LATENCY_TIE: Final = 0.05
+LATENCY_TIE: Final = 0.03  # smallest relative difference that is not a tie, whatever the spread
+SIZE_TIE: Final = 0.02
+INT8_MODES: Final = (QuantizationMode.dynamic_int8, QuantizationMode.static_int8)
 DEFAULT_LEVEL: Final = "all"
 PRUNE_VARIANT_SPARSITY: Final = 0.3
 
@@ -47,21 +61,26 @@ class Plan:
         return json.dumps([self.clipping.model_dump(mode="json"), self.pruning.model_dump(mode="json")], sort_keys=True)
 
     def identity(self) -> str:
-        q = self.quantization.model_dump(mode="json")
-        return json.dumps([q, self.transform_key(), self.graph_level], sort_keys=True)
+        """Equal for plans that do the same to the model (defaults spelled out, settings that
+        don't apply to the mode left out)."""
+        return json.dumps([effective(self.quantization), self.transform_key(), self.graph_level], sort_keys=True)
 
     def describe(self) -> dict[str, Any]:
         q = self.quantization
         out: dict[str, Any] = {"quantization": QuantizationMode(q.mode).value, "graphOptimizationLevel": self.graph_level}
         if q.mode != QuantizationMode.none:
-            if q.mode != QuantizationMode.fp16:
+            if q.mode in INT8_MODES:
                 out["perChannel"] = q.per_channel
+                out["reduceRange"] = bool(q.reduce_range)
+            if q.mode == QuantizationMode.static_int8:
+                out["calibrationMethod"] = (q.calibration_method or CalibrationMethod.minmax).value
             out["scope"] = QuantizationScope(q.scope).value
             if q.op_types:
                 out["opTypes"] = list(q.op_types)
             if q.scope == QuantizationScope.partial:
                 sl = q.sensitive_layers
-                out["sensitiveLayers"] = {"auto": sl.auto, "count": sl.count, "names": list(sl.names)}
+                out["sensitiveLayers"] = {"auto": sl.auto, "count": sl.count, "names": list(sl.names),
+                                          "dtype": (sl.dtype or FloatType.float32).value}
         if self.clipping.method != ClippingMethod.none:
             out["clipping"] = self.clipping.model_dump(mode="json", by_alias=True, exclude_none=True)
         if self.pruning.method != PruningMethod.none:
@@ -69,17 +88,39 @@ class Plan:
         return out
 
 
+def effective(q: Quantization) -> dict[str, Any]:
+    """The settings of `q` that change what quantization does, defaults resolved."""
+    mode = QuantizationMode(q.mode)
+    out: dict[str, Any] = {"mode": mode.value}
+    if mode == QuantizationMode.none:
+        return out
+    if mode in INT8_MODES:
+        out.update(perChannel=q.per_channel, reduceRange=bool(q.reduce_range), opTypes=sorted(q.op_types) if q.op_types else None)
+    if mode == QuantizationMode.static_int8:
+        out["calibrationMethod"] = (q.calibration_method or CalibrationMethod.minmax).value
+    if q.scope == QuantizationScope.partial and mode != QuantizationMode.fp16:
+        sl = q.sensitive_layers
+        out["sensitive"] = {"auto": sl.auto, "count": sl.count if sl.auto else None, "names": list(sl.names), "dtype": (sl.dtype or FloatType.float32).value}
+    return out
+
+
 def plan_name(q: Quantization, clipping: Clipping, pruning: Pruning, level: str = DEFAULT_LEVEL) -> str:
     """A readable, stable name: `dynamic-int8`, `static-int8-per-tensor-partial`, `fp32+magnitude-30`..."""
     mode = QuantizationMode(q.mode)
     parts = ["fp32" if mode == QuantizationMode.none else mode.value]
-    if mode in (QuantizationMode.dynamic_int8, QuantizationMode.static_int8):
+    if mode in INT8_MODES:
+        if mode == QuantizationMode.static_int8 and q.calibration_method not in (None, CalibrationMethod.minmax):
+            parts.append(CalibrationMethod(q.calibration_method).value)
         if not q.per_channel:
             parts.append("per-tensor")
+        if q.reduce_range:
+            parts.append("reduce-range")
         if q.op_types:
             parts.append("-".join(t.lower() for t in q.op_types))
-    if mode != QuantizationMode.none and q.scope == QuantizationScope.partial:
+    if mode not in (QuantizationMode.none, QuantizationMode.fp16) and q.scope == QuantizationScope.partial:
         parts.append("partial-auto" if q.sensitive_layers.auto else "partial")
+        if q.sensitive_layers.dtype == FloatType.float16:
+            parts.append("fp16")
     name = "-".join(parts)
     if clipping.method == ClippingMethod.threshold:
         name += f"+clip-{clipping.threshold:g}"
@@ -101,12 +142,39 @@ def resolve(base: Optimization, recipe: Recipe | None = None) -> Plan:
     return Plan(name=name, quantization=q, clipping=c, pruning=p, graph_level=level)
 
 
-def _q(mode: QuantizationMode, *, per_channel: bool = True, op_types: list[str] | None = None, auto: int | None = None) -> Quantization:
-    q = Quantization(mode=mode, per_channel=per_channel, op_types=op_types)
+def _q(
+    mode: QuantizationMode, *, per_channel: bool = True, op_types: list[str] | None = None, auto: int | None = None,
+    calibration: CalibrationMethod | None = None, reduce_range: bool | None = None, kept: FloatType | None = None,
+) -> Quantization:
+    kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range)
     if auto:
-        q = Quantization(mode=mode, per_channel=per_channel, op_types=op_types, scope=QuantizationScope.partial,
-                         sensitive_layers=SensitiveLayers(auto=True, count=auto))
-    return q
+        kw.update(scope=QuantizationScope.partial, sensitive_layers=SensitiveLayers(auto=True, count=auto, dtype=kept))
+    return Quantization(**kw)
+
+
+def effective_on(q: Quantization, model_ops: frozenset[str] | None) -> bool:
+    """Whether `q` changes a model whose quantizable (weight-carrying) op types are `model_ops`
+    differently from the same mode without its op subset; None: unknown, assume it does."""
+    if model_ops is None:
+        return True
+    mode = QuantizationMode(q.mode)
+    if mode == QuantizationMode.int4_weight_only:
+        return bool(model_ops & {"MatMul", "Gather"})
+    if mode not in INT8_MODES:
+        return True
+    if not model_ops:
+        return False
+    if q.op_types:
+        touched = model_ops & set(q.op_types)
+        return bool(touched) and touched != model_ops
+    return True
+
+
+def default_objective(opt: Optimization, target: Target) -> Objective:
+    """`optimization.objective`, else size for edge and device targets and latency for cloud."""
+    if opt.objective is not None:
+        return Objective(opt.objective)
+    return Objective.latency if Target(target) == Target.cloud else Objective.size
 
 
 def builtin_candidates(
@@ -116,9 +184,12 @@ def builtin_candidates(
     torch_source: bool,
     conversion: ConversionFormat,
     max_candidates: int,
+    model_ops: frozenset[str] | None = None,
 ) -> list[Plan]:
     """The search space when `spec.optimization.search.candidates` is omitted. The spec's own
-    recipe comes first; duplicates are dropped; at most `max_candidates` plans."""
+    recipe comes first; then the families in an order that tries each at least once within a
+    small `max_candidates`; duplicates and (given `model_ops`, the model's quantizable op types)
+    variants identical in effect to another are dropped; at most `max_candidates` plans."""
     first = resolve(base)
     c, p = first.clipping, first.pruning
     mode = QuantizationMode(base.quantization.mode)
@@ -128,39 +199,50 @@ def builtin_candidates(
         pr = pruning if pruning is not None else p
         plans.append(Plan(plan_name(q, c, pr, level), q, c, pr, level))
 
+    D, S, I4 = QuantizationMode.dynamic_int8, QuantizationMode.static_int8, QuantizationMode.int4_weight_only  # noqa: N806 - one-letter names make the table of modes below readable
+    count = base.quantization.sensitive_layers.count
     if conversion == ConversionFormat.torchscript:
         pass  # a TorchScript artifact takes no ONNX Runtime quantization; only pruning varies
     elif mode == QuantizationMode.fp16:
         add(_q(QuantizationMode.fp16), level="extended")
         add(_q(QuantizationMode.fp16), level="basic")
+    elif mode == I4:
+        add(_q(I4), level="extended")
+        add(_q(D, per_channel=True))
     else:
-        D, S = QuantizationMode.dynamic_int8, QuantizationMode.static_int8  # noqa: N806 - one-letter names make the table of modes below readable
         if mode == QuantizationMode.none:
             add(_q(QuantizationMode.none), level="basic")
             add(_q(QuantizationMode.fp16))
+        int8 = mode if mode in INT8_MODES else D
         add(_q(D, per_channel=True))
+        if has_calibration:
+            add(_q(S, per_channel=True))
+            add(_q(S, per_channel=True, calibration=CalibrationMethod.entropy))
+            add(_q(S, per_channel=True, calibration=CalibrationMethod.percentile))
         add(_q(D, per_channel=False))
+        # Sensitive layers in float16 (half their bytes) and in float32.
+        add(_q(int8, per_channel=True, auto=count, kept=FloatType.float16))
+        add(_q(I4))
         # Op subsets: the weight-heavy ops without Conv (ConvInteger is slow on many CPUs);
         # embeddings (Gather) stay in, they cost no time and hold many of the bytes.
         add(_q(D, per_channel=True, op_types=["MatMul", "Gemm", "Gather"]))
-        add(_q(D, per_channel=False, op_types=["MatMul", "Gemm", "Gather"]))
         if has_calibration:
-            add(_q(S, per_channel=True))
-        add(_q(mode if mode != QuantizationMode.none else D, per_channel=base.quantization.per_channel,
-               auto=base.quantization.sensitive_layers.count))
+            add(_q(S, per_channel=True, reduce_range=True))
+            add(_q(S, per_channel=False))
+        else:
+            add(_q(D, per_channel=True, reduce_range=True))
+        add(_q(int8, per_channel=base.quantization.per_channel, auto=count))
     # With and without pruning.
     if p.method != PruningMethod.none:
         add(first.quantization, pruning=Pruning())
     else:
         add(first.quantization, pruning=Pruning(method=PruningMethod.magnitude, sparsity=PRUNE_VARIANT_SPARSITY))
-    if conversion != ConversionFormat.torchscript and mode not in (QuantizationMode.fp16,):
-        if has_calibration:
-            add(_q(QuantizationMode.static_int8, per_channel=False))
+    if conversion != ConversionFormat.torchscript and mode != QuantizationMode.fp16:
         add(base.quantization, level="extended")
     seen: set[str] = set()
     out = []
-    for plan in plans:
-        if plan.identity() in seen:
+    for i, plan in enumerate(plans):
+        if plan.identity() in seen or (i > 0 and not effective_on(plan.quantization, model_ops)):
             continue
         seen.add(plan.identity())
         out.append(plan)
@@ -168,7 +250,7 @@ def builtin_candidates(
 
 
 def plans_for(
-    opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat
+    opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat, model_ops: frozenset[str] | None = None
 ) -> list[Plan]:
     """The plans a spec asks for: the base recipe, or the search's candidates."""
     if not opt.search.enabled:
@@ -176,7 +258,7 @@ def plans_for(
     if opt.search.candidates:
         return [resolve(opt, r) for r in opt.search.candidates][: opt.search.max_candidates]
     return builtin_candidates(opt, has_calibration=has_calibration, torch_source=torch_source, conversion=conversion,
-                              max_candidates=opt.search.max_candidates)
+                              max_candidates=opt.search.max_candidates, model_ops=model_ops)
 
 
 def check_plans(plans: Sequence[Plan], opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat) -> None:
@@ -213,15 +295,54 @@ class Outcome:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
     artifact: Any = None
+    latency_spread: float | None = None
+    pareto: bool | None = None
 
 
-def choose(outcomes: Sequence[Outcome], tie: float = LATENCY_TIE) -> int | None:
-    """Index of the winner: among passed candidates with a latency, the smallest artifact among
-    those within `tie` (relative) of the fastest, then the fastest, then the earliest."""
-    latency = {i: o.latency_ms for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None}
-    if not latency:
+def _tie(a: Outcome, b: Outcome, floor: float) -> float:
+    return max(floor, a.latency_spread or 0.0, b.latency_spread or 0.0)
+
+
+def same_speed(a: Outcome, b: Outcome, floor: float = LATENCY_TIE) -> bool:
+    """Whether the latencies of a and b are within the larger of their spreads (at least `floor`)."""
+    assert a.latency_ms is not None and b.latency_ms is not None
+    lo, hi = sorted((a.latency_ms, b.latency_ms))
+    return hi <= lo * (1 + _tie(a, b, floor))
+
+
+def pareto(outcomes: Sequence[Outcome]) -> list[bool | None]:
+    """Per outcome: True when it passed and no other passed candidate is at least as fast and
+    as small and better in one; False when dominated; None when it didn't pass or wasn't timed."""
+    ok = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None and o.size_bytes is not None]
+    flags: list[bool | None] = [None] * len(outcomes)
+    for i in ok:
+        a = outcomes[i]
+        flags[i] = not any(
+            b.latency_ms <= a.latency_ms and b.size_bytes <= a.size_bytes and (b.latency_ms < a.latency_ms or b.size_bytes < a.size_bytes)  # type: ignore[operator]
+            for j, b in ((j, outcomes[j]) for j in ok) if j != i
+        )
+    return flags
+
+
+def choose(outcomes: Sequence[Outcome], objective: Objective = Objective.latency, tie: float = LATENCY_TIE) -> int | None:
+    """Index of the winner among passed candidates with a latency (see the module's docstring);
+    ties end with the earliest."""
+    passed = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None]
+    if not passed:
         return None
-    fastest = min(latency.values())
-    near = [i for i, ms in latency.items() if ms <= fastest * (1 + tie)]
-    return min(near, key=lambda i: (outcomes[i].size_bytes or 0, latency[i], i))
+    size = {i: outcomes[i].size_bytes or 0 for i in passed}
+    lat = {i: float(outcomes[i].latency_ms) for i in passed}  # type: ignore[arg-type]
+    if objective == Objective.size:
+        smallest = min(size.values())
+        near = [i for i in passed if size[i] <= smallest * (1 + SIZE_TIE)]
+        fastest = min(near, key=lambda i: (lat[i], i))
+        same = [i for i in near if same_speed(outcomes[i], outcomes[fastest], tie)]
+        return min(same, key=lambda i: (size[i], lat[i], i))
+    if objective == Objective.balanced:
+        front = [i for i, f in enumerate(pareto(outcomes)) if f]
+        lat0, size0 = min(lat.values()), max(1, min(size.values()))
+        return min(front, key=lambda i: ((lat[i] / lat0) * (size[i] / size0), i))
+    fastest = min(passed, key=lambda i: (lat[i], i))
+    near = [i for i in passed if same_speed(outcomes[i], outcomes[fastest], tie)]
+    return min(near, key=lambda i: (size[i], lat[i], i))
 
