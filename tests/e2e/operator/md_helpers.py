@@ -152,6 +152,31 @@ def erroring_digits(src: Path, dst: Path, table: int = 20) -> None:
     onnx.save(model, str(dst))
 
 
+def bloated_digits(src: Path, dst: Path, mib: int = 64) -> None:
+    """The digits ONNX model carrying a `mib` MiB weight that changes no answer (it is added
+    times zero): what the server must hold in memory grows, the answers don't. Triton's Python
+    backend loads it into ONNX Runtime as anonymous memory, which a container's limit counts."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+    rng = np.random.default_rng(0)
+    g.initializer.append(numpy_helper.from_array(rng.random(mib * 2**18, dtype=np.float32), "ballast"))
+    g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.float32), "zero"))
+    g.node.extend([
+        helper.make_node("ReduceMean", ["ballast"], ["ballast_mean"], keepdims=0),
+        helper.make_node("Mul", ["ballast_mean", "zero"], ["nothing"]),
+        helper.make_node("Add", [f"{out}_raw", "nothing"], [out]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
 def drifted_copy(path: Path, scale: float = -1.0) -> None:
     """Rewrite an ONNX model in place with its first weight tensor scaled: same signature,
     different answers."""

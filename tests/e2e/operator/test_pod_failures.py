@@ -18,7 +18,8 @@ import pytest
 
 from kubetest.wait import wait_for
 from md_helpers import (
-    MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods, wait_phase,
+    MODELS_CLAIM, STORE_CLAIM, bloated_digits, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
+    wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -66,9 +67,12 @@ def test_a_triton_container_over_its_memory_limit_is_oomkilled_with_restarts_cou
     models: Path, start_operator: Any, namespace: str, custom_api: Any, core_api: Any,
 ) -> None:
     start_operator()
-    # Triton with the Python backend and ONNX Runtime needs well over 48 MiB; the kernel kills it.
+    # A model whose weights (64 MiB) cannot fit in a 48 MiB container: ONNX Runtime inside Triton
+    # allocates them when it loads the model, and the kernel kills the container.
+    bloated_digits(models / "digits.onnx", models / "digits-big.onnx")
     small = {**LOCAL, "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}}
-    create_md(custom_api, namespace, digits_md("oom", model=ONNX_MODEL, optimization=AS_IS, serving=small))
+    create_md(custom_api, namespace, digits_md("oom", model={**ONNX_MODEL, "uri": "pvc://models/digits-big.onnx"},
+                                               optimization=AS_IS, serving=small))
     md = degraded(custom_api, namespace, "oom", ("OOMKilled",))
     cond = condition(md, "Degraded")
     assert "48Mi" in cond["message"] and "triton" in cond["message"] and "oom-triton" in cond["message"], cond
