@@ -20,6 +20,13 @@ GROUP, VERSION, PLURAL = "serving.model-operator.io", "v1alpha1", "modeldeployme
 LOCAL_TOLERATION = {"key": "model-operator.io/local", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 STORE_CLAIM = "artifacts"
 MODELS_CLAIM = "models"
+# The digits example's ONNX file served as it is (no optimization): the quickest way to a Triton pod.
+ONNX_MODEL = {
+    "uri": "pvc://models/digits.onnx", "format": "onnx",
+    "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
+}
+AS_IS = {"quantization": {"mode": "none"}}
 
 
 def make_claim(core_api: Any, namespace: str, name: str) -> Path:

@@ -23,18 +23,13 @@ import yaml
 
 from kubetest.wait import wait_for
 from md_helpers import (
+    AS_IS, ONNX_MODEL,
     GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, OperatorProcess, condition, create_md, digits_md, get_md, make_claim,
     put_digits, service_endpoint, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ONNX_MODEL = {
-    "uri": "pvc://models/digits.onnx", "format": "onnx",
-    "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-    "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
-}
-AS_IS = {"quantization": {"mode": "none"}}
 GPU = {"nodePool": "gpu", "replicas": 1, "gpus": 1, "backend": "python", "maxBatchSize": 16}
 
 

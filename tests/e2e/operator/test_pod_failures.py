@@ -18,18 +18,13 @@ import pytest
 
 from kubetest.wait import wait_for
 from md_helpers import (
+    AS_IS, ONNX_MODEL,
     MODELS_CLAIM, STORE_CLAIM, bloated_digits, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
     wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ONNX_MODEL = {
-    "uri": "pvc://models/digits.onnx", "format": "onnx",
-    "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-    "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
-}
-AS_IS = {"quantization": {"mode": "none"}}
 LOCAL = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16}
 
 

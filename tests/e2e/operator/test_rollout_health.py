@@ -20,19 +20,13 @@ import pytest
 
 from kubetest.wait import wait_for
 from md_helpers import (
+    AS_IS, ONNX_MODEL,
     GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, condition, create_md, digits_md, drifted_copy, erroring_digits,
     get_md, make_claim, pod_endpoints, put_digits, ready_triton_pods, service_endpoint, wait_phase,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ONNX_MODEL = {
-    "uri": "pvc://models/digits.onnx",
-    "format": "onnx",
-    "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-    "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
-}
-AS_IS = {"quantization": {"mode": "none"}}
 
 
 @pytest.fixture
