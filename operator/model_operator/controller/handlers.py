@@ -23,7 +23,7 @@ from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
-MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
+MANAGED = names.MANAGED_BY
 
 def _reconcile_interval() -> float:
     """kopf fixes timer intervals at import, so the configured one is read here: from the config
