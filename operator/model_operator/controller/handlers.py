@@ -269,7 +269,7 @@ def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: k
     if not autoscale.should_poll(spec, status, state, now):
         return
     config: OperatorConfig = memo.config
-    prom = Prometheus(config.prometheus_url, config.prometheus_timeout_seconds)
+    prom: Prometheus = memo.reconciler.prom  # the one client health, analysis and scaling share
     with metrics.measured("autoscale"):
         outcome = autoscale.tick(dict(body), spec, prom, now, config.prometheus_window, state)
     if outcome.scaling is None:
