@@ -5,11 +5,10 @@ chart's configuration), the CRDs, and values the schema must reject."""
 
 from __future__ import annotations
 
-import os
-
 import copy
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ CHART = REPO / "charts" / "model-operator"
 
 from kubetest import chartlib  # noqa: E402
 from kubetest.binaries import unavailable  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _helm_required() -> None:
@@ -244,7 +244,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_s3_artifact_store(tmp_path: Path) -> None:
-    objs = render({"artifactStore": {"type": "s3", "s3": {"bucket": "models", "prefix": "prod", "endpoint": "http://minio.storage:9000", "region": "eu-west-1", "secret": "s3-creds"}}})
+    objs = render({"artifactStore": {"type": "s3", "s3": {"bucket": "models", "prefix": "prod", "endpoint": "http://minio.storage:9000",
+                                                          "region": "eu-west-1", "secret": "s3-creds"}}})
     store = operator_config(objs, tmp_path).artifact_store
     assert (store.type, store.bucket, store.prefix, store.endpoint, store.region, store.secret) == (
         "s3", "models", "prod", "http://minio.storage:9000", "eu-west-1", "s3-creds",

@@ -106,7 +106,7 @@ def test_errors_are_one_line() -> None:
     assert err.line == "spec.model.uri: first second third" and err.exit_code == EXIT_INPUT
     assert GateError("x", "y").exit_code == EXIT_GATE
     assert len(one_line("x" * 5000)) == 600
-    assert first_line(RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback...\nRuntimeError: shapes differ")) == "RuntimeError: shapes differ"
+    assert first_line(RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback...\nRuntimeError: shapes differ")) == "RuntimeError: shapes differ"  # noqa: E501 - a message quoted whole
     assert first_line(RuntimeError("\x1b[96mcoloured\x1b[0m message that is long enough. More text here")) == "coloured message that is long enough"
 
 

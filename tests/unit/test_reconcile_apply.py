@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from test_plan import NOW, artifact, md
 
 from model_operator.config import NodePool, OperatorConfig
 from model_operator.controller.reconcile import BACKOFF_FIRST, Reconciler
 from model_operator.plan import Observed
 from model_operator.plan import status as st
-
-from test_plan import NOW, artifact, md
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -31,7 +31,8 @@ def _pod(**status):
 def test_summarize_pod_reads_unschedulable_crashloop_oom_and_messages() -> None:
     pod = _pod(
         phase="Pending",
-        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}],
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}],
     )
     s = st.summarize_pod(pod)
     assert s["problems"] == [{"reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}]
@@ -67,7 +68,9 @@ def test_parse_summary_accepts_only_worker_summaries() -> None:
 
 
 def test_summarize_job_failure() -> None:
-    job = {"metadata": {"name": "j", "labels": {}}, "status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}
+    job = {"metadata": {"name": "j", "labels": {}}, "status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True",
+                                                                                            "reason": "BackoffLimitExceeded",
+                                                                                                "message": "Job has reached the specified backoff limit"}]}}
     s = st.summarize_job(job)
     assert s["finishedFailed"] and s["failed"] == 3 and "BackoffLimitExceeded" in s["failureMessage"]
 
