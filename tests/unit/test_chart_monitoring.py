@@ -226,7 +226,8 @@ def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
         if name.startswith("nv_") or name == FAILURE_METRIC:
             # FAILURE_METRIC: exported by the project's Python-backend model on Triton's metrics port.
             assert name in TRITON_METRICS | {FAILURE_METRIC}, f"{name} is not a Triton metric"
-            assert labels <= {"namespace", "pod"}, (name, labels)
+            # quantile: a label of Triton's latency summaries (0.5, 0.9, 0.95, 0.99, 0.999).
+            assert labels <= {"namespace", "pod"} | ({"quantile"} if name == "nv_inference_request_summary_us" else set()), (name, labels)
             continue
         known = exported[name] if name in exported else ASSUMED_OPERATOR_METRICS.get(name)
         assert known is not None, f"{name} is neither exported by controller/metrics.py nor listed as assumed"
@@ -314,6 +315,8 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
             for le in ("10000", "100000", "1e+06", "+Inf"):
                 filled = float(le) >= float(bucket) if le != "+Inf" else True
                 series.append(_series("nv_inference_request_duration_us_bucket", {**lab, "le": le}, "0+90x60" if filled else "0x60"))
+            # Triton's p99 summary: 900 ms (bad) or 50 ms (good); NaN quantiles of an idle pod are ignored.
+            series.append(_series("nv_inference_request_summary_us", {**lab, "quantile": "0.99"}, "900000x60" if md == "bad" else "50000x60"))
         ops = {"namespace": "team-a", "modeldeployment": md}
         bad = md == "bad"
         series += [
@@ -370,7 +373,7 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
 
 @needs_helm
 @needs_promtool
-@pytest.mark.parametrize("source", ["histogram", "average"])
+@pytest.mark.parametrize("source", ["summary", "histogram", "average"])
 def test_promtool_alerts_fire_for_the_right_modeldeployment(source: str, tmp_path: Path) -> None:
     pr = rule({"prometheusRule": {"alerts": {"latencySLO": {"source": source}}}})
     _write_rules(pr, tmp_path / "rules.yaml", annotations=False)

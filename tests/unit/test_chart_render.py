@@ -610,7 +610,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("alert-threshold", {"prometheusRule": {"alerts": {"errorRatio": {"threshold": 5}}}}, "/prometheusRule/alerts/errorRatio/threshold"),
     ("alert-for", {"prometheusRule": {"alerts": {"notReady": {"for": "15 minutes"}}}}, "/prometheusRule/alerts/notReady/for"),
     ("alert-severity", {"prometheusRule": {"alerts": {"notReady": {"severity": "page"}}}}, "/prometheusRule/alerts/notReady/severity"),
-    ("latency-source", {"prometheusRule": {"alerts": {"latencySLO": {"source": "summary"}}}}, "/prometheusRule/alerts/latencySLO/source"),
+    ("latency-source", {"prometheusRule": {"alerts": {"latencySLO": {"source": "median"}}}}, "/prometheusRule/alerts/latencySLO/source"),
     ("backoff-limit", {"worker": {"backoffLimit": -1}}, "/worker/backoffLimit"),
 ]
 
