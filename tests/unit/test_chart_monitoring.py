@@ -168,11 +168,11 @@ def test_dashboard_selector_matches_the_pods_the_operator_names(md: str) -> None
     from model_operator.resources.common import deployment_name
     from model_operator.scaling import promql
 
-    pattern = re.search(r'pod=~"([^"]+)"', dashboard_gen.SEL).group(1).replace("${modeldeployment}", re.escape(md))
+    pattern = _match(r'pod=~"([^"]+)"', dashboard_gen.SEL).replace("${modeldeployment}", re.escape(md))
     for track in ("stable", "canary"):
         pod = f"{deployment_name(md, track)}-5d8f7c9b6-x2x9z"
         assert re.fullmatch(pattern, pod), (pattern, pod)
-        operator_pattern = re.search(r'pod=~"([^"]+)"', promql.pod_matcher(md, "ns", track=None)).group(1)
+        operator_pattern = _match(r'pod=~"([^"]+)"', promql.pod_matcher(md, "ns", track=None))
         assert re.fullmatch(operator_pattern, pod)
     other = f"{deployment_name(md + '-x', 'stable')}-5d8f7c9b6-x2x9z"
     assert not re.fullmatch(pattern, other)
@@ -244,8 +244,8 @@ def test_alert_pod_pattern_recovers_the_modeldeployment_name() -> None:
     from model_operator.resources.common import deployment_name
 
     expr = next(e for e in rule_exprs(rule()) if "label_replace" in e)
-    prefilter = re.search(r'pod=~"([^"]+)"', expr).group(1)
-    extract = re.search(r'"modeldeployment", "\$1", "pod", "([^"]+)"', expr).group(1)
+    prefilter = _match(r'pod=~"([^"]+)"', expr)
+    extract = _match(r'"modeldeployment", "\$1", "pod", "([^"]+)"', expr)
     for md in ("digits", "a", "digits-triton", "a-triton-canary", "x" * 40):
         for track in ("stable", "canary"):
             pod = f"{deployment_name(md, track)}-5d8f7c9b6-x2x9z"
@@ -264,7 +264,14 @@ def _write_rules(pr: dict[str, Any], path: Path, annotations: bool = True) -> Pa
     return path
 
 
+def _match(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found is not None, (pattern, text)
+    return found.group(1)
+
+
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -318,13 +325,13 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
             # Triton's p99 summary: 900 ms (bad) or 50 ms (good); NaN quantiles of an idle pod are ignored.
             series.append(_series("nv_inference_request_summary_us", {**lab, "quantile": "0.99"}, "900000x60" if md == "bad" else "50000x60"))
         ops = {"namespace": "team-a", "modeldeployment": md}
-        bad = md == "bad"
+        is_bad = md == "bad"
         series += [
-            _series("model_operator_condition", {**ops, "type": "Available", "status": "True"}, "0x60" if bad else "1x60"),
+            _series("model_operator_condition", {**ops, "type": "Available", "status": "True"}, "0x60" if is_bad else "1x60"),
             _series("model_operator_condition", {**ops, "type": "Degraded", "status": "True"}, "0x60"),
-            _series("model_operator_condition", {**ops, "type": "OptimizationSucceeded", "status": "False"}, "1x60" if bad else "0x60"),
-            _series("model_operator_condition", {**ops, "type": "QualityDegraded", "status": "True"}, "1x60" if bad else "0x60"),
-            _series("model_operator_desired_replicas", ops, "8x60" if bad else "3x60"),
+            _series("model_operator_condition", {**ops, "type": "OptimizationSucceeded", "status": "False"}, "1x60" if is_bad else "0x60"),
+            _series("model_operator_condition", {**ops, "type": "QualityDegraded", "status": "True"}, "1x60" if is_bad else "0x60"),
+            _series("model_operator_desired_replicas", ops, "8x60" if is_bad else "3x60"),
             _series("model_operator_max_replicas", ops, "8x60"),
         ]
     # The operator's own counters (namespace = the scrape target's, the operator's namespace).

@@ -111,7 +111,8 @@ def test_errors_are_one_line() -> None:
 
 
 def _args(tmp_path: Path, **kw: object) -> argparse.Namespace:
-    base = {"spec": None, "spec_json": None, "name": None, "output": str(tmp_path / "out"), "report_summary": str(tmp_path / "s.json"), "work_dir": None}
+    base: dict[str, object] = {"spec": None, "spec_json": None, "name": None, "output": str(tmp_path / "out"),
+                               "report_summary": str(tmp_path / "s.json"), "work_dir": None}
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_summarize_job_failure() -> None:
     assert s["finishedFailed"] and s["failed"] == 3 and "BackoffLimitExceeded" in s["failureMessage"]
 
 
-BASE = dict(spec_error=None, optimization_failed=False, optimizing=False, artifact_ready=True, serves=True,
+BASE: dict[str, Any] = dict(spec_error=None, optimization_failed=False, optimizing=False, artifact_ready=True, serves=True,
             ready_replicas=2, desired_replicas=2, rollout_complete=True, problems=[])
 
 
