@@ -45,19 +45,19 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_assemble(args: argparse.Namespace) -> int:
-    from .serving_pod import assemble_main
+    from .triton.pod_commands import assemble_main
 
     return assemble_main(args)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from .serving_pod import probe_main
+    from .triton.pod_commands import probe_main
 
     return probe_main(args)
 
 
 def _cmd_artifacts(args: argparse.Namespace) -> int:
-    from .serving_pod import artifacts_main
+    from .triton.pod_commands import artifacts_main
 
     return artifacts_main(args)
 

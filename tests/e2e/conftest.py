@@ -251,6 +251,7 @@ def watched(core_api: Any) -> Iterator[str]:
 def release(cluster: Cluster, chart_crds: list[str], namespace: str, tmp_path: Path) -> Iterator[Any]:
     """A Helm release of the chart in `namespace` (set .values, then .install()); uninstalled afterwards."""
     from chart_helpers import Release
+
     from kubetest import chartlib
 
     rel = Release(name=f"mo-{uuid.uuid4().hex[:6]}", namespace=namespace, values={}, cluster=cluster, tmp=tmp_path)

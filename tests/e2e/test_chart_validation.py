@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import yaml
 
 from kubetest import binaries
-import yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,6 @@ CHART = REPO / "charts" / "model-operator"
 
 
 from kubetest import chartlib  # noqa: E402
-
 
 VARIANTS: dict[str, Callable[[str], dict[str, Any]]] = {
     "default": lambda ns: {},

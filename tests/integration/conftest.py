@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import uuid
 import os
 import subprocess
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass

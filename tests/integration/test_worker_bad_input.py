@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Digits, EncoderFiles, run_worker
 
 pytestmark = pytest.mark.slow
@@ -125,7 +124,8 @@ CASES: dict[str, tuple[Callable[[Digits, Path], dict[str, Any]], int, str]] = {
         "error: spec.model.uri: http://127.0.0.1:9/models/m.onnx: host is unreachable",
     ),
     "quality-gate-rejects": (
-        lambda d, t: _spec({"uri": str(d.onnx)}, d, optimization={"pruning": {"method": "magnitude", "sparsity": 0.95}, "qualityGate": {"maxTop1Drop": 0.001}}), 3,
+        lambda d, t: _spec({"uri": str(d.onnx)}, d, optimization={"pruning": {"method": "magnitude", "sparsity": 0.95},
+                                                                  "qualityGate": {"maxTop1Drop": 0.001}}), 3,
         "error: spec.optimization.qualityGate: fp32+magnitude-95 rejected: top-1 dropped",
     ),
     "gradient-pruning-on-onnx": (
@@ -185,4 +185,4 @@ def test_missing_array_in_validation_data(encoder: EncoderFiles, tmp_path: Path)
     }
     res = run_worker(tmp_path / "dest", spec=spec, summary=tmp_path / "s.json")
     assert res.rc == 2
-    assert res.last_line == f"error: spec.data.validation.uri: {tmp_path}/val.npz: no array 'attention_mask' for model input 'attention_mask' (the file has: input_ids)"
+    assert res.last_line == f"error: spec.data.validation.uri: {tmp_path}/val.npz: no array 'attention_mask' for model input 'attention_mask' (the file has: input_ids)"  # noqa: E501 - a message quoted whole

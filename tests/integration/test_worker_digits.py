@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, Digits, check_artifact, check_summary, ort_run, run_worker
 
 pytestmark = pytest.mark.slow

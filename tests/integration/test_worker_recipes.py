@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import Digits, check_artifact, check_summary, run_worker, token_batch
 
 pytestmark = pytest.mark.slow

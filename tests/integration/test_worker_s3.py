@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import S3, Digits, run_worker
 
 pytestmark = pytest.mark.slow

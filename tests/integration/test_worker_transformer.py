@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EncoderFiles, check_artifact, check_summary, mean_cosine, ort_run, run_worker, token_batch
 
 pytestmark = pytest.mark.slow

@@ -168,11 +168,11 @@ def test_dashboard_selector_matches_the_pods_the_operator_names(md: str) -> None
     from model_operator.resources.common import deployment_name
     from model_operator.scaling import promql
 
-    pattern = re.search(r'pod=~"([^"]+)"', dashboard_gen.SEL).group(1).replace("${modeldeployment}", re.escape(md))
+    pattern = _match(r'pod=~"([^"]+)"', dashboard_gen.SEL).replace("${modeldeployment}", re.escape(md))
     for track in ("stable", "canary"):
         pod = f"{deployment_name(md, track)}-5d8f7c9b6-x2x9z"
         assert re.fullmatch(pattern, pod), (pattern, pod)
-        operator_pattern = re.search(r'pod=~"([^"]+)"', promql.pod_matcher(md, "ns", track=None)).group(1)
+        operator_pattern = _match(r'pod=~"([^"]+)"', promql.pod_matcher(md, "ns", track=None))
         assert re.fullmatch(operator_pattern, pod)
     other = f"{deployment_name(md + '-x', 'stable')}-5d8f7c9b6-x2x9z"
     assert not re.fullmatch(pattern, other)
@@ -226,7 +226,8 @@ def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
         if name.startswith("nv_") or name == FAILURE_METRIC:
             # FAILURE_METRIC: exported by the project's Python-backend model on Triton's metrics port.
             assert name in TRITON_METRICS | {FAILURE_METRIC}, f"{name} is not a Triton metric"
-            assert labels <= {"namespace", "pod"}, (name, labels)
+            # quantile: a label of Triton's latency summaries (0.5, 0.9, 0.95, 0.99, 0.999).
+            assert labels <= {"namespace", "pod"} | ({"quantile"} if name == "nv_inference_request_summary_us" else set()), (name, labels)
             continue
         known = exported[name] if name in exported else ASSUMED_OPERATOR_METRICS.get(name)
         assert known is not None, f"{name} is neither exported by controller/metrics.py nor listed as assumed"
@@ -243,8 +244,8 @@ def test_alert_pod_pattern_recovers_the_modeldeployment_name() -> None:
     from model_operator.resources.common import deployment_name
 
     expr = next(e for e in rule_exprs(rule()) if "label_replace" in e)
-    prefilter = re.search(r'pod=~"([^"]+)"', expr).group(1)
-    extract = re.search(r'"modeldeployment", "\$1", "pod", "([^"]+)"', expr).group(1)
+    prefilter = _match(r'pod=~"([^"]+)"', expr)
+    extract = _match(r'"modeldeployment", "\$1", "pod", "([^"]+)"', expr)
     for md in ("digits", "a", "digits-triton", "a-triton-canary", "x" * 40):
         for track in ("stable", "canary"):
             pod = f"{deployment_name(md, track)}-5d8f7c9b6-x2x9z"
@@ -263,7 +264,14 @@ def _write_rules(pr: dict[str, Any], path: Path, annotations: bool = True) -> Pa
     return path
 
 
+def _match(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found is not None, (pattern, text)
+    return found.group(1)
+
+
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -314,14 +322,16 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
             for le in ("10000", "100000", "1e+06", "+Inf"):
                 filled = float(le) >= float(bucket) if le != "+Inf" else True
                 series.append(_series("nv_inference_request_duration_us_bucket", {**lab, "le": le}, "0+90x60" if filled else "0x60"))
+            # Triton's p99 summary: 900 ms (bad) or 50 ms (good); NaN quantiles of an idle pod are ignored.
+            series.append(_series("nv_inference_request_summary_us", {**lab, "quantile": "0.99"}, "900000x60" if md == "bad" else "50000x60"))
         ops = {"namespace": "team-a", "modeldeployment": md}
-        bad = md == "bad"
+        is_bad = md == "bad"
         series += [
-            _series("model_operator_condition", {**ops, "type": "Available", "status": "True"}, "0x60" if bad else "1x60"),
+            _series("model_operator_condition", {**ops, "type": "Available", "status": "True"}, "0x60" if is_bad else "1x60"),
             _series("model_operator_condition", {**ops, "type": "Degraded", "status": "True"}, "0x60"),
-            _series("model_operator_condition", {**ops, "type": "OptimizationSucceeded", "status": "False"}, "1x60" if bad else "0x60"),
-            _series("model_operator_condition", {**ops, "type": "QualityDegraded", "status": "True"}, "1x60" if bad else "0x60"),
-            _series("model_operator_desired_replicas", ops, "8x60" if bad else "3x60"),
+            _series("model_operator_condition", {**ops, "type": "OptimizationSucceeded", "status": "False"}, "1x60" if is_bad else "0x60"),
+            _series("model_operator_condition", {**ops, "type": "QualityDegraded", "status": "True"}, "1x60" if is_bad else "0x60"),
+            _series("model_operator_desired_replicas", ops, "8x60" if is_bad else "3x60"),
             _series("model_operator_max_replicas", ops, "8x60"),
         ]
     # The operator's own counters (namespace = the scrape target's, the operator's namespace).
@@ -370,7 +380,7 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
 
 @needs_helm
 @needs_promtool
-@pytest.mark.parametrize("source", ["histogram", "average"])
+@pytest.mark.parametrize("source", ["summary", "histogram", "average"])
 def test_promtool_alerts_fire_for_the_right_modeldeployment(source: str, tmp_path: Path) -> None:
     pr = rule({"prometheusRule": {"alerts": {"latencySLO": {"source": source}}}})
     _write_rules(pr, tmp_path / "rules.yaml", annotations=False)

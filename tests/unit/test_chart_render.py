@@ -5,10 +5,9 @@ chart's configuration), the CRDs, and values the schema must reject."""
 
 from __future__ import annotations
 
-import os
-
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ CHART = REPO / "charts" / "model-operator"
 
 from kubetest import chartlib  # noqa: E402
 from kubetest.binaries import unavailable  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _helm_required() -> None:
@@ -243,7 +243,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_s3_artifact_store(tmp_path: Path) -> None:
-    objs = render({"artifactStore": {"type": "s3", "s3": {"bucket": "models", "prefix": "prod", "endpoint": "http://minio.storage:9000", "region": "eu-west-1", "secret": "s3-creds"}}})
+    objs = render({"artifactStore": {"type": "s3", "s3": {"bucket": "models", "prefix": "prod", "endpoint": "http://minio.storage:9000",
+                                                          "region": "eu-west-1", "secret": "s3-creds"}}})
     store = operator_config(objs, tmp_path).artifact_store
     assert (store.type, store.bucket, store.prefix, store.endpoint, store.region, store.secret) == (
         "s3", "models", "prod", "http://minio.storage:9000", "eu-west-1", "s3-creds",
@@ -604,7 +605,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("alert-threshold", {"prometheusRule": {"alerts": {"errorRatio": {"threshold": 5}}}}, "/prometheusRule/alerts/errorRatio/threshold"),
     ("alert-for", {"prometheusRule": {"alerts": {"notReady": {"for": "15 minutes"}}}}, "/prometheusRule/alerts/notReady/for"),
     ("alert-severity", {"prometheusRule": {"alerts": {"notReady": {"severity": "page"}}}}, "/prometheusRule/alerts/notReady/severity"),
-    ("latency-source", {"prometheusRule": {"alerts": {"latencySLO": {"source": "summary"}}}}, "/prometheusRule/alerts/latencySLO/source"),
+    ("latency-source", {"prometheusRule": {"alerts": {"latencySLO": {"source": "median"}}}}, "/prometheusRule/alerts/latencySLO/source"),
     ("backoff-limit", {"worker": {"backoffLimit": -1}}, "/worker/backoffLimit"),
 ]
 

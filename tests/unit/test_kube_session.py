@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 
@@ -18,7 +19,7 @@ def test_limit_leaves_one_connection_per_watch_stream() -> None:
 
 def test_watched_kinds_match_what_kopf_watches() -> None:
     registry = kopf.get_default_registry()
-    selectors = set()
+    selectors: set[Any] = set()
     for part in (registry._indexing, registry._watching, registry._spawning, registry._changing):
         selectors |= part.get_all_selectors()
     assert handlers.WATCHED_KINDS == len(selectors), sorted(s.plural or s.any_name for s in selectors)

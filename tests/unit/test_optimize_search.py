@@ -32,11 +32,13 @@ def test_plan_names() -> None:
                pruning={"method": "magnitude", "sparsity": 0.3}, clipping={"method": "percentile", "percentile": 99.9})
     assert resolve(opt).name == "static-int8-per-tensor-partial-auto+clip-p99.9+magnitude-30"
     assert resolve(_opt()).name == "fp32"
-    assert plan_name(_opt(quantization={"mode": "dynamic-int8", "opTypes": ["MatMul"]}).quantization, _opt().clipping, _opt().pruning, "basic") == "dynamic-int8-matmul@basic"
+    assert plan_name(_opt(quantization={"mode": "dynamic-int8", "opTypes": ["MatMul"]}).quantization, _opt().clipping, _opt().pruning,
+                     "basic") == "dynamic-int8-matmul@basic"
 
 
 def test_recipe_overrides_base() -> None:
-    opt = _opt(pruning={"method": "magnitude"}, search={"enabled": True, "candidates": [{"name": "a", "quantization": {"mode": "fp16"}, "graphOptimizationLevel": "basic"}]})
+    opt = _opt(pruning={"method": "magnitude"}, search={"enabled": True, "candidates": [{"name": "a", "quantization": {"mode": "fp16"},
+                                                                                         "graphOptimizationLevel": "basic"}]})
     [plan] = plans_for(opt, has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx)
     assert plan.name == "a" and plan.quantization.mode.value == "fp16" and plan.graph_level == "basic"
     assert plan.pruning.method.value == "magnitude", "what the recipe doesn't set comes from the base"

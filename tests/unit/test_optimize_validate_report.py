@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from model_operator.api.types import Optimization, Pooling, QualityGate, Task
-from model_operator.optimize.data import MIN_SPLIT, split
 from model_operator.optimize import report
+from model_operator.optimize.data import MIN_SPLIT, split
 from model_operator.optimize.errors import EXIT_GATE, EXIT_INPUT, GateError, InputError, first_line, one_line
 from model_operator.optimize.search import Outcome, Plan, resolve
 from model_operator.optimize.validate import View, compare, cosine, gate, reference_quality, sample_cosines, worst
@@ -169,12 +169,13 @@ def test_errors_are_one_line() -> None:
     assert err.line == "spec.model.uri: first second third" and err.exit_code == EXIT_INPUT
     assert GateError("x", "y").exit_code == EXIT_GATE
     assert len(one_line("x" * 5000)) == 600
-    assert first_line(RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback...\nRuntimeError: shapes differ")) == "RuntimeError: shapes differ"
+    assert first_line(RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback...\nRuntimeError: shapes differ")) == "RuntimeError: shapes differ"  # noqa: E501 - a message quoted whole
     assert first_line(RuntimeError("\x1b[96mcoloured\x1b[0m message that is long enough. More text here")) == "coloured message that is long enough"
 
 
 def _args(tmp_path: Path, **kw: object) -> argparse.Namespace:
-    base = {"spec": None, "spec_json": None, "name": None, "output": str(tmp_path / "out"), "report_summary": str(tmp_path / "s.json"), "work_dir": None}
+    base: dict[str, object] = {"spec": None, "spec_json": None, "name": None, "output": str(tmp_path / "out"),
+                               "report_summary": str(tmp_path / "s.json"), "work_dir": None}
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -16,10 +16,10 @@ from model_operator.api.hashing import spec_hash
 from model_operator.api.validation import load_spec
 from model_operator.config import NodePool, OperatorConfig
 from model_operator.plan import Observed, Plan, Readings, plan
-from model_operator.resources import autoscaling as autoscaling_builder
-from model_operator.resources import common as names
 from model_operator.plan import status as st
 from model_operator.plan.core import SERVICE_MONITOR
+from model_operator.resources import autoscaling as autoscaling_builder
+from model_operator.resources import common as names
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = OperatorConfig(node_pools={"gpu": NodePool(), "edge": NodePool()})

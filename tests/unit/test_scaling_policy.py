@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
@@ -81,7 +83,8 @@ def test_partial_data_never_scales_down() -> None:
 
 def test_oscillating_load_does_not_flap() -> None:
     s = spec(scaleDown={"stabilizationSeconds": 300})
-    current, recs, changes = 2, [], 0
+    recs: list[Any] = []
+    current, changes = 2, 0
     for i in range(60):  # 10 minutes at 10 s, offered load alternating high/low every 30 s
         load = 18.0 if (i // 3) % 2 == 0 else 2.0
         value = load / max(current, 1)  # queue time falls as replicas share the load

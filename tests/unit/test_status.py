@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,8 @@ def _pod(**status):
 def test_summarize_pod_reads_unschedulable_crashloop_oom_and_messages() -> None:
     pod = _pod(
         phase="Pending",
-        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}],
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}],
     )
     s = st.summarize_pod(pod)
     assert s["problems"] == [{"reason": "Unschedulable", "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}]
@@ -78,12 +80,14 @@ def test_parse_summary_accepts_only_worker_summaries() -> None:
 
 
 def test_summarize_job_failure() -> None:
-    job = {"metadata": {"name": "j", "labels": {}}, "status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}
+    job = {"metadata": {"name": "j", "labels": {}}, "status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True",
+                                                                                            "reason": "BackoffLimitExceeded",
+                                                                                                "message": "Job has reached the specified backoff limit"}]}}
     s = st.summarize_job(job)
     assert s["finishedFailed"] and s["failed"] == 3 and "BackoffLimitExceeded" in s["failureMessage"]
 
 
-BASE = dict(spec_error=None, optimization_failed=False, optimizing=False, artifact_ready=True, serves=True,
+BASE: dict[str, Any] = dict(spec_error=None, optimization_failed=False, optimizing=False, artifact_ready=True, serves=True,
             ready_replicas=2, desired_replicas=2, rollout_complete=True, problems=[])
 
 

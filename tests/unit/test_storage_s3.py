@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -44,7 +45,7 @@ def moto_endpoint() -> Iterator[dict[str, str]]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
 
-    def client(service: str, key: str = "setup", secret: str = "setup") -> object:
+    def client(service: str, key: str = "setup", secret: str = "setup") -> Any:
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret)
 
     iam = client("iam")

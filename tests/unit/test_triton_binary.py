@@ -13,7 +13,6 @@ from model_operator.triton.server import (
     TritonServer,
     prepare_triton,
     python_libdir,
-    triton_command_for_image,
 )
 
 
@@ -49,32 +48,6 @@ def test_env_puts_our_libpython_first(install: TritonInstall) -> None:
     assert any("site-packages" in p for p in install.env["PYTHONPATH"].split(os.pathsep))
     merged = install.server_env({"LD_LIBRARY_PATH": "/x", "PATH": "/bin"})
     assert merged["LD_LIBRARY_PATH"].endswith(":/x") and merged["PATH"] == "/bin"
-
-
-@pytest.mark.parametrize(
-    "argv, expect_backend_dir",
-    [
-        (["tritonserver", "--model-repository=/models"], "backends"),
-        (["/opt/tritonserver/bin/tritonserver", "--model-repository=/models", "--backend-directory", "/opt/tritonserver/backends"], "backends"),
-        (["tritonserver", "--backend-directory=/elsewhere"], None),
-    ],
-)
-def test_image_command_maps_to_the_local_binary(install: TritonInstall, argv: list[str], expect_backend_dir: str | None) -> None:
-    cmd, env = triton_command_for_image(argv, {"HOME": "/root"}, install=install)
-    assert cmd[0] == str(install.binary)
-    assert "--model-repository=/models" in cmd or "--model-repository" not in " ".join(argv)
-    backend_args = [a for a in cmd if a.startswith("--backend-directory")]
-    assert len(backend_args) == 1
-    if expect_backend_dir:
-        assert backend_args[0] == f"--backend-directory={install.root / expect_backend_dir}"
-    else:
-        assert backend_args[0] == "--backend-directory=/elsewhere"
-    assert env["HOME"] == "/root" and env["LD_LIBRARY_PATH"].startswith(install.env["LD_LIBRARY_PATH"])
-
-
-def test_other_commands_are_refused(install: TritonInstall) -> None:
-    with pytest.raises(ValueError):
-        triton_command_for_image(["python", "-m", "x"], install=install)
 
 
 def test_server_command_flags(install: TritonInstall, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ signature, or a ConfigError that says which choice cannot be served, never anoth
 
 from __future__ import annotations
 
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from tritonclient.grpc import model_config_pb2 as mc

@@ -92,6 +92,10 @@ sum by (namespace, modeldeployment) (label_replace(rate({{ $metric }}{pod=~".+-t
 sum by (namespace, modeldeployment, le) (label_replace(rate(nv_inference_request_duration_us_bucket{pod=~".+-triton(-canary)?-[a-z0-9]+-[a-z0-9]+"}[{{ $window }}]), "modeldeployment", "$1", "pod", "(.+)-triton(?:-canary)?-[a-z0-9]+-[a-z0-9]+"))
 {{- end -}}
 
+{{- define "model-operator.perMD.p99Summary" -}}
+max by (namespace, modeldeployment) (label_replace(nv_inference_request_summary_us{quantile="0.99",pod=~".+-triton(-canary)?-[a-z0-9]+-[a-z0-9]+"}, "modeldeployment", "$1", "pod", "(.+)-triton(?:-canary)?-[a-z0-9]+-[a-z0-9]+"))
+{{- end -}}
+
 {{/* An alert annotation's reference to a label, e.g. {{ $labels.namespace }}, written through
      Helm unharmed. */}}
 {{- define "model-operator.alertLabel" -}}

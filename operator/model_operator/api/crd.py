@@ -76,7 +76,7 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _schema_of(model: type[t.Model]) -> dict[str, Any]:
+def _schema_of(model: type[t.ApiModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     return to_structural(raw, defs)
@@ -89,7 +89,7 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "serving.model-operator.io/v1alpha1."},
+            "apiVersion": {"type": "string", "description": f"{t.API_VERSION}."},
             "kind": {"type": "string", "description": "ModelDeployment."},
             # The API server allows nothing but name (and generateName) here, not even a description.
             "metadata": {

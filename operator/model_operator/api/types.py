@@ -32,7 +32,7 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, st
     return out
 
 
-class Model(BaseModel):
+class ApiModel(BaseModel):
     """Base of the spec and status types (a pydantic model of the API, not an ML model). A field's
     docstring is its description in the CRD (`kubectl explain`)."""
 
@@ -195,7 +195,7 @@ Uri = Annotated[
 ]
 
 
-class TensorSpec(Model):
+class TensorSpec(ApiModel):
     """One named input or output of the model."""
 
     name: TensorName
@@ -209,7 +209,7 @@ class TensorSpec(Model):
     )
 
 
-class ModelSource(Model):
+class ModelSource(ApiModel):
     """Where the trained model comes from."""
 
     uri: Uri = Field(description="s3://bucket/key, http(s)://..., or pvc://claim/path to the model file.")
@@ -227,7 +227,7 @@ class ModelSource(Model):
     )
 
 
-class DataRef(Model):
+class DataRef(ApiModel):
     """A dataset as an .npz file: one array per model input (by name), optionally `labels` (classification)
     or `targets` (regression/embedding reference outputs)."""
 
@@ -236,7 +236,7 @@ class DataRef(Model):
     samples: int | None = Field(default=None, ge=1, le=1_000_000, description="Use at most this many samples.")
 
 
-class Data(Model):
+class Data(ApiModel):
     calibration: DataRef | None = Field(default=None, description="Calibration samples for static int8 and gradient pruning.")
     validation: DataRef | None = Field(default=None, description="Validation samples for the quality gate and the golden probe.")
 
@@ -244,7 +244,7 @@ class Data(Model):
 # --- optimization --------------------------------------------------------------------------
 
 
-class SensitiveLayers(Model):
+class SensitiveLayers(ApiModel):
     auto: bool = Field(default=False, description="Find the layers whose quantization hurts quality most and keep them in float.")
     count: int = Field(default=2, ge=1, le=64, description="How many layers the automatic search keeps in float.")
     names: list[Annotated[str, Field(max_length=256)]] = Field(
@@ -256,7 +256,7 @@ class SensitiveLayers(Model):
     )
 
 
-class Quantization(Model):
+class Quantization(ApiModel):
     mode: QuantizationMode = QuantizationMode.none
     """none, dynamic-int8, static-int8 (needs data.calibration) or fp16."""
     scope: QuantizationScope = QuantizationScope.full
@@ -275,20 +275,20 @@ class Quantization(Model):
     )
 
 
-class Clipping(Model):
+class Clipping(ApiModel):
     method: ClippingMethod = ClippingMethod.none
     """none, threshold (needs threshold) or percentile (needs percentile)."""
     threshold: float | None = Field(default=None, gt=0, description="Clip weights to [-threshold, threshold].")
     percentile: float | None = Field(default=None, gt=50, le=100, description="Clip each weight tensor at this |w| percentile.")
 
 
-class Pruning(Model):
+class Pruning(ApiModel):
     method: PruningMethod = PruningMethod.none
     """none, magnitude, gradient (needs data.calibration) or structured."""
     sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction of weights (or channels) to remove.")
 
 
-class Recipe(Model):
+class Recipe(ApiModel):
     """One candidate of a search: overrides of the base optimization."""
 
     name: Annotated[str, Field(min_length=1, max_length=63)]
@@ -303,7 +303,7 @@ class Recipe(Model):
     """ONNX Runtime graph optimization level baked into the artifact: disable, basic, extended or all."""
 
 
-class Search(Model):
+class Search(ApiModel):
     enabled: bool = False
     """Try several recipes and keep the fastest that passes the quality gate."""
     candidates: list[Recipe] | None = Field(
@@ -315,7 +315,7 @@ class Search(Model):
     """Batch size latency is measured at when candidates are compared."""
 
 
-class QualityGate(Model):
+class QualityGate(ApiModel):
     max_top1_drop: float = Field(default=0.01, ge=0, le=1, description="Largest allowed top-1 accuracy drop (0.01 = 1 point).")
     min_cosine: float = Field(default=0.99, ge=-1, le=1, description="Smallest allowed mean cosine similarity of outputs.")
     max_abs_error: float | None = Field(default=None, gt=0, description="Largest allowed absolute output error.")
@@ -335,7 +335,7 @@ class QualityGate(Model):
     )
 
 
-class Optimization(Model):
+class Optimization(ApiModel):
     quantization: Quantization = Field(default_factory=Quantization)
     """Weight/activation quantization."""
     clipping: Clipping = Field(default_factory=Clipping)
@@ -356,13 +356,13 @@ class Optimization(Model):
     )
 
 
-class DynamicAxes(Model):
+class DynamicAxes(ApiModel):
     batch: bool = True
     """Export the first axis as dynamic (batching)."""
     sequence: bool = Field(default=False, description="Mark axis 1 of integer inputs dynamic (token sequences).")
 
 
-class Conversion(Model):
+class Conversion(ApiModel):
     format: ConversionFormat = ConversionFormat.onnx
     """Format of the artifact: onnx or torchscript."""
     opset: int = Field(default=17, ge=11, le=23)
@@ -376,14 +376,14 @@ class Conversion(Model):
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$", max_length=32)]
 
 
-class Resources(Model):
+class Resources(ApiModel):
     requests: dict[str, Quantity] = Field(default_factory=dict)
     """Resource requests of the Triton container (cpu, memory, ...)."""
     limits: dict[str, Quantity] = Field(default_factory=dict)
     """Resource limits of the Triton container."""
 
 
-class DynamicBatching(Model):
+class DynamicBatching(ApiModel):
     enabled: bool = True
     """Let Triton combine requests into batches."""
     preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=list, max_length=16)
@@ -392,7 +392,7 @@ class DynamicBatching(Model):
     """How long a request may wait for a batch to fill."""
 
 
-class Serving(Model):
+class Serving(ApiModel):
     node_pool: K8sName | None = Field(default=None, description="Node pool from the operator's configuration.")
     replicas: int = Field(default=1, ge=0, le=1000)
     """Triton replicas (the autoscaler changes it when autoscaling is on)."""
@@ -410,13 +410,13 @@ class Serving(Model):
     gpu_accelerator: GpuAccelerator = Field(default=GpuAccelerator.none, description="ONNX Runtime TensorRT execution accelerator (GPU pools).")
 
 
-class ScalingMetric(Model):
+class ScalingMetric(ApiModel):
     type: ScalingMetricType
     """queueTime, inferenceRate, pendingRequests, gpuUtilization or cpuUtilization."""
     target: float = Field(gt=0, description="Per-replica target: ms for queueTime, req/s for inferenceRate, count, or percent.")
 
 
-class ScalingRules(Model):
+class ScalingRules(ApiModel):
     stabilization_seconds: int = Field(ge=0, le=3600)
     """Window of past recommendations considered before changing replicas."""
     max_percent: int = Field(default=100, ge=1, le=1000, description="Largest change per period, percent of current replicas.")
@@ -433,7 +433,7 @@ def _scale_down_default() -> ScalingRules:
     return ScalingRules(stabilization_seconds=300)
 
 
-class Autoscaling(Model):
+class Autoscaling(ApiModel):
     enabled: bool = True
     """Scale replicas on load."""
     engine: ScalingEngine = ScalingEngine.operator
@@ -456,7 +456,7 @@ class Autoscaling(Model):
     """How often the built-in scaler reads Prometheus."""
 
 
-class Canary(Model):
+class Canary(ApiModel):
     weight: int = Field(default=10, ge=1, le=99, description="Share of replicas (percent) that serve the new artifact.")
     analysis_seconds: int = Field(default=120, ge=10, le=86400)
     """How long the new artifact is analysed before it is promoted."""
@@ -469,7 +469,7 @@ class Canary(Model):
                     "(reason NoCanaryTraffic), neither promoted nor rolled back. 0 promotes a canary no request reached.")
 
 
-class Rollout(Model):
+class Rollout(ApiModel):
     strategy: RolloutStrategy = RolloutStrategy.rolling
     """rolling (replace, then watch) or canary (a share of replicas first)."""
     canary: Canary = Field(default_factory=Canary)
@@ -478,7 +478,7 @@ class Rollout(Model):
     """Return to the last good artifact when an analysis fails."""
 
 
-class GoldenProbe(Model):
+class GoldenProbe(ApiModel):
     enabled: bool = True
     """Send the artifact's golden samples to the serving pods periodically and compare the answers with the report."""
     interval_seconds: int = Field(default=60, ge=5, le=86400)
@@ -487,7 +487,7 @@ class GoldenProbe(Model):
     """Golden samples per probe."""
 
 
-class Monitoring(Model):
+class Monitoring(ApiModel):
     service_monitor: bool = True
     """Create a ServiceMonitor for Triton's metrics when the cluster serves the kind."""
     golden_probe: GoldenProbe = Field(default_factory=GoldenProbe)
@@ -502,7 +502,7 @@ class Monitoring(Model):
 _SPEC_RULES: Any = cel_validations()  # JSON for json_schema_extra
 
 
-class ModelDeploymentSpec(Model):
+class ModelDeploymentSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
 
     model: ModelSource
@@ -528,9 +528,13 @@ class ModelDeploymentSpec(Model):
 # --- status -------------------------------------------------------------------------------
 
 
-class Condition(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+class StatusModel(ApiModel):
+    """Base of the status types: fields the operator adds before the schema names them are kept."""
 
+    model_config = ConfigDict(extra="allow")
+
+
+class Condition(StatusModel):
     type: str
     """Condition type, e.g. Available, Progressing, Degraded."""
     status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$")]
@@ -545,9 +549,7 @@ class Condition(Model):
     """The spec generation this condition is about."""
 
 
-class Candidate(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class Candidate(StatusModel):
     name: str
     """Candidate recipe name."""
     passed: bool
@@ -564,9 +566,7 @@ class Candidate(Model):
     pareto: bool | None = Field(default=None, description="No other passed candidate is both faster and smaller.")
 
 
-class ArtifactStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class ArtifactStatus(StatusModel):
     uri: str | None = None
     """Where the artifact is."""
     sha256: str | None = None
@@ -582,10 +582,8 @@ class ArtifactStatus(Model):
     """Hash of the spec fields that made this artifact."""
 
 
-class OptimizationProgress(Model):
+class OptimizationProgress(StatusModel):
     """Where the running worker is (read from the worker's /progress while its Job runs)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     summary: str = Field(default="", description="One line for kubectl get: step k/n, candidate k/n, elapsed.")
     step: str | None = Field(default=None, description="The worker's current step.")
@@ -597,9 +595,7 @@ class OptimizationProgress(Model):
     latest: list[Candidate] = Field(default_factory=list, description="The latest candidates' results, newest last.")
 
 
-class OptimizationStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class OptimizationStatus(StatusModel):
     recipe: str | None = None
     """The recipe that was chosen."""
     job: str | None = None
@@ -630,9 +626,7 @@ class OptimizationStatus(Model):
     """The objective the recipe was chosen for: latency, size or balanced."""
 
 
-class Endpoint(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class Endpoint(StatusModel):
     http: str | None = None
     """HTTP inference endpoint (or the artifact's URI for target: device)."""
     grpc: str | None = None
@@ -643,9 +637,7 @@ class Endpoint(Model):
     """Model name in Triton's repository."""
 
 
-class ScalingDecision(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class ScalingDecision(StatusModel):
     time: str
     """When (RFC 3339)."""
     unix_time: float | None = None
@@ -658,17 +650,13 @@ class ScalingDecision(Model):
     """Which metric asked for it and why."""
 
 
-class RecommendationRecord(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class RecommendationRecord(StatusModel):
     time: float = Field(description="Unix time of the recommendation.")
     replicas: int
     """Replicas recommended at that time."""
 
 
-class ScalingStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class ScalingStatus(StatusModel):
     engine: str | None = None
     """operator, hpa or keda."""
     desired: int | None = None
@@ -688,9 +676,7 @@ class ScalingStatus(Model):
     """When the built-in scaler last read Prometheus."""
 
 
-class TrackStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class TrackStatus(StatusModel):
     uri: str
     """Artifact URI of this track."""
     sha256: str
@@ -700,9 +686,7 @@ class TrackStatus(Model):
     started: float | None = Field(default=None, description="Unix time the analysis of this track began.")
 
 
-class RolloutStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class RolloutStatus(StatusModel):
     stable: TrackStatus | None = Field(default=None, description="The last good artifact, serving every stable replica.")
     canary: TrackStatus | None = Field(default=None, description="The artifact under canary analysis.")
     watch: TrackStatus | None = Field(default=None, description="A rolling update under post-rollout analysis.")
@@ -712,9 +696,7 @@ class RolloutStatus(Model):
     """The running analysis and where it stands."""
 
 
-class QualityStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class QualityStatus(StatusModel):
     time: float | None = Field(default=None, description="Unix time of the last golden-set probe.")
     passed: bool | None = None
     """Whether the last golden probe matched the report."""
@@ -732,9 +714,7 @@ class QualityStatus(Model):
     """Why it passed or failed."""
 
 
-class HealthStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class HealthStatus(StatusModel):
     healthy: bool | None = Field(default=None, description="From Prometheus: error ratio and p99 against spec.monitoring; null without traffic.")
     reason: str = ""
     """WithinObjectives, NoTraffic, ErrorRatioHigh, LatencyAboveObjective or MetricsUnavailable."""
@@ -748,9 +728,7 @@ class HealthStatus(Model):
     """p99 request latency in ms (Triton's latency summaries; the slowest pod)."""
 
 
-class ModelDeploymentStatus(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
+class ModelDeploymentStatus(StatusModel):
     phase: Phase | None = None
     """Pending, Optimizing, Deploying, Ready, Degraded or Failed."""
     ready: str | None = Field(default=None, description="readyReplicas/replicas, for kubectl get.")

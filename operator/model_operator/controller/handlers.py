@@ -25,7 +25,7 @@ from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
-MANAGED = {"app.kubernetes.io/managed-by": "model-operator"}
+MANAGED = names.MANAGED_BY
 
 def _reconcile_interval() -> float:
     """kopf fixes timer intervals at import, so the configured one is read here: from the config
@@ -282,7 +282,7 @@ def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: k
     if not autoscale.should_poll(spec, status, state, now):
         return
     config: OperatorConfig = memo.config
-    prom = Prometheus(config.prometheus_url, config.prometheus_timeout_seconds)
+    prom: Prometheus = memo.reconciler.prom  # the one client health, analysis and scaling share
     with metrics.measured("autoscale"):
         outcome = autoscale.tick(dict(body), spec, prom, now, config.prometheus_window, state)
     if outcome.scaling is None:

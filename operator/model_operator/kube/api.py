@@ -21,8 +21,10 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
+from ..api.types import GROUP
+
 FIELD_MANAGER = "model-operator"
-DESIRED_HASH = "serving.model-operator.io/desired-hash"
+DESIRED_HASH = f"{GROUP}/desired-hash"
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.types import Phase
+from ..resources.common import LABEL_REVISION
 
 CONDITION_TYPES = (
     "OptimizationSucceeded",
@@ -74,7 +75,7 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
         "failed": status.get("failed") or 0,
         "finishedFailed": failed_cond is not None,
         "failureMessage": (failed_cond or {}).get("message", "") + (f" ({failed_cond.get('reason')})" if failed_cond else ""),
-        "revision": (job["metadata"].get("labels") or {}).get("serving.model-operator.io/revision"),
+        "revision": (job["metadata"].get("labels") or {}).get(LABEL_REVISION),
     }
 
 

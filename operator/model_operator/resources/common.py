@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from ..api.types import GROUP
 from ..config import OperatorConfig
 
-DOMAIN: Final = "serving.model-operator.io"
+# The API group is the label and annotation domain too: one name, defined in api/types.py.
+DOMAIN: Final = GROUP
 LABEL_DEPLOYMENT: Final = f"{DOMAIN}/deployment"
 LABEL_TRACK: Final = f"{DOMAIN}/track"
 LABEL_REVISION: Final = f"{DOMAIN}/revision"

@@ -27,12 +27,6 @@ against `tritonserver --help` of 2.51), besides the ports, `--strict-readiness`,
 `--model-control-mode none|poll|explicit`, `--load-model`, `--exit-timeout-secs`, `--log-file`,
 `--backend-directory`.
 
-For the test pod runner: `triton_command_for_image(argv, env)` maps the command of a Triton
-image's container (`tritonserver ...` or `/opt/tritonserver/bin/tritonserver ...`) to
-`(argv, env)` that run this local binary: argv[0] replaced, `--backend-directory` pointed at
-the prepared tree (added when absent; a value under `/opt/tritonserver` is rewritten), env with
-`LD_LIBRARY_PATH`/`PYTHONPATH` prepended.
-
 `TritonServer` runs one server: free ports by default, strict readiness, logs to a file, a
 readiness wait with a deadline that fails fast with the log tail when the process exits, and a
 clean stop (SIGTERM, then SIGKILL of its process group).
@@ -67,8 +61,6 @@ log = logging.getLogger(__name__)
 
 DISTRIBUTION: Final = "nvidia-pytriton"
 CACHE_ENV: Final = "MODEL_OPERATOR_CACHE"
-IMAGE_BINARIES: Final = ("tritonserver", "/opt/tritonserver/bin/tritonserver")
-IMAGE_ROOT: Final = "/opt/tritonserver"
 MODEL_CONTROL_MODES: Final = ("none", "poll", "explicit")
 
 
@@ -187,35 +179,6 @@ def prepare_triton(root: Path | None = None) -> TritonInstall:
     ld = [str(p) for p in (libpython, libs) if p is not None]
     env = {"LD_LIBRARY_PATH": os.pathsep.join(ld), "PYTHONPATH": os.pathsep.join(python_paths())}
     return TritonInstall(root=dest, version=version, env=env)
-
-
-def triton_command_for_image(
-    argv: Sequence[str], env: Mapping[str, str] | None = None, install: TritonInstall | None = None
-) -> tuple[list[str], dict[str, str]]:
-    """Map a Triton image's `tritonserver ...args` to (argv, env) that run the local binary.
-
-    Raises ValueError when argv[0] is not tritonserver."""
-    if not argv or argv[0] not in IMAGE_BINARIES:
-        raise ValueError(f"not a tritonserver command: {list(argv)[:1]}")
-    install = install or prepare_triton()
-    args: list[str] = []
-    has_backend_dir = False
-    it = iter(argv[1:])
-    for arg in it:
-        if arg.startswith("--backend-directory"):
-            has_backend_dir = True
-            if arg == "--backend-directory":
-                value = next(it, "")
-            else:
-                value = arg.split("=", 1)[1]
-            if value.startswith(IMAGE_ROOT):
-                value = str(install.root / Path(value).relative_to(IMAGE_ROOT))
-            args.append(f"--backend-directory={value}")
-        else:
-            args.append(arg)
-    if not has_backend_dir:
-        args.append(f"--backend-directory={install.backend_dir}")
-    return [str(install.binary), *args], install.server_env(env)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

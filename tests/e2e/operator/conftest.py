@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from md_helpers import LOCAL_TOLERATION, STORE_CLAIM
 
 
@@ -57,7 +56,9 @@ def operator_config(prometheus_url: str, metrics_port: int, images: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def operator_env(cluster: Any, crd_installed: Any, prometheus: Any, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def operator_env(
+    cluster: Any, crd_installed: Any, prometheus: Any, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, str]]:
     """Environment for an operator process or KopfRunner: kubeconfig, config file, fast timers.
     KopfRunner runs in this process, so the variables go into os.environ, and come out again
     after each module's tests (other tests read MODEL_OPERATOR_* configuration too)."""

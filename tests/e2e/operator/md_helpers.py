@@ -137,10 +137,9 @@ def erroring_digits(src: Path, dst: Path, table: int = 20) -> None:
     """The digits ONNX model with a lookup that fails at run time for inputs above `table`:
     its answers on real images (values in [0, 1]) are the original's, so the worker packages
     it, but a request with larger values gets an error from ONNX Runtime inside Triton."""
+    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    import numpy as np
 
     model = onnx.load(str(src))
     g = model.graph

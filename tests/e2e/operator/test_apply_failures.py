@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from md_helpers import MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, get_md, make_claim, put_digits, wait_phase
 
 from kubetest.wait import wait_for
-from md_helpers import MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, get_md, make_claim, put_digits, wait_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,12 +7,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from md_helpers import (
+    MODELS_CLAIM,
+    STORE_CLAIM,
+    Load,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    ready_triton_pods,
+    service_endpoint,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    MODELS_CLAIM, STORE_CLAIM, Load, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
-    service_endpoint, wait_phase,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

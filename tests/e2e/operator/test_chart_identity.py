@@ -13,11 +13,22 @@ import numpy as np
 import pytest
 import torch
 from kubernetes.client.exceptions import ApiException
-
 from md_helpers import (
-    LOCAL_TOLERATION, MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_files, digits_md, get_md, make_claim, put_digits,
-    ready_triton_pods, service_endpoint, wait_phase,
+    LOCAL_TOLERATION,
+    MODELS_CLAIM,
+    STORE_CLAIM,
+    condition,
+    create_md,
+    digits_files,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    ready_triton_pods,
+    service_endpoint,
+    wait_phase,
 )
+
 from kubetest.wait import wait_for
 from model_operator.triton.client import infer
 

@@ -10,11 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from md_helpers import (
+    GROUP,
+    MODELS_CLAIM,
+    PLURAL,
+    STORE_CLAIM,
+    VERSION,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, condition, create_md, digits_md, get_md, make_claim, put_digits, wait_phase,
-)
 from model_operator.scaling import promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

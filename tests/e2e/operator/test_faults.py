@@ -20,13 +20,27 @@ from typing import Any
 
 import pytest
 import yaml
+from md_helpers import (
+    AS_IS,
+    GROUP,
+    MODELS_CLAIM,
+    ONNX_MODEL,
+    PLURAL,
+    STORE_CLAIM,
+    VERSION,
+    Load,
+    OperatorProcess,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    service_endpoint,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    AS_IS, ONNX_MODEL,
-    GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, OperatorProcess, condition, create_md, digits_md, get_md, make_claim,
-    put_digits, service_endpoint, wait_phase,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

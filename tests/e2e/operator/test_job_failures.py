@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from md_helpers import MODELS_CLAIM, STORE_CLAIM, condition, create_md, digits_md, make_claim, put_digits, wait_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -5,12 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from md_helpers import (
+    GROUP,
+    MODELS_CLAIM,
+    PLURAL,
+    STORE_CLAIM,
+    VERSION,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    stop,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, condition, create_md, digits_md, get_md, make_claim, put_digits,
-    stop, wait_phase,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from kubetest.wait import wait_for
 from md_helpers import (
-    AS_IS, ONNX_MODEL,
-    MODELS_CLAIM, STORE_CLAIM, bloated_digits, condition, create_md, digits_md, get_md, make_claim, put_digits, ready_triton_pods,
+    AS_IS,
+    MODELS_CLAIM,
+    ONNX_MODEL,
+    STORE_CLAIM,
+    bloated_digits,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    ready_triton_pods,
     wait_phase,
 )
+
+from kubetest.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from md_helpers import MODELS_CLAIM, STORE_CLAIM, create_md, digits_md, get_md, make_claim, put_digits, wait_phase
 
 from kubetest.wait import wait_for
-from md_helpers import MODELS_CLAIM, STORE_CLAIM, create_md, digits_md, get_md, make_claim, put_digits, wait_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

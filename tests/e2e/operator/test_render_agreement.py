@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-from kubetest.wait import wait_for
 from md_helpers import GROUP, PLURAL, REPO, VERSION, create_md, get_md
 
+from kubetest.wait import wait_for
 from model_operator.api.hashing import spec_hash
 from model_operator.api.validation import load_spec
 from model_operator.config import OperatorConfig

@@ -17,13 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from md_helpers import (
+    AS_IS,
+    GROUP,
+    MODELS_CLAIM,
+    ONNX_MODEL,
+    PLURAL,
+    STORE_CLAIM,
+    VERSION,
+    Load,
+    condition,
+    create_md,
+    digits_md,
+    drifted_copy,
+    erroring_digits,
+    get_md,
+    make_claim,
+    pod_endpoints,
+    put_digits,
+    ready_triton_pods,
+    service_endpoint,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    AS_IS, ONNX_MODEL,
-    GROUP, MODELS_CLAIM, PLURAL, STORE_CLAIM, VERSION, Load, condition, create_md, digits_md, drifted_copy, erroring_digits,
-    get_md, make_claim, pod_endpoints, put_digits, ready_triton_pods, service_endpoint, wait_phase,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

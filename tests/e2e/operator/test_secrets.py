@@ -13,11 +13,22 @@ from typing import Any
 
 import pytest
 import yaml
+from md_helpers import (
+    GROUP,
+    MODELS_CLAIM,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    condition,
+    create_md,
+    digits_md,
+    get_md,
+    make_claim,
+    put_digits,
+    wait_phase,
+)
 
 from kubetest.wait import wait_for
-from md_helpers import (
-    GROUP, MODELS_CLAIM, PLURAL, VERSION, OperatorProcess, condition, create_md, digits_md, get_md, make_claim, put_digits, wait_phase,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

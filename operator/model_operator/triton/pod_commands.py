@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .api.types import Backend, Serving, Target
+from ..api.types import Backend, Serving, Target
 
 TERMINATION_LOG = Path("/dev/termination-log")
 
@@ -47,7 +47,7 @@ def _artifact_format(model_dir: Path) -> str:
 
 def assemble(artifact: Path, name: str, target: str, serving: Serving, output: Path) -> Path:
     """Copy `artifact/repository/<name>` to `output/<name>` with config.pbtxt regenerated."""
-    from .triton.config import build_model_config, read_signature
+    from .config import build_model_config, read_signature
 
     source = artifact / "repository" / name
     if not (source / "config.pbtxt").is_file():
@@ -68,7 +68,7 @@ def assemble(artifact: Path, name: str, target: str, serving: Serving, output: P
 
 
 def assemble_main(args: argparse.Namespace) -> int:
-    from .storage import StorageError, download_dir, verify_dir
+    from ..storage import StorageError, download_dir, verify_dir
 
     try:
         serving = Serving.model_validate(json.loads(args.serving_json or "{}"))
@@ -88,8 +88,8 @@ def assemble_main(args: argparse.Namespace) -> int:
 
 
 def probe_main(args: argparse.Namespace) -> int:
-    from .storage import StorageError, download_dir
-    from .triton.client import ProbeError, probe
+    from ..storage import StorageError, download_dir
+    from .client import ProbeError, probe
 
     gate: dict[str, Any] = json.loads(args.gate_json or "{}")
     endpoints = [e for e in args.endpoints.split(",") if e]
@@ -123,7 +123,7 @@ def probe_main(args: argparse.Namespace) -> int:
 
 
 def artifacts_main(args: argparse.Namespace) -> int:
-    from .storage import StorageError, delete_prefix, verify
+    from ..storage import StorageError, delete_prefix, verify
 
     try:
         if args.artifacts_command == "delete":
