@@ -10,34 +10,23 @@ Prints progress per round; writes a Markdown table with the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import yaml
+import harness
+from harness import log
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "tests" / "e2e" / "operator"))
-
-from kubetest import imagebuild  # noqa: E402
-from kubetest.wait import wait_for  # noqa: E402
+harness.use_paths("tests/e2e/operator")
 
 import md_helpers as h  # noqa: E402
-from conftest import free_port, operator_config  # noqa: E402
+from conftest import operator_config  # noqa: E402
+
+from kubetest.wait import wait_for  # noqa: E402
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def one_round(cluster: Any, custom_api, core_api, namespace: str, name: str, optimization: dict) -> dict[str, float]:
+def one_round(custom_api: Any, namespace: str, name: str, optimization: dict[str, Any]) -> dict[str, float]:
     body = h.digits_md(name, optimization=optimization)
     t0 = time.perf_counter()
     h.create_md(custom_api, namespace, body)
@@ -59,42 +48,24 @@ def one_round(cluster: Any, custom_api, core_api, namespace: str, name: str, opt
     return marks
 
 
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"apply-to-ready-{time.strftime('%Y-%m-%d')}.md"))
+    harness.add_out(ap, "apply-to-ready")
     args = ap.parse_args()
 
-    from kubernetes import client, config
-
-    state = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    log(f"starting the test cluster in {state}")
-    cluster, images = imagebuild.real_node_cluster(state, prometheus=True)
+    state = harness.new_state_dir("bench-cluster-")
+    cluster, images = harness.start_real_node_cluster(state, prometheus=True)
     try:
-        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        custom_api, core_api = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        kube = harness.connect(cluster)
+        harness.install_crds(cluster)
         namespace = "bench"
-        core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-        wait_for(lambda: core_api.read_namespaced_service_account("default", namespace), timeout=30, ignore=(Exception,))
-        models = h.make_claim(core_api, namespace, h.MODELS_CLAIM)
-        h.make_claim(core_api, namespace, h.STORE_CLAIM)
-        log("training the digits example")
-        h.put_digits(models, state)
+        harness.make_namespace(kube.core, namespace)
+        harness.put_digits_claims(kube.core, namespace, state)
 
-        cfg = state / "operator.yaml"
-        cfg.write_text(yaml.safe_dump(operator_config(cluster.prometheus_url or "http://127.0.0.1:1", free_port(), images)))
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MODEL_OPERATOR_CONFIG": str(cfg),
-               "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1"}
-        op_log = open(state / "operator.log", "w")
-        op = subprocess.Popen([sys.executable, "-m", "model_operator.cli", "run", "--config", str(cfg),
-                               "--liveness", f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=op_log, stderr=subprocess.STDOUT)
-        try:
+        cfg = harness.write_config(state, operator_config(cluster.prometheus_url or "http://127.0.0.1:1", harness.free_port(), images))
+        env = harness.operator_env(cluster.kubeconfig, {"MODEL_OPERATOR_CONFIG": str(cfg), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1"})
+        with harness.run_operator(state, cfg, env):
             results: dict[str, list[dict[str, float]]] = {"optimized": [], "skipped": []}
             variants = {
                 "optimized": {"quantization": {"mode": "dynamic-int8"}, "qualityGate": {"maxTop1Drop": 0.02}},
@@ -103,27 +74,22 @@ def main() -> int:
             for i in range(args.rounds):
                 for variant, opt in variants.items():
                     name = f"{variant}-{i}"
-                    marks = one_round(cluster, custom_api, core_api, namespace, name, opt)
+                    marks = one_round(kube.custom, namespace, name, opt)
                     results[variant].append(marks)
                     log(f"round {i + 1}/{args.rounds} {variant}: artifact {marks['artifact']:.1f}s, Ready {marks['ready']:.1f}s")
-                    custom_api.delete_namespaced_custom_object(h.GROUP, h.VERSION, namespace, h.PLURAL, name)
-        finally:
-            op.terminate()
-            op.wait(timeout=30)
+                    kube.custom.delete_namespaced_custom_object(h.GROUP, h.VERSION, namespace, h.PLURAL, name)
     finally:
         cluster.stop()
 
     def med(variant: str, key: str) -> float:
         return statistics.median(r[key] for r in results[variant])
 
-    lines = [
-        "# apply → Ready, digits example, test cluster",
-        "",
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    lines = harness.header("apply → Ready, digits example, test cluster", harness.machine_line(*harness.python_and_system()), [
         "Cluster: kube-apiserver v1.34 on loopback; the worker Job and Triton (nvidia-pytriton's 2.51, python backend, test image)",
         "run as containers on the real node (kubelet, containerd, images pre-pulled); operator as a process with a 1 s reconcile timer.",
         f"Rounds: {args.rounds}, alternating the two variants; medians below.",
-        "",
+    ])
+    lines += [
         "| variant | artifact ready (s) | Ready (s) |",
         "|---|---|---|",
     ]
@@ -132,9 +98,7 @@ def main() -> int:
     ratio = med("optimized", "ready") / med("skipped", "ready")
     lines += ["", f"Optimized / skipped time to Ready: {ratio:.2f}x.", "",
               "Per round: " + "; ".join(f"{v} {r['ready']:.1f}s" for v, rs in results.items() for r in rs)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_result(args.out, lines)
     return 0
 
 

@@ -19,20 +19,17 @@ import argparse
 import math
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
+import harness
+from harness import log
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "operator"))
+harness.use_paths("operator")
 
 from kubetest.cluster import Cluster  # noqa: E402
 from kubetest.nodepools import CPU_POOL  # noqa: E402
@@ -44,10 +41,6 @@ GROUP, VERSION, PLURAL = "serving.model-operator.io", "v1alpha1", "modeldeployme
 NS = "scale"
 # What an idle operator may touch: its own kind and the children it writes.
 RESOURCES = ("modeldeployments", "deployments", "services", "jobs", "poddisruptionbudgets", "events", "horizontalpodautoscalers")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def spec_for(i: int, device: bool) -> dict[str, Any]:
@@ -109,37 +102,31 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--device-share", type=float, default=0.3)
     ap.add_argument("--idle-seconds", type=float, default=60)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"scale-{time.strftime('%Y-%m-%d')}.md"))
+    harness.add_out(ap, "scale")
     args = ap.parse_args()
 
-    from kubernetes import client, config
+    from kubernetes import client
 
     n_device = int(args.count * args.device_share)
     nodes = math.ceil((args.count - n_device) / 100) + 1
-    state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    load_before = os.getloadavg()[0]
-    log(f"starting the test cluster ({nodes} KWOK cpu nodes, no local runner) in {state}")
-    cluster = Cluster(state, pools=(CPU_POOL.with_count(nodes),)).start()
+    state = harness.new_state_dir("bench-scale-")
+    machine = harness.machine_line(harness.load_average("before the run"))
+    cluster = harness.start_kwok_cluster(state, (CPU_POOL.with_count(nodes),))
     rows: list[dict[str, Any]] = []
-    op = None
     try:
-        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        api.configuration.connection_pool_maxsize = 16
-        custom_api, core_api = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{PLURAL}.{GROUP}")
-        core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-        wait_for(lambda: core_api.read_namespaced_service_account("default", NS), timeout=30, ignore=(Exception,))
+        kube = harness.connect(cluster, pool_maxsize=16)
+        custom_api = kube.custom
+        harness.install_crds(cluster)
+        harness.make_namespace(kube.core, NS)
 
         metrics_port = 19000 + os.getpid() % 1000
-        cfg = state / "operator.yaml"
-        cfg.write_text(yaml.safe_dump({
+        cfg = harness.write_config(state, {
             "artifact_store": {"type": "s3", "bucket": "models", "prefix": "mo"},
             "node_pools": {"cpu": {"node_selector": {"node-pool": "cpu"}, "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}},
             "default_node_pool": {"cloud": "cpu", "edge": "cpu"},
             "prometheus_url": "http://127.0.0.1:9", "prometheus_timeout_seconds": 0.5,
             "metrics_port": metrics_port,
-        }))
+        })
 
         def create(lo: int, hi: int) -> None:
             for i in range(lo, hi):
@@ -158,73 +145,62 @@ def main() -> int:
             items = custom_api.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
             return sum(1 for m in items if (m.get("status") or {}).get("phase") == "Ready")
 
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MALLOC_ARENA_MAX": "2"}  # as the chart's Deployment sets it
-        for key in [k for k in env if k.startswith("MODEL_OPERATOR_")]:
-            env.pop(key)
+        # The chart's defaults (no MODEL_OPERATOR_* from this shell) and its Deployment's MALLOC_ARENA_MAX.
+        env = harness.operator_env(cluster.kubeconfig, {"MALLOC_ARENA_MAX": "2"}, clean=True)
         done = 0
         for total in (max(1, args.count // 10), args.count):
             # Objects are made while no operator runs (it would start a Job before the artifact is
             # in status); the operator then starts with all of them, as after an upgrade or a restart.
             create(done, total)
-            with open(state / "operator.log", "a") as op_log:
-                op = subprocess.Popen([sys.executable, "-m", "model_operator.cli", "run", "--config", str(cfg), "--namespace", NS,
-                                       "--liveness", "http://127.0.0.1:0/healthz"], env=env, stdout=op_log, stderr=subprocess.STDOUT)
-            sampler = Sampler(op.pid)
-            sampler.start()
-            t0 = time.monotonic()
-            last = -1
+            with harness.run_operator(state, cfg, env, ("--namespace", NS), liveness_port=0, stop_timeout=60) as op:
+                sampler = Sampler(op.pid)
+                sampler.start()
+                t0 = time.monotonic()
+                last = -1
 
-            def all_ready() -> bool:
-                nonlocal last
-                n = ready_count()
-                if n != last:
-                    log(f"{n}/{total} Ready after {time.monotonic() - t0:.0f}s")
-                    last = n
-                return n >= total
+                def all_ready(total: int = total, t0: float = t0) -> bool:
+                    nonlocal last
+                    n = ready_count()
+                    if n != last:
+                        log(f"{n}/{total} Ready after {time.monotonic() - t0:.0f}s")
+                        last = n
+                    return n >= total
 
-            wait_for(all_ready, timeout=1800, interval=5, message=f"{total} ModelDeployments Ready")
-            to_ready = time.monotonic() - t0
-            done = total
-            time.sleep(20)  # let the last status writes and Events settle before measuring idle
-            req0, rec0, cpu0, w0 = apiserver_requests(cluster), operator_reconciles(metrics_port), cpu_seconds(op.pid), time.monotonic()
-            time.sleep(args.idle_seconds)  # the idle window being measured
-            req1, rec1, cpu1, w1 = apiserver_requests(cluster), operator_reconciles(metrics_port), cpu_seconds(op.pid), time.monotonic()
-            window = w1 - w0
-            by_verb = {v: (req1.get(v, 0) - req0.get(v, 0)) / window for v in req1}
-            jobs = len(client.BatchV1Api(api).list_namespaced_job(NS).items)
-            rows.append({
-                "objects": total, "to_ready": to_ready, "peak_mib": sampler.peak / 2**20, "jobs": jobs,
-                "idle_rps": sum(r for v, r in by_verb.items() if not v.startswith("WATCH")),
-                "by_verb": {v: round(r, 3) for v, r in sorted(by_verb.items()) if r},
-                "reconcile_rate": (rec1 - rec0) / window, "cpu_share": (cpu1 - cpu0) / window,
-            })
-            log(f"{total} objects: all Ready in {to_ready:.0f}s; peak RSS {sampler.peak / 2**20:.0f} MiB; idle "
-                f"{rows[-1]['idle_rps']:.2f} API requests/s {rows[-1]['by_verb']}; {rows[-1]['reconcile_rate']:.0f} reconciles/s; "
-                f"operator CPU {rows[-1]['cpu_share']:.2f} cores; {jobs} Jobs")
-            sampler.stop_flag.set()
-            op.terminate()
-            op.wait(timeout=60)
-            op = None
+                wait_for(all_ready, timeout=1800, interval=5, message=f"{total} ModelDeployments Ready")
+                to_ready = time.monotonic() - t0
+                done = total
+                time.sleep(20)  # let the last status writes and Events settle before measuring idle
+                req0, rec0, cpu0, w0 = apiserver_requests(cluster), operator_reconciles(metrics_port), cpu_seconds(op.pid), time.monotonic()
+                time.sleep(args.idle_seconds)  # the idle window being measured
+                req1, rec1, cpu1, w1 = apiserver_requests(cluster), operator_reconciles(metrics_port), cpu_seconds(op.pid), time.monotonic()
+                window = w1 - w0
+                by_verb = {v: (req1.get(v, 0) - req0.get(v, 0)) / window for v in req1}
+                jobs = len(client.BatchV1Api(kube.api).list_namespaced_job(NS).items)
+                rows.append({
+                    "objects": total, "to_ready": to_ready, "peak_mib": sampler.peak / 2**20, "jobs": jobs,
+                    "idle_rps": sum(r for v, r in by_verb.items() if not v.startswith("WATCH")),
+                    "by_verb": {v: round(r, 3) for v, r in sorted(by_verb.items()) if r},
+                    "reconcile_rate": (rec1 - rec0) / window, "cpu_share": (cpu1 - cpu0) / window,
+                })
+                log(f"{total} objects: all Ready in {to_ready:.0f}s; peak RSS {sampler.peak / 2**20:.0f} MiB; idle "
+                    f"{rows[-1]['idle_rps']:.2f} API requests/s {rows[-1]['by_verb']}; {rows[-1]['reconcile_rate']:.0f} reconciles/s; "
+                    f"operator CPU {rows[-1]['cpu_share']:.2f} cores; {jobs} Jobs")
+                sampler.stop_flag.set()
     finally:
-        if op is not None:
-            op.terminate()
-            op.wait(timeout=60)
         cluster.stop()
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
     small, big = rows[0], rows[-1]
-    lines = [
-        f"# {args.count} ModelDeployments on the simulated cluster",
-        "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, load average {load_before:.2f} before the run. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    lines = harness.header(f"{args.count} ModelDeployments on the simulated cluster", machine, [
         f"Cluster: kube-apiserver v1.34, controller-manager, scheduler and KWOK ({nodes} simulated cpu nodes) on loopback; "
         "the operator as a process with the chart's defaults (reconcile timer 5 s, scaler tick 1 s), one namespace.",
         f"Objects: {args.device_share:.0%} `target: device`, the rest served with one Triton replica each (KWOK pods); "
         "optimization skipped (an artifact for the spec hash already in status, so no Job).",
         f"Idle window: {args.idle_seconds:.0f} s, 20 s after the last object became Ready; requests counted from the API "
         f"server's apiserver_request_total for {', '.join(RESOURCES)} (watches are opened once and not counted).",
-        "",
-        "| objects | all Ready after operator start (s) | operator peak RSS (MiB) | idle API requests/s (by verb) | reconciles/s | operator CPU idle (cores) | Jobs |",
+    ])
+    lines += [
+        "| objects | all Ready after operator start (s) | operator peak RSS (MiB) | idle API requests/s (by verb) | reconciles/s "
+        "| operator CPU idle (cores) | Jobs |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -239,9 +215,7 @@ def main() -> int:
         f"Targets: all Ready within 600 s: {'met' if big['to_ready'] <= 600 else 'missed'} ({big['to_ready']:.0f} s); "
         f"peak memory under 300 MiB: {'met' if big['peak_mib'] < 300 else 'missed'} ({big['peak_mib']:.0f} MiB).",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_result(args.out, lines)
     return 0
 
 

@@ -18,27 +18,21 @@ Target (issue #5): the decision within two scrape intervals plus one poll interv
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import yaml
+import harness
+from harness import log
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(REPO / "tests" / "e2e" / "operator"))
-
-from kubetest import imagebuild  # noqa: E402
-from kubetest.wait import wait_for  # noqa: E402
+harness.use_paths("tests/e2e/operator")
 
 import md_helpers as h  # noqa: E402
-from conftest import free_port, operator_config  # noqa: E402
+from conftest import operator_config  # noqa: E402
+
+from kubetest.wait import wait_for  # noqa: E402
 
 SCRAPE_S = 2.0
 WINDOW = "20s"
@@ -48,10 +42,6 @@ MODEL = {
     "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
     "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def autoscaling(enabled: bool, poll: int) -> dict[str, Any]:
@@ -66,8 +56,9 @@ def autoscaling(enabled: bool, poll: int) -> dict[str, Any]:
 def one_round(custom_api: Any, core_api: Any, prom_query: Any, namespace: str, poll: int) -> dict[str, float]:
     # Back to one quiet replica, autoscaling off.
     h_patch(custom_api, namespace, {"autoscaling": autoscaling(False, poll), "serving": {"replicas": 1}})
+    triton_pods = f"serving.model-operator.io/deployment={NAME},app.kubernetes.io/component=triton"
     wait_for(lambda: len(h.ready_triton_pods(core_api, namespace, NAME)) == 1
-             and len(core_api.list_namespaced_pod(namespace, label_selector=f"serving.model-operator.io/deployment={NAME},app.kubernetes.io/component=triton").items) == 1,
+             and len(core_api.list_namespaced_pod(namespace, label_selector=triton_pods).items) == 1,
              timeout=180, interval=0.5, message="one Triton replica")
     wait_for(lambda: (prom_query(f'sum(rate(nv_inference_count{{namespace="{namespace}"}}[{WINDOW}]))') or 0.0) == 0.0,
              timeout=120, interval=1, message="no load in Prometheus' window")
@@ -102,38 +93,25 @@ def h_patch(custom_api: Any, namespace: str, spec: dict[str, Any]) -> None:
     custom_api.patch_namespaced_custom_object(h.GROUP, h.VERSION, namespace, h.PLURAL, NAME, {"spec": spec})
 
 
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    load = os.getloadavg()[0]
-    return f"{cpu}, {os.cpu_count()} cores, load average {load:.2f} at the start"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--polls", default="2,5,15,30")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"scale-reaction-{time.strftime('%Y-%m-%d')}.md"))
+    harness.add_out(ap, "scale-reaction")
     args = ap.parse_args()
     polls = [int(p) for p in args.polls.split(",")]
 
-    from kubernetes import client, config
-
-    machine_line = machine()
-    state = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    log(f"starting the test cluster in {state}")
-    cluster, images = imagebuild.real_node_cluster(state, prometheus=True, scrape_interval=f"{SCRAPE_S:g}s")
+    machine = harness.machine_line(harness.load_average("at the start"))
+    state = harness.new_state_dir("bench-cluster-")
+    cluster, images = harness.start_real_node_cluster(state, prometheus=True, scrape_interval=f"{SCRAPE_S:g}s")
     results: dict[int, list[dict[str, float]]] = {p: [] for p in polls}
     try:
-        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        custom_api, core_api = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        kube = harness.connect(cluster)
+        custom_api, core_api = kube.custom, kube.core
+        harness.install_crds(cluster)
         namespace = "bench"
-        core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-        wait_for(lambda: core_api.read_namespaced_service_account("default", namespace), timeout=30, ignore=(Exception,))
-        models = h.make_claim(core_api, namespace, h.MODELS_CLAIM)
-        h.make_claim(core_api, namespace, h.STORE_CLAIM)
-        log("training the digits example")
-        h.put_digits(models, state)
+        harness.make_namespace(core_api, namespace)
+        harness.put_digits_claims(core_api, namespace, state)
 
         import requests
 
@@ -142,16 +120,11 @@ def main() -> int:
             res = r["data"]["result"]
             return float(res[0]["value"][1]) if res else None
 
-        cfg = state / "operator.yaml"
-        conf = operator_config(cluster.prometheus_url, free_port(), images)
+        conf = operator_config(cluster.prometheus_url, harness.free_port(), images)
         conf["prometheus_window"] = WINDOW
-        cfg.write_text(yaml.safe_dump(conf))
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
-               "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1"}
-        op_log = open(state / "operator.log", "w")
-        op = subprocess.Popen([sys.executable, "-m", "model_operator.cli", "run", "--config", str(cfg),
-                               "--liveness", f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=op_log, stderr=subprocess.STDOUT)
-        try:
+        cfg = harness.write_config(state, conf)
+        env = harness.operator_env(cluster.kubeconfig, {"MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1", "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1"})
+        with harness.run_operator(state, cfg, env):
             h.create_md(custom_api, namespace, h.digits_md(NAME, model=MODEL, optimization={"quantization": {"mode": "none"}},
                                                            autoscaling=autoscaling(False, 5)))
             h.wait_phase(custom_api, namespace, NAME, "Ready", timeout=300)
@@ -163,9 +136,6 @@ def main() -> int:
                     results[poll].append(marks)
                     log(f"round {i + 1}/{args.rounds} poll {poll:>2}s: decision {marks['decision']:.1f}s, "
                         f"second replica Ready {marks['ready']:.1f}s ({int(marks['sent'])} requests, {int(marks['failed'])} failed)")
-        finally:
-            op.terminate()
-            op.wait(timeout=30)
     finally:
         cluster.stop()
 
@@ -173,10 +143,7 @@ def main() -> int:
         return statistics.median(r[key] for r in results[poll])
 
     base = polls[0]
-    lines = [
-        "# Load step → scale-up decision → new replica Ready, by poll interval",
-        "",
-        f"Machine: {machine_line}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    lines = harness.header("Load step → scale-up decision → new replica Ready, by poll interval", machine, [
         "Cluster: kube-apiserver v1.34 on loopback; Triton 2.51 (python backend, digits ONNX) as containers on the real node;",
         f"Prometheus 2.55 scraping every {SCRAPE_S:g} s; the operator as a process, scaler tick 1 s, rate window {WINDOW}.",
         "Policy: inferenceRate target 5 req/s per replica, tolerance 0.1, scale-up stabilization 0 s, max 2 replicas.",
@@ -184,7 +151,8 @@ def main() -> int:
         f"Rounds: {args.rounds} per setting, settings rotated each round; the step lands at a random point of the poll cycle.",
         "15 s and 30 s are the HPA's default sync period and KEDA's default polling interval, run here by the same",
         "scaler so that only the interval differs (neither HPA nor KEDA can read Triton's metrics here without an adapter).",
-        "",
+    ])
+    lines += [
         "| poll interval | decision, median (s) | min–max (s) | target: 2 scrapes + 1 poll (s) | second replica Ready, median (s) | decision vs the "
         f"{base} s poll |",
         "|---|---|---|---|---|---|",
@@ -199,9 +167,7 @@ def main() -> int:
     lines += ["", f"Failed client requests over all rounds: {failed}.", "",
               "Per round (decision / Ready, s): " + "; ".join(
                   f"{p}s: " + ", ".join(f"{r['decision']:.1f}/{r['ready']:.1f}" for r in rs) for p, rs in results.items())]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    harness.write_result(args.out, lines)
     return 0
 
 
