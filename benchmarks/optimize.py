@@ -233,7 +233,8 @@ def bench_transformer(work: Path, threads: int, batch: int) -> dict[str, Any]:
     eager_ms, ort_ms = side_by_side(run_eager, lambda: sess.run(None, lat), runs=60)
     params = sum(p.numel() for p in model.parameters())
     return {
-        "model": f"transformer encoder ({LAYERS} layers, hidden {HIDDEN}, {HEADS} heads, FFN {FFN}, vocab {VOCAB}, {params / 1e6:.1f}M params), seq {SEQ}, int64 input_ids + attention_mask",
+        "model": f"transformer encoder ({LAYERS} layers, hidden {HIDDEN}, {HEADS} heads, FFN {FFN}, vocab {VOCAB}, "
+                 f"{params / 1e6:.1f}M params), seq {SEQ}, int64 input_ids + attention_mask",
         "recipe": report["optimization"]["recipe"],
         "original_bytes": (d / "encoder.pt2").stat().st_size,
         "artifact_bytes": model_file.stat().st_size,
@@ -254,7 +255,6 @@ def bench_transformer(work: Path, threads: int, batch: int) -> dict[str, Any]:
 def sentences(n: int, seed: int = 0) -> list[str]:
     """Distinct English sentences from Python's own documentation (pydoc_data ships with Python)."""
     import re
-
     from pydoc_data.topics import topics
 
     seen: set[str] = set()
@@ -349,7 +349,7 @@ def bench_minilm(work: Path, threads: int, batches: tuple[int, ...], objective: 
     latency: dict[int, dict[str, Any]] = {}
     for batch in batches:
         feeds = encode(text[256 : 256 + batch])
-        res = measure_interleaved([lambda: eager(feeds), lambda: fp32.run(feeds), lambda: chosen.run(feeds)], rounds=7, budget_s=3.0)
+        res = measure_interleaved([lambda f=feeds: eager(f), lambda f=feeds: fp32.run(f), lambda f=feeds: chosen.run(f)], rounds=7, budget_s=3.0)
         latency[batch] = {"sequence": int(feeds["input_ids"].shape[1]), "eager": res[0], "fp32": res[1], "artifact": res[2]}
     weights = next(path.glob("*.safetensors"))
     return {
@@ -436,10 +436,12 @@ def verdict(r: dict[str, Any]) -> list[str]:
 
 
 NOTES = [
-    "The transformer's weights are random (seeded), not trained: nothing may be downloaded here. Quantization error on a trained model can differ; the worker's quality gate (cosine >= 0.99) applies either way.",
+    "The transformer's weights are random (seeded), not trained: nothing may be downloaded here. "
+    "Quantization error on a trained model can differ; the worker's quality gate (cosine >= 0.99) applies either way.",
     "The digits CNN is trained by examples/digits/train.py (seeded); its top-1 is measured on the 360 held-out images.",
     "Sizes are file sizes: the original TorchScript / torch.export archive (fp32) and the artifact's model.onnx (int8 weights).",
-    "Latency is wall time of one call at batch 1, full-length sequences (128 tokens) for the transformer. Absolute numbers move with the machine's load (recorded above); the ratios are taken from interleaved rounds so both sides see the same conditions.",
+    "Latency is wall time of one call at batch 1, full-length sequences (128 tokens) for the transformer. Absolute numbers move "
+    "with the machine's load (recorded above); the ratios are taken from interleaved rounds so both sides see the same conditions.",
 ]
 
 
@@ -449,7 +451,8 @@ def render(results: list[dict[str, Any]], info: dict[str, str], notes: list[str]
     lines.append("")
     lines.append("## Machine")
     lines.append("")
-    for k in ("cpu", "cpus", "affinity", "flags", "threads", "load average at start", "load average at end", "os", "python", "torch", "onnxruntime", "onnx", "numpy"):
+    for k in ("cpu", "cpus", "affinity", "flags", "threads", "load average at start", "load average at end", "os", "python", "torch",
+              "onnxruntime", "onnx", "numpy"):
         if k in info:
             lines.append(f"- {k}: {info[k]}")
     lines.append("")
