@@ -67,7 +67,7 @@ def main() -> int:
         env = harness.operator_env(cluster.kubeconfig, {"MODEL_OPERATOR_CONFIG": str(cfg), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1"})
         with harness.run_operator(state, cfg, env):
             results: dict[str, list[dict[str, float]]] = {"optimized": [], "skipped": []}
-            variants = {
+            variants: dict[str, dict[str, Any]] = {
                 "optimized": {"quantization": {"mode": "dynamic-int8"}, "qualityGate": {"maxTop1Drop": 0.02}},
                 "skipped": {"quantization": {"mode": "none"}},
             }
