@@ -42,9 +42,9 @@ from kubetest.procs import free_port  # noqa: E402
 from kubetest.wait import wait_for  # noqa: E402
 
 __all__ = [
-    "REPO", "Clients", "add_out", "connect", "cpu_model", "free_port", "header", "install_crds", "log", "machine_line",
-    "make_namespace", "new_state_dir", "operator_env", "put_digits_claims", "run_operator", "start_kwok_cluster",
-    "start_real_node_cluster", "use_paths", "write_config", "write_result",
+    "REPO", "Clients", "add_out", "connect", "cpu_model", "free_port", "header", "install_crds", "load_average", "log",
+    "machine_line", "make_namespace", "new_state_dir", "operator_env", "put_digits_claims", "python_and_system", "run_operator",
+    "start_kwok_cluster", "start_real_node_cluster", "use_paths", "write_config", "write_result",
 ]
 
 
