@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 VERSIONS_FILE = HACK_DIR / "versions.env"
@@ -107,7 +108,7 @@ def prometheus_binary() -> Path:
     return require(["prometheus"])["prometheus"]
 
 
-def unavailable(message: str) -> None:
+def unavailable(message: str) -> NoReturn:
     """Skip a test whose tools are missing on a developer machine; fail it in CI (CI set), so
     a CI run can never pass by skipping."""
     import pytest

@@ -63,7 +63,7 @@ def provision_once(kube: Kube, pvc_dir: Path) -> None:
             continue
         path = pvc_dir / meta["namespace"] / meta["name"]
         _make_dir(path)
-        pv = {
+        pv: dict[str, Any] = {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
             "spec": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Literal, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -17,7 +17,8 @@ class WaitTimeout(AssertionError):
 
 
 def wait_for(
-    predicate: Callable[[], Optional[T]],
+    # Any falsy value means "not yet"; `check and value` predicates give False or the value.
+    predicate: Callable[[], Optional[T] | Literal[False]],
     timeout: float = 30.0,
     interval: float = 0.5,
     message: str = "condition",

@@ -165,7 +165,9 @@ def _requirement_name(req: str) -> str:
 
 
 def test_worker_image_carries_the_worker_extra(images: dict[str, str]) -> None:
-    torch_pin = re.search(r"ARG TORCH_VERSION=(\S+)", (REPO / "Dockerfile").read_text()).group(1)
+    pinned = re.search(r"ARG TORCH_VERSION=(\S+)", (REPO / "Dockerfile").read_text())
+    assert pinned is not None, "the Dockerfile pins TORCH_VERSION"
+    torch_pin = pinned.group(1)
     with container(images["worker"]) as ctr:
         listed = run_in(ctr, "python", "-c", DISTRIBUTIONS)
         assert listed.returncode == 0, listed.stderr

@@ -42,6 +42,13 @@ def render(values: dict[str, Any] | None = None, monitoring: bool = True) -> lis
     return json.loads(_render_cached(json.dumps(values or {}, sort_keys=True), monitoring))
 
 
+def template_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """chartlib.pod_spec of an object chartlib.pod_templates kept (typed without the None)."""
+    spec = chartlib.pod_spec(obj)
+    assert spec is not None, f"{obj.get('kind')} has no pod template"
+    return spec
+
+
 def operator_config(objs: list[dict[str, Any]], tmp_path: Path) -> Any:
     from model_operator.config import OperatorConfig
 
@@ -422,7 +429,7 @@ def test_chart_pods_are_restricted(case: str) -> None:
     templates = chartlib.pod_templates(objs)
     assert templates
     for obj in templates:
-        spec = chartlib.pod_spec(obj)
+        spec = template_spec(obj)
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
 
@@ -445,7 +452,7 @@ def test_pods_the_operator_creates_from_the_chart_config_are_restricted(example:
     pods = chartlib.pod_templates(children)
     assert pods, f"{example} renders no pods"
     for obj in pods:
-        spec = chartlib.pod_spec(obj)
+        spec = template_spec(obj)
         assert spec.get("automountServiceAccountToken") is False
         for c in chartlib.containers(spec):
             tmp = [m for m in c.get("volumeMounts") or [] if m["mountPath"] == "/tmp"]
@@ -548,7 +555,7 @@ def test_names_follow_overrides_and_fit() -> None:
 
 def test_images_name_no_registry_host() -> None:
     objs = render()
-    images = [c["image"] for o in chartlib.pod_templates(objs) for c in chartlib.containers(chartlib.pod_spec(o))]
+    images = [c["image"] for o in chartlib.pod_templates(objs) for c in chartlib.containers(template_spec(o))]
     cm = yaml.safe_load(chartlib.one(objs, "ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
     images += [cm["worker_image"], cm["triton_image"]]
     for image in images:
@@ -561,7 +568,7 @@ def test_image_repository_may_name_a_registry_with_a_port() -> None:
     """`<registry>/model-operator` as README's "In a cluster" pushes it, e.g. a local registry."""
     objs = render({"image": {"repository": "127.0.0.1:5000/model-operator", "tag": "abc123"},
                    "worker": {"image": {"repository": "127.0.0.1:5000/model-operator-worker", "tag": "abc123"}}})
-    images = [c["image"] for o in chartlib.pod_templates(objs) for c in chartlib.containers(chartlib.pod_spec(o))]
+    images = [c["image"] for o in chartlib.pod_templates(objs) for c in chartlib.containers(template_spec(o))]
     assert "127.0.0.1:5000/model-operator:abc123" in images
     cm = yaml.safe_load(chartlib.one(objs, "ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"])
     assert cm["worker_image"] == "127.0.0.1:5000/model-operator-worker:abc123"

@@ -32,6 +32,7 @@ def test_session_keeps_the_credentials_and_bounds_the_pool() -> None:
         ctx = bounded_session(info, 27)
         try:
             session = ctx.aiohttp_session
+            assert session.connector is not None
             return session.connector.limit, session.headers["Authorization"], ctx.server, ctx.priority, ctx.default_namespace
         finally:
             await ctx.aiohttp_session.close()

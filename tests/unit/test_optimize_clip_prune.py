@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_operator.api.types import Clipping, Pruning
+from model_operator.api.types import Clipping, Pruning, PruningMethod
 from model_operator.optimize.clip import clip_array, clip_named, percentile_threshold
 from model_operator.optimize.prune import channel_mask, magnitude_mask, n_to_prune, prune_array
 
@@ -47,7 +47,7 @@ def test_magnitude_mask_sparsity(amount: float) -> None:
 def test_saliency_scores_choose_what_goes() -> None:
     w = np.array([1.0, 2.0, 3.0, 4.0])
     scores = np.array([4.0, 3.0, 2.0, 1.0])
-    np.testing.assert_array_equal(prune_array(w, "gradient", 0.5, scores=scores), [1.0, 2.0, 0.0, 0.0])
+    np.testing.assert_array_equal(prune_array(w, PruningMethod.gradient, 0.5, scores=scores), [1.0, 2.0, 0.0, 0.0])
 
 
 def test_channel_mask_removes_whole_channels() -> None:

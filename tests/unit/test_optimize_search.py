@@ -3,6 +3,8 @@ choice of the winner."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from model_operator.api.types import ConversionFormat, Objective, Optimization, Target
@@ -158,7 +160,7 @@ def test_builtin_space_has_the_families() -> None:
 
 def test_no_variant_identical_in_effect() -> None:
     opt = _opt(quantization={"mode": "dynamic-int8"})
-    args = dict(has_calibration=True, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)
+    args: dict[str, Any] = dict(has_calibration=True, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)
     # A transformer: MatMul and Gather, no Conv. The MatMul/Gemm/Gather subset is the whole model.
     names = [p.name for p in builtin_candidates(opt, model_ops=frozenset({"MatMul", "Gather"}), **args)]
     assert "dynamic-int8-matmul-gemm-gather" not in names and "int4-weight-only" in names

@@ -64,6 +64,7 @@ def test_load_npz(tmp_path: Path) -> None:
     p = tmp_path / "v.npz"
     np.savez(p, input=np.zeros((10, 1, 8, 8), np.float64), labels=np.arange(10))
     ds = load_npz(p, field_name="spec.data.validation.uri", uri="v.npz", inputs=[IMG], samples=4)
+    assert ds.labels is not None
     assert ds.size == 4 and ds.inputs["input"].dtype == np.float32 and list(ds.labels) == [0, 1, 2, 3]
     assert [len(b["input"]) for b in ds.batches(3)] == [3, 1]
 

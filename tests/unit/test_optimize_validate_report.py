@@ -78,7 +78,8 @@ def test_embedding_view_masks_padding_and_pools() -> None:
     after = compare(Task.embedding, [ref], [cand], None, None, View(mask=mask, pooling=Pooling.mean))
     assert after["cosine"] == pytest.approx(1.0) and after["minCosine"] == pytest.approx(1.0)
     assert after["maxAbsError"] == pytest.approx(50.0), "maxAbsError stays on the raw outputs"
-    assert View(mask=mask).subset(np.array([1])).mask.tolist() == [[1, 1, 0]]
+    sub_mask = View(mask=mask).subset(np.array([1])).mask
+    assert sub_mask is not None and sub_mask.tolist() == [[1, 1, 0]]
 
 
 def test_min_sample_cosine_gate() -> None:

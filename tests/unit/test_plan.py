@@ -54,6 +54,13 @@ def conditions(p: Plan) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in p.status.get("conditions") or []}
 
 
+def condition(conds: list[dict[str, Any]], type_: str) -> dict[str, Any]:
+    """st.get_condition for a condition the test expects to be there (typed without the None)."""
+    found = st.get_condition(conds, type_)
+    assert found is not None, f"no {type_} condition in {conds}"
+    return found
+
+
 def kinds(p: Plan) -> list[tuple[str, str]]:
     return [(c.obj["kind"], c.obj["metadata"]["name"]) for c in p.apply]
 
@@ -120,7 +127,7 @@ def test_job_failed_is_reported_by_kind_and_not_restarted(exit_code: int, reason
     assert p.apply == []
     assert conditions(p)["OptimizationSucceeded"] == ("False", cond_reason)
     assert p.status["optimization"].get("candidates") == (CANDIDATES if exit_code == 3 else None)
-    assert reason in st.get_condition(p.status["conditions"], "OptimizationSucceeded")["message"]
+    assert reason in condition(p.status["conditions"], "OptimizationSucceeded")["message"]
     assert conditions(p)["Progressing"] == ("False", "OptimizationFailed") and p.status["phase"] == "Failed"
     assert p.counts == {"jobs_failed": 1}
     assert ("Warning", conditions(p)["OptimizationSucceeded"][1]) in [(e[0], e[1]) for e in p.events]
@@ -240,7 +247,7 @@ def test_canary_without_traffic_is_held_not_promoted() -> None:
     p = canary_state(error_ratio=None, elapsed=301, requests=3)
     assert p.status["rollout"]["stable"]["sha256"] == "a" * 64 and p.status["rollout"]["canary"]["sha256"] == "c" * 64
     assert conditions(p)["Progressing"] == ("True", "NoCanaryTraffic")
-    message = st.get_condition(p.status["conditions"], "Progressing")["message"]
+    message = condition(p.status["conditions"], "Progressing")["message"]
     assert "3 requests" in message and "minRequests 10" in message
     assert any(e[:2] == ("Warning", "NoCanaryTraffic") for e in p.events)
     assert not any(e[1] in ("Promoted", "RolledBack") for e in p.events)
@@ -308,7 +315,7 @@ def test_md_deleting_plans_nothing() -> None:
 def test_invalid_spec_fails_with_the_field(edit: dict[str, Any], field: str) -> None:
     p = plan(md(edit), Observed(now=NOW), CONFIG)
     assert p.apply == [] and p.status["phase"] == "Failed"
-    cond = st.get_condition(p.status["conditions"], "OptimizationSucceeded")
+    cond = condition(p.status["conditions"], "OptimizationSucceeded")
     assert cond["reason"] == "InvalidSpec" and field in cond["message"]
 
 
@@ -358,4 +365,4 @@ def test_a_running_job_shows_its_progress() -> None:
     p = plan(doc, obs, CONFIG)
     shown = p.status["optimization"]["progress"]
     assert shown["summary"] == "step 4/8 candidates 2/5, 40s" and shown["latest"][0]["name"] == "dynamic-int8"
-    assert "step 4/8 candidates 2/5" in st.get_condition(p.status["conditions"], "OptimizationSucceeded")["message"]
+    assert "step 4/8 candidates 2/5" in condition(p.status["conditions"], "OptimizationSucceeded")["message"]

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from test_plan import NOW, artifact, md
+from test_plan import NOW, artifact, condition, md
 
 from model_operator.config import NodePool, OperatorConfig
 from model_operator.controller.reconcile import BACKOFF_FIRST, Reconciler
 from model_operator.plan import Observed
-from model_operator.plan import status as st
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +60,7 @@ def test_a_refused_child_is_apply_failed_with_kind_name_and_message() -> None:
     kube = FakeKube({"Deployment": (403, QUOTA)})
     out = reconciler(kube).reconcile(serving_doc(), Observed(), now=NOW)
     assert {"Service", "PodDisruptionBudget"} <= set(kube.applied), "the rest of the plan is still applied"
-    cond = st.get_condition(out.status["conditions"], "Progressing")
+    cond = condition(out.status["conditions"], "Progressing")
     assert cond["status"] == "False" and cond["reason"] == "ApplyFailed"
     assert "Deployment digits-cloud-triton" in cond["message"] and "exceeded quota" in cond["message"]
     assert ("Warning", "ApplyFailed", cond["message"]) in out.events
@@ -76,7 +75,7 @@ def test_apply_is_retried_with_back_off_and_recovers() -> None:
     kube.applied.clear()
     during = rec.reconcile(doc, Observed(), now=NOW + BACKOFF_FIRST / 2)
     assert "Deployment" not in kube.applied, "no retry inside the back-off"
-    assert st.get_condition(during.status["conditions"], "Progressing")["reason"] == "ApplyFailed"
+    assert condition(during.status["conditions"], "Progressing")["reason"] == "ApplyFailed"
     assert not any(e[1] == "ApplyFailed" for e in during.events), "the same refusal is one Event, not one per reconcile"
     kube.applied.clear()
     rec.reconcile(doc, Observed(), now=NOW + BACKOFF_FIRST + 1)
@@ -87,14 +86,14 @@ def test_apply_is_retried_with_back_off_and_recovers() -> None:
     kube.refuse.clear()
     after = rec.reconcile(doc, Observed(), now=NOW + 100)
     assert kube.applied.count("Deployment") == 1
-    assert st.get_condition(after.status["conditions"], "Progressing")["reason"] == "Rolling"
+    assert condition(after.status["conditions"], "Progressing")["reason"] == "Rolling"
 
 
 def test_a_refused_worker_job_is_not_reported_as_started() -> None:
     kube = FakeKube({"Job": (422, 'ValidatingAdmissionPolicy "no-jobs" denied request: jobs are not allowed here')})
     doc = md()
     out = reconciler(kube).reconcile(doc, Observed(), now=NOW)
-    opt = st.get_condition(out.status["conditions"], "OptimizationSucceeded")
+    opt = condition(out.status["conditions"], "OptimizationSucceeded")
     assert opt["reason"] == "ApplyFailed" and "denied request" in opt["message"] and "Job digits-cloud-opt-" in opt["message"]
 
 

@@ -125,7 +125,8 @@ def test_unknown_pool_names_the_field() -> None:
 
 def test_pdb_only_above_one_replica_and_service_ports() -> None:
     assert serving.build_pdb("d", "ns", 1) is None
-    assert serving.build_pdb("d", "ns", 2)["spec"]["maxUnavailable"] == 1
+    pdb = serving.build_pdb("d", "ns", 2)
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
     svc = serving.build_service("d", "ns")
     assert [p["port"] for p in svc["spec"]["ports"]] == [8000, 8001, 8002]
     assert svc["spec"]["selector"] == common.serving_selector("d")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from model_operator.api.validation import load_spec
@@ -38,7 +40,7 @@ def test_rolling_moves_stable_and_failed_revisions_are_not_retried() -> None:
     assert plan.stable == OLD and plan.mode == "steady"
 
 
-BASE = dict(started=100.0, now=150.0, duration=120.0, error_ratio=0.0, max_error_ratio=0.01,
+BASE: dict[str, Any] = dict(started=100.0, now=150.0, duration=120.0, error_ratio=0.0, max_error_ratio=0.01,
             latency=10.0, baseline_latency=10.0, max_latency_ratio=1.5, crashing=None)
 
 

@@ -73,7 +73,8 @@ def test_a_refused_artifact_is_the_reason_not_the_crash_loop_it_causes() -> None
 
 
 def test_parse_summary_accepts_only_worker_summaries() -> None:
-    assert st.parse_summary(json.dumps({"ok": False, "reason": "model.uri: not found"}))["reason"] == "model.uri: not found"
+    summary = st.parse_summary(json.dumps({"ok": False, "reason": "model.uri: not found"}))
+    assert summary is not None and summary["reason"] == "model.uri: not found"
     assert st.parse_summary("Traceback ...") is None
     assert st.parse_summary('{"other": 1}') is None
     assert st.parse_summary("{broken") is None
@@ -137,6 +138,8 @@ def test_a_retried_jobs_successful_summary_wins() -> None:
 
     failed = {"terminationMessages": [json.dumps({"ok": False, "reason": "killed"})], "problems": []}
     ok = {"terminationMessages": [json.dumps({"ok": True, "artifact": {"sha256": "x"}})], "problems": []}
-    assert worker_summary([failed, ok])["ok"] is True
-    assert worker_summary([failed])["reason"] == "killed"
+    latest = worker_summary([failed, ok])
+    assert latest is not None and latest["ok"] is True
+    only_failed = worker_summary([failed])
+    assert only_failed is not None and only_failed["reason"] == "killed"
     assert worker_summary([]) is None

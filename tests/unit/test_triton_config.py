@@ -3,6 +3,8 @@ says what the signature, the serving block and the target ask for."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -50,7 +52,7 @@ CASES = {
 }
 
 
-def build(case: str, **kw: object) -> tuple[str, mc.ModelConfig]:
+def build(case: str, **kw: Any) -> tuple[str, mc.ModelConfig]:
     inputs, outputs, fmt, serving, target, backend = CASES[case]
     text = build_model_config("m", inputs, outputs, artifact_format=fmt, serving=serving, target=target, backend=backend, **kw)
     return text, text_format.Parse(text, mc.ModelConfig())
