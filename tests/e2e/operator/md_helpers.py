@@ -224,7 +224,6 @@ class Load:
         x = (np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32) * self.scale).astype(np.float32)
         inp = http.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        clients: dict[str, Any] = {}
         i = 0
         while not self.stop_flag.is_set() and time.monotonic() < self.deadline:
             if self.on_off and (time.monotonic() - self.start) % sum(self.on_off) >= self.on_off[0]:
@@ -236,13 +235,17 @@ class Load:
                 continue
             endpoint = targets[i % len(targets)]
             i += 1
-            client = clients.get(endpoint) or clients.setdefault(endpoint, connect(endpoint))
+            # A new connection per request: kube-proxy balances a Service per connection, so one
+            # kept-alive connection would pin every request to one pod, unlike many users.
+            client = connect(endpoint)
             try:
                 client.infer(self.model, [inp])
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - counted, the tests assert on it
                 self.failed += 1
                 self.errors = [*self.errors[-9:], f"{endpoint}: {str(exc)[:200]}"]
+            finally:
+                client.close()
             time.sleep(self.pause)
 
     def __enter__(self) -> "Load":
