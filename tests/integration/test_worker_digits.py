@@ -131,8 +131,11 @@ def test_search_from_fp32_includes_fp16_and_named_layers(digits: Digits, tmp_pat
     # fp16 halves the weights and keeps float32 inputs/outputs.
     assert cands["fp16"]["sizeBytes"] < 0.55 * report["artifact"]["originalSizeBytes"]
     chosen = report["optimization"]["recipe"]
-    fastest = min(c["latencyMs"] for c in cands.values())
-    assert cands[chosen]["latencyMs"] <= fastest * 1.05 + 1e-9, "the fastest, or a smaller one within 5%"
+    fastest = min(cands.values(), key=lambda c: c["latencyMs"])
+    # Candidates whose latencies differ by less than their measured spread (at least 3%) are ties,
+    # which the smaller artifact wins: the chosen one is the fastest or tied with it.
+    tie = max(0.03, cands[chosen].get("latencySpread") or 0.0, fastest.get("latencySpread") or 0.0)
+    assert cands[chosen]["latencyMs"] <= fastest["latencyMs"] * (1 + tie) + 1e-9, (chosen, cands)
     assert [c["name"] for c in res.summary["optimization"]["candidates"]] == ["fp16", "keep-fc2", "dyn-basic"]
     assert "candidate 3/3 dyn-basic" in res.stderr
     assert json.loads((dest / "COMPLETE").read_text())["specHash"] == res.summary["specHash"]

@@ -57,8 +57,11 @@ def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, c
     wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
 
     with Load(service_endpoint(core_api, namespace, "digits-triton"), seconds=240) as load:
+        # The scaler writes spec.serving.replicas, then its decision into status (two requests):
+        # wait for both.
         md = wait_for(
-            lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] > 1 and m,
+            lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] > 1
+            and ((m.get("status") or {}).get("scaling") or {}).get("history") and m,
             timeout=120, interval=1, message="a scale-up decision",
         )
         scaling = md["status"]["scaling"]
@@ -76,8 +79,9 @@ def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, c
 
     # No load: after the 20 s stabilization window, back to the minimum.
     md = wait_for(
-        lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] == 1 and m,
-        timeout=180, interval=1, message="scale-down after the stabilization window",
+        lambda: (m := get_md(custom_api, namespace, "digits"))["spec"]["serving"]["replicas"] == 1
+        and m["status"]["scaling"]["history"][-1]["toReplicas"] == 1 and m,
+        timeout=180, interval=1, message="scale-down after the stabilization window, recorded in status",
     )
     down = md["status"]["scaling"]["history"][-1]
     assert down["toReplicas"] < down["fromReplicas"]

@@ -23,7 +23,9 @@ def test_progress_changes_during_a_run(start_operator: Any, namespace: str, core
     models = make_claim(core_api, namespace, MODELS_CLAIM)
     make_claim(core_api, namespace, STORE_CLAIM)
     put_digits(models, tmp_path_factory.getbasetemp())
-    start_operator()
+    # A quarter of a core (a CPU limit the kubelet enforces): the worker's steps take seconds each,
+    # long enough for the operator's 1 s reconcile to see several of them.
+    start_operator(worker_resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "250m"}})
     body = digits_md("watched", optimization=SEARCH)
     body["spec"]["data"]["calibration"] = {"uri": "pvc://models/calibration.npz", "samples": 64}
     create_md(custom_api, namespace, body)
