@@ -121,6 +121,30 @@ def test_canary_with_errors_is_rolled_back_and_then_every_request_succeeds(
     assert md["spec"]["model"]["uri"].endswith("digits-bad.onnx")  # the spec is the user's; status says what serves
 
 
+def test_a_canary_no_request_reached_is_held_then_promoted_once_traffic_comes(
+    models: Path, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, prometheus: Any,
+) -> None:
+    start_operator()
+    rollout = {"strategy": "canary", "canary": {"weight": 50, "analysisSeconds": 20, "minRequests": 10}}
+    create_md(custom_api, namespace, digits_md("quiet", model=ONNX_MODEL, optimization=AS_IS, rollout=rollout))
+    md = wait_phase(custom_api, namespace, "quiet", "Ready", timeout=300)
+    stable_revision = md["status"]["rollout"]["stable"]["revision"]
+    wait_for(lambda: prometheus.query(f'up{{namespace="{namespace}"}}'), timeout=60, message="Triton scraped")
+    # A new artifact (dynamic int8) as a canary, and no client at all.
+    patch_spec(custom_api, namespace, "quiet", {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
+    md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "quiet"), "Progressing").get("reason") == "NoCanaryTraffic" and m,
+                  timeout=300, interval=1, message="Progressing NoCanaryTraffic after the analysis window")
+    assert md["status"]["rollout"]["stable"]["revision"] == stable_revision and "canary" in md["status"]["rollout"]
+    assert condition(md, "RolledBack").get("status") != "True"
+    wait_for(lambda: events(core_api, namespace, "quiet", "NoCanaryTraffic"), timeout=30, message="the NoCanaryTraffic Event")
+    # Traffic through the Service reaches both tracks; with enough canary requests it is promoted.
+    with Load(service_endpoint(core_api, namespace, "quiet-triton"), seconds=300, pause=0.05, model="quiet") as load:
+        md = wait_for(lambda: (m := get_md(custom_api, namespace, "quiet"))["status"]["rollout"]["stable"]["revision"] != stable_revision
+                      and "canary" not in m["status"]["rollout"] and m, timeout=240, interval=1, message="the canary promoted")
+    assert load.failed == 0, load.errors[-3:]
+    assert condition(md, "RolledBack").get("status") != "True"
+
+
 def test_error_ratio_above_the_objective_degrades_and_recovers(
     models: Path, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, prometheus: Any,
 ) -> None:
