@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from md_helpers import MODELS_CLAIM, STORE_CLAIM, create_md, digits_md, get_md, make_claim, put_digits, wait_phase
 
-from kubetest.wait import wait_for
+from kubetest.wait import WaitTimeout, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,10 +37,15 @@ def test_progress_changes_during_a_run(start_operator: Any, namespace: str, core
         summary = ((status.get("optimization") or {}).get("progress") or {}).get("summary")
         if summary and (not seen or seen[-1] != summary):
             seen.append(summary)
-        # Two different positions of the worker (not only the elapsed time) were shown.
-        return len({s.rsplit(",", 1)[0] for s in seen}) >= 2
+        # Two different positions of the worker (not only the elapsed time) were shown, one of
+        # them inside the candidate search.
+        return len({s.rsplit(",", 1)[0] for s in seen}) >= 2 and any("candidates" in s for s in seen)
 
-    wait_for(progressed, timeout=300, interval=0.5, message="status.optimization.progress changes during the run")
+    try:
+        wait_for(progressed, timeout=300, interval=0.5, message="status.optimization.progress changes during the run")
+    except WaitTimeout as exc:
+        status = get_md(custom_api, namespace, "watched").get("status") or {}
+        raise AssertionError(f"{exc}; seen: {seen}; conditions: {status.get('conditions')}") from None
     column = kubectl("get", "md", "watched", "-n", namespace, "-o", "custom-columns=P:.status.optimization.progress.summary",
                      "--no-headers").stdout.strip()
     assert column.startswith("step ") or column == "<none>", column  # the run may have ended since
