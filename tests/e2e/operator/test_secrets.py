@@ -71,6 +71,11 @@ def test_no_credential_reaches_logs_events_status_or_reports(
         "type": "s3", "bucket": "artifacts", "prefix": "mo", "endpoint": endpoint, "secret": "store-creds"}}))
     op = OperatorProcess(cfg, cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
     snapshots: list[str] = []
+
+    def pod_logs() -> str:
+        """The kubelet's container logs (what `kubectl logs` reads), every container of every pod."""
+        return "\n".join(p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "pods").glob(f"{namespace}_*/*/*.log"))
+
     try:
         body = digits_md("secretive", monitoring={"goldenProbe": {"enabled": True, "intervalSeconds": 5, "samples": 16}})
         body["spec"]["model"]["credentialsSecret"] = "model-creds"
@@ -81,8 +86,10 @@ def test_no_credential_reaches_logs_events_status_or_reports(
                       timeout=180, interval=1, message="a golden probe against the S3 artifact")
         assert condition(md, "QualityDegraded")["status"] == "False"
 
-        # Everything the run left behind, before the deletion removes it.
+        # Everything the run left behind, before the deletion removes it (the kubelet drops a
+        # pod's log files with the pod).
         snapshots.append(json.dumps(md))
+        pod_logs_before = pod_logs()
         objects = s3_client.list_objects_v2(Bucket="artifacts", Prefix="mo/")["Contents"]
         reports = [o["Key"] for o in objects if o["Key"].endswith(".json")]
         assert any(k.endswith("report.json") for k in reports), reports
@@ -110,8 +117,7 @@ def test_no_credential_reaches_logs_events_status_or_reports(
         "operator log": op.text(),
         "events": "\n".join(f"{e.reason} {e.message}" for e in events),
         "status, reports, termination messages, Jobs": "\n".join(snapshots),
-        # The kubelet's container logs (what `kubectl logs` reads), every container of every pod.
-        "pod logs": "\n".join(p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "pods").glob(f"{namespace}_*/*/*.log")),
+        "pod logs": pod_logs_before + "\n" + pod_logs(),
         "kubelet and containerd logs": "\n".join(
             p.read_text(errors="replace") for p in (Path(cluster.state_dir) / "logs").glob("*.log") if p.stem in ("kubelet", "containerd")),
     }
