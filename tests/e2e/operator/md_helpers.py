@@ -66,6 +66,24 @@ def put_digits(models_dir: Path, cache: Path) -> None:
             shutil.copy(src / name, models_dir / name)
 
 
+def agreement_with_original(endpoint: str, cache: Path, model: str = "digits", samples: int = 16) -> float:
+    """Share of validation images on which the served model (through `endpoint`) picks the same
+    class as the original TorchScript model run here."""
+    import numpy as np
+    import torch
+
+    from model_operator.triton.client import infer
+
+    data = np.load(digits_files(cache) / "validation.npz")
+    key = next(k for k in data.files if k not in ("labels", "targets"))
+    x = data[key][:samples].astype(np.float32)
+    original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).argmax(1).numpy()
+    answer = infer(endpoint, model, {"input": x}, ["logits"])
+    return float((answer["logits"].argmax(1) == expected).mean())
+
+
 def digits_md(name: str, **spec_overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {

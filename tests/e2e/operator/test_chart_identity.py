@@ -10,17 +10,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
 from kubernetes.client.exceptions import ApiException
 from md_helpers import (
     LOCAL_TOLERATION,
     MODELS_CLAIM,
     STORE_CLAIM,
+    agreement_with_original,
     condition,
     create_md,
-    digits_files,
     digits_md,
     get_md,
     make_claim,
@@ -31,7 +29,6 @@ from md_helpers import (
 )
 
 from kubetest.wait import wait_for
-from model_operator.triton.client import infer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -106,14 +103,8 @@ def test_digits_flow_with_the_chart_installed_operator(
     for c in [*pods[0].spec.init_containers, *pods[0].spec.containers]:
         assert c.security_context.read_only_root_filesystem and c.security_context.capabilities.drop == ["ALL"], c.name
 
-    data = np.load(digits_files(cache) / "validation.npz")
-    key = next(k for k in data.files if k not in ("labels", "targets"))
-    x = data[key][:16].astype(np.float32)
-    original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
-    with torch.no_grad():
-        expected = original(torch.from_numpy(x)).argmax(1).numpy()
-    answer = infer(service_endpoint(core_api, watched, "digits-triton"), "digits", {"input": x}, ["logits"])
-    assert float((answer["logits"].argmax(1) == expected).mean()) >= 0.9
+    agreement = agreement_with_original(service_endpoint(core_api, watched, "digits-triton"), cache)
+    assert agreement >= 0.9, agreement
 
     # Events were written under the ServiceAccount's identity.
     reasons = {e.reason for e in core_api.list_namespaced_event(watched).items if e.involved_object.name == "digits"}

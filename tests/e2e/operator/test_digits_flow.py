@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
 from kubernetes.client.exceptions import ApiException
 from md_helpers import (
     MODELS_CLAIM,
     STORE_CLAIM,
+    agreement_with_original,
     condition,
     create_md,
-    digits_files,
     digits_md,
     get_md,
     make_claim,
@@ -27,7 +25,6 @@ from md_helpers import (
 )
 
 from kubetest.wait import wait_for
-from model_operator.triton.client import infer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -74,14 +71,7 @@ def test_digits_end_to_end(
     assert {c.image for c in pods[0].spec.containers} >= {images["triton"]}
     assert {c.image for c in pods[0].spec.init_containers} == {images["worker"]}
     assert all(c.ready for c in pods[0].status.container_statuses)
-    data = np.load(digits_files(cache) / "validation.npz")
-    key = next(k for k in data.files if k not in ("labels", "targets"))
-    x = data[key][:16].astype(np.float32)
-    original = torch.jit.load(str(digits_files(cache) / "digits.pt")).eval()
-    with torch.no_grad():
-        expected = original(torch.from_numpy(x)).argmax(1).numpy()
-    answer = infer(service_endpoint(core_api, namespace, "digits-triton"), "digits", {"input": x}, ["logits"])
-    agreement = float((answer["logits"].argmax(1) == expected).mean())
+    agreement = agreement_with_original(service_endpoint(core_api, namespace, "digits-triton"), cache)
     assert agreement >= 0.9, agreement
 
     # Delete: children by garbage collection, artifacts by the finalizer.
