@@ -96,12 +96,22 @@ def expected_refs(registry: str) -> dict[str, str]:
     }
 
 
+def _by_inputs_file() -> Path:
+    """Where the images built from the current inputs are recorded besides images.json, so
+    checkouts with different sources on one machine (git worktrees) don't overwrite each other."""
+    h = input_hashes()
+    return images_file().parent / "by-inputs" / f"{h['app']}-{h['triton']}.json"
+
+
 def recorded() -> dict[str, str] | None:
-    """The content of images.json (None when it does not exist)."""
-    try:
-        return json.loads(images_file().read_text())
-    except FileNotFoundError:
-        return None
+    """What was built from the current inputs, else the content of images.json (None when
+    neither exists)."""
+    for path in (_by_inputs_file(), images_file()):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def built_images() -> dict[str, str]:
@@ -122,12 +132,13 @@ def built_images() -> dict[str, str]:
 
 
 def write(refs: dict[str, str]) -> Path:
-    path = images_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(refs, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    text = json.dumps(refs, indent=2, sort_keys=True) + "\n"
+    for path in (_by_inputs_file(), images_file()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return images_file()
 
 
 _PIP_KEYS = {"index-url", "extra-index-url", "trusted-host", "timeout", "default-timeout", "retries", "proxy", "cert"}

@@ -25,6 +25,9 @@ def test_progress_changes_during_a_run(start_operator: Any, namespace: str, core
     put_digits(models, tmp_path_factory.getbasetemp())
     # A quarter of a core (a CPU limit the kubelet enforces): the worker's steps take seconds each,
     # long enough for the operator's 1 s reconcile to see several of them.
+    from model_operator.controller.handlers import RECONCILE_INTERVAL
+
+    assert RECONCILE_INTERVAL == 1, f"the in-process operator reconciles every {RECONCILE_INTERVAL}s, not 1s (imported too early?)"
     start_operator(worker_resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "250m"}})
     body = digits_md("watched", optimization=SEARCH)
     body["spec"]["data"]["calibration"] = {"uri": "pvc://models/calibration.npz", "samples": 64}
