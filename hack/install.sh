@@ -40,6 +40,10 @@ if [ -x hack/build-binaries.sh ]; then
   log "building the test control plane (kube-apiserver, controller-manager, scheduler, kubectl, kubelet, kube-proxy, etcd, kwok, helm)"
   hack/build-binaries.sh
 fi
+if command -v mvn >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -qq --no-install-recommends maven default-jre-headless >/dev/null; }; then
+  log "resolving S3Proxy (the tests' authenticating S3 server) from Maven Central"
+  hack/install-s3proxy.sh
+fi
 if [ "${MODEL_OPERATOR_SKIP_IMAGES:-0}" != 1 ]; then
   log "building the container images (operator, worker, test Triton) into the local registry"
   hack/build-images.sh

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-summary", default=None, help="also write the <4 KiB summary here (e.g. /dev/termination-log)")
     p.add_argument("--work-dir", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--progress-port", type=int, default=0, help="answer GET /progress on this port while running (0: off)")
+    p.add_argument("--upload-url-file", default=None,
+                   help="publish the artifact as one archive to the pre-signed PUT URL in this file (read when publishing)")
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("local", help="run the pipeline and a real Triton server on this machine")
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cloud", choices=["cloud", "edge", "device"])
     p.add_argument("--serving-json", default="{}", help="spec.serving as JSON, for config.pbtxt")
     p.add_argument("--output", required=True, help="model repository to write (e.g. /models)")
+    p.add_argument("--artifact-url-file", default=None, help="read the artifact's archive from the pre-signed GET URL in this file")
     p.set_defaults(func=_cmd_assemble)
 
     p = sub.add_parser("probe", help="(golden probe Job) send an artifact's golden samples to live Triton endpoints")
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoints", required=True, help="comma-separated host:port HTTP endpoints")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--gate-json", default="{}", help="spec.optimization.qualityGate as JSON")
+    p.add_argument("--artifact-url-file", default=None, help="read the artifact's archive from the pre-signed GET URL in this file")
     p.add_argument("--report-summary", default=None)
     p.set_defaults(func=_cmd_probe)
 

@@ -26,7 +26,9 @@ class NodePool(BaseModel):
 
 class ArtifactStore(BaseModel):
     """Where optimized artifacts live. `pvc`: a claim mounted by the worker and the Triton init
-    container; `s3`: a bucket/prefix reached with the credentials in `secret`."""
+    container; `s3`: a bucket/prefix. Only the operator holds the S3 keys (its own environment,
+    from `secret` in its own namespace); tenants' pods get short-lived pre-signed URLs for their
+    own ModelDeployment's artifacts, one object and one verb each (docs/threat-model.md)."""
 
     type: Literal["pvc", "s3"] = "pvc"
     claim: str = "model-artifacts"
@@ -34,7 +36,12 @@ class ArtifactStore(BaseModel):
     prefix: str = "model-operator"
     endpoint: str | None = None
     region: str = "us-east-1"
-    secret: str | None = Field(default=None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
+    secret: str | None = Field(
+        default=None, description="Secret in the operator's namespace with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                                  "(the chart passes it to the operator pod only; no tenant pod gets it).")
+    url_ttl_seconds: int = Field(
+        default=3600, ge=120, le=7 * 24 * 3600,
+        description="Lifetime of a pre-signed URL; the operator re-signs when less than half of it is left.")
 
     def uri_for(self, namespace: str, name: str, spec_hash: str) -> str:
         return f"{self.root_uri(namespace, name)}/{spec_hash}"

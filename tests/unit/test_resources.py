@@ -56,7 +56,8 @@ def test_job_is_named_by_spec_hash_and_runs_the_worker() -> None:
     assert json.loads(args[args.index("--spec-json") + 1])["model"]["uri"] == "pvc://models/digits.pt"
     assert args[args.index("--output") + 1] == f"pvc://store/ns/digits/{digest}"
     assert args[args.index("--report-summary") + 1] == worker["terminationMessagePath"] == "/dev/termination-log"
-    assert {"secretRef": {"name": "creds"}} in worker["envFrom"]
+    # The user's keys under their own names: they read the model and data, never publish.
+    assert worker["envFrom"] == [{"prefix": "MODEL_SOURCE_", "secretRef": {"name": "creds"}}]
     assert obj["spec"]["activeDeadlineSeconds"] == 600 and obj["spec"]["backoffLimit"] == CONFIG.job_backoff_limit
     assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"node-pool": "local"}
     mounts = {m["mountPath"]: m["readOnly"] for m in worker["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc")}
@@ -139,11 +140,15 @@ def test_names_fit_63_characters() -> None:
     assert common.job_name(long, "0123456789").endswith("-opt-0123456789")
 
 
-def test_s3_store_uses_the_store_secret_and_endpoint() -> None:
+def test_s3_store_gives_the_worker_an_upload_grant_and_never_the_store_secret() -> None:
     cfg = CONFIG.model_copy(update={"artifact_store": ArtifactStore(type="s3", bucket="b", endpoint="http://s3.local:9000", secret="store-creds")})
     spec = load_spec({**SPEC, "model": {"uri": "s3://b/m.onnx"}, "data": {}})
     obj = job.build_worker_job("d", "ns", spec, cfg)
-    worker = obj["spec"]["template"]["spec"]["containers"][0]
-    assert worker["args"][worker["args"].index("--output") + 1].startswith("s3://b/model-operator/ns/d/")
+    pod = obj["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    output = worker["args"][worker["args"].index("--output") + 1]
+    assert output.startswith("s3://b/model-operator/ns/d/")
+    assert worker["args"][worker["args"].index("--upload-url-file") + 1] == f"/var/run/model-operator/artifact-access/put-{output.rsplit('/', 1)[1]}"
     assert {"name": "AWS_ENDPOINT_URL", "value": "http://s3.local:9000"} in worker["env"]
-    assert worker["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
+    assert "envFrom" not in worker and "store-creds" not in json.dumps(obj)
+    assert {"name": "artifact-access", "secret": {"secretName": "d-artifact-access", "defaultMode": 0o440}} in pod["volumes"]

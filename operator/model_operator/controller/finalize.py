@@ -1,7 +1,9 @@
 """Deletion: owner references remove every child, but not the artifacts in the store. The
-finalizer stops the optimization Jobs first (so no worker writes after the cleanup), then runs
-a cleanup Job that deletes this ModelDeployment's prefix, and only its own. It gives up after
-the configured timeout with a Warning naming what was left, so it can never block forever."""
+finalizer stops the optimization Jobs first (so no worker writes after the cleanup), then
+deletes this ModelDeployment's prefix, and only its own: an S3 store with the operator's own
+keys (no pod in the tenant's namespace gets them), a claim through a cleanup Job (the operator
+mounts no claim). It gives up after the configured timeout with a Warning naming what was
+left, so it can never block forever."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import kopf
 
 from ..config import OperatorConfig
 from ..kube.api import Kube
+from ..resources import access
 from ..resources import common as names
 from ..resources import store_jobs as cleanup_builder
 
@@ -35,6 +38,9 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
     if jobs or workers:
         raise kopf.TemporaryError(f"waiting for {len(workers)} worker pod(s) of {name} to stop before deleting artifacts", delay=2)
 
+    if access.uses_urls(config.artifact_store):
+        _delete_s3(body, config, root, logger, retry)
+        return
     job = cleanup_builder.build_cleanup_job(name, namespace, config)
     kopf.adopt(job, owner=kopf.Body(cast(kopf.RawBody, body)))
     current = kube.get("batch/v1", "Job", job["metadata"]["name"], namespace)
@@ -52,6 +58,19 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
         kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="CleanupFailed", message=f"could not delete artifacts under {root}; retrying")
         raise kopf.TemporaryError(f"cleanup of {root} failed; retrying", delay=min(60, 5 * (retry + 1)))
     raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)
+
+
+def _delete_s3(body: dict[str, Any], config: OperatorConfig, root: str, logger: Any, retry: int) -> None:
+    from ..storage import StorageError
+    from ..storage.sign import delete_artifacts, store_client
+
+    store = config.artifact_store
+    try:
+        count = delete_artifacts(store_client(store.endpoint, store.region), root)
+    except StorageError as exc:
+        kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="CleanupFailed", message=f"could not delete artifacts: {exc}; retrying")
+        raise kopf.TemporaryError(f"cleanup of {root} failed: {exc}; retrying", delay=min(60, 5 * (retry + 1))) from None
+    logger.info("deleted %d object(s) under %s", count, root)
 
 
 def _aware(value: Any) -> dt.datetime:

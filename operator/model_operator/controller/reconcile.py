@@ -14,8 +14,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import requests
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +26,7 @@ from ..kube.api import KindNotServed, Kube
 from ..optimize.progress import PORT as PROGRESS_PORT
 from ..plan import SERVICE_MONITOR, Child, Delete, Observed, Plan, Readings, plan
 from ..plan import status as st
+from ..resources import access as access_builder
 from ..resources import autoscaling as autoscaling_builder
 from ..resources.common import LABEL_COMPONENT
 from ..scaling import promql
@@ -89,6 +91,9 @@ class Reconciler:
         self._kinds_lock = threading.Lock()
         self._health_checked: dict[Key, float] = {}
         self._backoff: dict[tuple[str, str, str], _Backoff] = {}
+        # What each MD's access Secret holds, as this process last wrote it: (grants, expiry).
+        self._signed: dict[Key, tuple[frozenset[str], float]] = {}
+        self._store_client: Any = None
 
     def kind_served(self, api: tuple[str, str], now: float) -> bool:
         """Whether the cluster serves an optional kind (KEDA's ScaledObject, the Prometheus
@@ -113,7 +118,13 @@ class Reconciler:
         observed.progress = read_progress(observed.pods)
         decided = plan(body, observed, self.config)
         meta = body["metadata"]
-        failures = self.apply(meta["namespace"], meta["name"], decided, observed.now)
+        failures = []
+        if access_builder.uses_urls(self.config.artifact_store) and not meta.get("deletionTimestamp"):
+            # Before the children: their pods mount the Secret.
+            failure = self.grant_access(body, decided.access, observed.now)
+            if failure:
+                failures.append(failure)
+        failures += self.apply(meta["namespace"], meta["name"], decided, observed.now)
         outcome = Outcome(status=decided.status, events=decided.events, failures=failures)
         if failures:
             _report_failures(body, outcome)
@@ -169,6 +180,44 @@ class Reconciler:
 
     # --- apply ---------------------------------------------------------------------------
 
+    def grant_access(self, body: dict[str, Any], grants: dict[str, tuple[str, str]], now: float) -> str | None:
+        """Write the MD's access Secret when its grants changed or its URLs are past half their
+        lifetime (or this process hasn't written it yet). The URLs are signed here, with the
+        operator's own keys; nothing is read from the tenant's namespace."""
+        from ..storage import StorageError
+        from ..storage.sign import presign, store_client
+
+        meta = body["metadata"]
+        key: Key = (meta["namespace"], meta["name"])
+        store = self.config.artifact_store
+        names = frozenset(grants)
+        if not access_builder.needs_refresh(self._signed.get(key), names, now, store.url_ttl_seconds):
+            return None
+        backoff_key = (key[0], key[1], f"Secret {access_builder.secret_name(key[1])}")
+        backoff = self._backoff.get(backoff_key)
+        if backoff is not None and now < backoff.until:
+            return backoff.message
+        expires_at = now + store.url_ttl_seconds
+        try:
+            if self._store_client is None:
+                self._store_client = store_client(store.endpoint, store.region)
+            urls = presign(self._store_client, grants, store.url_ttl_seconds)
+        except StorageError as exc:
+            return self._failed(backoff_key, backoff, now, f"could not sign artifact URLs: {exc}")
+        except Exception as exc:  # noqa: BLE001 - botocore's missing-credentials errors and the like; never the keys themselves
+            return self._failed(backoff_key, backoff, now, f"could not sign artifact URLs ({type(exc).__name__}): "
+                                "does the operator have the store's keys (artifactStore.s3.secret)?")
+        secret = access_builder.build_access_secret(key[1], key[0], urls, expires_at)
+        kopf.adopt(secret, owner=kopf.Body(cast(kopf.RawBody, body)))
+        try:
+            self.kube.apply(secret)
+        except ApiException as exc:
+            return self._failed(backoff_key, backoff, now, f"could not apply Secret {secret['metadata']['name']}: {server_message(exc)}")
+        self._backoff.pop(backoff_key, None)
+        self._signed[key] = (names, expires_at)
+        metrics.API_WRITES.labels("Secret", "apply").inc()
+        return None
+
     def apply(self, namespace: str, md_name: str, decided: Plan, now: float) -> list[str]:
         """Apply the plan's children that differ from the cache and run its deletions. Returns
         one message per child the API server refused (now, or still in back-off)."""
@@ -221,6 +270,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._health_checked.pop((namespace, name), None)
+        self._signed.pop((namespace, name), None)
         for key in [k for k in self._backoff if k[:2] == (namespace, name)]:
             self._backoff.pop(key, None)
 

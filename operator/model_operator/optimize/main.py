@@ -1,7 +1,7 @@
 """`model-operator optimize`: the optimization Job's program.
 
     model-operator optimize (--spec FILE | --spec-json JSON) [--name NAME] --output DEST
-                            [--report-summary FILE] [--work-dir DIR]
+                            [--report-summary FILE] [--work-dir DIR] [--upload-url-file FILE]
 
 Exit codes: 0 success; 2 bad input (spec, data, model file, URI, credentials); 3 quality gate
 rejected; 1 anything else. On failure the last line on stderr is `error: <field or file>:
@@ -72,7 +72,9 @@ def read_spec(spec_file: str | None, spec_json: str | None) -> tuple[dict[str, A
     return doc, {}, base_dir
 
 
-def run_worker(spec: Any, *, name: str, output: str, work_dir: str | Path | None = None, base_dir: Path | None = None) -> dict[str, Any]:
+def run_worker(
+    spec: Any, *, name: str, output: str, work_dir: str | Path | None = None, base_dir: Path | None = None, upload_url_file: str | None = None
+) -> dict[str, Any]:
     """Run the pipeline for a parsed spec (ModelDeploymentSpec) and return the summary.
     Raises WorkerError (with exit_code) on failure. For callers inside this package (local runs)."""
     from .pipeline import run
@@ -82,9 +84,9 @@ def run_worker(spec: Any, *, name: str, output: str, work_dir: str | Path | None
     if work_dir is not None:
         work = Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
-        return run(spec, name=name, output=output, work=work, base_dir=base_dir)
+        return run(spec, name=name, output=output, work=work, base_dir=base_dir, upload_url_file=upload_url_file)
     with tempfile.TemporaryDirectory(prefix="model-operator-optimize-") as tmp:
-        return run(spec, name=name, output=output, work=Path(tmp), base_dir=base_dir)
+        return run(spec, name=name, output=output, work=Path(tmp), base_dir=base_dir, upload_url_file=upload_url_file)
 
 
 def _write_summary(path: str | None, summary: dict[str, Any]) -> None:
@@ -116,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
         name = getattr(args, "name", None) or metadata.get("name") or "model"
         if not NAME_PATTERN.match(name):
             raise InputError("--name", f"'{name}' is not a valid model name (letters, digits, '_', '.', '-')")
-        summary = run_worker(spec, name=name, output=args.output, work_dir=getattr(args, "work_dir", None), base_dir=base_dir)
+        summary = run_worker(spec, name=name, output=args.output, work_dir=getattr(args, "work_dir", None), base_dir=base_dir,
+                             upload_url_file=getattr(args, "upload_url_file", None))
     except WorkerError as exc:
         return _fail(summary_path, shash, exc.line, exc.exit_code, getattr(exc, "candidates", None))
     except SpecError as exc:

@@ -133,8 +133,12 @@ def check_destination(output: str, base_dir: Path | None) -> None:
         raise InputError("--output", str(exc)) from None
 
 
-def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_dir: Path | None = None) -> dict[str, Any]:
-    """Optimize, package and publish; returns the summary. Raises WorkerError subclasses."""
+def run(
+    spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_dir: Path | None = None, upload_url_file: str | None = None
+) -> dict[str, Any]:
+    """Optimize, package and publish; returns the summary. Raises WorkerError subclasses.
+    With `upload_url_file`, the artifact goes to `output` as one archive through the pre-signed
+    PUT in that file (a pod of the operator's: it holds no store key), else with publish_dir."""
     r = Run(spec=spec, name=name, output=output, work=work, base_dir=base_dir)
     n_threads = threads()
     configure_torch(n_threads)
@@ -359,7 +363,12 @@ def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_d
 
     with r.step("publish"):
         try:
-            storage.publish_dir(stage, output, base_dir=base_dir)
+            if upload_url_file:
+                from ..storage.presigned import put_archive
+
+                put_archive(stage, upload_url_file, output)
+            else:
+                storage.publish_dir(stage, output, base_dir=base_dir)
         except storage.StorageError as exc:
             raise InputError("--output", str(exc)) from None
         log.info("published %s (sha256 %s)", output, digest)

@@ -10,7 +10,9 @@ from typing import Any, cast
 
 import kopf
 
+from ..config import ArtifactStore
 from ..kube.api import DESIRED_HASH, with_desired_hash
+from ..resources import access
 from . import status as st
 
 Key = tuple[str, str]
@@ -97,6 +99,9 @@ class Plan:
     # Operator metrics the applier records: counter name -> increment; gauges by name.
     counts: dict[str, int] = field(default_factory=dict)
     golden_agreement: float | None = None
+    # Pre-signed access this MD's pods need (S3 stores): grant name -> (verb, artifact URI).
+    # The controller signs them into the MD's access Secret (resources/access.py).
+    access: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def objects(self) -> list[dict[str, Any]]:
         return [c.obj for c in self.apply]
@@ -133,6 +138,11 @@ class Draft:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append((type_, reason, message))
+
+    def grant(self, store: ArtifactStore, verb: str, artifact_uri: str) -> None:
+        """This MD's pods need `verb` on one of its own artifacts (nothing for claim stores)."""
+        if access.uses_urls(store):
+            self.plan.access[access.grant_name(verb, artifact_uri)] = (verb, artifact_uri)
 
     def count(self, name: str) -> None:
         self.plan.counts[name] = self.plan.counts.get(name, 0) + 1

@@ -57,6 +57,7 @@ def _follow_job(d: Draft, spec: ModelDeploymentSpec, digest: str, config: Operat
         state.failed = True
     elif job is None:
         d.want(job_builder.build_worker_job(d.name, d.namespace, spec, config), counter="jobs_started")
+        d.grant(config.artifact_store, "put", config.artifact_store.uri_for(d.namespace, d.name, digest))
         state.optimization, state.optimizing = {"job": job_name}, True
         d.cond("OptimizationSucceeded", "Unknown", "JobStarted", f"optimization Job {job_name} started for spec {digest}")
     elif job.get("succeeded"):
@@ -64,6 +65,8 @@ def _follow_job(d: Draft, spec: ModelDeploymentSpec, digest: str, config: Operat
     elif job.get("finishedFailed"):
         _job_failed(d, job, job_name, state)
     else:
+        # Only while the worker runs may it write its (one) artifact.
+        d.grant(config.artifact_store, "put", config.artifact_store.uri_for(d.namespace, d.name, digest))
         _job_running(d, job_name, state)
 
 

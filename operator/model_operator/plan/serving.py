@@ -71,6 +71,7 @@ def _track(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, track: r
     ref = serving_builder.ArtifactRef(uri=track.uri, sha256=track.sha256, revision=track.revision)
     dep = serving_builder.build_deployment(d.name, d.namespace, spec, config, ref, track=which, replicas=replicas)
     d.want_existing(dep)
+    d.grant(config.artifact_store, "get", track.uri)
     return track_view(dep, d.observed.child("Deployment", dep["metadata"]["name"]), replicas)
 
 

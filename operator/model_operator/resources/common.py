@@ -104,6 +104,15 @@ def claim_volumes(claims: list[str], read_only_except: str | None = None) -> tup
     return volumes, mounts
 
 
+def own_subpath_volume(claim: str, namespace: str, md_name: str, read_only: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The store claim mounted at only this ModelDeployment's directory (`<namespace>/<name>`),
+    where pvc://<claim>/<namespace>/<name>/... resolves: the pod sees no other tenant's artifacts."""
+    sub = f"{namespace}/{md_name}"
+    volume = {"name": "store", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+    mount = {"name": "store", "mountPath": f"{PVC_ROOT}/{claim}/{sub}", "subPath": sub, "readOnly": read_only}
+    return volume, mount
+
+
 def merge_resources(*layers: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for layer in layers:

@@ -9,6 +9,8 @@ from ..api.hashing import spec_hash as compute_hash
 from ..api.types import ModelDeploymentSpec
 from ..config import OperatorConfig
 from ..optimize.progress import PORT as PROGRESS_PORT
+from ..storage.s3 import SOURCE_PREFIX
+from . import access as a
 from . import common as c
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -35,6 +37,12 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
     volumes, mounts = c.claim_volumes(claims, read_only_except=store.claim if store.type == "pvc" else None)
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    publish_args: list[str] = []
+    if a.uses_urls(store):
+        # The worker publishes with one pre-signed PUT for its own output, and holds no store key.
+        volumes.append(a.volume(name))
+        mounts.append(a.mount())
+        publish_args = ["--upload-url-file", a.grant_path("put", output)]
 
     env: list[dict[str, Any]] = [
         {"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT},
@@ -44,13 +52,14 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
     env_from: list[dict[str, Any]] = []
     if store.type == "s3":
         if store.endpoint:
+            # The default endpoint for s3:// inputs; not a credential.
             env.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
         env.append({"name": "AWS_DEFAULT_REGION", "value": store.region})
-        if store.secret:
-            env_from.append({"secretRef": {"name": store.secret}})
+        env.append({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"})
     if spec.model.credentials_secret:
-        # The user's Secret comes last so its keys win for reading the model and data.
-        env_from.append({"secretRef": {"name": spec.model.credentials_secret}})
+        # The user's keys, renamed (MODEL_SOURCE_AWS_ACCESS_KEY_ID, ...): they read the model
+        # and data URIs and can't steer where the artifact is published.
+        env_from.append({"prefix": SOURCE_PREFIX, "secretRef": {"name": spec.model.credentials_secret}})
 
     container: dict[str, Any] = {
         "name": "worker",
@@ -63,6 +72,7 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
             "--output", output,
             "--report-summary", TERMINATION_LOG,
             "--progress-port", str(PROGRESS_PORT),
+            *publish_args,
         ],
         # The operator reads where the run is from here (status.optimization.progress).
         "ports": [{"name": "progress", "containerPort": PROGRESS_PORT, "protocol": "TCP"}],

@@ -10,6 +10,7 @@ from typing import Any
 from ..api.types import ModelDeploymentSpec, Serving, Target
 from ..api.validation import SpecError
 from ..config import NodePool, OperatorConfig
+from . import access as a
 from . import common as c
 
 
@@ -82,13 +83,9 @@ def build_deployment(
     pod_labels = {**labels, c.LABEL_REVISION: artifact.revision}
     serving_json = json.dumps(serving.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
 
-    claims = c.claims_in_uris([artifact.uri])
-    volumes, claim_mounts = c.claim_volumes(claims)
+    volumes, claim_mounts, fetch_args = a.read_access(name, namespace, config.artifact_store, artifact.uri)
     volumes += [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    env_from = [{"secretRef": {"name": config.artifact_store.secret}}] if config.artifact_store.secret else []
     store_env = [{"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT}, {"name": "HOME", "value": "/tmp"}]
-    if config.artifact_store.type == "s3" and config.artifact_store.endpoint:
-        store_env.append({"name": "AWS_ENDPOINT_URL", "value": config.artifact_store.endpoint})
 
     # The init container copies the artifact into the pod, refuses it unless its digest matches
     # the report's, and writes config.pbtxt for the current serving block, so serving changes
@@ -105,14 +102,13 @@ def build_deployment(
             "--target", spec.target.value,
             "--serving-json", serving_json,
             "--output", "/models",
+            *fetch_args,
         ],
         "env": store_env,
         "volumeMounts": [*claim_mounts, {"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": c.container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if env_from:
-        assemble["envFrom"] = env_from
 
     probe_common = {"periodSeconds": 5, "timeoutSeconds": 3}
     triton: dict[str, Any] = {

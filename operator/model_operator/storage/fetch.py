@@ -30,7 +30,8 @@ def _local_name(uri: str, fallback: str = "download") -> str:
 
 def fetch(uri: str, dest_dir: Path | str, *, base_dir: Path | str | None = None, max_bytes: int | None = None) -> Path:
     """A local path holding the object at `uri`. Local paths and pvc:// are used in place (no
-    copy); s3:// and http(s):// are downloaded into `dest_dir`. Raises StorageError naming `uri`."""
+    copy); s3:// and http(s):// are downloaded into `dest_dir`, with the user's credentials
+    (MODEL_SOURCE_*, see s3.SOURCE_PREFIX) when given. Raises StorageError naming `uri`."""
     loc = parse(uri, base_dir=base_dir)
     cap = max_download_bytes() if max_bytes is None else max_bytes
     if loc.is_local:
@@ -49,7 +50,7 @@ def fetch(uri: str, dest_dir: Path | str, *, base_dir: Path | str | None = None,
         assert loc.bucket is not None and loc.key is not None
         if not loc.key:
             raise StorageError(uri, "expected s3://bucket/key naming an object")
-        return s3.download(loc.bucket, loc.key, dest, uri, max_bytes=cap)
+        return s3.download(loc.bucket, loc.key, dest, uri, max_bytes=cap, source=True)
     return _http_get(uri, dest, cap)
 
 
@@ -57,7 +58,7 @@ def _http_get(uri: str, dest: Path, max_bytes: int) -> Path:
     import requests
 
     headers = {}
-    token = os.environ.get(HTTP_TOKEN_ENV)
+    token = os.environ.get(f"{s3.SOURCE_PREFIX}{HTTP_TOKEN_ENV}") or os.environ.get(HTTP_TOKEN_ENV)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:

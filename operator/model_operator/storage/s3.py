@@ -27,20 +27,37 @@ _DENIED = {
 _MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 
 
-def client() -> Any:
+# The user's credentials (spec.model.credentialsSecret) reach the worker under this prefix
+# (MODEL_SOURCE_AWS_ACCESS_KEY_ID, ...): they read the model and data URIs and nothing else.
+SOURCE_PREFIX = "MODEL_SOURCE_"
+
+
+def client(*, source: bool = False, endpoint: str | None = None, region: str | None = None) -> Any:
+    """A boto3 S3 client. `source`: for reading the user's model and data, with the user's
+    credentials when the MODEL_SOURCE_* variables hold them (else the standard chain: local runs).
+    `endpoint`/`region` override the environment (the operator passes its configured store's)."""
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+    env = os.environ
+    if endpoint is None:
+        endpoint = (env.get(f"{SOURCE_PREFIX}AWS_ENDPOINT_URL") if source else None) or env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or None
     config = Config(
-        connect_timeout=float(os.environ.get("MODEL_OPERATOR_S3_CONNECT_TIMEOUT", "5")),
+        connect_timeout=float(env.get("MODEL_OPERATOR_S3_CONNECT_TIMEOUT", "5")),
         read_timeout=60,
-        retries={"max_attempts": int(os.environ.get("MODEL_OPERATOR_S3_ATTEMPTS", "3")), "mode": "standard"},
-        # Path-style addressing works with every S3-compatible server (MinIO, Ceph, moto).
+        retries={"max_attempts": int(env.get("MODEL_OPERATOR_S3_ATTEMPTS", "3")), "mode": "standard"},
+        signature_version="s3v4",
+        # Path-style addressing works with every S3-compatible server (MinIO, Ceph, S3Proxy).
         s3={"addressing_style": "path"} if endpoint else {},
     )
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    region = region or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
+    keys: dict[str, str] = {}
+    if source and env.get(f"{SOURCE_PREFIX}AWS_ACCESS_KEY_ID"):
+        keys = {"aws_access_key_id": env[f"{SOURCE_PREFIX}AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": env.get(f"{SOURCE_PREFIX}AWS_SECRET_ACCESS_KEY", "")}
+        if env.get(f"{SOURCE_PREFIX}AWS_SESSION_TOKEN"):
+            keys["aws_session_token"] = env[f"{SOURCE_PREFIX}AWS_SESSION_TOKEN"]
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config, **keys)
 
 
 def translate(exc: BaseException, uri: str, action: str) -> StorageError:
@@ -74,12 +91,12 @@ def translate(exc: BaseException, uri: str, action: str) -> StorageError:
     return StorageError(uri, f"cannot {action}: {type(exc).__name__}: {exc}")
 
 
-def download(bucket: str, key: str, dest: Path, uri: str, *, max_bytes: int | None = None) -> Path:
+def download(bucket: str, key: str, dest: Path, uri: str, *, max_bytes: int | None = None, source: bool = False) -> Path:
     """GET the object into `dest` (a GET, not HEAD + GET: a failed GET carries the error code
     that says which credential is wrong)."""
     from .errors import TooLargeError
 
-    s3 = client()
+    s3 = client(source=source)
     tmp = dest.with_name(dest.name + ".part")
     try:
         resp = s3.get_object(Bucket=bucket, Key=key)

@@ -67,8 +67,19 @@ def assemble(artifact: Path, name: str, target: str, serving: Serving, output: P
     return dest
 
 
+def _download(args: argparse.Namespace, dest: Path) -> Path:
+    """The artifact, from its pre-signed GET when the pod was given one, else from its URI."""
+    from ..storage import download_dir
+    from ..storage.presigned import get_archive
+
+    url_file = getattr(args, "artifact_url_file", None)
+    if url_file:
+        return get_archive(url_file, dest, args.artifact)
+    return download_dir(args.artifact, dest)
+
+
 def assemble_main(args: argparse.Namespace) -> int:
-    from ..storage import StorageError, download_dir, verify_dir
+    from ..storage import StorageError, verify_dir
 
     try:
         serving = Serving.model_validate(json.loads(args.serving_json or "{}"))
@@ -76,7 +87,7 @@ def assemble_main(args: argparse.Namespace) -> int:
         return _fail(f"--serving-json: {exc}".splitlines()[0], 2)
     with tempfile.TemporaryDirectory(prefix="mo-assemble-") as tmp:
         try:
-            local = download_dir(args.artifact, Path(tmp) / "artifact")
+            local = _download(args, Path(tmp) / "artifact")
             digest = verify_dir(local, args.sha256, uri=args.artifact)
             dest = assemble(local, args.name, args.target, serving, Path(args.output))
         except StorageError as exc:
@@ -88,14 +99,14 @@ def assemble_main(args: argparse.Namespace) -> int:
 
 
 def probe_main(args: argparse.Namespace) -> int:
-    from ..storage import StorageError, download_dir
+    from ..storage import StorageError
     from .client import ProbeError, probe
 
     gate: dict[str, Any] = json.loads(args.gate_json or "{}")
     endpoints = [e for e in args.endpoints.split(",") if e]
     with tempfile.TemporaryDirectory(prefix="mo-probe-") as tmp:
         try:
-            local = download_dir(args.artifact, Path(tmp) / "artifact")
+            local = _download(args, Path(tmp) / "artifact")
         except StorageError as exc:
             return _fail(str(exc), 2, args.report_summary)
         golden = local / "golden.npz"

@@ -1,0 +1,139 @@
+"""Store access without store keys (issue 13): which grants the plan gives, what the per-MD
+access Secret holds, when it is re-signed, and that no pod the operator builds in a tenant's
+namespace references the store's Secret or mounts more of the store than its own artifacts."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from model_operator.api.hashing import spec_hash
+from model_operator.api.validation import load_spec
+from model_operator.config import ArtifactStore, NodePool, OperatorConfig
+from model_operator.plan import Observed, plan
+from model_operator.resources import access, job, serving, store_jobs
+from model_operator.resources import common as names
+
+S3 = ArtifactStore(type="s3", bucket="b", prefix="mo", endpoint="http://s3.local:9000", secret="store-creds")
+PVC = ArtifactStore(type="pvc", claim="store")
+SPEC: dict[str, Any] = {
+    "model": {"uri": "s3://user-bucket/digits.pt", "format": "torchscript", "credentialsSecret": "user-creds"},
+    "data": {"validation": {"uri": "s3://user-bucket/val.npz"}},
+    "optimization": {"quantization": {"mode": "dynamic-int8"}},
+    "serving": {"nodePool": "gpu", "replicas": 2},
+    "monitoring": {"goldenProbe": {"enabled": True, "intervalSeconds": 5}},
+}
+
+
+def config(store: ArtifactStore) -> OperatorConfig:
+    return OperatorConfig(node_pools={"gpu": NodePool()}, artifact_store=store)
+
+
+def pods_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def md(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "serving.model-operator.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "digits", "namespace": "team-a", "uid": "u1", "generation": 1}, "spec": SPEC, "status": status or {}}
+
+
+def every_pod(store: ArtifactStore) -> list[dict[str, Any]]:
+    cfg = config(store)
+    spec = load_spec(SPEC)
+    uri = store.uri_for("team-a", "digits", spec_hash(spec))
+    ref = serving.ArtifactRef(uri=uri, sha256="f" * 64, revision=spec_hash(spec))
+    objs = [
+        job.build_worker_job("digits", "team-a", spec, cfg),
+        serving.build_deployment("digits", "team-a", spec, cfg, ref, replicas=2),
+        store_jobs.build_probe_job("digits", "team-a", cfg, artifact_uri=uri, endpoints=["10.0.0.1:8000"], samples=4, gate={}, revision="r"),
+    ]
+    if store.type == "pvc":
+        objs.append(store_jobs.build_cleanup_job("digits", "team-a", cfg))
+    return objs
+
+
+@pytest.mark.parametrize("store", [S3, PVC], ids=["s3", "pvc"])
+def test_no_pod_references_the_store_secret(store: ArtifactStore) -> None:
+    for obj in every_pod(store):
+        text = json.dumps(obj)
+        assert "store-creds" not in text, obj["metadata"]["name"]
+        for c in containers(pods_of(obj)):
+            for source in c.get("envFrom", []):
+                # Only the user's own Secret, and only under the MODEL_SOURCE_ names.
+                assert source == {"prefix": "MODEL_SOURCE_", "secretRef": {"name": "user-creds"}}, (obj["metadata"]["name"], source)
+            assert not [e for e in c.get("env", []) if e["name"].startswith("AWS_") and e["name"] != "AWS_ENDPOINT_URL"
+                        and e["name"] not in ("AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")]
+
+
+def test_s3_readers_get_one_presigned_get_of_their_own_artifact() -> None:
+    spec = load_spec(SPEC)
+    for obj in every_pod(S3)[1:]:
+        pod = pods_of(obj)
+        reader = next(c for c in containers(pod) if c["name"] in ("assemble", "probe"))
+        args = reader["args"]
+        assert args[args.index("--artifact-url-file") + 1] == f"{access.MOUNT_PATH}/get-{spec_hash(spec)}"
+        assert access.mount() in reader["volumeMounts"]
+        assert "subPath" not in access.mount()  # the kubelet refreshes only whole-volume mounts
+        assert access.volume("digits") in pod["volumes"]
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    triton = next(c for c in pods_of(every_pod(S3)[1])["containers"] if c["name"] == "triton")
+    assert access.mount() not in triton["volumeMounts"], "the Triton container itself needs no URL"
+
+
+def test_pvc_readers_mount_only_their_own_directory_read_only() -> None:
+    for obj in every_pod(PVC)[1:3]:
+        pod = pods_of(obj)
+        store = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "store"]
+        assert store == [{"name": "store", "persistentVolumeClaim": {"claimName": "store", "readOnly": True}}]
+        mounts = [m for c in containers(pod) for m in c["volumeMounts"] if m["name"] == "store"]
+        assert mounts == [{"name": "store", "mountPath": "/mnt/pvc/store/team-a/digits", "subPath": "team-a/digits", "readOnly": True}]
+
+
+def test_access_secret_holds_the_urls_and_expiry() -> None:
+    urls = {"put-abc": "http://s3/b/k?X-Amz-Signature=1", "get-old": "http://s3/b/o?X-Amz-Signature=2"}
+    secret = access.build_access_secret("digits", "team-a", urls, 1_000_000.4)
+    assert secret["metadata"]["name"] == "digits-artifact-access" and secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["annotations"][access.ANNOTATION_EXPIRES] == "1000000"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == urls
+    assert "stringData" not in secret  # a dropped grant must disappear under server-side apply
+    assert access.secret_name("x" * 80).endswith("-artifact-access") and len(access.secret_name("x" * 80)) <= 63
+
+
+@pytest.mark.parametrize(("signed", "grants", "now", "refresh"), [
+    (None, frozenset(), 0.0, True),  # never written by this process
+    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 0.0, False),
+    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 1799.0, False),
+    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 1801.0, True),  # less than half the lifetime left
+    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a", "put-b"}), 10.0, True),  # a new grant
+    ((frozenset({"get-a", "put-b"}), 3600.0), frozenset({"get-a"}), 10.0, True),  # a revoked grant
+])
+def test_needs_refresh(signed: tuple[frozenset[str], float] | None, grants: frozenset[str], now: float, refresh: bool) -> None:
+    assert access.needs_refresh(signed, grants, now, 3600.0) is refresh
+
+
+def test_grant_names_refuse_other_verbs() -> None:
+    assert access.grant_name("get", "s3://b/mo/ns/d/abc/") == "get-abc"
+    with pytest.raises(ValueError):
+        access.grant_name("delete", "s3://b/mo/ns/d/abc")
+
+
+def test_plan_grants_the_worker_one_put_then_the_tracks_gets() -> None:
+    cfg = config(S3)
+    digest = spec_hash(load_spec(SPEC))
+    uri = S3.uri_for("team-a", "digits", digest)
+    first = plan(md(), Observed(now=100.0), cfg)
+    assert first.access == {f"put-{digest}": ("put", uri)}
+    running = Observed(jobs=[{"name": names.job_name("digits", digest), "active": 1}], now=110.0)
+    assert plan(md(first.status), running, cfg).access == {f"put-{digest}": ("put", uri)}
+    ready = md({"artifact": {"uri": uri, "sha256": "a" * 64, "specHash": digest}})
+    serving_plan = plan(ready, Observed(now=200.0), cfg)
+    assert serving_plan.access == {f"get-{digest}": ("get", uri)}, "no upload once the artifact exists"
+    assert plan(md(), Observed(now=100.0), config(PVC)).access == {}
