@@ -109,7 +109,8 @@ class S3Server:
         return boto3.client(
             "s3", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=key or self.access_key, aws_secret_access_key=secret or self.secret_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                          request_checksum_calculation="when_required", response_checksum_validation="when_required"),
         )
 
     def __enter__(self) -> S3Server:

@@ -47,6 +47,10 @@ def client(*, source: bool = False, endpoint: str | None = None, region: str | N
         read_timeout=60,
         retries={"max_attempts": int(env.get("MODEL_OPERATOR_S3_ATTEMPTS", "3")), "mode": "standard"},
         signature_version="s3v4",
+        # Checksum headers only where the API requires them: not every S3-compatible server
+        # implements the newer optional ones.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
         # Path-style addressing works with every S3-compatible server (MinIO, Ceph, S3Proxy).
         s3={"addressing_style": "path"} if endpoint else {},
     )
