@@ -176,9 +176,15 @@ FORBIDDEN_RESOURCES = {
 ESCALATING_VERBS = {"escalate", "bind", "impersonate"}
 
 
-def rbac_violations(objs: Iterable[dict[str, Any]], allowed_secret_names: Iterable[str] = ()) -> list[str]:
+# With an S3 artifact store the operator writes each ModelDeployment's Secret of pre-signed URLs
+# (server-side apply: create and patch) and still reads none.
+SECRET_WRITE_VERBS = frozenset({"create", "patch"})
+
+
+def rbac_violations(objs: Iterable[dict[str, Any]], allowed_secret_names: Iterable[str] = (), secret_writes: bool = False) -> list[str]:
     """Least-privilege rules: no "*" anywhere, no escalation verbs, no exec/attach/proxy, no RBAC
-    or node writes, no Secrets except `get` on the names allowed."""
+    or node writes, no Secrets except `get` on the names allowed, and with `secret_writes`
+    (an S3 store) create/patch on Secrets, never get/list/watch of them all."""
     allowed = set(allowed_secret_names)
     problems = []
     for owner, rule in rbac_rules(objs):
@@ -195,6 +201,8 @@ def rbac_violations(objs: Iterable[dict[str, Any]], allowed_secret_names: Iterab
                 problems.append(f"{owner}: forbidden resources {sorted(bad)} in group {group!r}")
             if group == "" and "secrets" in resources:
                 names = set(rule.get("resourceNames") or [])
+                if secret_writes and not names and set(verbs) == SECRET_WRITE_VERBS and resources == ["secrets"]:
+                    continue
                 if not allowed or not names or not names <= allowed or set(verbs) - {"get"}:
                     problems.append(f"{owner}: Secrets access {verbs} on {sorted(names) or 'all Secrets'}")
     return problems

@@ -151,6 +151,31 @@ def test_secrets_only_when_named(release: Release, watched: str) -> None:
     assert not release.can_i("list", "secrets", watched)
 
 
+def test_s3_store_writes_access_secrets_but_reads_none(release: Release, watched: str) -> None:
+    """With an S3 store the operator writes each ModelDeployment's Secret of pre-signed URLs
+    (server-side apply: create, patch) and still reads no Secret anywhere; the store's keys
+    live in its own namespace, where only its pod's envFrom reads them. A tenant's default
+    ServiceAccount can read nothing of the store (nor any Secret) in its own namespace."""
+    release.values = {**base_values(watched), "artifactStore": {"type": "s3", "s3": {"bucket": "models", "secret": "store-keys"}}}
+    release.install()
+    rel = release
+    problems = _denials(rel, [("create", "secrets", None), ("patch", "secrets", None)], watched, True)
+    for ns in (watched, rel.namespace, "kube-system", "default"):
+        problems += _denials(rel, MUST_NOT_ANYWHERE, ns, False)
+        problems += _denials(rel, [("get", "secrets/store-keys", None), ("delete", "secrets", None), ("update", "secrets", None)], ns, False)
+    problems += _denials(rel, MUST_NOT_CLUSTER, None, False)
+    tenant = f"system:serviceaccount:{watched}:default"
+    for verb, resource in [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("get", "secrets/store-keys"),
+                           ("create", "pods"), ("list", "configmaps")]:
+        proc = rel.cluster.kubectl("auth", "can-i", verb, resource, "--as", tenant, "--namespace", watched, check=False)
+        if proc.stdout.strip().splitlines()[-1:] != ["no"]:
+            problems.append(f"the tenant's default ServiceAccount CAN {verb} {resource} in {watched}")
+        proc = rel.cluster.kubectl("auth", "can-i", verb, resource, "--as", tenant, "--namespace", rel.namespace, check=False)
+        if proc.stdout.strip().splitlines()[-1:] != ["no"]:
+            problems.append(f"the tenant's default ServiceAccount CAN {verb} {resource} in the operator's namespace")
+    assert not problems, "\n".join(problems)
+
+
 # --- upgrade and uninstall ---------------------------------------------------------------------
 
 

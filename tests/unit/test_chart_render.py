@@ -257,8 +257,18 @@ def test_s3_artifact_store(tmp_path: Path) -> None:
         "s3", "models", "prod", "http://minio.storage:9000", "eu-west-1", "s3-creds",
     )
     assert store.uri_for("team-a", "digits", "abc") == "s3://models/prod/team-a/digits/abc"
-    # The operator passes the Secret to its pods by name; it never reads it.
-    assert not [r for _, r in chartlib.rbac_rules(objs) if "secrets" in r.get("resources", [])]
+    assert store.url_ttl_seconds == 3600
+    # The store's keys reach the operator pod only (envFrom, its own namespace): no tenant pod.
+    pod = chartlib.one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    # It writes each MD's Secret of pre-signed URLs (create/patch) and reads no Secret at all.
+    secret_rules = [r for _, r in chartlib.rbac_rules(objs) if "secrets" in r.get("resources", [])]
+    assert secret_rules and all(r["verbs"] == ["create", "patch"] and "resourceNames" not in r for r in secret_rules), secret_rules
+    assert chartlib.rbac_violations(objs) != [] and chartlib.rbac_violations(objs, secret_writes=True) == []
+    # With a claim store: no Secret rule, no envFrom.
+    pvc = render()
+    assert not [r for _, r in chartlib.rbac_rules(pvc) if "secrets" in r.get("resources", [])]
+    assert "envFrom" not in chartlib.one(pvc, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_empty_node_pools(tmp_path: Path) -> None:
@@ -388,7 +398,8 @@ def test_rbac_least_privilege(case: str) -> None:
     values = VARIANTS[case]
     allowed = ((values.get("rbac") or {}).get("secrets") or {}).get("names") or []
     objs = render(values)
-    assert chartlib.rbac_violations(objs, allowed) == []
+    s3 = (values.get("artifactStore") or {}).get("type") == "s3"
+    assert chartlib.rbac_violations(objs, allowed, secret_writes=s3) == []
     verbs = {v for _, r in chartlib.rbac_rules(objs) for v in r["verbs"]}
     assert verbs <= {"get", "list", "watch", "create", "patch", "update", "delete"}
     assert not [r for _, r in chartlib.rbac_rules(objs) if "deletecollection" in r["verbs"]]

@@ -83,6 +83,14 @@
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [list, watch, create, patch, delete]
+{{- if eq .Values.artifactStore.type "s3" }}
+# Application (S3 artifact store): each ModelDeployment's access Secret of pre-signed URLs, written
+# with server-side apply (create/patch). Never get, list or watch: the operator reads no Secret of
+# a tenant's, and the store's keys reach it from its own namespace through its pod's envFrom.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, patch]
+{{- end }}
 {{- with .Values.rbac.secrets.names }}
 # Application (opt-in, rbac.secrets.names): read these Secrets by name; no list, no watch.
 - apiGroups: [""]
