@@ -101,3 +101,62 @@ def test_reconcile_functions_are_short() -> None:
     tree = ast.parse((REPO / "operator/model_operator/controller/reconcile.py").read_text())
     lengths = {n.name: (n.end_lineno or n.lineno) - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     assert max(lengths.values()) < 60, lengths
+
+
+class RecordingKube(FakeKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: list[dict[str, Any]] = []
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.objects.append(obj)
+        return super().apply(obj)
+
+
+def s3_reconciler(kube: FakeKube, monkeypatch: Any, keys: bool = True) -> Reconciler:
+    from model_operator.config import ArtifactStore
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    if keys:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOPERATOR0000")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret-never-in-a-tenant-namespace")
+    store = ArtifactStore(type="s3", bucket="models", prefix="mo", endpoint="http://s3.local:9000", url_ttl_seconds=3600)
+    return Reconciler(kube, OperatorConfig(node_pools={"gpu": NodePool()}, artifact_store=store))  # type: ignore[arg-type]  # a fake Kube
+
+
+def test_the_access_secret_is_written_before_the_children_and_refreshed_at_half_life(monkeypatch: Any) -> None:
+    import base64
+
+    kube = RecordingKube()
+    rec = s3_reconciler(kube, monkeypatch)
+    doc = md()
+    out = rec.reconcile(doc, Observed(), now=NOW)
+    assert not out.failures and kube.applied[:2] == ["Secret", "Job"], kube.applied
+    secret = kube.objects[0]
+    urls = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert list(urls) == [f"put-{job_name_digest(doc)}"]
+    assert "X-Amz-Signature=" in urls[list(urls)[0]] and "operator-secret" not in json.dumps(secret)
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == doc["metadata"]["uid"]
+    kube.applied.clear()
+    rec.reconcile(doc, Observed(), now=NOW + 1000)
+    assert "Secret" not in kube.applied, "nothing changed: no write"
+    rec.reconcile(doc, Observed(), now=NOW + 1801)
+    assert "Secret" in kube.applied, "past half the URLs' lifetime: re-signed"
+
+
+def test_without_store_keys_signing_fails_clearly(monkeypatch: Any) -> None:
+    kube = RecordingKube()
+    out = s3_reconciler(kube, monkeypatch, keys=False).reconcile(md(), Observed(), now=NOW)
+    assert "Secret" not in kube.applied
+    assert out.failures and "could not sign artifact URLs" in out.failures[0] and "artifactStore.s3.secret" in out.failures[0], out.failures
+    assert condition(out.status["conditions"], "Progressing")["reason"] == "ApplyFailed"
+
+
+def job_name_digest(doc: dict[str, Any]) -> str:
+    from test_plan import digest
+
+    return digest(doc)

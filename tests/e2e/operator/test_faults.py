@@ -60,10 +60,10 @@ def operator(operator_env: dict[str, str], cluster: Any, namespace: str, tmp_pat
     made: list[OperatorProcess] = []
     base = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())
 
-    def make(**overrides: Any) -> OperatorProcess:
+    def make(env: dict[str, str] | None = None, **overrides: Any) -> OperatorProcess:
         cfg = tmp_path / f"operator-{len(made)}.yaml"
         cfg.write_text(yaml.safe_dump({**base, **overrides, "metrics_port": 0}))
-        op = OperatorProcess(cfg, cluster.kubeconfig, namespace, tmp_path / f"operator-{len(made)}.log")
+        op = OperatorProcess(cfg, cluster.kubeconfig, namespace, tmp_path / f"operator-{len(made)}.log", env=env)
         made.append(op)
         return op
 
@@ -338,7 +338,9 @@ def test_finalizer_gives_up_on_an_unreachable_store_and_says_so(
     store: Path, operator: Any, namespace: str, custom_api: Any, core_api: Any,
 ) -> None:
     unreachable = {"type": "s3", "bucket": "models", "endpoint": "http://127.0.0.1:9", "prefix": "mo"}
-    operator(artifact_store=unreachable, finalizer_timeout_seconds=40).start()
+    # Keys the operator signs with (the store is never reached, so any will do).
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAUNREACHABLE00000", "AWS_SECRET_ACCESS_KEY": "unused-secret"}
+    operator(env=keys, artifact_store=unreachable, finalizer_timeout_seconds=40).start()
     create_md(custom_api, namespace, digits_md("stuck", model=ONNX_MODEL, optimization=AS_IS, serving=GPU))
     wait_phase_failed = wait_for(lambda: (get_md(custom_api, namespace, "stuck").get("status") or {}).get("phase") == "Failed",
                                  timeout=300, interval=1, message="Failed: the worker cannot publish")
