@@ -116,9 +116,9 @@ def _raw_arrays(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def check_destination(output: str, base_dir: Path | None) -> None:
-    """Fail fast on a destination that cannot work (bad URI, wrong S3 credentials), before the
-    expensive part."""
+def check_destination(output: str, base_dir: Path | None, upload_url_file: str | None = None) -> None:
+    """Fail fast on a destination that cannot work (bad URI, wrong S3 credentials, no upload
+    grant), before the expensive part."""
     try:
         loc = storage.parse(output, base_dir=base_dir)
         if loc.kind == "http":
@@ -126,7 +126,12 @@ def check_destination(output: str, base_dir: Path | None) -> None:
         if loc.kind == "s3":
             if not (loc.key or "").strip("/"):
                 raise storage.StorageError(output, "refusing to publish at the root of a bucket: use s3://bucket/prefix")
-            storage.list_artifact(output)
+            if upload_url_file:
+                from ..storage.presigned import read_url
+
+                read_url(upload_url_file)  # the pod has no key to list with: the grant is all it has
+            else:
+                storage.list_artifact(output)
         elif loc.path is not None and loc.path.exists() and not loc.path.is_dir():
             raise storage.StorageError(output, "exists and is not a directory")
     except storage.StorageError as exc:
@@ -147,7 +152,7 @@ def run(
     task = Task(spec.model.task)
 
     with r.step("fetch"):
-        check_destination(output, base_dir)
+        check_destination(output, base_dir, upload_url_file)
         model_path = _fetch(r, spec.model.uri, "spec.model.uri")
         val_path = _fetch(r, spec.data.validation.uri, "spec.data.validation.uri") if spec.data.validation else None
         cal_path = _fetch(r, spec.data.calibration.uri, "spec.data.calibration.uri") if spec.data.calibration else None
