@@ -48,6 +48,8 @@ def run_worker(
     env: dict[str, str] | None = None,
     summary: Path | None = None,
     timeout: float = 600,
+    extra_args: list[str] | None = None,
+    clean_env: bool = False,
 ) -> WorkerResult:
     """`python -m model_operator.cli optimize ...` with short latency measurements."""
     summary = summary or Path(str(output).replace("s3://", "/tmp/s3-").rstrip("/") + ".summary.json")
@@ -57,7 +59,9 @@ def run_worker(
         cmd += ["--spec", str(spec_file)]
     else:
         cmd += ["--spec-json", json.dumps(spec)]
-    full_env = dict(os.environ)
+    cmd += extra_args or []
+    # clean_env: none of this process' AWS_* variables (a pod holds only what the Job gives it).
+    full_env = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("AWS_"))}
     full_env["PYTHONPATH"] = os.pathsep.join([str(OPERATOR), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     full_env.setdefault("MODEL_OPERATOR_LATENCY_BUDGET_S", "0.2")
     full_env.update(env or {})

@@ -155,3 +155,41 @@ def test_operator_cleanup_deletes_its_prefix_only(operator_client: Any, server: 
     assert delete_artifacts(operator_client, "s3://art/mo/team-a/gone") == 0
     with pytest.raises(StorageError, match="refusing"):
         delete_artifacts(operator_client, "s3://art/")
+
+
+@pytest.mark.slow
+def test_the_worker_reads_with_the_users_keys_and_publishes_with_the_grant_only(
+    operator_client: Any, server: S3Server, digits: Any, tmp_path: Path,
+) -> None:
+    """Both directions, in the worker itself: the user's keys (MODEL_SOURCE_*) read the model
+    and data; the artifact goes out through the PUT grant alone; without the user's keys the
+    grant reads nothing."""
+    from conftest import run_worker
+
+    c = server.client()
+    c.create_bucket(Bucket="user-src")
+    for f in (digits.torchscript, digits.validation):
+        c.upload_file(str(f), "user-src", f.name)
+    spec = {
+        "model": {"uri": "s3://user-src/digits.pt", "format": "torchscript",
+                  "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
+                  "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}]},
+        "data": {"validation": {"uri": "s3://user-src/validation.npz"}},
+        "optimization": {"quantization": {"mode": "none"}},
+    }
+    out = "s3://art/mo/team-a/worker/rev2"
+    grant = grant_file(tmp_path, "put", presign(operator_client, {"put-rev2": ("put", out)}, 600)["put-rev2"])
+    pod = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_EC2_METADATA_DISABLED": "true", "MODEL_OPERATOR_S3_ATTEMPTS": "1",
+           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    user = {"MODEL_SOURCE_AWS_ACCESS_KEY_ID": server.access_key, "MODEL_SOURCE_AWS_SECRET_ACCESS_KEY": server.secret_key}
+    args = ["--upload-url-file", str(grant)]
+
+    denied = run_worker(out, spec=spec, name="digits", env=pod, summary=tmp_path / "a.json", extra_args=args, clean_env=True)
+    assert denied.rc == 2 and "spec.model.uri" in denied.last_line and "no S3 credentials" in denied.last_line, denied.last_line
+
+    res = run_worker(out, spec=spec, name="digits", env={**pod, **user}, summary=tmp_path / "b.json", extra_args=args, clean_env=True)
+    assert res.rc == 0, res.stderr[-2000:]
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="art", Prefix="mo/team-a/worker/")["Contents"]] == [f"mo/team-a/worker/rev2/{ARCHIVE}"]
+    got = get_archive(grant_file(tmp_path, "get", presign(operator_client, {"g": ("get", out)}, 600)["g"]), tmp_path / "got", out)
+    assert verify_dir(got) == res.summary["artifact"]["sha256"]
+    assert server.secret_key not in res.stderr
