@@ -408,6 +408,13 @@ class Serving(ApiModel):
     instance_count: int = Field(default=1, ge=1, le=64)
     """Model instances per replica (parallel executions)."""
     gpu_accelerator: GpuAccelerator = Field(default=GpuAccelerator.none, description="ONNX Runtime TensorRT execution accelerator (GPU pools).")
+    intra_op_threads: int | None = Field(default=None, ge=1, le=256)
+    """ONNX Runtime intra-op threads per model instance (onnxruntime and python backends); ONNX Runtime's own choice when omitted."""
+    autotune: bool = Field(
+        default=False,
+        description="Before the rollout, measure a bounded sweep of Triton configs (max batch size, queue delay, instance count, "
+        "intra-op threads) on the serving pool and serve the best; the sweep's table goes to status.autotune.",
+    )
 
 
 class ScalingMetric(ApiModel):
