@@ -46,10 +46,10 @@ def test_grid_is_bounded_and_never_below_one_thread() -> None:
     assert tuning.threads_for(3, 2) == 1 and tuning.threads_for(16, 3) == 5
 
 
-@pytest.mark.parametrize("kwargs", [{"cores": 0}, {"cores": 2, "limit": 1}])
-def test_grid_refuses_nonsense(kwargs: dict[str, int]) -> None:
+@pytest.mark.parametrize(("cores", "limit"), [(0, 16), (2, 1)])
+def test_grid_refuses_nonsense(cores: int, limit: int) -> None:
     with pytest.raises(ValueError):
-        sweep_grid(**kwargs)
+        sweep_grid(cores, limit=limit)
 
 
 # --- choice -------------------------------------------------------------------------------------
@@ -173,3 +173,20 @@ def test_sample_inputs_follow_the_signature() -> None:
     assert x["ids"].shape == (2, 5) and x["ids"].dtype == np.int64 and (x["ids"] == 1).all()
     assert x["img"].shape == (2, 1, 8, 8) and x["img"].dtype == np.float32
     assert 0 <= x["img"].min() and x["img"].max() < 1
+
+
+def test_the_job_report_of_a_full_default_grid_fits_a_termination_message() -> None:
+    import json
+
+    from model_operator.triton.pod_commands import autotune_summary
+
+    assert len(sweep_grid(64)) <= tuning.DEFAULT_LIMIT
+    grid = sweep_grid(64, instance_counts=(1, 2, 4, 8))  # the longest table the default limit lets through
+    assert len(grid) == tuning.DEFAULT_LIMIT
+    rows = [SweepRow(kn, 12345.678, 123.456, 234.567, 345.678, 0, 987654) for kn in grid]
+    summary = autotune_summary(rows, rows[3], cores=64, concurrency=16)
+    text = json.dumps(summary, separators=(",", ":"))
+    assert len(text.encode()) < 4096, len(text)
+    assert summary["ok"] and summary["chosen"] == grid[3].name
+    failed = autotune_summary(rows, None, cores=64, concurrency=16)
+    assert not failed["ok"] and failed["reason"]
