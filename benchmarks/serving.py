@@ -155,13 +155,13 @@ def main() -> int:
         ep = server.grpc_endpoint
         try:
             if not args.no_sweep:
-                grid = tuning.sweep_grid(cores)
+                grid = tuning.sweep_grid(cores, min_max_batch=generated.max_batch_size)
                 table = sweep.run_sweep(
                     ep, repo, "sweep", model_file, inputs=inputs, outputs=outputs, serving=generated,
                     target=spec["target"], grid=grid, request=request, concurrency=args.sweep_concurrency,
                     duration_s=args.sweep_duration, warmup_s=1.0, progress=log,
                 )
-                chosen = tuning.choose(table)
+                chosen = tuning.choose(table, min_max_batch=generated.max_batch_size)
                 log(f"sweep chose {chosen.knobs.name if chosen else 'nothing'}")
             configs = {"batch1": batch1, "generated": generated}
             if chosen is not None:

@@ -39,10 +39,10 @@ def test_the_sweep_measures_every_config_on_a_real_triton(tmp_path: Path) -> Non
     summary = json.loads(report.read_text())
     assert summary["ok"] and summary["cores"] == 2 and summary["concurrency"] == 4
     names = [r["name"] for r in summary["table"]]
-    assert names == [g.name for g in tuning.sweep_grid(2, limit=3)]
+    assert names == [g.name for g in tuning.sweep_grid(2, limit=3, min_max_batch=8)]
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["throughput"] > 0 for r in summary["table"])
     assert summary["table"][0]["maxBatchSize"] == 1 and not summary["table"][0]["dynamicBatching"]
-    chosen = tuning.choose(tuning.table_from_dicts(summary["table"]))
+    chosen = tuning.choose(tuning.table_from_dicts(summary["table"]), min_max_batch=8)
     assert chosen is not None and summary["chosen"] == chosen.knobs.name
     assert (assembled / "config.pbtxt").read_text() == before
 

@@ -39,9 +39,10 @@ def table(*rows: tuple[tuning.TritonKnobs, float, float]) -> list[dict[str, Any]
 
 
 BASE = tuning.baseline(4)
-FAST = tuning.TritonKnobs(16, 500, 2, 2)
-FASTER_BUT_SLOW_P95 = tuning.TritonKnobs(64, 2000, 1, 4)
-TABLE = table((BASE, 1000.0, 10.0), (FAST, 2800.0, 9.0), (FASTER_BUT_SLOW_P95, 3500.0, 14.0))
+FAST = tuning.TritonKnobs(64, 500, 2, 2)
+FASTER_BUT_SLOW_P95 = tuning.TritonKnobs(128, 2000, 1, 4)
+FASTER_BUT_SMALLER_BATCHES = tuning.TritonKnobs(16, 100, 1, 4)  # would refuse the 64-image batches the spec allows
+TABLE = table((BASE, 1000.0, 10.0), (FAST, 2800.0, 9.0), (FASTER_BUT_SLOW_P95, 3500.0, 14.0), (FASTER_BUT_SMALLER_BATCHES, 4000.0, 5.0))
 
 
 def finished(doc: dict[str, Any], summary: dict[str, Any] | None, *, ok: bool = True) -> Observed:
@@ -77,6 +78,14 @@ def test_the_sweep_runs_before_the_rollout_where_triton_will_run() -> None:
     assert sweep["args"][sweep["args"].index("--cores") + 1] == "4"
     assert {m["name"]: m.get("readOnly", False) for m in triton["volumeMounts"]}["models"] is False
     assert job["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    # The operator's configuration bounds the sweep, and the deadline follows from it.
+    arg = dict(zip(sweep["args"][::2], sweep["args"][1::2]))
+    assert arg["--duration"] == "5" and arg["--limit"] == "16" and arg["--concurrency"] == "16"
+    short = CONFIG.model_copy(update={"autotune_seconds_per_config": 0.5, "autotune_max_configs": 3})
+    short_job = plan(doc, Observed(now=NOW), short).apply[0].obj
+    short_arg = dict(zip(*[iter(short_job["spec"]["template"]["spec"]["containers"][0]["args"])] * 2))
+    assert short_arg["--duration"] == "0.5" and short_arg["--limit"] == "3"
+    assert short_job["spec"]["activeDeadlineSeconds"] < job["spec"]["activeDeadlineSeconds"]
     assert p.status["autotune"]["state"] == "Running"
     assert conditions(p)["Progressing"] == ("True", "Autotuning")
     assert ("Normal", "AutotuneStarted") in [(t, r) for t, r, _ in p.events]
@@ -86,12 +95,12 @@ def test_the_chosen_config_is_served_and_the_table_is_in_status() -> None:
     doc = tuned_md()
     summary = {"ok": True, "cores": 4, "concurrency": 16, "chosen": "whatever the Job said", "table": TABLE}
     p = plan(doc, finished(doc, summary), CONFIG)
-    # Recomputed from the table: the fastest row whose p95 is no worse than batch 1's.
+    # Recomputed from the table: the fastest row whose p95 is no worse than batch 1's, batches as large as the spec's.
     assert p.status["autotune"]["chosen"] == FAST.name and p.status["autotune"]["state"] == "Succeeded"
     assert p.status["autotune"]["table"] == TABLE and p.status["autotune"]["cores"] == 4
     serving = served_serving(p)
-    assert serving["maxBatchSize"] == 16 and serving["instanceCount"] == 2 and serving["intraOpThreads"] == 2
-    assert serving["dynamicBatching"] == {"enabled": True, "preferredBatchSizes": [16], "maxQueueDelayMicroseconds": 500}
+    assert serving["maxBatchSize"] == 64 and serving["instanceCount"] == 2 and serving["intraOpThreads"] == 2
+    assert serving["dynamicBatching"] == {"enabled": True, "preferredBatchSizes": [16, 32], "maxQueueDelayMicroseconds": 500}
     # The next pass reads the table from status and serves the same config without the Job.
     doc["status"] = stored(p.status)
     again = plan(doc, Observed(now=NOW + 5), CONFIG)

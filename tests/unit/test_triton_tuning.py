@@ -46,6 +46,25 @@ def test_grid_is_bounded_and_never_below_one_thread() -> None:
     assert tuning.threads_for(3, 2) == 1 and tuning.threads_for(16, 3) == 5
 
 
+def test_grid_never_goes_below_the_specs_max_batch_size() -> None:
+    grid = sweep_grid(2, max_batch_sizes=(8, 32), queue_delays_us=(100,), instance_counts=(1,), min_max_batch=16)
+    assert [g.max_batch_size for g in grid] == [1, 16, 32]  # the batch-1 baseline stays, as a reference
+    assert [g.max_batch_size for g in sweep_grid(2, max_batch_sizes=(8, 32), queue_delays_us=(100,), instance_counts=(1,),
+                                                 min_max_batch=64)] == [1, 64]
+
+
+def test_a_row_below_the_specs_max_batch_size_is_a_reference_never_the_choice() -> None:
+    table = [row(BASE, 5000, 1.0), row(k(8, 100), 4000, 2.0), row(k(16, 100), 2000, 0.9), row(k(32, 100), 1900, 0.95)]
+    assert choose(table) is table[0]
+    assert choose(table, min_max_batch=16) is table[2]  # batch 1's p95 still bounds the rest
+    assert choose(table, min_max_batch=64) is None
+
+
+def test_when_every_candidate_has_a_worse_p95_the_fastest_still_wins() -> None:
+    table = [row(BASE, 1000, 1.0), row(k(16, 100), 2000, 3.0), row(k(16, 500), 2500, 2.0)]
+    assert choose(table, min_max_batch=16) is table[2]
+
+
 @pytest.mark.parametrize(("cores", "limit"), [(0, 16), (2, 1)])
 def test_grid_refuses_nonsense(cores: int, limit: int) -> None:
     with pytest.raises(ValueError):

@@ -33,10 +33,11 @@ class AutotuneResult:
 def tuned_spec(spec: ModelDeploymentSpec, table_rows: list[dict[str, Any]]) -> tuple[ModelDeploymentSpec, str | None]:
     """The spec with the chosen row's knobs applied (unchanged when nothing is usable), and the
     chosen row's name."""
-    chosen = tuning.choose(tuning.table_from_dicts(table_rows))
+    base = spec.serving or Serving()
+    chosen = tuning.choose(tuning.table_from_dicts(table_rows), min_max_batch=base.max_batch_size)
     if chosen is None:
         return spec, None
-    serving = tuning.apply_knobs(spec.serving or Serving(), chosen.knobs)
+    serving = tuning.apply_knobs(base, chosen.knobs)
     return spec.model_copy(update={"serving": serving}), chosen.knobs.name
 
 

@@ -19,8 +19,15 @@ from . import common as c
 from .serving import ArtifactRef, build_deployment
 
 TERMINATION_LOG: Final = "/dev/termination-log"
-# A sweep of the default grid takes about 16 x (load + 6 s); the deadline leaves room for slow pulls.
-DEADLINE_SECONDS: Final = 1200
+# Per config: loading the model (a few seconds for the Python backend), 1 s warm-up, the counted load.
+LOAD_ALLOWANCE_SECONDS: Final = 15
+# Image pulls, `assemble` and Triton's start.
+START_ALLOWANCE_SECONDS: Final = 300
+
+
+def deadline_seconds(config: OperatorConfig) -> int:
+    per_config = LOAD_ALLOWANCE_SECONDS + 1 + config.autotune_seconds_per_config
+    return int(START_ALLOWANCE_SECONDS + config.autotune_max_configs * per_config)
 
 
 def serving_hash(serving: Serving) -> str:
@@ -74,6 +81,8 @@ def build_autotune_job(
             "--grpc", f"127.0.0.1:{c.GRPC_PORT}",
             "--cores", str(cores),
             "--concurrency", str(tuning.DEFAULT_CONCURRENCY),
+            "--duration", f"{config.autotune_seconds_per_config:g}",
+            "--limit", str(config.autotune_max_configs),
             "--report-summary", TERMINATION_LOG,
         ],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
@@ -99,7 +108,7 @@ def build_autotune_job(
         "spec": {
             # A failed sweep is not retried: the untuned config is served and status says why.
             "backoffLimit": 0,
-            "activeDeadlineSeconds": DEADLINE_SECONDS,
+            "activeDeadlineSeconds": deadline_seconds(config),
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },

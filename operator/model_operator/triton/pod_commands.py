@@ -178,12 +178,14 @@ def autotune_main(args: argparse.Namespace) -> int:
         wait_ready(args.grpc, timeout=args.ready_timeout, protocol="grpc")
         table = run_sweep(
             args.grpc, Path(args.repository), f"{args.name}-sweep", model_file, inputs=inputs, outputs=outputs,
-            serving=serving, target=args.target, grid=sweep_grid(cores, limit=args.limit), request=sample_inputs(inputs),
+            serving=serving, target=args.target, grid=sweep_grid(cores, limit=args.limit, min_max_batch=serving.max_batch_size),
+            request=sample_inputs(inputs),
             concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup, progress=print,
         )
     except Exception as exc:  # noqa: BLE001 - the Job reports what broke; the operator serves the untuned config
         return _fail(f"autotune sweep failed: {exc}".splitlines()[0], 1, args.report_summary)
-    summary = autotune_summary(table, choose(table), cores=cores, concurrency=args.concurrency)
+    chosen = choose(table, min_max_batch=serving.max_batch_size)
+    summary = autotune_summary(table, chosen, cores=cores, concurrency=args.concurrency)
     text = json.dumps(summary, separators=(",", ":"))
     if args.report_summary:
         Path(args.report_summary).write_text(text)

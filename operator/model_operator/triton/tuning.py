@@ -5,18 +5,19 @@ Pure: no processes, no clients. The sweep itself (a real Triton, a load generato
 `triton.sweep`; this module only says what to try and what to keep.
 
 Grid (`sweep_grid`): the batch-1, single-instance baseline first, then every combination of
-max batch size x queue delay x instance count, with ONNX Runtime's intra-op threads = cores /
+max batch size (at least the spec's) x queue delay x instance count, with ONNX Runtime's intra-op threads = cores /
 instances (at least 1), instance counts above the core count left out, cut to `limit` rows.
 
 Choice (`choose`), a function of the table only:
-1. rows with errors, no answered request, or no numbers are out;
+1. rows with errors, no answered request, or no numbers are out, and so are rows whose max batch
+   size is below the spec's (`min_max_batch`: the baseline is then a reference, never served);
 2. the baseline is the batch-1 row (the first row when none is marked as baseline); a row whose
    p95 is above the baseline's p95 x `p95_slack` is out ("p95 no worse");
 3. among the rest, the highest throughput wins; rows within `tie` (relative) of the best are
    ties, and of those the simplest config wins: fewer instances, then a shorter queue delay,
    then a smaller max batch size, then the grid's order;
-4. when no row is left by rule 2 (the baseline itself failed), the highest-throughput row
-   without errors wins; when no row has numbers at all, there is no choice (None).
+4. when no row is left by rule 2 (every candidate's p95 is worse, or the baseline itself
+   failed), the highest-throughput usable row wins (ties as in 3); when no row has numbers at all, there is no choice (None).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def sweep_grid(
     queue_delays_us: Iterable[int] = DEFAULT_QUEUE_DELAYS_US,
     instance_counts: Iterable[int] = DEFAULT_INSTANCE_COUNTS,
     limit: int = DEFAULT_LIMIT,
+    min_max_batch: int = 1,
 ) -> list[TritonKnobs]:
-    """The configs a sweep measures, baseline first (see the module docstring)."""
+    """The configs a sweep measures, baseline first (see the module docstring). Candidates' max
+    batch sizes are raised to `min_max_batch` (the spec's: clients may send batches that large)."""
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
     if limit < 2:
@@ -93,7 +96,7 @@ def sweep_grid(
     rows = [baseline(cores)]
     instances = sorted({i for i in instance_counts if 1 <= i <= cores}) or [1]
     for inst in instances:
-        for mbs in sorted({b for b in max_batch_sizes if b > 1}):
+        for mbs in sorted({max(b, min_max_batch) for b in max_batch_sizes if b > 1}):
             for delay in sorted({d for d in queue_delays_us if d >= 0}):
                 rows.append(TritonKnobs(mbs, delay, inst, threads_for(cores, inst)))
     return rows[:limit]
@@ -132,17 +135,21 @@ def _simplicity(row: SweepRow, order: int) -> tuple[int, int, int, int]:
     return (k.instance_count, k.max_queue_delay_us, k.max_batch_size, order)
 
 
-def choose(table: Sequence[SweepRow], *, p95_slack: float = 1.0, tie: float = DEFAULT_TIE) -> SweepRow | None:
-    """The row to serve (see the module docstring for the rules)."""
+def choose(
+    table: Sequence[SweepRow], *, p95_slack: float = 1.0, tie: float = DEFAULT_TIE, min_max_batch: int = 1
+) -> SweepRow | None:
+    """The row to serve (see the module docstring for the rules). Rows whose max batch size is
+    below `min_max_batch` (the spec's) are measured references only: they would refuse the
+    batches clients may send."""
     if p95_slack <= 0 or tie < 0:
         raise ValueError("p95_slack must be > 0 and tie >= 0")
-    usable = [(i, r) for i, r in enumerate(table) if r.usable()]
+    usable = [(i, r) for i, r in enumerate(table) if r.usable() and r.knobs.max_batch_size >= min_max_batch]
     if not usable:
         return None
     base = next((r for r in table if r.knobs.is_baseline), table[0] if table else None)
     if base is not None and base.usable():
         bound = base.p95_ms * p95_slack
-        eligible = [(i, r) for i, r in usable if r.p95_ms <= bound]
+        eligible = [(i, r) for i, r in usable if r.p95_ms <= bound] or usable
     else:
         eligible = usable
     best = max(r.throughput for _, r in eligible)
