@@ -87,7 +87,7 @@ def test_the_sweep_runs_before_the_rollout_where_triton_will_run() -> None:
     assert short_arg["--duration"] == "0.5" and short_arg["--limit"] == "3"
     assert short_job["spec"]["activeDeadlineSeconds"] < job["spec"]["activeDeadlineSeconds"]
     assert p.status["autotune"]["state"] == "Running"
-    assert conditions(p)["Progressing"] == ("True", "Autotuning")
+    assert conditions(p)["Progressing"] == ("True", "Autotuning") and p.status["phase"] == "Deploying"
     assert ("Normal", "AutotuneStarted") in [(t, r) for t, r, _ in p.events]
 
 
@@ -121,7 +121,7 @@ def test_a_failed_sweep_serves_the_untuned_config_and_is_not_retried() -> None:
 def test_a_succeeded_job_whose_report_is_not_cached_yet_is_waited_for() -> None:
     doc = tuned_md()
     p = plan(doc, finished(doc, None), CONFIG)
-    assert p.status["autotune"]["state"] == "Running" and p.apply == []
+    assert p.status["autotune"]["state"] == "Running" and p.apply == [] and p.status["phase"] == "Deploying"
 
 
 def test_replicas_do_not_start_a_new_sweep_but_the_serving_block_and_the_artifact_do() -> None:

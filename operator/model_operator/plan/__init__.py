@@ -73,7 +73,7 @@ def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan
     if tune is not None and tune.serve is not None:
         served = _serve(d, tune.serve, config, opt)
     elif tune is not None:
-        _autotuning(d, spec)
+        served = _autotuning(d, spec)
     elif serves:
         _waiting(d, spec, opt)
     else:
@@ -148,14 +148,16 @@ def _waiting(d: Draft, spec: ModelDeploymentSpec, opt: OptimizationState) -> Non
         d.cond("Progressing", True, "Optimizing", "optimizing the model")
 
 
-def _autotuning(d: Draft, spec: ModelDeploymentSpec) -> None:
+def _autotuning(d: Draft, spec: ModelDeploymentSpec) -> ServeResult:
+    """The artifact is ready, the sweep runs: nothing new is rolled out yet (phase Deploying)."""
     job = (d.plan.status.get("autotune") or {}).get("job")
+    replicas = (spec.serving or Serving()).replicas
     d.plan.status.update(
-        replicas=0, readyReplicas=0, ready=f"0/{(spec.serving or Serving()).replicas}",
-        selector=names.selector_string(names.serving_selector(d.name)),
+        replicas=0, readyReplicas=0, ready=f"0/{replicas}", selector=names.selector_string(names.serving_selector(d.name)),
     )
     d.cond("Available", False, "Autotuning", "waiting for the autotune sweep before the rollout")
     d.cond("Progressing", True, "Autotuning", f"autotune Job {job} is measuring Triton configs")
+    return ServeResult(desired=replicas)
 
 
 def _published(d: Draft, opt: OptimizationState) -> None:
