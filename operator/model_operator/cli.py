@@ -62,6 +62,12 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
     return artifacts_main(args)
 
 
+def _cmd_autotune(args: argparse.Namespace) -> int:
+    from .triton.pod_commands import autotune_main
+
+    return autotune_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-url-file", default=None, help="read the artifact's archive from the pre-signed GET URL in this file")
     p.add_argument("--report-summary", default=None)
     p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("autotune", help="(autotune Job) sweep Triton configs of an assembled model and report the best")
+    p.add_argument("--repository", required=True, help="the model repository `assemble` wrote (Triton serves it, explicit mode)")
+    p.add_argument("--name", required=True, help="the assembled model's name")
+    p.add_argument("--target", default="cloud", choices=["cloud", "edge", "device"])
+    p.add_argument("--serving-json", default="{}", help="spec.serving as JSON: the base the sweep varies")
+    p.add_argument("--grpc", default="127.0.0.1:8001", help="Triton's gRPC endpoint")
+    p.add_argument("--cores", type=int, default=0, help="cores the serving container gets (default: this process's CPUs)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients per measurement")
+    p.add_argument("--duration", type=float, default=5.0, help="counted seconds per config")
+    p.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per config")
+    p.add_argument("--limit", type=int, default=16, help="most configs measured (the batch-1 baseline included)")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for Triton")
+    p.add_argument("--report-summary", default=None, help="write the JSON summary here (e.g. /dev/termination-log)")
+    p.set_defaults(func=_cmd_autotune)
 
     p = sub.add_parser("artifacts", help="manage artifacts in a store")
     art = p.add_subparsers(dest="artifacts_command", required=True)

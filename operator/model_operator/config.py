@@ -85,6 +85,12 @@ class OperatorConfig(BaseSettings):
     worker_resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
     )
+    autotune_seconds_per_config: float = Field(
+        default=5.0, gt=0, le=600, description="Counted seconds of load per config in the serving autotune's sweep (plus 1 s warm-up)."
+    )
+    autotune_max_configs: int = Field(
+        default=16, ge=2, le=64, description="Most Triton configs one autotune sweep measures, the batch-1 baseline included."
+    )
     worker_node_selector: dict[str, str] = Field(default_factory=dict, description="Where optimization Jobs run.")
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     worker_service_account: str | None = None

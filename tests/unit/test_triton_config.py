@@ -178,6 +178,20 @@ def test_python_backend_names_its_onnx_file() -> None:
     assert cfg.parameters["onnx_file"].string_value == "model.onnx"
 
 
+@pytest.mark.parametrize(
+    ("fmt", "backend", "key"),
+    [("onnx", "python", "intra_op_threads"), ("onnx", "onnxruntime", "intra_op_thread_count"), ("torchscript", "pytorch", None)],
+)
+def test_intra_op_threads_reach_the_backend_that_reads_them(fmt: str, backend: str, key: str | None) -> None:
+    text = build_model_config("m", IMAGE_IN, IMAGE_OUT, artifact_format=fmt, serving=Serving(intra_op_threads=3, backend=backend),
+                              target=Target.edge)
+    params = dict(parse_model_config(text).parameters)
+    threads = {k: v.string_value for k, v in params.items() if "thread" in k}
+    assert threads == ({key: "3"} if key else {})
+    unset = build_model_config("m", IMAGE_IN, IMAGE_OUT, artifact_format=fmt, serving=Serving(backend=backend), target=Target.edge)
+    assert not [k for k in parse_model_config(unset).parameters if "thread" in k]
+
+
 def test_a_batch_only_output_is_reshaped() -> None:
     text = build_model_config(
         "m", IMAGE_IN, [TensorSpec(name="score", shape=[-1])], artifact_format="onnx", serving=None, target="edge"

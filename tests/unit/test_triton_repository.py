@@ -162,11 +162,13 @@ def test_group_requests_keeps_order() -> None:
 def test_as_python_backend_converts_onnxruntime_configs(tmp_path: Path) -> None:
     src = write_repository(
         tmp_path / "artifact", "m", matmul_onnx(tmp_path / "m.onnx"), artifact_format="onnx", inputs=IN, outputs=OUT,
-        serving=Serving(gpus=1, gpu_accelerator="tensorrt", instance_count=2, max_batch_size=4), target="cloud",
+        serving=Serving(gpus=1, gpu_accelerator="tensorrt", instance_count=2, max_batch_size=4, intra_op_threads=2), target="cloud",
     )
     dest = as_python_backend(src, tmp_path / "serve")
     cfg = parse_model_config((dest / "config.pbtxt").read_text())
     assert cfg.backend == "python" and not cfg.platform
+    # The onnxruntime backend's thread count becomes the Python model's parameter.
+    assert cfg.parameters["intra_op_threads"].string_value == "2" and "intra_op_thread_count" not in cfg.parameters
     assert cfg.max_batch_size == 4 and cfg.HasField("dynamic_batching")
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU and cfg.instance_group[0].count == 2
     assert not cfg.HasField("optimization")

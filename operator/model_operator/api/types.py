@@ -408,6 +408,13 @@ class Serving(ApiModel):
     instance_count: int = Field(default=1, ge=1, le=64)
     """Model instances per replica (parallel executions)."""
     gpu_accelerator: GpuAccelerator = Field(default=GpuAccelerator.none, description="ONNX Runtime TensorRT execution accelerator (GPU pools).")
+    intra_op_threads: int | None = Field(default=None, ge=1, le=256)
+    """ONNX Runtime intra-op threads per model instance (onnxruntime and python backends); ONNX Runtime's own choice when omitted."""
+    autotune: bool = Field(
+        default=False,
+        description="Before the rollout, measure a bounded sweep of Triton configs (max batch size, queue delay, instance count, "
+        "intra-op threads) on the serving pool and serve the best; the sweep's table goes to status.autotune.",
+    )
 
 
 class ScalingMetric(ApiModel):
@@ -728,6 +735,43 @@ class HealthStatus(StatusModel):
     """p99 request latency in ms (Triton's latency summaries; the slowest pod)."""
 
 
+class AutotuneRow(StatusModel):
+    name: str
+    """The config's name: b<max batch>-d<queue delay>us-i<instances>-t<threads>, or batch1-... for the baseline."""
+    max_batch_size: int = Field(description="Largest batch Triton forms.")
+    dynamic_batching: bool = Field(description="Whether the dynamic batcher is on (off: the batch-1 baseline).")
+    max_queue_delay_microseconds: int = Field(description="How long a request may wait for a batch to fill.")
+    instance_count: int = Field(description="Model instances.")
+    intra_op_threads: int = Field(description="ONNX Runtime intra-op threads per instance.")
+    throughput: float = Field(description="Answered requests per second.")
+    p50_ms: float = Field(description="Median round trip seen by the load generator, ms.")
+    p95_ms: float = Field(description="95th percentile round trip, ms.")
+    p99_ms: float = Field(description="99th percentile round trip, ms.")
+    errors: int = Field(default=0, description="Requests answered with an error.")
+    requests: int = Field(default=0, description="Requests answered in the counted window.")
+
+
+class AutotuneStatus(StatusModel):
+    state: str
+    """Running, Succeeded or Failed."""
+    job: str | None = None
+    """The sweep Job."""
+    artifact_sha256: str | None = None
+    """The artifact the sweep measured (a new artifact runs a new sweep)."""
+    serving_hash: str | None = None
+    """Hash of the serving block the sweep started from (a change runs a new sweep)."""
+    chosen: str | None = None
+    """The config served: the highest throughput whose p95 is no worse than the batch-1 row's (ties to the simplest)."""
+    cores: int | None = None
+    """Cores the sweep shared out between instances (the serving container's CPU)."""
+    concurrency: int | None = None
+    """Closed-loop clients of each measurement."""
+    table: list[AutotuneRow] = Field(default_factory=list, max_length=64)
+    """The measured configs, baseline first."""
+    message: str | None = None
+    """Why the sweep failed (the untuned config is served then)."""
+
+
 class ModelDeploymentStatus(StatusModel):
     phase: Phase | None = None
     """Pending, Optimizing, Deploying, Ready, Degraded or Failed."""
@@ -759,6 +803,8 @@ class ModelDeploymentStatus(StatusModel):
     """The last golden probe's result."""
     health: HealthStatus | None = None
     """Serving health against the monitoring objectives."""
+    autotune: AutotuneStatus | None = None
+    """The serving autotune's sweep (serving.autotune) and the config it chose."""
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:

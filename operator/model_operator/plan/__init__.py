@@ -17,6 +17,7 @@ from ..config import OperatorConfig
 from ..resources import common as names
 from ..resources import serving as serving_builder
 from . import status as st
+from .autotune import plan_autotune
 from .core import SERVICE_MONITOR, Child, Delete, Draft, Observed, Plan, Readings
 from .engines import plan_engine
 from .monitoring import plan_health, plan_probe, plan_service_monitor
@@ -66,8 +67,13 @@ def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan
     opt = plan_optimization(d, spec, spec_hash(spec), config)
     serves = spec.target != Target.device
     served = ServeResult()
-    if serves and opt.artifact_ready:
-        served = _serve(d, spec, config, opt)
+    tune = plan_autotune(d, spec, config, opt.artifact) if serves and opt.artifact_ready else None
+    if tune is not None and tune.status is not None:
+        d.plan.status["autotune"] = tune.status
+    if tune is not None and tune.serve is not None:
+        served = _serve(d, tune.serve, config, opt)
+    elif tune is not None:
+        served = _autotuning(d, spec)
     elif serves:
         _waiting(d, spec, opt)
     else:
@@ -140,6 +146,18 @@ def _waiting(d: Draft, spec: ModelDeploymentSpec, opt: OptimizationState) -> Non
     else:
         d.cond("Available", False, "NoArtifact", "waiting for the optimized artifact")
         d.cond("Progressing", True, "Optimizing", "optimizing the model")
+
+
+def _autotuning(d: Draft, spec: ModelDeploymentSpec) -> ServeResult:
+    """The artifact is ready, the sweep runs: nothing new is rolled out yet (phase Deploying)."""
+    job = (d.plan.status.get("autotune") or {}).get("job")
+    replicas = (spec.serving or Serving()).replicas
+    d.plan.status.update(
+        replicas=0, readyReplicas=0, ready=f"0/{replicas}", selector=names.selector_string(names.serving_selector(d.name)),
+    )
+    d.cond("Available", False, "Autotuning", "waiting for the autotune sweep before the rollout")
+    d.cond("Progressing", True, "Autotuning", f"autotune Job {job} is measuring Triton configs")
+    return ServeResult(desired=replicas)
 
 
 def _published(d: Draft, opt: OptimizationState) -> None:

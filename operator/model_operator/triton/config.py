@@ -16,6 +16,9 @@ Rules:
   and max_batch_size > 0.
 - `instance_group`: KIND_GPU on the GPUs `0..gpus-1` for a cloud target with `serving.gpus > 0`,
   else KIND_CPU; `count` is `serving.instanceCount`.
+- ONNX Runtime's intra-op threads per instance when `serving.intraOpThreads` is set: the
+  `intra_op_thread_count` parameter of the onnxruntime backend, `intra_op_threads` of our
+  Python-backend model (pytorch ignores it).
 - the ONNX Runtime TensorRT execution accelerator with FP16 precision when
   `serving.gpuAccelerator: tensorrt`, the backend is onnxruntime and the instances are on GPUs
   (ignored elsewhere: TensorRT needs a GPU and only the onnxruntime backend takes it).
@@ -54,6 +57,8 @@ _PLATFORMS: Final[dict[Backend, tuple[str, str]]] = {
 # Parameters the Python-backend model.py reads from its config.
 PYTHON_MODEL_FILE_PARAM: Final = "onnx_file"
 PYTHON_THREADS_PARAM: Final = "intra_op_threads"
+# The parameter Triton's onnxruntime backend reads for ONNX Runtime's intra-op thread pool.
+ORT_BACKEND_THREADS_PARAM: Final = "intra_op_thread_count"
 DEFAULT_ONNX_FILE: Final = "model.onnx"
 
 
@@ -167,6 +172,9 @@ def build_model_config_proto(
 
     if eff == Backend.python:
         cfg.parameters[PYTHON_MODEL_FILE_PARAM].string_value = DEFAULT_ONNX_FILE
+    if serving.intra_op_threads is not None and eff in (Backend.python, Backend.onnxruntime):
+        key = PYTHON_THREADS_PARAM if eff == Backend.python else ORT_BACKEND_THREADS_PARAM
+        cfg.parameters[key].string_value = str(serving.intra_op_threads)
 
     if warmup:
         w = cfg.model_warmup.add(name="zeros", batch_size=1 if cfg.max_batch_size > 0 else 0, count=1)

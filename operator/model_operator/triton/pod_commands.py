@@ -146,3 +146,59 @@ def artifacts_main(args: argparse.Namespace) -> int:
     except StorageError as exc:
         return _fail(str(exc), 2)
     return 0
+
+
+def autotune_summary(table: list[Any], chosen: Any, *, cores: int, concurrency: int) -> dict[str, Any]:
+    """What the autotune Job reports (the termination log, < 4 KiB for the default grid): the table,
+    the row chosen by `tuning.choose`, and the conditions it was measured under."""
+    return {
+        "ok": chosen is not None,
+        "cores": cores,
+        "concurrency": concurrency,
+        "chosen": chosen.knobs.name if chosen is not None else None,
+        "table": [r.as_dict() for r in table],
+        **({} if chosen is not None else {"reason": "no config of the sweep answered without errors"}),
+    }
+
+
+def autotune_main(args: argparse.Namespace) -> int:
+    """(autotune Job) measure the sweep grid on the Triton at --grpc, on the model `--name` that
+    `assemble` wrote into --repository (the server runs with explicit model control on the same
+    directory); report the table and the choice."""
+    import os
+
+    from .client import wait_ready
+    from .config import read_signature
+    from .sweep import run_sweep, sample_inputs
+    from .tuning import choose, sweep_grid
+
+    try:
+        serving = Serving.model_validate(json.loads(args.serving_json or "{}"))
+    except ValueError as exc:
+        return _fail(f"--serving-json: {exc}".splitlines()[0], 2, args.report_summary)
+    source = Path(args.repository) / args.name
+    try:
+        inputs, outputs, _ = read_signature((source / "config.pbtxt").read_text())
+        model_file = source / "1" / "model.onnx"
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file}: the autotune sweep serves ONNX artifacts only")
+    except (OSError, ValueError) as exc:
+        return _fail(f"{source}: {exc}", 2, args.report_summary)
+    cores = args.cores or len(os.sched_getaffinity(0))
+    try:
+        wait_ready(args.grpc, timeout=args.ready_timeout, protocol="grpc")
+        table = run_sweep(
+            args.grpc, Path(args.repository), f"{args.name}-sweep", model_file, inputs=inputs, outputs=outputs,
+            serving=serving, target=args.target, grid=sweep_grid(cores, limit=args.limit, min_max_batch=serving.max_batch_size),
+            request=sample_inputs(inputs),
+            concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup, progress=print,
+        )
+    except Exception as exc:  # noqa: BLE001 - the Job reports what broke; the operator serves the untuned config
+        return _fail(f"autotune sweep failed: {exc}".splitlines()[0], 1, args.report_summary)
+    chosen = choose(table, min_max_batch=serving.max_batch_size)
+    summary = autotune_summary(table, chosen, cores=cores, concurrency=args.concurrency)
+    text = json.dumps(summary, separators=(",", ":"))
+    if args.report_summary:
+        Path(args.report_summary).write_text(text)
+    print(text)
+    return 0 if summary["ok"] else 1

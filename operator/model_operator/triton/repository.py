@@ -21,7 +21,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ..api.types import Backend, Serving, Target, TensorSpec
 from .config import (
     DEFAULT_ONNX_FILE,
+    ORT_BACKEND_THREADS_PARAM,
     PYTHON_MODEL_FILE_PARAM,
+    PYTHON_THREADS_PARAM,
     ConfigError,
     build_model_config,
     effective_backend,
@@ -108,7 +110,8 @@ def as_python_backend(src: Path, dest_root: Path, *, keep_gpus: bool = False) ->
 
     The local Triton (nvidia-pytriton's build) has only the Python backend. An ONNX model
     configured for `onnxruntime` keeps its signature, batching and instance count; the platform
-    and the GPU execution accelerators go, and `model.py` is added beside each version's
+    and the GPU execution accelerators go, the onnxruntime backend's intra-op thread count becomes
+    the Python model's, and `model.py` is added beside each version's
     `model.onnx`. Unless `keep_gpus`, KIND_GPU instance groups become KIND_CPU (this machine may
     have no GPU). TorchScript cannot be served this way: ConfigError."""
     src = Path(src)
@@ -131,6 +134,9 @@ def as_python_backend(src: Path, dest_root: Path, *, keep_gpus: bool = False) ->
         filename = cfg.default_model_filename or DEFAULT_ONNX_FILE
         cfg.ClearField("default_model_filename")
         cfg.parameters[PYTHON_MODEL_FILE_PARAM].string_value = filename
+        if ORT_BACKEND_THREADS_PARAM in cfg.parameters:
+            threads = cfg.parameters.pop(ORT_BACKEND_THREADS_PARAM).string_value
+            cfg.parameters[PYTHON_THREADS_PARAM].string_value = threads
     else:
         filename = cfg.parameters[PYTHON_MODEL_FILE_PARAM].string_value if PYTHON_MODEL_FILE_PARAM in cfg.parameters else DEFAULT_ONNX_FILE
     versions = [p for p in src.iterdir() if p.is_dir() and p.name.isdigit()]
