@@ -101,6 +101,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Lists (at start and after each watch expires) come in pages: one response for every object
     # of a large fleet is held as bytes, text and parsed objects at once.
     settings.watching.chunk_size = 100
+    filter_watches_on_the_server(settings)
     settings.networking.request_timeout = 60
     kube = Kube()
     memo.kube = kube
@@ -178,6 +179,22 @@ for _id, _group, _version, _plural in _CHILD_INDEXES:
 
 # ModelDeployments, Jobs, Pods and the children: each a watch stream per namespace.
 WATCHED_KINDS = 3 + len(_CHILD_INDEXES)
+
+# Every kind the operator watches besides its own: (group, version, plural).
+CHILD_KINDS = (("batch", "v1", "jobs"), ("", "v1", "pods"), *((g, v, p) for _, g, v, p in _CHILD_INDEXES))
+
+
+def managed_selector() -> str:
+    """The label selector the API server applies to every child watch and list."""
+    return ",".join(f"{k}={v}" for k, v in sorted(MANAGED.items()))
+
+
+def filter_watches_on_the_server(settings: kopf.OperatorSettings) -> None:
+    """kopf's `labels=` filters run in the operator, after every Pod, Job, Deployment... of the
+    cluster has been streamed and decoded. kopf's settings.watching.label_selectors go into the
+    list and watch requests as labelSelector: the API server sends only the operator's children."""
+    for group, version, plural in CHILD_KINDS:
+        settings.watching.label_selectors[group, version, plural] = managed_selector()
 
 
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
