@@ -23,3 +23,14 @@ def test_queries_evaluate(prometheus: Any, name: str, track: str | None) -> None
     for q in queries:
         # No series match here: a valid query answers "no data" (None); a broken one raises.
         assert client.query(q) is None, q
+
+
+def test_fleet_queries_evaluate(prometheus: Any) -> None:
+    import asyncio
+
+    from model_operator.scaling.prometheus import AsyncPrometheus
+
+    client = AsyncPrometheus(prometheus.url, timeout=10)
+    for m in ScalingMetricType:
+        # Valid PromQL (label_replace, grouping) answers an empty vector here; broken PromQL raises.
+        assert asyncio.run(client.query_by(promql.fleet_scaling_query(m, "30s"), ("namespace", "md"))) == {}, m

@@ -135,3 +135,24 @@ def test_health_verdict(rate: float | None, errors: float | None, p99: float | N
     assert (h.healthy, h.reason) == (healthy, reason)
     if healthy is False:
         assert "monitoring." in h.message
+
+
+@pytest.mark.parametrize(("pod", "md"), [
+    ("digits-triton-7d9f8b6c4-x2x9z", "digits"),
+    ("digits-triton-canary-7d9f8b6c4-x2x9z", "digits"),
+    ("a.b-c-triton-5f7c9-abcde", "a.b-c"),
+    # MD names that themselves end like the operator's suffixes
+    ("x-triton-canary-triton-5f7c9-abcde", "x-triton-canary"),
+    ("x-triton-triton-canary-5f7c9-abcde", "x-triton"),
+    ("my-triton-5f7c9-abcde", "my"),
+])
+def test_the_fleet_queries_take_the_md_from_the_pod_name(pod: str, md: str) -> None:
+    """The regex label_replace uses (PromQL anchors it at both ends, as fullmatch does)."""
+    match = re.fullmatch(promql.FLEET_MD, pod)
+    assert match is not None and match.group(1) == md
+    assert re.fullmatch(promql.FLEET_POD, pod)
+
+
+@pytest.mark.parametrize("pod", ["digits-7d9f8b6c4-x2x9z", "digits-triton-x2x9z", "other-server-5f7c9-abcde"])
+def test_pods_not_the_operators_get_no_md(pod: str) -> None:
+    assert re.fullmatch(promql.FLEET_POD, pod) is None and re.fullmatch(promql.FLEET_MD, pod) is None
