@@ -31,6 +31,9 @@ def test_fleet_queries_evaluate(prometheus: Any) -> None:
     from model_operator.scaling.prometheus import AsyncPrometheus
 
     client = AsyncPrometheus(prometheus.url, timeout=10)
-    for m in ScalingMetricType:
+    queries = [promql.fleet_scaling_query(m, "30s") for m in ScalingMetricType]
+    queries += [promql.fleet_request_rate("30s"), promql.fleet_error_ratio("30s"), promql.fleet_p99_latency_ms()]
+    for q in queries:
         # Valid PromQL (label_replace, grouping) answers an empty vector here; broken PromQL raises.
-        assert asyncio.run(client.query_by(promql.fleet_scaling_query(m, "30s"), ("namespace", "md"))) == {}, m
+        assert asyncio.run(client.query_by(q, ("namespace", "md"))) == {}, q
+        assert Prometheus(prometheus.url, timeout=10).query_by(q, ("namespace", "md")) == {}, q

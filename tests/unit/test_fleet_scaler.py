@@ -4,15 +4,19 @@ ModelDeployments tick; each tick's decision and what it writes, from plain dicts
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from model_operator.api.types import ScalingMetricType as K
 from model_operator.api.validation import load_spec
+from model_operator.config import OperatorConfig
 from model_operator.controller import autoscale
-from model_operator.scaling.fleet import FleetMetrics
-from model_operator.scaling.prometheus import PrometheusError
+from model_operator.controller.reconcile import Observed, Reconciler
+from model_operator.scaling.fleet import FleetHealth, FleetMetrics
+from model_operator.scaling.prometheus import Prometheus, PrometheusError
 
 
 class FakeProm:
@@ -157,3 +161,55 @@ def test_a_failed_sample_holds_and_says_why(cause: str) -> None:
     assert out.replicas is None and cond["status"] == "False" and cond["reason"] == f"Prometheus{cause.capitalize()}"
     assert out.scaling is not None and "holding 2 replicas" in out.scaling["reason"]
     assert [e[1] for e in out.events] == ["MetricsUnavailable"]
+
+
+# --- serving health: the reconciler's readings, shared the same way --------------------------
+
+
+class FakeSyncProm:
+    def __init__(self, error: PrometheusError | None = None) -> None:
+        self.error = error
+        self.queries: list[str] = []
+        self.lock = threading.Lock()
+
+    def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        with self.lock:
+            self.queries.append(promql)
+        time.sleep(0.02)
+        if self.error is not None:
+            raise self.error
+        if "nv_inference_request_summary_us" in promql and "rate(" not in promql:
+            return {("ns", "busy"): 12.5}
+        if "clamp_min" in promql:
+            return {("ns", "busy"): 0.02, ("ns", "idle"): 0.0}
+        return {("ns", "busy"): 40.0, ("ns", "idle"): 0.0}
+
+
+def _readings_in_threads(prom: FakeSyncProm, names: list[str]) -> list[Any]:
+    config = OperatorConfig(health_interval_seconds=30)
+    reconciler = Reconciler(None, config, prom=Prometheus("http://unused"))  # type: ignore[arg-type]
+    reconciler.fleet_health = FleetHealth(prom, "20s")  # type: ignore[arg-type]
+    observed = [Observed() for _ in names]
+    threads = [threading.Thread(target=reconciler._take_from_fleet, args=(o, "ns", n)) for o, n in zip(observed, names, strict=True)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return observed
+
+
+def test_fifty_reconcile_threads_share_three_health_queries() -> None:
+    prom = FakeSyncProm()
+    observed = _readings_in_threads(prom, ["busy"] * 25 + ["idle"] * 25)
+    assert len(prom.queries) == 3
+    busy, idle = observed[0].metrics["all"], observed[-1].metrics["all"]
+    assert (busy.request_rate, busy.error_ratio, busy.latency_ms) == (40.0, 0.02, 12.5)
+    # No traffic: no error ratio to judge, as with one query per MD.
+    assert (idle.request_rate, idle.error_ratio, idle.latency_ms) == (0.0, None, None)
+
+
+def test_a_failed_health_poll_is_each_mds_metrics_error() -> None:
+    prom = FakeSyncProm(PrometheusError("timeout", "Prometheus at http://p did not answer within 2s"))
+    observed = _readings_in_threads(prom, ["busy"] * 10)
+    assert len(prom.queries) == 1
+    assert all(o.metrics_errors == {"all": "Prometheus at http://p did not answer within 2s"} and not o.metrics for o in observed)

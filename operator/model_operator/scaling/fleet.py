@@ -1,4 +1,5 @@
-"""The scaling metrics of the whole fleet, read once per poll and shared by every ModelDeployment.
+"""The scaling metrics and the serving health of the whole fleet, read once per poll and shared
+by every ModelDeployment.
 
 Each ModelDeployment's scaler tick asks `FleetMetrics.sample` for its values. The first caller
 after the last sample went stale sends one query per metric kind in use (grouped by namespace
@@ -11,13 +12,14 @@ once per poll, not once per object.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..api.types import ScalingMetricType
 from . import promql
-from .prometheus import AsyncPrometheus, PrometheusError
+from .prometheus import AsyncPrometheus, Prometheus, PrometheusError
 
 LABELS = ("namespace", "md")
 
@@ -80,4 +82,56 @@ class FleetMetrics:
                 sample.values[kind] = answer
         if self.on_poll is not None:
             self.on_poll(len(ordered), sample.error)
+        return sample
+
+
+HEALTH = ("requestRate", "errorRatio", "p99LatencyMs")
+
+
+@dataclass
+class HealthSample:
+    time: float
+    values: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    error: PrometheusError | None = None
+
+    def of(self, namespace: str, name: str) -> dict[str, float | None]:
+        return {k: self.values.get(k, {}).get((namespace, name)) for k in HEALTH}
+
+
+class FleetHealth:
+    """Request rate, error ratio and p99 latency of every ModelDeployment: three queries per
+    health interval for the whole fleet. The reconciler runs in kopf's thread pool, so this
+    is the blocking client behind a thread lock: one thread queries, the others wait and share."""
+
+    def __init__(self, prom: Prometheus, window: str, clock: Callable[[], float] = time.time,
+                 on_poll: Callable[[int, PrometheusError | None], None] | None = None) -> None:
+        self.prom = prom
+        self.window = window
+        self.clock = clock
+        self.on_poll = on_poll
+        self.last: HealthSample | None = None
+        self._lock = threading.Lock()
+
+    def sample(self, max_age: float) -> HealthSample:
+        with self._lock:
+            last = self.last
+            if last is not None and self.clock() - last.time < max_age:
+                return last
+            self.last = self._poll()
+            return self.last
+
+    def _poll(self) -> HealthSample:
+        sample = HealthSample(self.clock())
+        queries = {"requestRate": promql.fleet_request_rate(self.window), "errorRatio": promql.fleet_error_ratio(self.window),
+                   "p99LatencyMs": promql.fleet_p99_latency_ms()}
+        sent = 0
+        for key, query in queries.items():
+            sent += 1
+            try:
+                sample.values[key] = self.prom.query_by(query, LABELS)
+            except PrometheusError as exc:
+                sample.error = exc
+                break
+        if self.on_poll is not None:
+            self.on_poll(sent, sample.error)
         return sample

@@ -81,6 +81,13 @@ class Prometheus:
 
     def query(self, promql: str) -> float | None:
         """Instant query returning one scalar; None when the query matches no series (no data)."""
+        return scalar_of(self._data(promql))
+
+    def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        """Instant query answering a vector, keyed by the values of `labels`."""
+        return vector_of(self._data(promql), labels)
+
+    def _data(self, promql: str) -> dict[str, Any]:
         try:
             resp = requests.get(f"{self.url.rstrip('/')}/api/v1/query", params=_params(promql, self.timeout), timeout=self.timeout)
         except requests.Timeout:
@@ -91,7 +98,7 @@ class Prometheus:
             payload = resp.json()
         except ValueError:
             raise _garbage(self.url, resp.status_code) from None
-        return scalar_of(_data(resp.status_code, payload))
+        return _data(resp.status_code, payload)
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,23 @@ def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
     if metric == ScalingMetricType.gpu_utilization:
         return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_gpu_utilization'))})"
     return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_cpu_utilization'))})"
+
+
+def fleet_request_rate(window: str) -> str:
+    """request_rate for every ModelDeployment at once."""
+    return f"{_fleet_rate('nv_inference_request_success', window)} + {_fleet_rate('nv_inference_request_failure', window)}"
+
+
+def fleet_error_ratio(window: str) -> str:
+    """error_ratio for every ModelDeployment at once. The backend's own failure counter exists
+    only on the project's Python backend: where it is absent, `or` takes 0 times Triton's
+    failures (the same labels), as `or vector(0)` does for one MD."""
+    triton_failures = _fleet_rate("nv_inference_request_failure", window)
+    failures = f"({triton_failures} + ({_fleet_rate(BACKEND_FAILURE, window)} or (0 * {triton_failures})))"
+    return f"{failures} / clamp_min({triton_failures} + {_fleet_rate('nv_inference_request_success', window)}, 1e-9)"
+
+
+def fleet_p99_latency_ms() -> str:
+    """p99_latency_ms for every ModelDeployment at once: each one's slowest pod."""
+    series = LATENCY_SUMMARY + '{pod=~"' + FLEET_POD + '",quantile="0.99"}'
+    return f"max by ({FLEET_BY}) ({_with_md(series)}) / 1000"
