@@ -53,7 +53,10 @@ def _service(name: str, labels: dict[str, str]) -> dict[str, Any]:
             "spec": {"ports": [{"port": 80}], "selector": {"app": name}}}
 
 
-CONTAINERS = [{"name": "c", "image": "unused"}]
+# The test namespace enforces the restricted Pod Security Standard.
+CONTAINERS = [{"name": "c", "image": "unused", "securityContext": {
+    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True, "runAsUser": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"}}}]
 
 
 def _pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
