@@ -213,3 +213,17 @@ def test_a_failed_health_poll_is_each_mds_metrics_error() -> None:
     observed = _readings_in_threads(prom, ["busy"] * 10)
     assert len(prom.queries) == 1
     assert all(o.metrics_errors == {"all": "Prometheus at http://p did not answer within 2s"} and not o.metrics for o in observed)
+
+
+def test_after_a_restart_a_steady_replica_count_is_held_for_the_whole_window() -> None:
+    """Steady at 4 replicas, last written 500 s ago (within the heartbeat): the written window's
+    entry has left the 300 s scale-down window. The load drops right after the restart: the
+    replicas running at the restart still hold the count for 300 s, as after an HPA restart."""
+    b = body(4)
+    written = {"scaling": {"lastPoll": 500.0, "reason": "steady at 4"}, "scalingWindow": [{"time": 500.0, "replicas": 4}]}
+    state = autoscale.State.from_status({**b["status"], **written}, now=1000.0, current=4)
+    out = tick(b, {"inferenceRate": 1.0}, 1005.0, state)
+    assert out.replicas is None and out.scaling is not None and "stabilization" in out.scaling["reason"]
+    assert out.window is not None
+    state.scaling, state.window = out.scaling, out.window
+    assert tick(b, {"inferenceRate": 1.0}, 1301.0, state).replicas == 1

@@ -58,13 +58,17 @@ class State:
     written_window: list[dict[str, float]]
 
     @classmethod
-    def from_status(cls, status: dict[str, Any]) -> State:
-        """The state a restarted operator starts from: the last one written."""
+    def from_status(cls, status: dict[str, Any], now: float | None = None, current: int | None = None) -> State:
+        """The state a restarted operator starts from: the last one written. The newest entry of
+        a steady window is written only with the heartbeat, so it may be old; as the HPA does
+        when it starts, the replicas running now count as a recommendation made now, and a
+        scale-down right after a restart still waits for the whole stabilization window."""
         scaling = dict(status.get("scaling") or {})
         # Earlier versions kept every recommendation in status.scaling.recommendations; the
         # policy compacts it on the first poll.
-        window = list(status.get("scalingWindow") or scaling.pop("recommendations", None) or [])
-        return cls(scaling, window, scaling, window)
+        written = list(status.get("scalingWindow") or scaling.pop("recommendations", None) or [])
+        window = [*written, {"time": now, "replicas": current}] if now is not None and current is not None else written
+        return cls(scaling, window, scaling, written)
 
 
 def should_poll(spec: ModelDeploymentSpec, status: dict[str, Any], scaling: dict[str, Any], now: float) -> bool:

@@ -323,7 +323,8 @@ async def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, log
     status = dict(body.get("status") or {})
     meta = body["metadata"]
     uid = meta["uid"]
-    state: autoscale.State = memo.scaler.get(uid) or autoscale.State.from_status(status)
+    state: autoscale.State = memo.scaler.get(uid) or autoscale.State.from_status(
+        status, now, spec.serving.replicas if spec.serving else 1)
     if not autoscale.should_poll(spec, status, state.scaling, now):
         return
     auto = spec.autoscaling
