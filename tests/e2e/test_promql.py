@@ -23,3 +23,17 @@ def test_queries_evaluate(prometheus: Any, name: str, track: str | None) -> None
     for q in queries:
         # No series match here: a valid query answers "no data" (None); a broken one raises.
         assert client.query(q) is None, q
+
+
+def test_fleet_queries_evaluate(prometheus: Any) -> None:
+    import asyncio
+
+    from model_operator.scaling.prometheus import AsyncPrometheus
+
+    client = AsyncPrometheus(prometheus.url, timeout=10)
+    queries = [promql.fleet_scaling_query(m, "30s") for m in ScalingMetricType]
+    queries += [promql.fleet_request_rate("30s"), promql.fleet_error_ratio("30s"), promql.fleet_p99_latency_ms()]
+    for q in queries:
+        # Valid PromQL (label_replace, grouping) answers an empty vector here; broken PromQL raises.
+        assert asyncio.run(client.query_by(q, ("namespace", "md"))) == {}, q
+        assert Prometheus(prometheus.url, timeout=10).query_by(q, ("namespace", "md")) == {}, q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pytest
@@ -29,10 +31,60 @@ def test_keda_scaled_object_uses_the_scalers_queries_and_targets_the_scale_subre
     queue, rate = obj["spec"]["triggers"]
     sel = promql.pod_matcher("digits", "ml", track=None)
     assert queue["metadata"]["query"] == promql.queue_time_ms(sel, "30s") and queue["metricType"] == "Value"
-    assert rate["metadata"]["query"] == promql.inference_rate_per_replica(sel, "30s") and rate["metricType"] == "AverageValue"
+    assert rate["metadata"]["query"] == promql.inference_rate_per_replica(sel, "30s")
     assert rate["metadata"]["threshold"] == "40" and queue["metadata"]["serverAddress"] == "http://prom:9090"
     behavior = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == s.autoscaling.scale_down.stabilization_seconds
+
+
+def _hpa_external_desired(current: int, trigger: dict[str, Any], value: float, tolerance: float = 0.1) -> int:
+    """What the HPA controller does with one external metric (Kubernetes docs, "Algorithm details"):
+    a `Value` target compares the metric itself, ratio = value / target, desired = ceil(current * ratio);
+    an `AverageValue` target first divides the metric by the replica count, which gives
+    desired = ceil(value / target). Inside the tolerance nothing changes."""
+    target = float(trigger["metadata"]["threshold"])
+    if trigger["metricType"] == "Value":
+        ratio = value / target
+    elif trigger["metricType"] == "AverageValue":
+        ratio = (value / current) / target
+    else:
+        raise AssertionError(f"unknown metricType {trigger['metricType']!r}")
+    return current if abs(ratio - 1.0) <= tolerance else math.ceil(current * ratio)
+
+
+def _per_replica(query: str) -> bool:
+    """The query's answer is already an average over the pods: divided by the number of pods, or
+    an avg() over per-pod sums."""
+    return bool(re.search(r"/ clamp_min\(count\(count by \(pod\)", query) or re.match(r"(100 \* )?avg\(", query))
+
+
+@pytest.mark.parametrize(("metric", "per_pod", "target", "want"), [
+    # 3 replicas at 10 req/s each, target 5 req/s per replica: 6 replicas.
+    ("inferenceRate", 10.0, 5, 6),
+    # 3 replicas with 4 pending requests each, target 2: 6 replicas.
+    ("pendingRequests", 4.0, 2, 6),
+    # 3 replicas at 90 % GPU, target 45 %: 6 replicas.
+    ("gpuUtilization", 90.0, 45, 6),
+    # 3 replicas at 1 req/s each, target 3: 1 replica.
+    ("inferenceRate", 1.0, 3, 1),
+])
+def test_keda_triggers_make_the_hpa_want_what_the_load_needs(metric: str, per_pod: float, target: float, want: int) -> None:
+    """The HPA's arithmetic on the rendered trigger, for 3 replicas each at `per_pod`: the query answers
+    per replica (checked on its text), so it returns `per_pod` whatever the replica count."""
+    s = spec(engine="keda", metrics=[{"type": metric, "target": target}], maxReplicas=10)
+    (trigger,) = a.build_keda_scaled_object("digits", "ml", s.autoscaling, "http://p", "30s")["spec"]["triggers"]
+    assert _per_replica(trigger["metadata"]["query"]), trigger["metadata"]["query"]
+    assert _hpa_external_desired(3, trigger, per_pod) == want
+
+
+def test_keda_queue_time_trigger_scales_with_the_wait_per_request() -> None:
+    """Queue time is per request (queue microseconds / requests), not a sum over pods: 3 replicas where
+    requests wait 20 ms against a 5 ms target want 12 replicas, the built-in scaler's ceil(3 * 20 / 5)."""
+    s = spec(engine="keda", metrics=[{"type": "queueTime", "target": 5}], maxReplicas=20)
+    (trigger,) = a.build_keda_scaled_object("digits", "ml", s.autoscaling, "http://p", "30s")["spec"]["triggers"]
+    query = trigger["metadata"]["query"]
+    assert "nv_inference_queue_duration_us" in query and "/ clamp_min(sum(rate(nv_inference_request_success" in query
+    assert _hpa_external_desired(3, trigger, 20.0) == 12
 
 
 def test_hpa_maps_cpu_to_a_resource_metric_and_triton_metrics_to_pod_metrics() -> None:
@@ -83,3 +135,24 @@ def test_health_verdict(rate: float | None, errors: float | None, p99: float | N
     assert (h.healthy, h.reason) == (healthy, reason)
     if healthy is False:
         assert "monitoring." in h.message
+
+
+@pytest.mark.parametrize(("pod", "md"), [
+    ("digits-triton-7d9f8b6c4-x2x9z", "digits"),
+    ("digits-triton-canary-7d9f8b6c4-x2x9z", "digits"),
+    ("a.b-c-triton-5f7c9-abcde", "a.b-c"),
+    # MD names that themselves end like the operator's suffixes
+    ("x-triton-canary-triton-5f7c9-abcde", "x-triton-canary"),
+    ("x-triton-triton-canary-5f7c9-abcde", "x-triton"),
+    ("my-triton-5f7c9-abcde", "my"),
+])
+def test_the_fleet_queries_take_the_md_from_the_pod_name(pod: str, md: str) -> None:
+    """The regex label_replace uses (PromQL anchors it at both ends, as fullmatch does)."""
+    match = re.fullmatch(promql.FLEET_MD, pod)
+    assert match is not None and match.group(1) == md
+    assert re.fullmatch(promql.FLEET_POD, pod)
+
+
+@pytest.mark.parametrize("pod", ["digits-7d9f8b6c4-x2x9z", "digits-triton-x2x9z", "other-server-5f7c9-abcde"])
+def test_pods_not_the_operators_get_no_md(pod: str) -> None:
+    assert re.fullmatch(promql.FLEET_POD, pod) is None and re.fullmatch(promql.FLEET_MD, pod) is None

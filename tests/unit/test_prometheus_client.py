@@ -77,3 +77,47 @@ def test_slow_and_unreachable(server: str) -> None:
     with pytest.raises(PrometheusError) as info:
         Prometheus("http://127.0.0.1:1", timeout=1).query("x")
     assert info.value.cause == "unreachable" and "127.0.0.1:1" in str(info.value)
+
+
+def _by(server: str, query: str, timeout: float = 5.0) -> dict[tuple[str, ...], float]:
+    import asyncio
+
+    from model_operator.scaling.prometheus import AsyncPrometheus
+
+    return asyncio.run(AsyncPrometheus(server, timeout=timeout).query_by(query, ("namespace", "md")))
+
+
+def test_async_vector_by_labels(server: str) -> None:
+    answer("fleet", {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"namespace": "a", "md": "x"}, "value": [1, "4.5"]},
+        {"metric": {"namespace": "b", "md": "x"}, "value": [1, "7"]},
+        {"metric": {"namespace": "a"}, "value": [1, "9"]},  # no md: pods not the operator's
+        {"metric": {"namespace": "a", "md": "nan"}, "value": [1, "NaN"]},
+    ]}})
+    assert _by(server, "fleet") == {("a", "x"): 4.5, ("b", "x"): 7.0}
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "cause"),
+    [
+        (b"<html>oops</html>", 502, "garbage"),
+        ({"status": "error", "error": "parse error at char 3"}, 400, "error"),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": "x"}]}}, 200, "garbage"),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1, "2"]}}, 200, "garbage"),
+    ],
+)
+def test_async_bad_answers_raise_with_a_cause(server: str, payload: object, code: int, cause: str) -> None:
+    answer("abad", payload, code)
+    with pytest.raises(PrometheusError) as info:
+        _by(server, "abad")
+    assert info.value.cause == cause
+
+
+def test_async_slow_and_unreachable(server: str) -> None:
+    answer("aslow", {"status": "success", "data": {"resultType": "vector", "result": []}}, delay=1.0)
+    with pytest.raises(PrometheusError) as info:
+        _by(server, "aslow", timeout=0.2)
+    assert info.value.cause == "timeout"
+    with pytest.raises(PrometheusError) as info:
+        _by("http://127.0.0.1:1", "x", timeout=1)
+    assert info.value.cause == "unreachable" and "127.0.0.1:1" in str(info.value)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from model_operator.api.types import Autoscaling
-from model_operator.scaling.policy import Recommendation, ScaleEvent, decide
+from model_operator.scaling.policy import Recommendation, ScaleEvent, compact, decide
 
 
 def spec(**kw) -> Autoscaling:
@@ -109,3 +109,53 @@ def test_never_outside_bounds(current, lo, span, value, target, tolerance) -> No
     s = spec(minReplicas=lo, maxReplicas=hi, tolerance=tolerance, metrics=[{"type": "queueTime", "target": target}])
     d, _ = run(current, {"queueTime": value}, s)
     assert lo <= d.desired <= hi
+
+
+def test_a_steady_recommendation_keeps_one_entry() -> None:
+    s = spec(scaleDown={"stabilizationSeconds": 300})
+    recs: list[Any] = []
+    for i in range(200):  # 1,000 s of polls every 5 s at the target
+        _, recs = decide(current=3, values={"queueTime": 5.0}, spec=s, now=1000 + 5 * i, recommendations=recs, events=[])
+    assert recs == [Recommendation(1000 + 5 * 199, 3)]
+
+
+def test_compaction_keeps_what_the_windows_need() -> None:
+    recs = [Recommendation(t, r) for t, r in [(0, 2), (10, 5), (20, 3), (30, 4), (40, 1), (50, 3)]]
+    # Down window 100 s: 5 (highest), then 4, then 3 (newest); up window 15 s: 1, then 3.
+    kept = compact(recs, 50, up_seconds=15, down_seconds=100)
+    assert [(r.time, r.replicas) for r in kept] == [(10, 5), (30, 4), (40, 1), (50, 3)]
+    # Everything older than both windows goes.
+    assert compact(recs, 200, up_seconds=15, down_seconds=100) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=hs.lists(hs.tuples(hs.integers(1, 30), hs.one_of(hs.none(), hs.floats(0, 60))), min_size=1, max_size=80),
+    up=hs.integers(0, 120),
+    down=hs.integers(0, 400),
+    max_replicas=hs.integers(1, 12),
+)
+def test_compacted_window_decides_like_the_full_one(steps: list[tuple[int, float | None]], up: int, down: int, max_replicas: int) -> None:
+    """The same load fed twice: once carrying the compacted window from call to call, once carrying
+    every recommendation ever made. The decisions must be the same at every step."""
+    s = spec(maxReplicas=max_replicas, scaleUp={"stabilizationSeconds": up}, scaleDown={"stabilizationSeconds": down})
+    compacted: list[Recommendation] = []
+    everything: list[Recommendation] = []
+    current_a = current_b = 2
+    now = 1000.0
+    distinct = set()
+    for gap, value in steps:
+        now += gap
+        a, compacted = decide(current=current_a, values={"queueTime": value}, spec=s, now=now, recommendations=compacted, events=[])
+        b, _ = decide(current=current_b, values={"queueTime": value}, spec=s, now=now, recommendations=list(everything), events=[])
+        assert a.desired == b.desired
+        if b.recommendation is not None:
+            everything.append(Recommendation(now, b.recommendation))
+            distinct.add(b.recommendation)
+        current_a, current_b = a.desired, b.desired
+        assert len(compacted) <= 2 * len(distinct)
+        # The windows' extremes, computed here from every recommendation, are in the kept ones.
+        for seconds, pick in ((up, min), (down, max)):
+            full = [r.replicas for r in everything if now - r.time <= seconds]
+            kept = [r.replicas for r in compacted if now - r.time <= seconds]
+            assert (pick(full) if full else None) == (pick(kept) if kept else None)

@@ -676,11 +676,9 @@ class ScalingStatus(StatusModel):
     """When replicas last changed."""
     history: list[ScalingDecision] = Field(default_factory=list, max_length=20)
     """Recent scaling decisions, newest last."""
-    recommendations: list[RecommendationRecord] = Field(
-        default_factory=list, max_length=400, description="Recent recommendations, for the stabilization windows."
-    )
     last_poll: float | None = None
-    """When the built-in scaler last read Prometheus."""
+    """When the metrics shown were read (the built-in scaler writes them on a decision, on a changed
+    stabilization window, and at least every 10 minutes)."""
 
 
 class TrackStatus(StatusModel):
@@ -797,6 +795,11 @@ class ModelDeploymentStatus(StatusModel):
     """Where to send inference requests."""
     scaling: ScalingStatus | None = None
     """The autoscaler's state."""
+    scaling_window: list[RecommendationRecord] = Field(
+        default_factory=list, max_length=2002,
+        description="The built-in scaler's stabilization window, kept for an operator restart: only the recommendations "
+                    "that can still decide it (one entry while the recommendation holds steady).",
+    )
     rollout: RolloutStatus | None = None
     """Which artifact each track serves, and the analysis."""
     quality: QualityStatus | None = None

@@ -20,7 +20,8 @@ from ..kube.api import DESIRED_HASH, Kube
 from ..kube.session import bounded_session, connection_limit
 from ..plan import status as st
 from ..resources import common as names
-from ..scaling.prometheus import Prometheus
+from ..scaling.fleet import FleetMetrics
+from ..scaling.prometheus import AsyncPrometheus, Prometheus, PrometheusError
 from . import autoscale, finalize, metrics
 from .reconcile import Observed, Reconciler, observe
 
@@ -101,6 +102,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Lists (at start and after each watch expires) come in pages: one response for every object
     # of a large fleet is held as bytes, text and parsed objects at once.
     settings.watching.chunk_size = 100
+    filter_watches_on_the_server(settings)
     settings.networking.request_timeout = 60
     kube = Kube()
     memo.kube = kube
@@ -112,7 +114,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     )
     memo.phases = {}
     memo.scaler = {}
+    memo.specs = {}
     memo.metrics_condition = {}
+    memo.fleet = FleetMetrics(AsyncPrometheus(config.prometheus_url, config.prometheus_timeout_seconds),
+                              config.prometheus_window, on_poll=_count_poll)
     if config.metrics_port and not getattr(memo, "metrics_started", False):
         start_http_server(config.metrics_port)
         memo.metrics_started = True
@@ -178,6 +183,22 @@ for _id, _group, _version, _plural in _CHILD_INDEXES:
 
 # ModelDeployments, Jobs, Pods and the children: each a watch stream per namespace.
 WATCHED_KINDS = 3 + len(_CHILD_INDEXES)
+
+# Every kind the operator watches besides its own: (group, version, plural).
+CHILD_KINDS = (("batch", "v1", "jobs"), ("", "v1", "pods"), *((g, v, p) for _, g, v, p in _CHILD_INDEXES))
+
+
+def managed_selector() -> str:
+    """The label selector the API server applies to every child watch and list."""
+    return ",".join(f"{k}={v}" for k, v in sorted(MANAGED.items()))
+
+
+def filter_watches_on_the_server(settings: kopf.OperatorSettings) -> None:
+    """kopf's `labels=` filters run in the operator, after every Pod, Job, Deployment... of the
+    cluster has been streamed and decoded. kopf's settings.watching.label_selectors go into the
+    list and watch requests as labelSelector: the API server sends only the operator's children."""
+    for group, version, plural in CHILD_KINDS:
+        settings.watching.label_selectors[group, version, plural] = managed_selector()
 
 
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
@@ -254,6 +275,7 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
     memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
     memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
     memo.scaler.pop(body["metadata"]["uid"], None)
+    memo.specs.pop(body["metadata"]["uid"], None)
     memo.metrics_condition.pop(body["metadata"]["uid"], None)
     _export_phases(memo.phases)
     metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
@@ -266,31 +288,60 @@ def _autoscaled_by_operator(spec: kopf.Spec, **_: Any) -> bool:
         and spec.get("target", "cloud") != "device"
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SCALER_TICK, initial_delay=SCALER_TICK, when=_autoscaled_by_operator)
-def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """The built-in autoscaler; a no-op for other engines, device targets and until an artifact serves."""
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
+def _autoscaling_spec(memo: kopf.Memo, body: kopf.Body) -> t.ModelDeploymentSpec | None:
+    """The parsed spec, once per generation: the scaler ticks every second per object."""
+    meta = body["metadata"]
+    cached = memo.specs.get(meta["uid"])
+    if cached is not None and cached[0] == meta.get("generation"):
+        spec: t.ModelDeploymentSpec | None = cached[1]
+        return spec
     try:
         spec = load_spec(dict(body.get("spec") or {}))
     except SpecError:
+        spec = None
+    memo.specs[meta["uid"]] = (meta.get("generation"), spec)
+    return spec
+
+
+def _count_poll(queries: int, error: Exception | None) -> None:
+    metrics.SCALER_QUERIES.inc(queries)
+    if isinstance(error, PrometheusError):
+        metrics.PROMETHEUS_ERRORS.labels(error.cause).inc()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SCALER_TICK, initial_delay=SCALER_TICK, when=_autoscaled_by_operator)
+async def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """The built-in autoscaler; a no-op for other engines, device targets and until an artifact
+    serves. A coroutine: it waits for the fleet's shared Prometheus sample on the event loop,
+    holding none of kopf's handler threads."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    spec = _autoscaling_spec(memo, body)
+    if spec is None or spec.autoscaling is None:
         return
     now = time.time()
     status = dict(body.get("status") or {})
-    uid = body["metadata"]["uid"]
-    state = memo.scaler.get(uid) or dict(status.get("scaling") or {})
-    if not autoscale.should_poll(spec, status, state, now):
+    meta = body["metadata"]
+    uid = meta["uid"]
+    state: autoscale.State = memo.scaler.get(uid) or autoscale.State.from_status(
+        status, now, spec.serving.replicas if spec.serving else 1)
+    if not autoscale.should_poll(spec, status, state.scaling, now):
         return
-    config: OperatorConfig = memo.config
-    prom: Prometheus = memo.reconciler.prom  # the one client health, analysis and scaling share
+    auto = spec.autoscaling
+    kinds = [m.type for m in auto.metrics]
+    fleet: FleetMetrics = memo.fleet
+    sample = await fleet.sample(kinds, max_age=auto.poll_seconds * 0.9)
+    values = sample.error or sample.of(meta["namespace"], meta["name"], kinds)
     with metrics.measured("autoscale"):
-        outcome = autoscale.tick(dict(body), spec, prom, now, config.prometheus_window, state)
-    if outcome.scaling is None:
+        outcome = autoscale.tick(dict(body), spec, values, now, state)
+    if outcome.scaling is None or outcome.window is None:
         return
-    written = dict(status.get("scaling") or {})
-    memo.scaler[uid] = outcome.scaling
-    if autoscale.worth_writing(written, outcome.scaling, outcome.replicas is not None, now):
+    state.scaling, state.window = outcome.scaling, outcome.window
+    if autoscale.worth_writing(state, outcome.scaling, outcome.window, outcome.replicas is not None, now):
         patch.status["scaling"] = outcome.scaling
+        patch.status["scalingWindow"] = outcome.window
+        state.written, state.written_window = outcome.scaling, outcome.window
+    memo.scaler[uid] = state
     if outcome.conditions is not None:
         memo.metrics_condition[uid] = st.get_condition(outcome.conditions, "MetricsAvailable")
         if outcome.conditions != status.get("conditions"):

@@ -74,6 +74,10 @@ def forget_modeldeployment(namespace: str, name: str) -> None:
                 gauge.remove(*labels)
 
 
+SCALER_QUERIES: Final = Counter(
+    "model_operator_scaler_prometheus_queries_total",
+    "Prometheus queries the built-in autoscaler sent (one per metric kind per poll, for the whole fleet).",
+)
 PROMETHEUS_ERRORS: Final = Counter(
     "model_operator_prometheus_errors_total", "Failed Prometheus queries by cause.", ["cause"]
 )

@@ -30,6 +30,7 @@ from ..resources import access as access_builder
 from ..resources import autoscaling as autoscaling_builder
 from ..resources.common import LABEL_COMPONENT
 from ..scaling import promql
+from ..scaling.fleet import FleetHealth
 from ..scaling.prometheus import Prometheus, PrometheusError
 from . import metrics
 
@@ -85,6 +86,7 @@ class Reconciler:
     ) -> None:
         self.kube = kube
         self.prom = prom
+        self.fleet_health = FleetHealth(prom, config.prometheus_window) if prom is not None else None
         self.config = config
         # Optional kinds (CRDs of other projects): (served, when last asked).
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {SERVICE_MONITOR: (has_service_monitor, time.time())}
@@ -154,11 +156,24 @@ class Reconciler:
             last is None or observed.now - last >= self.config.health_interval_seconds)
         if health_due:
             self._health_checked[key] = observed.now
-            self._take(observed, "all", promql.pod_matcher(meta["name"], meta["namespace"], track=None))
+            self._take_from_fleet(observed, meta["namespace"], meta["name"])
         since = (rollout.get("canary") or {}).get("started")
         for track in tracks:
             counted = observed.now - float(since) if track == "canary" and since is not None else None
             self._take(observed, track, promql.pod_matcher(meta["name"], meta["namespace"], track=track), counted)
+
+    def _take_from_fleet(self, observed: Observed, namespace: str, name: str) -> None:
+        """The whole MD's health readings from the fleet's shared sample (three queries per
+        health interval for every MD together)."""
+        assert self.fleet_health is not None
+        sample = self.fleet_health.sample(max_age=self.config.health_interval_seconds / 2)
+        if sample.error is not None:
+            observed.metrics_errors["all"] = str(sample.error)
+            return
+        values = sample.of(namespace, name)
+        rate = values["requestRate"]
+        observed.metrics["all"] = Readings(request_rate=rate, error_ratio=values["errorRatio"] if rate else None,
+                                           latency_ms=values["p99LatencyMs"])
 
     def _take(self, observed: Observed, key: str, sel: str, count_seconds: float | None = None) -> None:
         """Request rate, error ratio and p99 latency of the selected pods; the requests answered

@@ -32,15 +32,18 @@ def _behavior(spec: Autoscaling) -> dict[str, Any]:
 
 
 def build_keda_scaled_object(name: str, namespace: str, spec: Autoscaling, prometheus_url: str, window: str = "1m") -> dict[str, Any]:
+    """Every trigger's query already answers per replica (an average over the pods, or a time per
+    request), so each is a `Value` metric: the HPA then wants ceil(replicas * value / threshold),
+    the built-in scaler's rule. `AverageValue` would divide the query's answer by the replica count
+    once more (ceil(value / threshold)): 3 replicas at 10 req/s each, threshold 5, would give 2."""
     sel = promql.pod_matcher(name, namespace, track=None)
     triggers = []
     for metric in spec.metrics:
         query = promql.scaling_query(metric.type, sel, window)
-        per_replica = metric.type != ScalingMetricType.queue_time
         triggers.append({
             "type": "prometheus",
             "name": metric.type.value,
-            "metricType": "AverageValue" if per_replica else "Value",
+            "metricType": "Value",
             "metadata": {"serverAddress": prometheus_url, "query": query, "threshold": f"{metric.target:g}"},
         })
     return {

@@ -62,6 +62,31 @@ def _down_limit(base: int, rules: ScalingRules) -> int:
     return max(0, min(by_percent, base - rules.max_pods))
 
 
+def compact(history: list[Recommendation], now: float, up_seconds: float, down_seconds: float) -> list[Recommendation]:
+    """The recommendations that can still decide a stabilization window, oldest first.
+
+    The scale-up window takes the lowest recommendation of the last `up_seconds`, the scale-down
+    window the highest of the last `down_seconds`. A recommendation followed by a later one at
+    least as high can never again be the highest one in the down window (the later one lasts
+    longer), nor one followed by a later one at most as low the lowest in the up window. What
+    is left is a strictly falling run (for the down window) and a strictly rising one (for the
+    up window): at most twice the number of distinct replica counts, whatever the poll rate and
+    window length, and a single entry while the recommendation holds steady. The windows'
+    minimum and maximum are the same over the kept entries as over all of them."""
+    ordered = sorted((r for r in history if now - r.time <= max(up_seconds, down_seconds)), key=lambda r: r.time)
+    keep: list[Recommendation] = []
+    highest_after: int | None = None
+    lowest_after: int | None = None
+    for r in reversed(ordered):
+        for_down = now - r.time <= down_seconds and (highest_after is None or r.replicas > highest_after)
+        for_up = now - r.time <= up_seconds and (lowest_after is None or r.replicas < lowest_after)
+        if for_down or for_up:
+            keep.append(r)
+        highest_after = r.replicas if highest_after is None else max(highest_after, r.replicas)
+        lowest_after = r.replicas if lowest_after is None else min(lowest_after, r.replicas)
+    return keep[::-1]
+
+
 def decide(
     *,
     current: int,
@@ -85,8 +110,11 @@ def decide(
     if missing and raw < current:
         # Some metric is blind: it might be the one holding replicas up.
         raw = current
-    window = max(spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
-    history = [r for r in recommendations if now - r.time <= window] + [Recommendation(now, raw)]
+    # Above maxReplicas every recommendation ends the same way (clamped); storing it clamped
+    # bounds the values the window can hold, and so its size (see compact()).
+    raw = min(raw, spec.max_replicas)
+    history = compact([*recommendations, Recommendation(now, raw)], now,
+                      spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
 
     up_window = [r.replicas for r in history if now - r.time <= spec.scale_up.stabilization_seconds]
     down_window = [r.replicas for r in history if now - r.time <= spec.scale_down.stabilization_seconds]

@@ -122,3 +122,64 @@ def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
     if metric == ScalingMetricType.gpu_utilization:
         return gpu_utilization_percent(sel)
     return cpu_utilization_percent(sel)
+
+
+# --- the whole fleet in one query per metric kind ---------------------------------------------
+# Every Triton pod the operator runs is named <md>-triton-<rs hash>-<suffix> (stable) or
+# <md>-triton-canary-<rs hash>-<suffix>; the ReplicaSet hash and suffix hold no '-', so the
+# regex (anchored by PromQL) takes the MD's name unambiguously. label_replace copies it into an
+# `md` label, and each query aggregates `by (namespace, md)`: one answer row per ModelDeployment,
+# stable and canary tracks together, as pod_matcher(track=None) does for a single one.
+# (MD names longer than 49 characters are truncated in their canary Deployment's name, so their
+# canary pods form a separate row the scaler does not find; the stable track still counts.)
+FLEET_POD = f".+-triton(-canary)?{POD_SUFFIX}"
+FLEET_MD = f"(.+)-triton(?:-canary)?{POD_SUFFIX}"
+FLEET_BY = "namespace, md"
+
+
+def _with_md(expr: str) -> str:
+    return f'label_replace({expr}, "md", "$1", "pod", "{FLEET_MD}")'
+
+
+def _fleet_sel(metric: str) -> str:
+    return f'{metric}{{pod=~"{FLEET_POD}"}}'
+
+
+def _fleet_rate(metric: str, window: str) -> str:
+    return f"sum by ({FLEET_BY}) ({_with_md(f'rate({_fleet_sel(metric)}[{window}])')})"
+
+
+def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
+    """scaling_query for every ModelDeployment at once: a vector with one sample per
+    (namespace, md), each the value scaling_query gives for that MD alone."""
+    if metric == ScalingMetricType.queue_time:
+        return (f"({_fleet_rate('nv_inference_queue_duration_us', window)} / 1000)"
+                f" / clamp_min({_fleet_rate('nv_inference_request_success', window)}, 1e-9)")
+    if metric == ScalingMetricType.inference_rate:
+        pods = f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_count'))}))"
+        return f"{_fleet_rate('nv_inference_count', window)} / clamp_min({pods}, 1)"
+    if metric == ScalingMetricType.pending_requests:
+        return f"avg by ({FLEET_BY}) (sum by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_pending_request_count'))}))"
+    if metric == ScalingMetricType.gpu_utilization:
+        return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_gpu_utilization'))})"
+    return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_cpu_utilization'))})"
+
+
+def fleet_request_rate(window: str) -> str:
+    """request_rate for every ModelDeployment at once."""
+    return f"{_fleet_rate('nv_inference_request_success', window)} + {_fleet_rate('nv_inference_request_failure', window)}"
+
+
+def fleet_error_ratio(window: str) -> str:
+    """error_ratio for every ModelDeployment at once. The backend's own failure counter exists
+    only on the project's Python backend: where it is absent, `or` takes 0 times Triton's
+    failures (the same labels), as `or vector(0)` does for one MD."""
+    triton_failures = _fleet_rate("nv_inference_request_failure", window)
+    failures = f"({triton_failures} + ({_fleet_rate(BACKEND_FAILURE, window)} or (0 * {triton_failures})))"
+    return f"{failures} / clamp_min({triton_failures} + {_fleet_rate('nv_inference_request_success', window)}, 1e-9)"
+
+
+def fleet_p99_latency_ms() -> str:
+    """p99_latency_ms for every ModelDeployment at once: each one's slowest pod."""
+    series = LATENCY_SUMMARY + '{pod=~"' + FLEET_POD + '",quantile="0.99"}'
+    return f"max by ({FLEET_BY}) ({_with_md(series)}) / 1000"

@@ -70,6 +70,8 @@ def operator_env(
         "MODEL_OPERATOR_CONFIG": str(cfg),
         "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
         "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1",
+        # status.scaling.lastPoll moves at least this often (600 s by default): tests watch polls go on.
+        "MODEL_OPERATOR_SCALER_HEARTBEAT_SECONDS": "5",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -301,7 +301,7 @@ class OperatorProcess:
         # Only the config file configures it: MODEL_OPERATOR_* in this process' environment would win over the file.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_OPERATOR_")}
         self.env = {**inherited, "KUBECONFIG": str(kubeconfig), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1",
-                    "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1", **(env or {})}
+                    "MODEL_OPERATOR_SCALER_TICK_SECONDS": "1", "MODEL_OPERATOR_SCALER_HEARTBEAT_SECONDS": "5", **(env or {})}
         self.namespace = namespace
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

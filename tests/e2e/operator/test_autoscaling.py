@@ -4,6 +4,7 @@ after the stabilization window it scales down. And: Prometheus unreachable -> re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -23,6 +24,9 @@ from md_helpers import (
 )
 
 from kubetest.wait import wait_for
+from model_operator.api.types import ScalingMetricType
+from model_operator.scaling import promql
+from model_operator.scaling.prometheus import AsyncPrometheus, Prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -68,6 +72,12 @@ def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, c
         assert scaling["history"][-1]["fromReplicas"] == 1 and scaling["history"][-1]["toReplicas"] > 1
         assert "inferenceRate" in scaling["history"][-1]["reason"]
         assert condition(md, "MetricsAvailable")["status"] == "True"
+        # The scaler's one query for the whole fleet gives this MD what its own query gives.
+        fleet = asyncio.run(AsyncPrometheus(prometheus.url).query_by(
+            promql.fleet_scaling_query(ScalingMetricType.inference_rate, "20s"), ("namespace", "md")))
+        alone = Prometheus(prometheus.url).query(promql.scaling_query(
+            ScalingMetricType.inference_rate, promql.pod_matcher("digits", namespace, track=None), "20s"))
+        assert alone and fleet.get((namespace, "digits")) == pytest.approx(alone, rel=0.25), (fleet, alone)
         wait_for(lambda: [e for e in core_api.list_namespaced_event(namespace).items
                           if e.involved_object.name == "digits" and e.reason == "Scaled" and e.type == "Normal"],
                  timeout=30, message="a Scaled Event")

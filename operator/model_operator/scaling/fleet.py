@@ -1,0 +1,137 @@
+"""The scaling metrics and the serving health of the whole fleet, read once per poll and shared
+by every ModelDeployment.
+
+Each ModelDeployment's scaler tick asks `FleetMetrics.sample` for its values. The first caller
+after the last sample went stale sends one query per metric kind in use (grouped by namespace
+and MD, scaling/promql.fleet_scaling_query) while the others wait on the same lock and then read
+its answer: the number of Prometheus queries per poll is the number of metric kinds, whatever the
+number of ModelDeployments. A failed poll is shared the same way, so a down Prometheus is asked
+once per poll, not once per object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..api.types import ScalingMetricType
+from . import promql
+from .prometheus import AsyncPrometheus, Prometheus, PrometheusError
+
+LABELS = ("namespace", "md")
+
+
+@dataclass
+class Sample:
+    time: float
+    kinds: frozenset[ScalingMetricType]
+    values: dict[ScalingMetricType, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    error: PrometheusError | None = None
+
+    def of(self, namespace: str, name: str, kinds: Iterable[ScalingMetricType]) -> dict[str, float | None]:
+        """One ModelDeployment's values, by metric name; None where Prometheus had no data for it."""
+        return {k.value: self.values.get(k, {}).get((namespace, name)) for k in kinds}
+
+
+class FleetMetrics:
+    def __init__(self, prom: AsyncPrometheus, window: str, clock: Callable[[], float] = time.time,
+                 on_poll: Callable[[int, PrometheusError | None], None] | None = None) -> None:
+        self.prom = prom
+        self.window = window
+        self.clock = clock
+        self.on_poll = on_poll
+        self.kinds: set[ScalingMetricType] = set()
+        self.last: Sample | None = None
+        self.queries = 0  # Prometheus queries sent so far (the operator exports it)
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _the_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+    async def sample(self, kinds: Iterable[ScalingMetricType], max_age: float) -> Sample:
+        """A sample no older than `max_age` seconds that holds every kind in `kinds`."""
+        wanted = frozenset(kinds)
+        self.kinds |= wanted
+        async with self._the_lock():
+            last = self.last
+            if last is not None and self.clock() - last.time < max_age and wanted <= last.kinds:
+                return last
+            self.last = await self._poll(frozenset(self.kinds))
+            return self.last
+
+    async def _poll(self, kinds: frozenset[ScalingMetricType]) -> Sample:
+        now = self.clock()
+        ordered = sorted(kinds, key=lambda k: k.value)
+        self.queries += len(ordered)
+        answers = await asyncio.gather(
+            *(self.prom.query_by(promql.fleet_scaling_query(k, self.window), LABELS) for k in ordered), return_exceptions=True)
+        sample = Sample(now, kinds)
+        for kind, answer in zip(ordered, answers, strict=True):
+            if isinstance(answer, PrometheusError):
+                sample.error = sample.error or answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                sample.values[kind] = answer
+        if self.on_poll is not None:
+            self.on_poll(len(ordered), sample.error)
+        return sample
+
+
+HEALTH = ("requestRate", "errorRatio", "p99LatencyMs")
+
+
+@dataclass
+class HealthSample:
+    time: float
+    values: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    error: PrometheusError | None = None
+
+    def of(self, namespace: str, name: str) -> dict[str, float | None]:
+        return {k: self.values.get(k, {}).get((namespace, name)) for k in HEALTH}
+
+
+class FleetHealth:
+    """Request rate, error ratio and p99 latency of every ModelDeployment: three queries per
+    health interval for the whole fleet. The reconciler runs in kopf's thread pool, so this
+    is the blocking client behind a thread lock: one thread queries, the others wait and share."""
+
+    def __init__(self, prom: Prometheus, window: str, clock: Callable[[], float] = time.time,
+                 on_poll: Callable[[int, PrometheusError | None], None] | None = None) -> None:
+        self.prom = prom
+        self.window = window
+        self.clock = clock
+        self.on_poll = on_poll
+        self.last: HealthSample | None = None
+        self._lock = threading.Lock()
+
+    def sample(self, max_age: float) -> HealthSample:
+        with self._lock:
+            last = self.last
+            if last is not None and self.clock() - last.time < max_age:
+                return last
+            self.last = self._poll()
+            return self.last
+
+    def _poll(self) -> HealthSample:
+        sample = HealthSample(self.clock())
+        queries = {"requestRate": promql.fleet_request_rate(self.window), "errorRatio": promql.fleet_error_ratio(self.window),
+                   "p99LatencyMs": promql.fleet_p99_latency_ms()}
+        sent = 0
+        for key, query in queries.items():
+            sent += 1
+            try:
+                sample.values[key] = self.prom.query_by(query, LABELS)
+            except PrometheusError as exc:
+                sample.error = exc
+                break
+        if self.on_poll is not None:
+            self.on_poll(sent, sample.error)
+        return sample

@@ -1,0 +1,229 @@
+"""The fleet-wide scaler: one Prometheus query per metric kind per poll, however many
+ModelDeployments tick; each tick's decision and what it writes, from plain dicts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from model_operator.api.types import ScalingMetricType as K
+from model_operator.api.validation import load_spec
+from model_operator.config import OperatorConfig
+from model_operator.controller import autoscale
+from model_operator.controller.reconcile import Observed, Reconciler
+from model_operator.scaling.fleet import FleetHealth, FleetMetrics
+from model_operator.scaling.prometheus import Prometheus, PrometheusError
+
+
+class FakeProm:
+    """Answers each fleet query with rows for MDs md-0 .. md-{n-1} in namespace ns."""
+
+    def __init__(self, n: int, error: PrometheusError | None = None) -> None:
+        self.n, self.error = n, error
+        self.queries: list[str] = []
+
+    async def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        self.queries.append(promql)
+        await asyncio.sleep(0.01)  # an answer takes a while: concurrent ticks wait on it
+        if self.error is not None:
+            raise self.error
+        base = 1000.0 if "nv_inference_count" in promql else 1.0
+        rows: dict[tuple[str, ...], float] = {("ns", f"md-{i}"): base + i for i in range(self.n)}
+        return rows | {("other", "md-0"): -1.0}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_thousand_ticks_share_one_query_per_kind() -> None:
+    prom, clock = FakeProm(1000), Clock()
+    fleet = FleetMetrics(prom, "30s", clock=clock)  # type: ignore[arg-type]
+    kinds = [K.queue_time, K.inference_rate]
+
+    async def ticks() -> list[dict[str, float | None]]:
+        samples = await asyncio.gather(*(fleet.sample(kinds, max_age=4.5) for _ in range(1000)))
+        return [s.of("ns", f"md-{i}", kinds) for i, s in enumerate(samples)]
+
+    values = asyncio.run(ticks())
+    assert len(prom.queries) == 2
+    assert values[7] == {"queueTime": 8.0, "inferenceRate": 1007.0}
+    assert all('by (namespace, md)' in q for q in prom.queries)
+    # Within max_age the sample is reused; after it, one new query per kind again.
+    clock.now += 3
+    asyncio.run(fleet.sample(kinds, max_age=4.5))
+    assert len(prom.queries) == 2
+    clock.now += 2
+    asyncio.run(fleet.sample(kinds, max_age=4.5))
+    assert len(prom.queries) == 4
+
+
+def test_a_new_kind_is_queried_at_once_and_absent_mds_have_no_data() -> None:
+    prom = FakeProm(3)
+    fleet = FleetMetrics(prom, "30s", clock=Clock())  # type: ignore[arg-type]
+    asyncio.run(fleet.sample([K.queue_time], max_age=60))
+    sample = asyncio.run(fleet.sample([K.queue_time, K.pending_requests], max_age=60))
+    assert len(prom.queries) == 3  # queueTime, then queueTime and pendingRequests
+    assert sample.of("ns", "md-9", [K.pending_requests]) == {"pendingRequests": None}
+
+
+def test_a_failed_poll_is_shared_not_retried_per_md() -> None:
+    polls: list[tuple[int, Any]] = []
+    prom = FakeProm(3, PrometheusError("unreachable", "Prometheus at http://p is unreachable: ClientConnectorError"))
+    fleet = FleetMetrics(prom, "30s", clock=Clock(), on_poll=lambda n, e: polls.append((n, e and e.cause)))  # type: ignore[arg-type]
+
+    async def ticks() -> list[Any]:
+        return await asyncio.gather(*(fleet.sample([K.queue_time], max_age=5) for _ in range(50)))
+
+    samples = asyncio.run(ticks())
+    assert len(prom.queries) == 1 and polls == [(1, "unreachable")]
+    assert all(s.error is not None and s.error.cause == "unreachable" for s in samples)
+
+
+# --- one MD's tick, from plain dicts ---------------------------------------------------------
+
+AUTO = {"minReplicas": 1, "maxReplicas": 10, "pollSeconds": 5, "metrics": [{"type": "inferenceRate", "target": 5}],
+        "scaleUp": {"stabilizationSeconds": 0}, "scaleDown": {"stabilizationSeconds": 300}}
+
+
+def body(replicas: int, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = {"model": {"uri": "pvc://m/d.onnx", "format": "onnx"}, "serving": {"replicas": replicas}, "autoscaling": AUTO}
+    return {"metadata": {"name": "md-0", "namespace": "ns", "generation": 1, "uid": "u"}, "spec": spec,
+            "status": {"artifact": {"sha256": "x"}, **(status or {})}}
+
+
+def tick(b: dict[str, Any], values: Any, now: float, state: autoscale.State) -> autoscale.ScaleOutcome:
+    return autoscale.tick(b, load_spec(b["spec"]), values, now, state)
+
+
+def test_three_replicas_at_ten_each_against_five_want_six() -> None:
+    b = body(3)
+    out = tick(b, {"inferenceRate": 10.0}, 1000.0, autoscale.State.from_status(b["status"]))
+    assert out.replicas == 6 and out.scaling is not None and out.scaling["desired"] == 6
+    assert out.scaling["history"][-1] | {"reason": ""} == {"time": "1970-01-01T00:16:40Z", "unixTime": 1000.0, "fromReplicas": 3,
+                                                            "toReplicas": 6, "reason": ""}
+    assert "recommendations" not in out.scaling and out.window == [{"time": 1000.0, "replicas": 6}]
+
+
+def test_steady_state_writes_once_then_only_on_the_heartbeat() -> None:
+    b = body(3)
+    state = autoscale.State.from_status(b["status"])
+    writes = []
+    for i in range(241):  # 20 minutes of polls every 5 s, load at the target
+        now = 1000.0 + 5 * i
+        out = tick(b, {"inferenceRate": 5.0}, now, state)
+        assert out.scaling is not None and out.window is not None and out.replicas is None
+        state.scaling, state.window = out.scaling, out.window
+        if autoscale.worth_writing(state, out.scaling, out.window, False, now, heartbeat=600):
+            writes.append(now)
+            state.written, state.written_window = out.scaling, out.window
+    assert writes == [1000.0, 1600.0, 2200.0]
+
+
+def test_a_stabilization_in_progress_is_written_and_survives_a_restart() -> None:
+    b = body(6)
+    state = autoscale.State.from_status(b["status"])
+    out = tick(b, {"inferenceRate": 5.0}, 1000.0, state)  # 6 wanted: first write
+    assert out.scaling is not None and out.window is not None
+    state.scaling, state.window, state.written, state.written_window = out.scaling, out.window, out.scaling, out.window
+    out = tick(b, {"inferenceRate": 1.0}, 1040.0, state)  # load drops: 2 wanted, the window holds 6
+    assert out.replicas is None and out.scaling is not None and out.window is not None
+    assert [w["replicas"] for w in out.window] == [6, 2]
+    assert autoscale.worth_writing(state, out.scaling, out.window, False, 1040.0)  # reason kind changed: holding
+    # The operator restarts from what was written: still held by the window until 300 s pass.
+    restarted = autoscale.State.from_status({**b["status"], "scaling": out.scaling, "scalingWindow": out.window})
+    held = tick(b, {"inferenceRate": 1.0}, 1200.0, restarted)
+    assert held.replicas is None and "stabilization" in held.scaling["reason"]  # type: ignore[index]
+    later = tick(b, {"inferenceRate": 1.0}, 1301.0, restarted)
+    assert later.replicas is not None and later.replicas < 6
+
+
+def test_an_older_status_list_of_recommendations_seeds_the_window() -> None:
+    status = {"scaling": {"lastPoll": 990.0, "recommendations": [{"time": 900.0 + i, "replicas": 6} for i in range(90)]}}
+    b = body(6, status)
+    out = tick(b, {"inferenceRate": 1.0}, 1000.0, autoscale.State.from_status(b["status"]))
+    assert out.replicas is None and out.window == [{"time": 989.0, "replicas": 6}, {"time": 1000.0, "replicas": 2}]
+
+
+@pytest.mark.parametrize("cause", ["unreachable", "timeout", "garbage"])
+def test_a_failed_sample_holds_and_says_why(cause: str) -> None:
+    b = body(2)
+    out = tick(b, PrometheusError(cause, f"Prometheus {cause}"), 1000.0, autoscale.State.from_status(b["status"]))
+    cond = next(c for c in out.conditions or [] if c["type"] == "MetricsAvailable")
+    assert out.replicas is None and cond["status"] == "False" and cond["reason"] == f"Prometheus{cause.capitalize()}"
+    assert out.scaling is not None and "holding 2 replicas" in out.scaling["reason"]
+    assert [e[1] for e in out.events] == ["MetricsUnavailable"]
+
+
+# --- serving health: the reconciler's readings, shared the same way --------------------------
+
+
+class FakeSyncProm:
+    def __init__(self, error: PrometheusError | None = None) -> None:
+        self.error = error
+        self.queries: list[str] = []
+        self.lock = threading.Lock()
+
+    def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        with self.lock:
+            self.queries.append(promql)
+        time.sleep(0.02)
+        if self.error is not None:
+            raise self.error
+        if "nv_inference_request_summary_us" in promql and "rate(" not in promql:
+            return {("ns", "busy"): 12.5}
+        if "clamp_min" in promql:
+            return {("ns", "busy"): 0.02, ("ns", "idle"): 0.0}
+        return {("ns", "busy"): 40.0, ("ns", "idle"): 0.0}
+
+
+def _readings_in_threads(prom: FakeSyncProm, names: list[str]) -> list[Any]:
+    config = OperatorConfig(health_interval_seconds=30)
+    reconciler = Reconciler(None, config, prom=Prometheus("http://unused"))  # type: ignore[arg-type]
+    reconciler.fleet_health = FleetHealth(prom, "20s")  # type: ignore[arg-type]
+    observed = [Observed() for _ in names]
+    threads = [threading.Thread(target=reconciler._take_from_fleet, args=(o, "ns", n)) for o, n in zip(observed, names, strict=True)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return observed
+
+
+def test_fifty_reconcile_threads_share_three_health_queries() -> None:
+    prom = FakeSyncProm()
+    observed = _readings_in_threads(prom, ["busy"] * 25 + ["idle"] * 25)
+    assert len(prom.queries) == 3
+    busy, idle = observed[0].metrics["all"], observed[-1].metrics["all"]
+    assert (busy.request_rate, busy.error_ratio, busy.latency_ms) == (40.0, 0.02, 12.5)
+    # No traffic: no error ratio to judge, as with one query per MD.
+    assert (idle.request_rate, idle.error_ratio, idle.latency_ms) == (0.0, None, None)
+
+
+def test_a_failed_health_poll_is_each_mds_metrics_error() -> None:
+    prom = FakeSyncProm(PrometheusError("timeout", "Prometheus at http://p did not answer within 2s"))
+    observed = _readings_in_threads(prom, ["busy"] * 10)
+    assert len(prom.queries) == 1
+    assert all(o.metrics_errors == {"all": "Prometheus at http://p did not answer within 2s"} and not o.metrics for o in observed)
+
+
+def test_after_a_restart_a_steady_replica_count_is_held_for_the_whole_window() -> None:
+    """Steady at 4 replicas, last written 500 s ago (within the heartbeat): the written window's
+    entry has left the 300 s scale-down window. The load drops right after the restart: the
+    replicas running at the restart still hold the count for 300 s, as after an HPA restart."""
+    b = body(4)
+    written = {"scaling": {"lastPoll": 500.0, "reason": "steady at 4"}, "scalingWindow": [{"time": 500.0, "replicas": 4}]}
+    state = autoscale.State.from_status({**b["status"], **written}, now=1000.0, current=4)
+    out = tick(b, {"inferenceRate": 1.0}, 1005.0, state)
+    assert out.replicas is None and out.scaling is not None and "stabilization" in out.scaling["reason"]
+    assert out.window is not None
+    state.scaling, state.window = out.scaling, out.window
+    assert tick(b, {"inferenceRate": 1.0}, 1301.0, state).replicas == 1
