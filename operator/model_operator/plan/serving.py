@@ -71,7 +71,7 @@ def _track(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, track: r
     ref = serving_builder.ArtifactRef(uri=track.uri, sha256=track.sha256, revision=track.revision)
     dep = serving_builder.build_deployment(d.name, d.namespace, spec, config, ref, track=which, replicas=replicas)
     d.want_existing(dep)
-    return track_view(dep, d.observed.child("Deployment", dep["metadata"]["name"]), replicas)
+    return track_view(dep, d.mine("Deployment", dep["metadata"]["name"]), replicas)
 
 
 def _fixtures(d: Draft, total: int) -> None:
