@@ -24,7 +24,7 @@ def test_an_unlabelled_object_with_a_childs_name_is_found_and_left_alone() -> No
     assert "Deployment digits-cloud-triton" in kube.got
     assert "Deployment digits-cloud-triton" not in kube.uids, "never applied to"
     assert {"Service digits-cloud-triton", "PodDisruptionBudget digits-cloud-triton"} <= kube.uids.keys()
-    assert all(uid is None for uid in kube.uids.values()), "children that don't exist yet are created, never merged"
+    assert all(uid is None for uid in kube.uids.values()), "children not found are applied without a uid (and without force)"
     cond = condition(out.status["conditions"], "Progressing")
     assert cond["reason"] == "ChildConflict" and "Deployment digits-cloud-triton already exists" in cond["message"]
 

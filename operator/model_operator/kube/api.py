@@ -5,12 +5,13 @@ one idempotent call, and fields other managers own (an HPA's replicas, a user's 
 are left alone. The desired object's hash rides along as an annotation, so the controller can
 tell from its cache alone whether an apply is needed and makes no request when nothing changed.
 
-Every apply names the one object it may touch by uid (`metadata.uid` is immutable, so the API
-server refuses an apply whose uid differs from the stored object's): an object proven ours is
-applied with its own uid, and only then with forced field ownership; a child that should not
-exist yet gets a fresh uid no object has, which a create replaces and an existing object of
-that name refuses. Deletes carry the uid as a precondition. So a same-named object that is not
-ours is never merged into, taken over or deleted.
+Field ownership is forced only on an object proven ours, and then the apply carries its uid:
+the API server refuses an apply whose `metadata.uid` differs from the stored object's (422,
+"field is immutable"; 409 "uid mismatch" when none has the name), so it can change that very
+object and no other that took its name since. A child that should not
+exist yet is applied without force: the controller has just found no object of that name, and
+one that appears in between is refused wherever its fields differ from ours. Deletes carry the
+uid as a precondition. So a same-named object that is not ours is not taken over or deleted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import logging
 import os
 import threading
-import uuid
 from functools import cached_property
 from typing import Any
 
@@ -85,14 +85,14 @@ class Kube:
             return False
 
     def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
-        """Server-side apply to the object with `uid` (proven ours), or create-only when None.
-        An object of that name with another uid is refused (ChildConflict from the caller)."""
+        """Server-side apply to the object with `uid` (proven ours: forced, refused if the name now
+        holds another object), or, with None, a create that never forces a field."""
         try:
             res = self.resource(obj["apiVersion"], obj["kind"])
         except ResourceNotFoundError:
             raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is not served") from None
         meta = obj["metadata"]
-        body = {**obj, "metadata": {**meta, "uid": uid or str(uuid.uuid4())}}
+        body = {**obj, "metadata": {**meta, "uid": uid}} if uid is not None else obj
         try:
             result = res.server_side_apply(
                 body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER,

@@ -64,7 +64,7 @@ def image_refusal(spec: ModelDeploymentSpec, config: OperatorConfig) -> str | No
     return images.refusal("serving.tritonImage", image, config.triton_image_patterns())
 
 
-def _refused(d: Draft, spec: ModelDeploymentSpec, message: str) -> None:
+def _refused(d: Draft, message: str) -> None:
     """A spec whose image the policy refuses: nothing is created, changed or deleted for it.
     What serves (the last admitted spec's Deployments) keeps serving, and status says both."""
     serving = (d.old_status.get("rollout") or {}).get("stable")
@@ -101,7 +101,7 @@ def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan
         return d.plan
     refused = image_refusal(spec, config)
     if refused is not None:
-        _refused(d, spec, refused)
+        _refused(d, refused)
         return d.plan
     opt = plan_optimization(d, spec, spec_hash(spec), config)
     serves = spec.target != Target.device
