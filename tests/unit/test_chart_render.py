@@ -302,6 +302,10 @@ NEEDED_NAMESPACED = [
     ("autoscaling", "horizontalpodautoscalers", "list"), ("autoscaling", "horizontalpodautoscalers", "watch"),
     ("autoscaling", "horizontalpodautoscalers", "delete"), ("keda.sh", "scaledobjects", "list"),
     ("keda.sh", "scaledobjects", "watch"), ("keda.sh", "scaledobjects", "delete"),
+    # Before creating a child, reconcile.py reads it by name (an object that is not ours is a ChildConflict).
+    *((group, resource, "get") for group, resource in (
+        ("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets"), ("monitoring.coreos.com", "servicemonitors"),
+        ("autoscaling", "horizontalpodautoscalers"), ("keda.sh", "scaledobjects"))),
 ]
 
 
