@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .resources.images import PATTERN_HELP, invalid_patterns, repository
 
 
 class NodePool(BaseModel):
@@ -64,6 +66,11 @@ class OperatorConfig(BaseSettings):
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
     worker_image: str = "model-operator-worker:0.1.0"
     triton_image: str = "tritonserver:24.10-py3"
+    allowed_triton_images: list[str] = Field(
+        default_factory=list,
+        description="Images a ModelDeployment's serving.tritonImage may name: REPO (any tag or digest), REPO:TAG, "
+                    "REPO@DIGEST or PREFIX/* (resources/images.py). Empty: only the repository of triton_image.",
+    )
     image_pull_policy: str = "IfNotPresent"
     artifact_store: ArtifactStore = Field(default_factory=ArtifactStore)
     node_pools: dict[str, NodePool] = Field(default_factory=dict)
@@ -103,6 +110,19 @@ class OperatorConfig(BaseSettings):
         description="Connections to the API server for requests, on top of one per watch stream; bounds memory in large fleets.",
     )
     finalizer_timeout_seconds: int = 600
+
+    @field_validator("allowed_triton_images")
+    @classmethod
+    def _patterns_parse(cls, value: list[str]) -> list[str]:
+        bad = invalid_patterns(value)
+        if bad:
+            raise ValueError(f"allowed_triton_images: {', '.join(map(repr, bad))} can never match an image; use {PATTERN_HELP}")
+        return value
+
+    def triton_image_patterns(self) -> list[str]:
+        """The allow-list in force: the configured patterns, else the Triton image's repository
+        (the operator's own image always runs: it is the platform's choice, not a tenant's)."""
+        return list(self.allowed_triton_images) or [repository(self.triton_image)]
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]  # pydantic-settings' hook, typed by its base class

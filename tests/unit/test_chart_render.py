@@ -185,6 +185,7 @@ def test_default_config_parses_with_the_operator_config_class(tmp_path: Path) ->
     assert config.namespaces == []
     assert config.worker_image == "model-operator-worker:0.1.0"
     assert config.triton_image == "tritonserver:24.10-py3"
+    assert config.allowed_triton_images == [] and config.triton_image_patterns() == ["tritonserver"]
     assert config.artifact_store.type == "pvc" and config.artifact_store.claim == "model-artifacts"
     assert config.artifact_store.secret is None
     assert sorted(config.node_pools) == ["edge", "gpu"]
@@ -218,7 +219,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 60,
         },
-        "triton": {"image": {"tag": "25.01-py3"}, "args": ["--metrics-config=histogram_latencies=true"], "serviceAccountName": "triton"},
+        "triton": {"image": {"tag": "25.01-py3"}, "allowedImages": ["registry.example/*", "tritonserver:25.01-py3"],
+                   "args": ["--metrics-config=histogram_latencies=true"], "serviceAccountName": "triton"},
         "nodePools": {"a100": {"nodeSelector": {"gpu": "a100"}, "gpuProduct": "NVIDIA-A100-SXM4-80GB", "resources": {"limits": {"memory": "16Gi"}}}},
         "defaultNodePool": {"cloud": "a100", "edge": ""},
         "prometheus": {"url": "https://prom.example.test", "timeoutSeconds": 2.5, "window": "2m"},
@@ -231,6 +233,7 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
     assert config.image_pull_policy == "Always"
     assert config.worker_image == "ml/model-operator-worker:0.2.0"
     assert config.triton_image == "tritonserver:25.01-py3"
+    assert config.triton_image_patterns() == ["registry.example/*", "tritonserver:25.01-py3"]
     assert config.triton_args == ["--metrics-config=histogram_latencies=true"]
     # A number became a quantity string; Helm deep-merged the default limits.
     assert config.worker_resources == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "8Gi"}}
@@ -309,6 +312,10 @@ NEEDED_NAMESPACED = [
     ("autoscaling", "horizontalpodautoscalers", "list"), ("autoscaling", "horizontalpodautoscalers", "watch"),
     ("autoscaling", "horizontalpodautoscalers", "delete"), ("keda.sh", "scaledobjects", "list"),
     ("keda.sh", "scaledobjects", "watch"), ("keda.sh", "scaledobjects", "delete"),
+    # Before creating a child, reconcile.py reads it by name (an object that is not ours is a ChildConflict).
+    *((group, resource, "get") for group, resource in (
+        ("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets"), ("monitoring.coreos.com", "servicemonitors"),
+        ("autoscaling", "horizontalpodautoscalers"), ("keda.sh", "scaledobjects"))),
 ]
 
 
@@ -620,6 +627,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("node-selector-number", {"worker": {"nodeSelector": {"gpu": 1}}}, "/worker/nodeSelector/gpu"),
     ("metrics-port", {"metrics": {"port": 80}}, "/metrics/port"),
     ("triton-arg", {"triton": {"args": ["verbose"]}}, "/triton/args/0"),
+    ("triton-allowed-glob", {"triton": {"allowedImages": ["registry.example/triton*"]}}, "/triton/allowedImages/0"),
+    ("triton-allowed-space", {"triton": {"allowedImages": ["ok/*", "two words"]}}, "/triton/allowedImages/1"),
     ("alert-threshold", {"prometheusRule": {"alerts": {"errorRatio": {"threshold": 5}}}}, "/prometheusRule/alerts/errorRatio/threshold"),
     ("alert-for", {"prometheusRule": {"alerts": {"notReady": {"for": "15 minutes"}}}}, "/prometheusRule/alerts/notReady/for"),
     ("alert-severity", {"prometheusRule": {"alerts": {"notReady": {"severity": "page"}}}}, "/prometheusRule/alerts/notReady/severity"),

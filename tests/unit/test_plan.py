@@ -24,6 +24,8 @@ from model_operator.resources import common as names
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = OperatorConfig(node_pools={"gpu": NodePool(), "edge": NodePool()})
 NOW = 1_000_000.0
+# The ownership part of a cached summary of a child this MD controls (md() has uid-1).
+OURS = {"owner": "uid-1", "controller": "ModelDeployment/digits-cloud"}
 
 
 def md(spec_edit: dict[str, Any] | None = None, status: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
@@ -77,7 +79,8 @@ def ready_children(p: Plan) -> list[dict[str, Any]]:
         replicas = (child.obj.get("spec") or {}).get("replicas")
         status = {"readyReplicas": replicas, "updatedReplicas": replicas, "replicas": replicas, "observedGeneration": 1}
         out.append({"kind": child.obj["kind"], "name": child.obj["metadata"]["name"], "generation": 1,
-                    "desiredHash": child.obj["metadata"]["annotations"][names.DOMAIN + "/desired-hash"], "status": status})
+                    "desiredHash": child.obj["metadata"]["annotations"][names.DOMAIN + "/desired-hash"], "status": status,
+                    "uid": f"child-{child.obj['metadata']['name']}", **OURS})
     return out
 
 
@@ -96,7 +99,7 @@ def test_no_job_yet_starts_the_worker_job() -> None:
 
 def test_job_running_applies_nothing_and_says_so() -> None:
     doc = md()
-    obs = Observed(jobs=[{"name": job_name(doc), "active": 1}], now=NOW)
+    obs = Observed(jobs=[{"name": job_name(doc), "active": 1, **OURS}], now=NOW)
     p = plan(doc, obs, CONFIG)
     assert p.apply == [] and conditions(p)["OptimizationSucceeded"] == ("Unknown", "JobRunning")
     assert conditions(p)["Degraded"] == ("False", "Healthy")
@@ -105,7 +108,7 @@ def test_job_running_applies_nothing_and_says_so() -> None:
 def test_a_worker_pod_that_cannot_start_is_degraded() -> None:
     doc = md()
     pod = {"name": "w", "labels": {"job-name": job_name(doc)}, "problems": [{"reason": "ImagePullBackOff", "message": "no such image"}]}
-    p = plan(doc, Observed(jobs=[{"name": job_name(doc), "active": 1}], pods=[pod], now=NOW), CONFIG)
+    p = plan(doc, Observed(jobs=[{"name": job_name(doc), "active": 1, **OURS}], pods=[pod], now=NOW), CONFIG)
     assert conditions(p)["OptimizationSucceeded"] == ("Unknown", "ImagePullBackOff")
     assert conditions(p)["Degraded"] == ("True", "ImagePullBackOff") and p.status["phase"] == "Optimizing"
 
@@ -120,7 +123,7 @@ CANDIDATES = [{"name": "static-int8", "passed": False, "quality": {"top1": 0.91}
 ])
 def test_job_failed_is_reported_by_kind_and_not_restarted(exit_code: int, reason: str, cond_reason: str) -> None:
     doc = md()
-    job = {"name": job_name(doc), "finishedFailed": True, "failureMessage": "BackoffLimitExceeded"}
+    job = {"name": job_name(doc), **OURS, "finishedFailed": True, "failureMessage": "BackoffLimitExceeded"}
     summary = {"ok": False, "reason": reason, "exitCode": exit_code, **({"candidates": CANDIDATES} if exit_code == 3 else {})}
     obs = Observed(jobs=[job], pods=[summary_pod(job_name(doc), summary, exit_code)], now=NOW)
     p = plan(doc, obs, CONFIG)
@@ -138,7 +141,7 @@ def test_job_failed_is_reported_by_kind_and_not_restarted(exit_code: int, reason
 
 def test_the_pods_exit_code_classifies_a_failure_without_a_summary() -> None:
     doc = md()
-    job = {"name": job_name(doc), "finishedFailed": True, "failureMessage": "exit code 2 matching FailJob rule (PodFailurePolicy)"}
+    job = {"name": job_name(doc), **OURS, "finishedFailed": True, "failureMessage": "exit code 2 matching FailJob rule (PodFailurePolicy)"}
     pod = {**summary_pod(job_name(doc), None), "exitCodes": [2]}
     p = plan(doc, Observed(jobs=[job], pods=[pod], now=NOW), CONFIG)
     assert conditions(p)["OptimizationSucceeded"] == ("False", "InvalidInput")
@@ -154,14 +157,14 @@ def test_worker_job_fails_at_once_on_deterministic_exit_codes() -> None:
 
 def test_job_succeeded_without_a_summary_waits_for_it() -> None:
     doc = md()
-    p = plan(doc, Observed(jobs=[{"name": job_name(doc), "succeeded": 1}], now=NOW), CONFIG)
+    p = plan(doc, Observed(jobs=[{"name": job_name(doc), "succeeded": 1, **OURS}], now=NOW), CONFIG)
     assert conditions(p)["OptimizationSucceeded"] == ("Unknown", "ReadingReport") and p.apply == []
 
 
 def test_artifact_ready_deploys_stable_service_and_pdb() -> None:
     doc = md()
     summary = {"ok": True, "artifact": {**artifact(doc), "sizeBytes": 2048}, "optimization": {"recipe": "static-int8"}}
-    obs = Observed(jobs=[{"name": job_name(doc), "succeeded": 1}], pods=[summary_pod(job_name(doc), summary)], now=NOW)
+    obs = Observed(jobs=[{"name": job_name(doc), "succeeded": 1, **OURS}], pods=[summary_pod(job_name(doc), summary)], now=NOW)
     p = plan(doc, obs, CONFIG)
     assert kinds(p) == [("Deployment", "digits-cloud-triton"), ("Service", "digits-cloud-triton"), ("PodDisruptionBudget", "digits-cloud-triton")]
     assert conditions(p)["OptimizationSucceeded"] == ("True", "JobSucceeded")
@@ -271,7 +274,7 @@ def test_rolled_back_revision_is_not_retried_and_the_canary_is_deleted() -> None
     doc, first = serving_md()
     new = _new_artifact(doc, "c" * 64)
     new["status"] = {**p.status, "artifact": new["status"]["artifact"]}
-    children = ready_children(first) + [{"kind": "Deployment", "name": "digits-cloud-triton-canary", "status": {}}]
+    children = ready_children(first) + [{"kind": "Deployment", "name": "digits-cloud-triton-canary", "status": {}, **OURS}]
     again = plan(new, Observed(children=children, now=NOW + 60), CONFIG)
     assert ("Deployment", "digits-cloud-triton-canary") not in kinds(again)
     assert [(x.kind, x.name) for x in again.delete] == [("Deployment", "digits-cloud-triton-canary")]
@@ -281,7 +284,7 @@ def test_rolled_back_revision_is_not_retried_and_the_canary_is_deleted() -> None
 def test_engine_switched_from_keda_to_hpa_deletes_the_scaled_object() -> None:
     auto = {"engine": "hpa", "minReplicas": 2, "maxReplicas": 4, "metrics": [{"type": "cpuUtilization", "target": 70}]}
     doc, first = serving_md(autoscaling=auto)
-    children = ready_children(first) + [{"kind": "ScaledObject", "name": "digits-cloud-triton"}]
+    children = ready_children(first) + [{"kind": "ScaledObject", "name": "digits-cloud-triton", **OURS}]
     p = plan(doc, Observed(children=children, served=frozenset({autoscaling_builder.KEDA_API}), now=NOW), CONFIG)
     assert ("HorizontalPodAutoscaler", "digits-cloud-triton") in kinds(p)
     assert [(x.kind, x.name) for x in p.delete] == [("ScaledObject", "digits-cloud-triton")]
@@ -350,7 +353,7 @@ def test_golden_probe_runs_and_its_result_is_folded_in() -> None:
     pod = {"name": "t", "ready": True, "podIP": "198.19.64.9", "labels": {names.LABEL_COMPONENT: "triton", names.LABEL_REVISION: rev}, "problems": []}
     p = plan(doc, Observed(children=ready_children(first), pods=[pod], now=NOW), CONFIG)
     assert ("Job", "digits-cloud-probe") in kinds(p)
-    done = {"name": "digits-cloud-probe", "succeeded": 1}
+    done = {"name": "digits-cloud-probe", "succeeded": 1, **OURS}
     result = summary_pod("digits-cloud-probe", {"ok": True, "passed": False, "agreement": 0.5, "reason": "drift"})
     p = plan(doc, Observed(children=ready_children(first), jobs=[done], pods=[pod, result], now=NOW), CONFIG)
     assert [(x.kind, x.name) for x in p.delete] == [("Job", "digits-cloud-probe")]
@@ -361,7 +364,7 @@ def test_a_running_job_shows_its_progress() -> None:
     doc = md()
     progress = {"step": "candidates (5)", "stepNumber": 4, "steps": 8, "candidate": 2, "candidates": 5, "elapsedSeconds": 40,
                 "latest": [{"name": "dynamic-int8", "passed": True, "latencyMs": 0.2}]}
-    obs = Observed(jobs=[{"name": job_name(doc), "active": 1}], progress={job_name(doc): progress}, now=NOW)
+    obs = Observed(jobs=[{"name": job_name(doc), "active": 1, **OURS}], progress={job_name(doc): progress}, now=NOW)
     p = plan(doc, obs, CONFIG)
     shown = p.status["optimization"]["progress"]
     assert shown["summary"] == "step 4/8 candidates 2/5, 40s" and shown["latest"][0]["name"] == "dynamic-int8"

@@ -20,17 +20,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeKube:
-    def __init__(self, refuse: dict[str, tuple[int, str]] | None = None) -> None:
+    def __init__(self, refuse: dict[str, tuple[int, str]] | None = None, existing: list[dict[str, Any]] | None = None) -> None:
         self.refuse = refuse or {}
+        self.existing = {(o["kind"], o["metadata"]["name"]): o for o in existing or []}
         self.applied: list[str] = []
+        self.uids: dict[str, str | None] = {}  # "Kind name" -> the uid the apply was confined to
         self.deleted: list[str] = []
+        self.got: list[str] = []
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        self.got.append(f"{kind} {name}")
+        return self.existing.get((kind, name))
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         return False
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         kind = obj["kind"]
         self.applied.append(kind)
+        self.uids[f"{kind} {obj['metadata']['name']}"] = uid
         if kind in self.refuse:
             code, message = self.refuse[kind]
             exc = ApiException(status=code, reason="Forbidden")
@@ -38,7 +46,9 @@ class FakeKube:
             raise exc
         return obj
 
-    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background") -> bool:
+    def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background", uid: str | None = None,
+    ) -> bool:
         self.deleted.append(kind)
         return True
 

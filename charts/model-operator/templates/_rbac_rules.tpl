@@ -59,30 +59,32 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# Application, the children below: `get` reads one by name before creating it, so an object that
+# already holds the name and is not the ModelDeployment's is found and left alone (ChildConflict).
 # Application: Triton serving Deployments (stable and canary tracks; the canary is deleted on promotion).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Application: the Triton Service of each ModelDeployment (garbage-collected with it).
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Application: PodDisruptionBudgets of Triton fleets with more than one replica.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Application: ServiceMonitors for Triton's metrics (only used where the Prometheus operator is installed).
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [list, watch, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Application: autoscaling engines `hpa` and `keda` (the built-in engine patches the ModelDeployment);
 # watched so an engine object someone deleted or edited is put back.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 {{- if eq .Values.artifactStore.type "s3" }}
 # Application (S3 artifact store): each ModelDeployment's access Secret of pre-signed URLs, written
 # with server-side apply (create/patch). Never get, list or watch: the operator reads no Secret of

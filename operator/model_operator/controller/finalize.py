@@ -15,6 +15,7 @@ import kopf
 from ..config import OperatorConfig
 from ..kube.api import Kube
 from ..resources import access
+from ..plan import status as st
 from ..resources import common as names
 from ..resources import store_jobs as cleanup_builder
 
@@ -31,9 +32,10 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
         return
 
     selector = names.selector_string({names.LABEL_DEPLOYMENT: name[: names.MAX_NAME], names.LABEL_COMPONENT: "optimizer"})
-    jobs = kube.list("batch/v1", "Job", namespace, selector)
+    # Labels can be copied; only Jobs this MD controls are stopped, each by its uid.
+    jobs = [j for j in kube.list("batch/v1", "Job", namespace, selector) if st.ownership(j["metadata"])["owner"] == meta.get("uid")]
     for job in jobs:
-        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Foreground")
+        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Foreground", uid=job["metadata"]["uid"])
     workers = kube.list("v1", "Pod", namespace, selector)
     if jobs or workers:
         raise kopf.TemporaryError(f"waiting for {len(workers)} worker pod(s) of {name} to stop before deleting artifacts", delay=2)
@@ -45,8 +47,12 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
     kopf.adopt(job, owner=kopf.Body(cast(kopf.RawBody, body)))
     current = kube.get("batch/v1", "Job", job["metadata"]["name"], namespace)
     if current is None:
-        kube.apply(job)
+        kube.apply(job)  # create-only: refused if a Job of that name appeared meanwhile
         raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)
+    if st.ownership(current["metadata"])["owner"] != meta.get("uid"):
+        message = st.conflict_message("Job", job["metadata"]["name"], st.ownership(current["metadata"]))
+        kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="ChildConflict", message=message)
+        raise kopf.TemporaryError(message, delay=30)
     status = current.get("status") or {}
     if status.get("succeeded"):
         logger.info("deleted artifacts under %s", root)
@@ -54,7 +60,7 @@ def finalize(body: dict[str, Any], kube: Kube, config: OperatorConfig, logger: A
     failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in status.get("conditions") or [])
     if failed:
         # Start over with a fresh Job: the store may come back.
-        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Background")
+        kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace, propagation="Background", uid=current["metadata"]["uid"])
         kopf.warn(kopf.Body(cast(kopf.RawBody, body)), reason="CleanupFailed", message=f"could not delete artifacts under {root}; retrying")
         raise kopf.TemporaryError(f"cleanup of {root} failed; retrying", delay=min(60, 5 * (retry + 1)))
     raise kopf.TemporaryError(f"deleting artifacts under {root}", delay=2)

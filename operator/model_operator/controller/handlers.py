@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from ..api import types as t
 from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
-from ..kube.api import DESIRED_HASH, Kube
+from ..kube.api import Kube
 from ..kube.session import bounded_session, connection_limit
 from ..plan import status as st
 from ..resources import common as names
@@ -149,18 +149,6 @@ async def pods_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, 
     return {key: st.summarize_pod(dict(body))} if key else {}
 
 
-def _child_summary(body: kopf.Body) -> dict[str, Any]:
-    meta = body.get("metadata", {})
-    return {
-        "kind": body.get("kind"),
-        "name": meta.get("name"),
-        "generation": meta.get("generation"),
-        "desiredHash": (meta.get("annotations") or {}).get(DESIRED_HASH),
-        "status": dict(body.get("status") or {}),
-        "spec": {"replicas": (body.get("spec") or {}).get("replicas")},
-    }
-
-
 # Children whose desired hash the reconciler compares; one summary function, one index each.
 # KEDA's and the Prometheus operator's kinds are watched only while the cluster serves them.
 _CHILD_INDEXES = (
@@ -175,7 +163,7 @@ _CHILD_INDEXES = (
 
 async def children_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, dict(labels))
-    return {key: _child_summary(body)} if key else {}
+    return {key: st.summarize_child(dict(body))} if key else {}
 
 
 for _id, _group, _version, _plural in _CHILD_INDEXES:

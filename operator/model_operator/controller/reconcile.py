@@ -19,6 +19,7 @@ from typing import Any, cast
 import kopf
 import requests
 from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from ..api.types import Target
 from ..config import OperatorConfig
@@ -119,6 +120,8 @@ class Reconciler:
         self._read_metrics(body, observed)
         observed.progress = read_progress(observed.pods)
         decided = plan(body, observed, self.config)
+        if self._look_up_uncached(decided, observed):
+            decided = plan(body, observed, self.config)
         meta = body["metadata"]
         failures = []
         if access_builder.uses_urls(self.config.artifact_store) and not meta.get("deletionTimestamp"):
@@ -193,6 +196,33 @@ class Reconciler:
             return
         observed.metrics[key] = readings
 
+    # --- observe: children the plan wants that the caches don't hold --------------------
+
+    def _look_up_uncached(self, decided: Plan, observed: Observed) -> bool:
+        """GET each child the plan would create (none in the caches, which hold only objects with
+        our labels). One found is added to `observed` (ours, not yet in the cache; or another's,
+        which the plan then reports as ChildConflict). True when any was found: plan again.
+        Costs nothing once every child is cached."""
+        found = False
+        for child in decided.apply:
+            if child.observed is not None:
+                continue
+            meta = child.obj["metadata"]
+            try:
+                obj = self.kube.get(child.obj["apiVersion"], child.obj["kind"], meta["name"], meta.get("namespace"))
+            except (KindNotServed, ResourceNotFoundError):
+                continue
+            except ApiException:
+                continue  # the apply will meet the same error and report it
+            if obj is None:
+                continue
+            found = True
+            if child.obj["kind"] == "Job":
+                observed.jobs.append(st.summarize_job(obj))
+            else:
+                observed.children.append(st.summarize_child(obj))
+        return found
+
     # --- apply ---------------------------------------------------------------------------
 
     def grant_access(self, body: dict[str, Any], grants: dict[str, tuple[str, str]], now: float) -> str | None:
@@ -254,7 +284,7 @@ class Reconciler:
         if backoff is not None and now < backoff.until:
             return backoff.message
         try:
-            self.kube.apply(child.obj)
+            self.kube.apply(child.obj, child.uid)
         except KindNotServed as exc:
             if child.optional:  # its CRD went away: the rest of the reconcile goes on
                 self._kinds[(child.obj["apiVersion"], child.obj["kind"])] = (False, now)
@@ -277,7 +307,7 @@ class Reconciler:
 
     def _delete(self, gone: Delete) -> str | None:
         try:
-            self.kube.delete(gone.api_version, gone.kind, gone.name, gone.namespace, propagation=gone.propagation)
+            self.kube.delete(gone.api_version, gone.kind, gone.name, gone.namespace, propagation=gone.propagation, uid=gone.uid)
         except ApiException as exc:
             return f"could not delete {gone.kind} {gone.name}: {server_message(exc)}"
         metrics.API_WRITES.labels(gone.kind, "delete").inc()

@@ -4,6 +4,14 @@ Children are written with server-side apply under our field manager: create and 
 one idempotent call, and fields other managers own (an HPA's replicas, a user's annotations)
 are left alone. The desired object's hash rides along as an annotation, so the controller can
 tell from its cache alone whether an apply is needed and makes no request when nothing changed.
+
+Field ownership is forced only on an object proven ours, and then the apply carries its uid:
+the API server refuses an apply whose `metadata.uid` differs from the stored object's (422,
+"field is immutable"; 409 "uid mismatch" when none has the name), so it can change that very
+object and no other that took its name since. A child that should not
+exist yet is applied without force: the controller has just found no object of that name, and
+one that appears in between is refused wherever its fields differ from ours. Deletes carry the
+uid as a precondition. So a same-named object that is not ours is not taken over or deleted.
 """
 
 from __future__ import annotations
@@ -76,15 +84,19 @@ class Kube:
         except ResourceNotFoundError:
             return False
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
+        """Server-side apply to the object with `uid` (proven ours: forced, refused if the name now
+        holds another object), or, with None, a create that never forces a field."""
         try:
             res = self.resource(obj["apiVersion"], obj["kind"])
         except ResourceNotFoundError:
             raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is not served") from None
         meta = obj["metadata"]
+        body = {**obj, "metadata": {**meta, "uid": uid}} if uid is not None else obj
         try:
             result = res.server_side_apply(
-                body=obj, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True
+                body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER,
+                force_conflicts=uid is not None,
             )
         except NotFoundError as exc:
             # An apply creates, so a 404 means the endpoint is gone (a removed CRD), or the namespace.
@@ -106,13 +118,16 @@ class Kube:
         return [i.to_dict() for i in items]
 
     def delete(
-        self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background"
+        self, api_version: str, kind: str, name: str, namespace: str | None = None, propagation: str = "Background",
+        uid: str | None = None,
     ) -> bool:
-        """Delete; False when it was already gone."""
+        """Delete the object with `uid` (a precondition: another object of that name is refused
+        with 409); False when it was already gone."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.resource(api_version, kind).delete(
-                name=name, namespace=namespace, body={"propagationPolicy": propagation}
-            )
+            self.resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
             return True
         except NotFoundError:
             return False

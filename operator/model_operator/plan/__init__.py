@@ -15,6 +15,7 @@ from ..api.types import ModelDeploymentSpec, Serving, Target
 from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
 from ..resources import common as names
+from ..resources import images
 from ..resources import serving as serving_builder
 from . import status as st
 from .autotune import plan_autotune
@@ -24,7 +25,10 @@ from .monitoring import plan_health, plan_probe, plan_service_monitor
 from .optimization import OptimizationState, plan_optimization, worker_summary
 from .serving import ServeResult, plan_serving
 
-__all__ = ["SERVICE_MONITOR", "Child", "Delete", "Observed", "Plan", "Readings", "admitted_spec", "check_cluster_uris", "plan", "worker_summary"]
+__all__ = [
+    "SERVICE_MONITOR", "Child", "Delete", "Observed", "Plan", "Readings", "admitted_spec", "check_cluster_uris", "image_refusal", "plan",
+    "worker_summary",
+]
 
 
 def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
@@ -52,6 +56,38 @@ def admitted_spec(md: dict[str, Any], config: OperatorConfig) -> ModelDeployment
     return spec
 
 
+def image_refusal(spec: ModelDeploymentSpec, config: OperatorConfig) -> str | None:
+    """Why the spec's own Triton image may not run here (the operator's allow-list); None when it may.
+    The worker image is the operator's alone: no spec field names it."""
+    image = (spec.serving or Serving()).triton_image
+    if image is None or spec.target == Target.device:
+        return None
+    return images.refusal("serving.tritonImage", image, config.triton_image_patterns())
+
+
+def _refused(d: Draft, message: str) -> None:
+    """A spec whose image the policy refuses: nothing is created, changed or deleted for it.
+    What serves (the last admitted spec's Deployments) keeps serving, and status says both."""
+    serving = (d.old_status.get("rollout") or {}).get("stable")
+    tracks = [d.mine("Deployment", names.deployment_name(d.name, t)) for t in ("stable", "canary")]
+    ready = sum(int(((t or {}).get("status") or {}).get("readyReplicas") or 0) for t in tracks)
+    desired = int(d.old_status.get("replicas") or 0)
+    d.plan.status.update(readyReplicas=ready, ready=f"{ready}/{desired}")
+    if serving:
+        message = f"{message}; still serving revision {serving.get('revision')} of the last admitted spec"
+        if ready >= max(desired, 1):
+            d.cond("Available", True, "MinimumReplicasReady", f"{ready}/{desired} Triton replicas ready (the last admitted spec)")
+        else:
+            d.cond("Available", False, "ReplicasNotReady", f"{ready}/{desired} Triton replicas ready (the last admitted spec)")
+    else:
+        d.cond("Available", False, "ImageNotAllowed", message)
+    d.cond("Progressing", False, "ImageNotAllowed", message)
+    d.cond("Degraded", True, "ImageNotAllowed", message)
+    # Serving the old spec is Degraded (running, but not as specified); nothing to serve is Failed.
+    phase = st.Phase.degraded if serving else st.Phase.failed
+    d.plan.status.update(phase=phase.value, conditions=d.conditions)
+
+
 def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan:
     """The children, deletions, status and Events for one ModelDeployment in the observed state.
     A ModelDeployment being deleted plans nothing: the finalizer owns it then."""
@@ -63,6 +99,10 @@ def plan(md: dict[str, Any], observed: Observed, config: OperatorConfig) -> Plan
     except SpecError as exc:
         d.cond("OptimizationSucceeded", False, "InvalidSpec", str(exc))
         d.plan.status.update(phase=st.Phase.failed.value, conditions=d.conditions)
+        return d.plan
+    refused = image_refusal(spec, config)
+    if refused is not None:
+        _refused(d, refused)
         return d.plan
     opt = plan_optimization(d, spec, spec_hash(spec), config)
     serves = spec.target != Target.device
@@ -170,6 +210,10 @@ def _published(d: Draft, opt: OptimizationState) -> None:
 
 
 def _finish(d: Draft, opt: OptimizationState, serves: bool, served: ServeResult) -> None:
+    if d.plan.conflicts:
+        message = "; ".join(d.plan.conflicts)
+        d.cond("Progressing", False, "ChildConflict", message)
+        d.problems.insert(0, st.Problem("ChildConflict", message))
     if d.problems:
         d.cond("Degraded", True, d.problems[0].reason, "; ".join(p.message for p in d.problems)[:1024])
     else:

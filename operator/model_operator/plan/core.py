@@ -51,6 +51,10 @@ class Observed:
     def job(self, name: str) -> dict[str, Any] | None:
         return next((j for j in self.jobs if j.get("name") == name), None)
 
+    def find(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The cached summary of a Job or another child."""
+        return self.job(name) if kind == "Job" else self.child(kind, name)
+
     def job_pods(self, job_name: str) -> list[dict[str, Any]]:
         return [p for p in self.pods if p.get("labels", {}).get("job-name") == job_name]
 
@@ -64,6 +68,9 @@ class Child:
     optional: bool = False
     # The operator counter to add one to once it is applied ("jobs_started").
     counter: str | None = None
+    # The uid of the existing object, once it is proven ours (its controller is this MD): the
+    # apply carries it, so it can only ever change that very object. None: it must not exist yet.
+    uid: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -81,6 +88,7 @@ class Delete:
     name: str
     namespace: str
     propagation: str = "Background"
+    uid: str | None = None  # the object proven ours: a precondition of the delete
 
 
 # Conditions whose transitions become Events; rollout Events come from the analysis itself.
@@ -102,6 +110,8 @@ class Plan:
     # Pre-signed access this MD's pods need (S3 stores): grant name -> (verb, artifact URI).
     # The controller signs them into the MD's access Secret (resources/access.py).
     access: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Objects with a child's name that this MD does not control: left untouched, one message each.
+    conflicts: list[str] = field(default_factory=list)
 
     def objects(self) -> list[dict[str, Any]]:
         return [c.obj for c in self.apply]
@@ -115,6 +125,7 @@ class Draft:
         meta = md["metadata"]
         self.md = md
         self.name: str = meta["name"]
+        self.uid: str | None = meta.get("uid")
         self.namespace: str = meta["namespace"]
         self.generation = meta.get("generation")
         self.old_status: dict[str, Any] = dict(md.get("status") or {})
@@ -147,21 +158,40 @@ class Draft:
     def count(self, name: str) -> None:
         self.plan.counts[name] = self.plan.counts.get(name, 0) + 1
 
+    def owns(self, summary: dict[str, Any]) -> bool:
+        """Whether an existing object is this MD's: its controller ownerReference names our uid."""
+        return self.uid is not None and summary.get("owner") == self.uid
+
+    def mine(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The cached summary of a child, only when it is ours (another object's status is no evidence)."""
+        found = self.observed.find(kind, name)
+        return found if found is not None and self.owns(found) else None
+
+    def conflict(self, kind: str, name: str, summary: dict[str, Any]) -> None:
+        """An object holds a child's name and is not ours: nothing is applied to it."""
+        self.plan.conflicts.append(st.conflict_message(kind, name, summary))
+
     def want(
         self, obj: dict[str, Any], observed: dict[str, Any] | None = None, optional: bool = False, counter: str | None = None
     ) -> None:
-        """A child that should exist as `obj`: owned by the MD, stamped with its desired hash."""
+        """A child that should exist as `obj`: owned by the MD, stamped with its desired hash.
+        An object of that name that is not ours is a conflict: reported, never changed."""
+        if observed is not None and not self.owns(observed):
+            self.conflict(obj["kind"], obj["metadata"]["name"], observed)
+            return
         kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, self.md)))
         with_desired_hash(obj)
-        self.plan.apply.append(Child(obj, observed, optional, counter))
+        self.plan.apply.append(Child(obj, observed, optional, counter, uid=observed.get("uid") if observed else None))
 
     def want_existing(self, obj: dict[str, Any], optional: bool = False) -> None:
         self.want(obj, self.observed.child(obj["kind"], obj["metadata"]["name"]), optional)
 
     def drop(self, api_version: str, kind: str, name: str, propagation: str = "Background") -> None:
-        self.plan.delete.append(Delete(api_version, kind, name, self.namespace, propagation))
+        """Delete a child we no longer want: only if it exists and is ours, and only that very object."""
+        found = self.mine(kind, name)
+        if found is not None:
+            self.plan.delete.append(Delete(api_version, kind, name, self.namespace, propagation, uid=found.get("uid")))
 
     def drop_if_present(self, pairs: Iterable[tuple[str, str]], name: str) -> None:
         for api_version, kind in pairs:
-            if self.observed.child(kind, name) is not None:
-                self.drop(api_version, kind, name)
+            self.drop(api_version, kind, name)

@@ -34,7 +34,7 @@ def plan_engine(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig) -> 
 
 def _scaling_status(d: Draft, spec: ModelDeploymentSpec, engine: ScalingEngine, obj_name: str, message: str) -> dict[str, Any]:
     old = dict(d.old_status.get("scaling") or {})
-    hpa = d.observed.child("HorizontalPodAutoscaler", obj_name) or {}
+    hpa = d.mine("HorizontalPodAutoscaler", obj_name) or {}
     desired = (hpa.get("status") or {}).get("desiredReplicas")
     scaling = {
         "engine": engine.value,

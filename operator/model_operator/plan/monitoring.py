@@ -45,6 +45,9 @@ def plan_probe(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig) -> d
     """Run the golden-set probe Job on its interval; fold a finished one into status.quality."""
     probe_name = names.truncate(d.name, "-probe")
     job = d.observed.job(probe_name)
+    if job is not None and not d.owns(job):
+        d.conflict("Job", probe_name, job)
+        return None
     if job is not None:
         return _probe_finished(d, job, probe_name) if job.get("succeeded") or job.get("finishedFailed") else None
     quality = dict(d.old_status.get("quality") or {})

@@ -52,6 +52,9 @@ def plan_optimization(d: Draft, spec: ModelDeploymentSpec, digest: str, config: 
 def _follow_job(d: Draft, spec: ModelDeploymentSpec, digest: str, config: OperatorConfig, state: OptimizationState) -> None:
     job_name = names.job_name(d.name, digest)
     job = d.observed.job(job_name)
+    if job is not None and not d.owns(job):
+        d.conflict("Job", job_name, job)
+        return
     failed_before = state.optimization.get("job") == job_name and d.old_condition("OptimizationSucceeded").get("reason") in FAILED
     if job is None and failed_before:
         state.failed = True

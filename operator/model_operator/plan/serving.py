@@ -72,7 +72,7 @@ def _track(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, track: r
     dep = serving_builder.build_deployment(d.name, d.namespace, spec, config, ref, track=which, replicas=replicas)
     d.want_existing(dep)
     d.grant(config.artifact_store, "get", track.uri)
-    return track_view(dep, d.observed.child("Deployment", dep["metadata"]["name"]), replicas)
+    return track_view(dep, d.mine("Deployment", dep["metadata"]["name"]), replicas)
 
 
 def _fixtures(d: Draft, total: int) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.types import Phase
+from ..kube.api import DESIRED_HASH
 from ..resources.common import LABEL_REVISION
 
 CONDITION_TYPES = (
@@ -62,6 +63,38 @@ class JobObservation:
     pod_problems: list[Problem] = field(default_factory=list)
 
 
+def ownership(meta: dict[str, Any]) -> dict[str, Any]:
+    """Who controls an object: its uid, the uid of its controller ownerReference ("owner") and
+    that controller as Kind/name, so plan() can tell its own children from same-named strangers."""
+    ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None) or {}
+    return {
+        "uid": meta.get("uid"),
+        "owner": ref.get("uid"),
+        "controller": f"{ref.get('kind')}/{ref.get('name')}" if ref else None,
+    }
+
+
+def conflict_message(kind: str, name: str, summary: dict[str, Any]) -> str:
+    controller = summary.get("controller")
+    by = f"controlled by {controller}" if controller else "with no controller"
+    return (f"{kind} {name} already exists, {by}, not by this ModelDeployment; the operator leaves it untouched: "
+            "delete or rename it, or give the ModelDeployment another name")
+
+
+def summarize_child(obj: dict[str, Any]) -> dict[str, Any]:
+    """Reduce a Deployment, Service, PDB, autoscaler or ServiceMonitor to what the cache keeps."""
+    meta = obj.get("metadata") or {}
+    return {
+        "kind": obj.get("kind"),
+        "name": meta.get("name"),
+        "generation": meta.get("generation"),
+        "desiredHash": (meta.get("annotations") or {}).get(DESIRED_HASH),
+        "status": dict(obj.get("status") or {}),
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas")},
+        **ownership(meta),
+    }
+
+
 def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
     """Reduce a Job object to what the controller keeps in its cache."""
     status = job.get("status") or {}
@@ -76,6 +109,7 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
         "finishedFailed": failed_cond is not None,
         "failureMessage": (failed_cond or {}).get("message", "") + (f" ({failed_cond.get('reason')})" if failed_cond else ""),
         "revision": (job["metadata"].get("labels") or {}).get(LABEL_REVISION),
+        **ownership(job["metadata"]),
     }
 
 

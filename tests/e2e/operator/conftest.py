@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from md_helpers import LOCAL_TOLERATION, STORE_CLAIM
+from md_helpers import LOCAL_TOLERATION, MODELS_CLAIM, STORE_CLAIM, make_claim, put_digits
 
 
 def free_port() -> int:
@@ -112,3 +112,13 @@ def start_operator(operator_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
     for runner in runners:
         assert runner.exception is None, runner.exception
         assert runner.exit_code == 0
+
+
+@pytest.fixture
+def models(core_api: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The models claim holding the digits files, and an empty artifact store claim; the
+    directory of the models claim on this machine."""
+    path = make_claim(core_api, namespace, MODELS_CLAIM)
+    make_claim(core_api, namespace, STORE_CLAIM)
+    put_digits(path, tmp_path_factory.getbasetemp())
+    return path

@@ -27,6 +27,8 @@ ONNX_MODEL = {
     "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
 }
 AS_IS = {"quantization": {"mode": "none"}}
+# Serving on the real node: one Triton replica with the python backend.
+LOCAL = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16}
 
 
 def make_claim(core_api: Any, namespace: str, name: str) -> Path:

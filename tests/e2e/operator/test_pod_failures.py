@@ -17,16 +17,13 @@ from typing import Any
 import pytest
 from md_helpers import (
     AS_IS,
-    MODELS_CLAIM,
+    LOCAL,
     ONNX_MODEL,
-    STORE_CLAIM,
     bloated_digits,
     condition,
     create_md,
     digits_md,
     get_md,
-    make_claim,
-    put_digits,
     ready_triton_pods,
     wait_phase,
 )
@@ -35,15 +32,6 @@ from kubetest.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-LOCAL = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16}
-
-
-@pytest.fixture
-def models(core_api: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = make_claim(core_api, namespace, MODELS_CLAIM)
-    make_claim(core_api, namespace, STORE_CLAIM)
-    put_digits(path, tmp_path_factory.getbasetemp())
-    return path
 
 
 def degraded(custom_api: Any, namespace: str, name: str, reasons: tuple[str, ...], timeout: float = 300) -> dict[str, Any]:
