@@ -131,7 +131,7 @@ def test_plan_grants_the_worker_one_put_then_the_tracks_gets() -> None:
     uri = S3.uri_for("team-a", "digits", digest)
     first = plan(md(), Observed(now=100.0), cfg)
     assert first.access == {f"put-{digest}": ("put", uri)}
-    running = Observed(jobs=[{"name": names.job_name("digits", digest), "active": 1}], now=110.0)
+    running = Observed(jobs=[{"name": names.job_name("digits", digest), "active": 1, "owner": "u1"}], now=110.0)
     assert plan(md(first.status), running, cfg).access == {f"put-{digest}": ("put", uri)}
     ready = md({"artifact": {"uri": uri, "sha256": "a" * 64, "specHash": digest}})
     serving_plan = plan(ready, Observed(now=200.0), cfg)

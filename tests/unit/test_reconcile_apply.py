@@ -118,9 +118,9 @@ class RecordingKube(FakeKube):
         super().__init__()
         self.objects: list[dict[str, Any]] = []
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         self.objects.append(obj)
-        return super().apply(obj)
+        return super().apply(obj, uid)
 
 
 def s3_reconciler(kube: FakeKube, monkeypatch: Any, keys: bool = True) -> Reconciler:
