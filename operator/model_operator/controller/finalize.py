@@ -14,8 +14,8 @@ import kopf
 
 from ..config import OperatorConfig
 from ..kube.api import Kube
-from ..resources import access
 from ..plan import status as st
+from ..resources import access
 from ..resources import common as names
 from ..resources import store_jobs as cleanup_builder
 
