@@ -136,6 +136,10 @@ def check_destination(output: str, base_dir: Path | None) -> None:
 def run(spec: ModelDeploymentSpec, *, name: str, output: str, work: Path, base_dir: Path | None = None) -> dict[str, Any]:
     """Optimize, package and publish; returns the summary. Raises WorkerError subclasses."""
     r = Run(spec=spec, name=name, output=output, work=work, base_dir=base_dir)
+    if Task(spec.model.task) == Task.generation:
+        from .pipeline_generation import run_generation
+
+        return run_generation(r)
     n_threads = threads()
     configure_torch(n_threads)
     shash = compute_spec_hash(spec)
