@@ -349,12 +349,12 @@ class QualityGate(ApiModel):
         default=1.05, ge=1, le=100, description="Generation: largest allowed perplexity on data.validation's held-out text, as a ratio to the original's."
     )
     min_greedy_agreement: float = Field(
-        default=0.8,
+        default=0.9,
         ge=0,
         le=1,
         description=(
-            "Generation: smallest allowed mean share of greedy-decoded tokens (up to greedyTokens per held-out prompt) that equal the"
-            " original's before the two continuations first differ."
+            "Generation: smallest allowed share of the original's greedy tokens (greedyTokens per held-out prompt) that the optimized"
+            " model also picks top-1 at the same step, given the same prefix."
         ),
     )
     greedy_tokens: int = Field(default=16, ge=1, le=1024, description="Generation: tokens greedily decoded per held-out prompt for minGreedyAgreement.")

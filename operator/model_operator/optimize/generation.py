@@ -110,8 +110,16 @@ def perplexity(parts: Sequence[tuple[float, int]]) -> float:
     return math.exp(total / count) if count else float("nan")
 
 
+def step_agreement(reference: Sequence[Sequence[int]], predicted: Sequence[Sequence[int]]) -> float:
+    """Share of the reference's greedy tokens the candidate predicts top-1 at the same step, given
+    the same prefix (the prompt and the reference's tokens before it), over all prompts."""
+    pairs = [(a, b) for ref, pred in zip(reference, predicted) for a, b in zip(ref, pred)]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else 1.0
+
+
 def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
-    """Mean over prompts of the share of the reference's greedy tokens the candidate repeats before the first difference."""
+    """Mean over prompts of the share of the reference's greedy tokens the candidate repeats before
+    the first difference when it decodes on its own (one flipped near-tie ends the match)."""
     scores = []
     for a, b in zip(reference, candidate):
         n = max(len(a), len(b))
@@ -215,10 +223,9 @@ class TorchLm:
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
 
-    def nll(self, ids: np.ndarray) -> tuple[float, int]:
+    def logits(self, ids: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            logits = self.model(input_ids=self.torch.from_numpy(ids)).logits.numpy()
-        return nll_from_logits(logits, ids)
+            return np.asarray(self.model(input_ids=self.torch.from_numpy(ids)).logits.numpy())
 
     def greedy(self, prompt: Sequence[int], n: int, *, exact: bool = False) -> list[int]:
         with self.torch.inference_mode():
@@ -255,15 +262,14 @@ class OnnxLm:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
 
-    def nll(self, ids: np.ndarray) -> tuple[float, int]:
+    def logits(self, ids: np.ndarray) -> np.ndarray:
         b, s = ids.shape
         feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones((b, s), dtype=np.int64)}
         empty = np.zeros((b, self.kv_heads, 0, self.head), dtype=np.float32)
         for i in self.session.get_inputs():
             if i.name.startswith("past_key_values."):
                 feeds[i.name] = empty
-        logits = self.session.run(["logits"], feeds)[0]
-        return nll_from_logits(logits, ids)
+        return np.asarray(self.session.run(["logits"], feeds)[0])
 
     def _generator(self, prompt: Sequence[int], n: int, exact: bool) -> Any:
         params = self.og.GeneratorParams(self.model)
@@ -296,11 +302,27 @@ class OnnxLm:
         return t1 - t0, time.perf_counter() - t1
 
 
-def quality(lm: Any, wins: np.ndarray, prompts: Sequence[Sequence[int]], greedy_tokens: int, batch: int = 8) -> tuple[dict[str, float], list[list[int]]]:
-    """Perplexity on the windows and the greedy continuations of the prompts."""
-    parts = [lm.nll(wins[i : i + batch]) for i in range(0, len(wins), batch)]
+def predicted_steps(lm: Any, prompt: Sequence[int], continuation: Sequence[int]) -> list[int]:
+    """The model's top-1 token at each step of `continuation`, given the prompt and the continuation before it (teacher-forced)."""
+    if not continuation:
+        return []
+    ids = np.asarray([list(prompt) + list(continuation)], dtype=np.int64)
+    lg = lm.logits(ids)[0, len(prompt) - 1 : len(prompt) + len(continuation) - 1]
+    return [int(t) for t in lg.argmax(-1)]
+
+
+def quality(
+    lm: Any, wins: np.ndarray, prompts: Sequence[Sequence[int]], greedy_tokens: int, reference: Sequence[Sequence[int]] | None = None, batch: int = 8
+) -> tuple[dict[str, float], list[list[int]]]:
+    """Perplexity on the windows and the greedy continuations of the prompts; given the original's
+    continuations (`reference`), also greedyAgreement (step_agreement) and greedyPrefixAgreement (agreement)."""
+    parts = [nll_from_logits(lm.logits(wins[i : i + batch]), wins[i : i + batch]) for i in range(0, len(wins), batch)]
     conts = [lm.greedy(p, greedy_tokens) for p in prompts]
-    return {"perplexity": perplexity(parts)}, conts
+    q = {"perplexity": perplexity(parts)}
+    if reference is not None:
+        q["greedyAgreement"] = step_agreement(reference, [predicted_steps(lm, p, c) for p, c in zip(prompts, reference)])
+        q["greedyPrefixAgreement"] = agreement(reference, conts)
+    return q, conts
 
 
 def speed(runners: Sequence[Any], prompts: Sequence[Sequence[int]], new_tokens: int, rounds: int) -> list[dict[str, float]]:

@@ -52,19 +52,21 @@ def _tokenizer(checkpoint: Path) -> Any:
         raise InputError("spec.generation.tokenizerUri", f"the tokenizer files do not load: {first_line(exc)}") from None
 
 
-def _context(checkpoint: Path, gen: Generation) -> tuple[int, int]:
-    """(max context tokens, eos token id) from the spec, else the model's config."""
+def _context(checkpoint: Path, gen: Generation) -> tuple[int, int, int]:
+    """(max context tokens, max new tokens, eos token id) from the spec, else the model's config;
+    maxNewTokens left at its default is capped at half the context."""
     cfg = json.loads((checkpoint / "config.json").read_text())
     ctx = gen.max_context_tokens or int(cfg.get("max_position_embeddings") or 0)
     if ctx <= 0:
         raise InputError("spec.generation.maxContextTokens", "config.json has no max_position_embeddings: set generation.maxContextTokens")
-    if gen.max_new_tokens >= ctx:
-        raise InputError("spec.generation.maxNewTokens", f"maxNewTokens {gen.max_new_tokens} leaves no room for a prompt in a context of {ctx}")
+    new = gen.max_new_tokens if "max_new_tokens" in gen.model_fields_set else min(gen.max_new_tokens, ctx // 2)
+    if new >= ctx:
+        raise InputError("spec.generation.maxNewTokens", f"maxNewTokens {new} leaves no room for a prompt in a context of {ctx} tokens")
     eos = cfg.get("eos_token_id")
-    return ctx, int(eos[0] if isinstance(eos, list) else eos) if eos is not None else -1
+    return ctx, new, int(eos[0] if isinstance(eos, list) else eos) if eos is not None else -1
 
 
-def _configure(model_dir: Path, gen: Generation, ctx: int, eos_id: int) -> None:
+def _configure(model_dir: Path, gen: Generation, ctx: int, max_new: int, eos_id: int) -> None:
     """The spec's lengths, end-of-sequence token and sampling defaults into genai_config.json."""
     path = model_dir / "genai_config.json"
     cfg = json.loads(path.read_text())
@@ -76,7 +78,7 @@ def _configure(model_dir: Path, gen: Generation, ctx: int, eos_id: int) -> None:
                           "top_p": s.top_p, "repetition_penalty": s.repetition_penalty})
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     # GenAI refuses keys it doesn't know, so the serving limits go in a file of their own.
-    (model_dir / SERVING_FILE).write_text(json.dumps({"maxNewTokens": gen.max_new_tokens, "maxContextTokens": ctx, "eosTokenId": eos_id,
+    (model_dir / SERVING_FILE).write_text(json.dumps({"maxNewTokens": max_new, "maxContextTokens": ctx, "eosTokenId": eos_id,
                                                       "sampling": s.model_dump(mode="json", by_alias=True)}, indent=2) + "\n")
 
 
@@ -104,7 +106,7 @@ def run_generation(r: Run) -> dict[str, Any]:
         log.info("fetched %s (%s of weights), held-out text %s", spec.model.uri, _bytes(lm.checkpoint_bytes(ckpt)), spec.data.validation.uri)
 
     with r.step("load"):
-        ctx, eos_id = _context(ckpt, gen)
+        ctx, max_new, eos_id = _context(ckpt, gen)
         if gen.eos_token_id is not None:
             eos_id = gen.eos_token_id
         tokenizer = _tokenizer(ckpt)
@@ -117,7 +119,7 @@ def run_generation(r: Run) -> dict[str, Any]:
             original = lm.TorchLm(ckpt)
         except Exception as exc:  # noqa: BLE001 - a checkpoint transformers can't load is the model's field to fix
             raise InputError("spec.model.uri", f"the checkpoint does not load in transformers: {first_line(exc)}") from None
-        log.info("original: %s, context %d, eos id %d, %s threads", type(original.model).__name__, ctx, eos_id, n_threads)
+        log.info("original: %s, context %d, at most %d new tokens, eos id %d, %s threads", type(original.model).__name__, ctx, max_new, eos_id, n_threads)
 
     with r.step("data"):
         try:
@@ -147,10 +149,9 @@ def run_generation(r: Run) -> dict[str, Any]:
             try:
                 out = lm.build(ckpt, r.work / "candidates" / p.plan.name, p, r.work / "builder-cache")
                 shutil.rmtree(r.work / "builder-cache", ignore_errors=True)
-                _configure(out, gen, ctx, eos_id)
+                _configure(out, gen, ctx, max_new, eos_id)
                 cand = lm.OnnxLm(out, n_threads)
-                after, conts = lm.quality(cand, wins, prompts, g.greedy_tokens)
-                after["greedyAgreement"] = lm.agreement(ref_conts, conts)
+                after, _ = lm.quality(cand, wins, prompts, g.greedy_tokens, ref_conts)
                 after["perplexityRatio"] = after["perplexity"] / before["perplexity"]
                 o.quality, o.size_bytes, o.artifact = after, lm.artifact_bytes(out), (out, cand)
                 o.passed, o.reason = lm.verdict(before, after, g)
@@ -179,7 +180,7 @@ def run_generation(r: Run) -> dict[str, Any]:
     with r.step("latency"):
         timed = [o for o in outcomes if o.passed]
         speed_prompts = prompts[:SPEED_PROMPTS]
-        new = min(SPEED_TOKENS, gen.max_new_tokens)
+        new = min(SPEED_TOKENS, max_new)
         figs = lm.speed([original] + [o.artifact[1] for o in timed], speed_prompts, new, SPEED_ROUNDS)
         orig = figs[0]
         for o, f in zip(timed, figs[1:]):

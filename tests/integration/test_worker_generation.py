@@ -1,0 +1,145 @@
+"""The worker on a real decoder language model: a tiny LLaMA trained here by the example's own
+script (examples/generation/train.py, a short run) from the Python standard library's reference
+topics. The search exports it with a KV cache through ONNX Runtime GenAI's builder (fp32, int8 and
+int4 weight-only), gates each on held-out perplexity and greedy agreement against PyTorch, and
+publishes the chosen one; the published artifact decodes like the original."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_worker
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class TinyLm:
+    model: Path
+    validation: Path
+    prompts: list[str]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyLm:
+    out = tmp_path_factory.mktemp("tiny-llama")
+    spec = importlib.util.spec_from_file_location("generation_train", ROOT / "examples/generation/train.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(out), "--steps", "80", "--batch", "8"]) == 0
+    return TinyLm(out / "model", out / "validation.txt", (out / "prompts.txt").read_text().splitlines())
+
+
+def _spec(lm: TinyLm, **optimization: object) -> dict[str, object]:
+    return {
+        "model": {"uri": str(lm.model), "format": "hf", "task": "generation"},
+        "data": {"validation": {"uri": str(lm.validation), "samples": 8}},
+        "generation": {"maxNewTokens": 32, "sampling": {"temperature": 0.5, "topK": 20}},
+        "optimization": optimization,
+    }
+
+
+def _torch_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return [int(t) for t in out[0, len(ids):]]
+
+
+def test_search_exports_with_a_kv_cache_gates_and_publishes_the_smallest_fast_enough(tiny_lm: TinyLm, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    import onnxruntime_genai as og  # type: ignore[import-untyped]
+
+    from model_operator.storage import verify_dir
+
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=_spec(tiny_lm, search={"enabled": True}, objective="size"), name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
+    assert res.rc == 0, res.stderr
+    marker = json.loads((dest / "COMPLETE").read_text())
+    assert marker["sha256"] == verify_dir(dest)
+    report = json.loads((dest / "report.json").read_text())
+    opt = report["optimization"]
+    cands = {c["name"]: c for c in opt["candidates"]}
+    assert list(cands) == ["fp32", "int8-weight-only", "int4-weight-only"]
+    for c in cands.values():
+        assert c["passed"], c
+        assert c["quality"]["perplexityRatio"] <= 1.05 and c["quality"]["greedyAgreement"] >= 0.8
+        assert c["tokensPerSecond"] > 0 and c["ttftMs"] > 0
+    # weight-only quantization: int4 at least 4x smaller than the checkpoint's weights, int8 in between
+    original = report["artifact"]["originalSizeBytes"]
+    assert original == (tiny_lm.model / "model.safetensors").stat().st_size
+    assert cands["int4-weight-only"]["sizeBytes"] * 4 <= original
+    assert cands["int4-weight-only"]["sizeBytes"] < cands["int8-weight-only"]["sizeBytes"] < cands["fp32"]["sizeBytes"]
+    assert opt["recipe"] == "int4-weight-only" and res.summary["optimization"]["recipe"] == "int4-weight-only"
+    # a real perplexity to defend: far below a uniform guess over the 512-token vocabulary
+    assert opt["qualityBefore"]["perplexity"] < 200
+
+    version = dest / "repository/tiny/1"
+    # the export carries the KV cache: past key/values in, present key/values out
+    sess = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    ins, outs = {i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()}
+    assert {"input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.0.value"} <= ins
+    assert {"logits", "present.0.key", "present.0.value"} <= outs
+    graph = onnx.load(str(version / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    # the spec's lengths and sampling defaults went into the artifact
+    genai = json.loads((version / "genai_config.json").read_text())
+    assert genai["search"]["temperature"] == 0.5 and genai["search"]["top_k"] == 20 and genai["search"]["do_sample"] is True
+    assert json.loads((version / "generation.json").read_text())["maxNewTokens"] == 32
+
+    # the published artifact, with its own tokenizer, decodes greedily like the original in PyTorch
+    model = og.Model(str(version))
+    tok = og.Tokenizer(model)
+    ids = [int(t) for t in tok.encode(tiny_lm.prompts[0])]
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 12, min_length=len(ids) + 12)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray([ids], dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    want = _torch_greedy(tiny_lm.model, ids, 12)
+    assert got[:4] == want[:4], (got, want)
+    assert tok.decode(np.asarray(got, dtype=np.int32)).strip()
+
+
+def test_a_gate_no_quantized_model_can_pass_is_refused_with_every_candidate(tiny_lm: TinyLm, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    gate = {"maxPerplexityRatio": 1.0, "minGreedyAgreement": 1.0}
+    spec = _spec(tiny_lm, quantization={"mode": "int4-weight-only"}, search={"enabled": True}, qualityGate=gate)
+    res = run_worker(dest, spec=spec, name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
+    assert res.rc == 3, res.stderr
+    assert "spec.optimization.qualityGate" in res.last_line and "maxPerplexityRatio 1.0" in res.stderr
+    assert [c["name"] for c in res.summary["candidates"]] == ["int4-weight-only", "int4-weight-only-block128"]
+    assert not (dest / "COMPLETE").exists()
+
+
+def test_missing_tokenizer_files_name_the_field(tiny_lm: TinyLm, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).symlink_to(tiny_lm.model / f)
+    spec = _spec(tiny_lm)
+    spec["model"] = {"uri": str(bare), "format": "hf", "task": "generation"}
+    res = run_worker(tmp_path / "out", spec=spec, name="tiny")
+    assert res.rc == 2, res.stderr
+    assert res.last_line.startswith("error: spec.model.uri:") and "tokenizer.json" in res.last_line
+    spec["generation"] = {"tokenizerUri": str(tiny_lm.model), "maxNewTokens": 256}
+    res = run_worker(tmp_path / "out2", spec=spec, name="tiny")
+    assert res.rc == 2 and res.last_line.startswith("error: spec.generation.maxNewTokens:") and "context of 256 tokens" in res.last_line, res.stderr
+    spec["generation"] = {"tokenizerUri": str(tiny_lm.model)}  # the tokenizer from elsewhere works; maxNewTokens defaults to half the context
+    res = run_worker(tmp_path / "out3", spec=spec, name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
+    assert res.rc == 0, res.stderr
+    assert json.loads((tmp_path / "out3/repository/tiny/1/generation.json").read_text())["maxNewTokens"] == 128
