@@ -41,7 +41,8 @@ CAL = {"uri": "s3://models/c.npz"}
 
 def gen(**edits: Any) -> dict[str, Any]:
     """A decoder language model (model.task: generation): a Hugging Face checkpoint directory, held-out text."""
-    base = spec(model={"uri": "s3://models/tiny-llama/", "format": "hf", "task": "generation"}, data__validation={"uri": "s3://models/held-out.txt"})
+    base = spec(model={"uri": "s3://models/tiny-llama/", "format": "hf", "task": "generation"}, data__validation={"uri": "s3://models/held-out.txt"},
+                target="device", serving=None)
     return _edited(base, edits)
 # (id, spec, field of the broken rule or None)
 CASES: list[tuple[str, dict[str, Any], str | None]] = [
@@ -86,13 +87,13 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     # generation (decoder language models)
     ("generation", gen(), None),
     ("generation-full", gen(generation={"maxContextTokens": 256, "maxNewTokens": 64, "eosToken": "<|endoftext|>",
-                                        "sampling": {"temperature": 0, "topK": 40}}, optimization={"quantization": {"mode": "int4-weight-only"}},
-                            serving={"backend": "python"}), None),
+                                        "sampling": {"temperature": 0, "topK": 40}}, optimization={"quantization": {"mode": "int4-weight-only"}}), None),
     ("generation-int8", gen(optimization={"quantization": {"mode": "int8-weight-only"}}), None),
     ("generation-from-onnx", gen(model__format="onnx"), "model.task"),
     ("generation-format-omitted", gen(model__format=None), "model.task"),
     ("hf-checkpoint-as-classifier", gen(model__task="classification"), "model.format"),
     ("generation-block-on-a-classifier", spec(generation={"maxNewTokens": 8}), "generation"),
+    ("generation-block-on-a-device-classifier", spec(generation={"maxNewTokens": 8}, target="device", serving=None), "generation"),
     ("generation-new-tokens-fill-context", gen(generation={"maxContextTokens": 64, "maxNewTokens": 64}), "generation.maxNewTokens"),
     ("generation-new-tokens-without-context", gen(generation={"maxNewTokens": 4096}), None),
     ("generation-static-int8", gen(optimization={"quantization": {"mode": "static-int8"}}, data__calibration=CAL), "optimization.quantization.mode"),
@@ -101,5 +102,6 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("generation-pruned", gen(optimization={"pruning": {"method": "magnitude"}}), "optimization.pruning.method"),
     ("generation-clipped", gen(optimization={"clipping": {"method": "threshold", "threshold": 1.0}}), "optimization.clipping.method"),
     ("generation-to-torchscript", gen(conversion={"format": "torchscript"}), "conversion.format"),
-    ("generation-on-onnxruntime", gen(serving={"backend": "onnxruntime"}), "serving.backend"),
+    ("generation-served-on-cloud", gen(target="cloud"), "target"),
+    ("generation-served-on-edge", gen(target="edge", serving={"replicas": 1}), "target"),
 ]

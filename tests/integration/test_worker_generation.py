@@ -39,6 +39,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyLm:
 def _spec(lm: TinyLm, **optimization: object) -> dict[str, object]:
     return {
         "model": {"uri": str(lm.model), "format": "hf", "task": "generation"},
+        "target": "device",
         "data": {"validation": {"uri": str(lm.validation), "samples": 8}},
         "generation": {"maxNewTokens": 32, "sampling": {"temperature": 0.5, "topK": 20}},
         "optimization": optimization,
@@ -64,7 +65,8 @@ def test_search_exports_with_a_kv_cache_gates_and_publishes_the_smallest_fast_en
     from model_operator.storage import verify_dir
 
     dest = tmp_path / "out"
-    res = run_worker(dest, spec=_spec(tiny_lm, search={"enabled": True}, objective="size"), name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
+    spec = _spec(tiny_lm, search={"enabled": True, "maxCandidates": 3}, objective="size")
+    res = run_worker(dest, spec=spec, name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
     assert res.rc == 0, res.stderr
     marker = json.loads((dest / "COMPLETE").read_text())
     assert marker["sha256"] == verify_dir(dest)
@@ -122,7 +124,7 @@ def test_a_gate_no_quantized_model_can_pass_is_refused_with_every_candidate(tiny
     res = run_worker(dest, spec=spec, name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
     assert res.rc == 3, res.stderr
     assert "spec.optimization.qualityGate" in res.last_line and "maxPerplexityRatio 1.0" in res.stderr
-    assert [c["name"] for c in res.summary["candidates"]] == ["int4-weight-only", "int4-weight-only-block128"]
+    assert [c["name"] for c in res.summary["candidates"]] == ["int4-weight-only", "int4-weight-only-block128", "int4-weight-only-embeddings"]
     assert not (dest / "COMPLETE").exists()
 
 

@@ -23,9 +23,9 @@ def _opt(mode: str = "none", search: bool = False, **search_kw: object) -> Optim
         ("none", False, ["fp32"], ["fp32"]),
         ("int8-weight-only", False, ["int8-weight-only"], ["int8"]),
         ("int4-weight-only", False, ["int4-weight-only"], ["int4"]),
-        ("none", True, ["fp32", "int8-weight-only", "int4-weight-only"], ["fp32", "int8", "int4"]),
-        ("int8-weight-only", True, ["int8-weight-only", "int4-weight-only"], ["int8", "int4"]),
-        ("int4-weight-only", True, ["int4-weight-only", "int4-weight-only-block128"], ["int4", "int4"]),
+        ("none", True, ["fp32", "int8-weight-only", "int4-weight-only", "int4-weight-only-embeddings"], ["fp32", "int8", "int4", "int4"]),
+        ("int8-weight-only", True, ["int8-weight-only", "int4-weight-only", "int4-weight-only-embeddings"], ["int8", "int4", "int4"]),
+        ("int4-weight-only", True, ["int4-weight-only", "int4-weight-only-block128", "int4-weight-only-embeddings"], ["int4", "int4", "int4"]),
     ],
 )
 def test_plans_never_trade_away_the_size_the_spec_asks_for(mode: str, search: bool, names: list[str], precisions: list[str]) -> None:
@@ -33,6 +33,8 @@ def test_plans_never_trade_away_the_size_the_spec_asks_for(mode: str, search: bo
     assert [p.plan.name for p in plans] == names
     assert [p.precision for p in plans] == precisions
     assert all((p.block_size is None) == (p.precision == "fp32") for p in plans)
+    assert [p.embeddings for p in plans] == [n.endswith("-embeddings") for n in names]
+    assert all(p.plan.describe().get("opTypes") == (["MatMul", "Gather"] if p.embeddings else None) for p in plans)
 
 
 def test_plans_are_capped_and_refuse_what_cannot_apply() -> None:

@@ -150,9 +150,10 @@ RULES: tuple[Rule, ...] = (
     Rule("conversion.format", "a generation model is exported to ONNX with a KV cache: set conversion.format: onnx",
          f"!{_GENERATION} || !{_CONVERSION_TS}",
          lambda s: not _generation(s) or s.conversion.format.value != "torchscript"),
-    Rule("serving.backend", "a generation model streams tokens from Triton's python backend: set serving.backend: python, or leave it out",
-         f"!{_GENERATION} || !({_BACKEND}) || self.serving.backend == 'python'",
-         lambda s: not _generation(s) or _backend(s) in (None, "python")),
+    # Until Triton serves them (a decoupled model streaming tokens), generation models are optimized and published only.
+    Rule("target", "a generation model is optimized and published, not yet served by Triton: set target: device (no serving, no autoscaling)",
+         f"!{_GENERATION} || (has(self.target) && self.target == 'device')",
+         lambda s: not _generation(s) or s.target.value == "device"),
 )
 
 

@@ -54,24 +54,30 @@ PROMPT_TOKENS: Final = 24
 
 @dataclass(frozen=True)
 class LmPlan:
-    """One candidate: the builder's precision and, for int8/int4, the MatMulNBits block size."""
+    """One candidate: the builder's precision and, for int8/int4, the MatMulNBits block size and
+    whether the token embedding (a Gather) is block-quantized too (else it stays float32)."""
 
     plan: Plan
     precision: str
     block_size: int | None
+    embeddings: bool = False
 
 
-def _plan(mode: QuantizationMode, block: int | None) -> LmPlan:
+def _plan(mode: QuantizationMode, block: int | None, embeddings: bool = False) -> LmPlan:
     name = {"fp32": "fp32", "int8": "int8-weight-only", "int4": "int4-weight-only"}[PRECISION[mode]]
     if block is not None and block != DEFAULT_BLOCK:
         name += f"-block{block}"
-    return LmPlan(Plan(name, Quantization(mode=mode), Clipping(), Pruning()), PRECISION[mode], block)
+    if embeddings:
+        name += "-embeddings"
+    q = Quantization(mode=mode, op_types=["MatMul", "Gather"] if embeddings else None)
+    return LmPlan(Plan(name, q, Clipping(), Pruning()), PRECISION[mode], block, embeddings)
 
 
 def generation_plans(opt: Optimization) -> list[LmPlan]:
     """The spec's mode alone, or with search the modes at least as small as it asks for (a search
     never trades away size the spec wants): none -> fp32, int8, int4; int8 -> int8, int4;
-    int4 -> int4 at block sizes 32 and 128. Capped at search.maxCandidates."""
+    int4 -> int4 at block sizes 32 and 128; every search ends with int4 with the embedding
+    quantized too (smallest; large vocabularies gain most). Capped at search.maxCandidates."""
     mode = QuantizationMode(opt.quantization.mode)
     if mode not in PRECISION:
         raise InputError("spec.optimization.quantization.mode",
@@ -83,12 +89,13 @@ def generation_plans(opt: Optimization) -> list[LmPlan]:
         raise InputError("spec.optimization.search.candidates", "a generation model's search uses the built-in candidates: remove search.candidates")
     fp32, int8 = _plan(QuantizationMode.none, None), _plan(QuantizationMode.int8_weight_only, DEFAULT_BLOCK)
     int4 = _plan(QuantizationMode.int4_weight_only, DEFAULT_BLOCK)
+    int4_emb = _plan(QuantizationMode.int4_weight_only, DEFAULT_BLOCK, embeddings=True)
     if mode == QuantizationMode.none:
-        plans = [fp32, int8, int4]
+        plans = [fp32, int8, int4, int4_emb]
     elif mode == QuantizationMode.int8_weight_only:
-        plans = [int8, int4]
+        plans = [int8, int4, int4_emb]
     else:
-        plans = [int4, _plan(QuantizationMode.int4_weight_only, 128)]
+        plans = [int4, _plan(QuantizationMode.int4_weight_only, 128), int4_emb]
     return plans[: opt.search.max_candidates]
 
 
@@ -194,8 +201,11 @@ def build(checkpoint: Path, out: Path, p: LmPlan, cache: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out), "-p", p.precision, "-e", "cpu", "-c", str(cache)]
-    if p.block_size is not None:
-        cmd += ["--extra_options", f"block_size={p.block_size}"]
+    extra = [f"block_size={p.block_size}"] if p.block_size is not None else []
+    if p.embeddings:
+        extra.append("op_types_to_quantize=MatMul/Gather")
+    if extra:
+        cmd += ["--extra_options", *extra]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0 or not (out / "model.onnx").exists():
