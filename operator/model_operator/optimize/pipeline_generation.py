@@ -4,9 +4,11 @@ candidates (ONNX Runtime GenAI's builder: fp32, int8 or int4 weight-only, with a
 on perplexity ratio and greedy agreement -> tokens/s and TTFT side by side with the original's
 generate() -> package -> publish. See generation.py for the measures.
 
-The artifact is the chosen candidate's GenAI model directory (model.onnx and its weights,
-genai_config.json with the spec's sampling defaults and lengths, the tokenizer files) under
-repository/<name>/1/, with report.json; nothing is written at the destination until it is complete.
+The artifact is a Triton model repository: the chosen candidate's GenAI model directory (model.onnx
+and its weights, genai_config.json with the spec's sampling defaults and lengths, the tokenizer
+files, generation.json) under repository/<name>/1/ with triton/generation_model.py as model.py (a
+decoupled model streaming tokens) and its config.pbtxt, plus report.json; nothing is written at
+the destination until it is complete.
 """
 
 from __future__ import annotations
@@ -213,6 +215,11 @@ def run_generation(r: Run) -> dict[str, Any]:
             shutil.rmtree(stage)
         version = stage / "repository" / r.name / "1"
         shutil.copytree(won_dir, version)
+        # A decoupled Triton python-backend model streaming the tokens (triton/generation_model.py)
+        from ..triton import generation_model
+
+        shutil.copyfile(generation_model.__file__, version / "model.py")
+        (version.parent / "config.pbtxt").write_text(generation_model.config_pbtxt(r.name))
         files = storage.file_digests(stage)
         digest = storage.digest.digest_of(files)
         report = {
