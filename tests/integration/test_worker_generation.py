@@ -10,6 +10,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,3 +188,46 @@ def test_the_artifact_streams_tokens_from_a_real_triton_server(tiny_lm: TinyLm, 
         assert tokens and float(tokens[0].split()[-1]) >= 12, tokens
         assert any(ln.startswith("model_operator_time_to_first_token_seconds_count{") and float(ln.split()[-1]) >= 1 for ln in metrics.splitlines())
         assert any(ln.startswith("model_operator_generation_requests_in_flight{") and float(ln.split()[-1]) == 0 for ln in metrics.splitlines())
+        _openai_front(server.http_url, "".join(pieces), tiny_lm.prompts[0])
+
+
+def _sse(r: Any) -> list[Any]:
+    lines = [ln[len(b"data: "):] for ln in r.iter_lines() if ln.startswith(b"data: ")]
+    assert lines and lines[-1] == b"[DONE]", lines[-3:]
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def _openai_front(triton: str, greedy_text: str, prompt: str) -> None:
+    """The OpenAI-compatible routes in front of that server: the same text, streamed as chunks or whole."""
+    import threading
+
+    import requests
+
+    from model_operator.triton.openai_api import OpenAiServer
+
+    front = OpenAiServer(("127.0.0.1", 0), triton, "tiny")
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{front.server_address[1]}/v1"
+    try:
+        assert requests.get(f"{base}/models", timeout=10).json()["data"][0]["id"] == "tiny"
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+        done = requests.post(f"{base}/completions", json=body, timeout=60).json()
+        assert done["object"] == "text_completion" and done["choices"][0]["text"] == greedy_text, done
+        with requests.post(f"{base}/completions", json={**body, "stream": True}, stream=True, timeout=60) as r:
+            assert r.headers["Content-Type"] == "text/event-stream"
+            chunks = _sse(r)
+        assert len(chunks) >= 3 and "".join(c["choices"][0]["text"] for c in chunks) == greedy_text
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0, "stream": True}
+        with requests.post(f"{base}/chat/completions", json=chat, stream=True, timeout=60) as r:
+            chat_chunks = _sse(r)
+        assert chat_chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+        assert all(c["object"] == "chat.completion.chunk" for c in chat_chunks)
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chat_chunks)
+        wrong = requests.post(f"{base}/completions", json={"model": "gpt-4", "prompt": "x"}, timeout=10)
+        assert wrong.status_code == 404 and "not served here" in wrong.json()["error"]["message"]
+        empty = requests.post(f"{base}/completions", json={"prompt": ""}, timeout=10)
+        assert empty.status_code == 400
+    finally:
+        front.shutdown()
+        front.server_close()
