@@ -102,6 +102,9 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("generation-pruned", gen(optimization={"pruning": {"method": "magnitude"}}), "optimization.pruning.method"),
     ("generation-clipped", gen(optimization={"clipping": {"method": "threshold", "threshold": 1.0}}), "optimization.clipping.method"),
     ("generation-to-torchscript", gen(conversion={"format": "torchscript"}), "conversion.format"),
+    ("token-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "queueTime", "target": 5}, {"type": "timeToFirstToken", "target": 200}]}),
+     "autoscaling.metrics"),
+    ("classic-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "pendingRequests", "target": 4}]}), None),
     ("generation-served-on-cloud", gen(target="cloud"), "target"),
     ("generation-served-on-edge", gen(target="edge", serving={"replicas": 1}), "target"),
 ]

@@ -83,3 +83,24 @@ def test_health_verdict(rate: float | None, errors: float | None, p99: float | N
     assert (h.healthy, h.reason) == (healthy, reason)
     if healthy is False:
         assert "monitoring." in h.message
+
+
+def test_token_metrics_query_what_the_generation_model_exports() -> None:
+    """timeToFirstToken and interTokenLatency are means compared as they are (Value); tokensPerSecond
+    and requestsInFlight per replica (AverageValue); each reads the metric triton/generation_model.py exports."""
+    from model_operator.api.types import Autoscaling
+    from model_operator.triton import generation_model as g
+
+    auto = Autoscaling.model_validate({"engine": "keda", "metrics": [
+        {"type": "timeToFirstToken", "target": 250}, {"type": "interTokenLatency", "target": 40},
+        {"type": "tokensPerSecond", "target": 300}, {"type": "requestsInFlight", "target": 4}]})
+    ttft, itl, tps, flight = a.build_keda_scaled_object("llm", "ml", auto, "http://prom:9090", "30s")["spec"]["triggers"]
+    assert [t["metricType"] for t in (ttft, itl, tps, flight)] == ["Value", "Value", "AverageValue", "AverageValue"]
+    assert g.TTFT_SUM_METRIC in ttft["metadata"]["query"] and g.TTFT_COUNT_METRIC in ttft["metadata"]["query"]
+    assert ttft["metadata"]["query"].startswith("1000 * ") and ttft["metadata"]["threshold"] == "250"
+    assert g.ITL_SUM_METRIC in itl["metadata"]["query"] and g.ITL_COUNT_METRIC in itl["metadata"]["query"]
+    assert f"rate({g.TOKENS_METRIC}{{" in tps["metadata"]["query"] and "count by (pod)" in tps["metadata"]["query"]
+    assert flight["metadata"]["query"] == f'avg(sum by (pod) ({g.IN_FLIGHT_METRIC}{{{promql.pod_matcher("llm", "ml", track=None)}}}))'
+    hpa = a.build_hpa("llm", "ml", auto)
+    assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == [
+        "triton_timeToFirstToken", "triton_interTokenLatency", "triton_tokensPerSecond", "triton_requestsInFlight"]

@@ -51,6 +51,7 @@ _CONVERSION_TS = "(has(self.conversion) && has(self.conversion.format) && self.c
 _GENERATION = "(has(self.model.task) && self.model.task == 'generation')"
 _MODE = f"({_QUANT} && has(self.optimization.quantization.mode) ? self.optimization.quantization.mode : 'none')"
 _GENERATION_MODES = ("none", "int8-weight-only", "int4-weight-only")
+_TOKEN_METRICS = ("timeToFirstToken", "interTokenLatency", "tokensPerSecond", "requestsInFlight")
 
 
 def _generation(s: ModelDeploymentSpec) -> bool:
@@ -150,6 +151,11 @@ RULES: tuple[Rule, ...] = (
     Rule("conversion.format", "a generation model is exported to ONNX with a KV cache: set conversion.format: onnx",
          f"!{_GENERATION} || !{_CONVERSION_TS}",
          lambda s: not _generation(s) or s.conversion.format.value != "torchscript"),
+    Rule("autoscaling.metrics", "timeToFirstToken, interTokenLatency, tokensPerSecond and requestsInFlight are a generation model's metrics: "
+                                "they need model.task: generation",
+         f"!has(self.autoscaling) || !has(self.autoscaling.metrics) || {_GENERATION}"
+         f" || !self.autoscaling.metrics.exists(m, m.type in {list(_TOKEN_METRICS)})",
+         lambda s: s.autoscaling is None or _generation(s) or not any(m.type.value in _TOKEN_METRICS for m in s.autoscaling.metrics)),
     # Until Triton serves them (a decoupled model streaming tokens), generation models are optimized and published only.
     Rule("target", "a generation model is optimized and published, not yet served by Triton: set target: device (no serving, no autoscaling)",
          f"!{_GENERATION} || (has(self.target) && self.target == 'device')",

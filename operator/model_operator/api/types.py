@@ -150,6 +150,11 @@ class ScalingMetricType(str, Enum):
     pending_requests = "pendingRequests"
     gpu_utilization = "gpuUtilization"
     cpu_utilization = "cpuUtilization"
+    # generation models (triton/generation_model.py's metrics)
+    time_to_first_token = "timeToFirstToken"
+    inter_token_latency = "interTokenLatency"
+    tokens_per_second = "tokensPerSecond"
+    requests_in_flight = "requestsInFlight"
 
 
 class RolloutStrategy(str, Enum):
@@ -471,8 +476,15 @@ class Serving(ApiModel):
 
 class ScalingMetric(ApiModel):
     type: ScalingMetricType
-    """queueTime, inferenceRate, pendingRequests, gpuUtilization or cpuUtilization."""
-    target: float = Field(gt=0, description="Per-replica target: ms for queueTime, req/s for inferenceRate, count, or percent.")
+    """queueTime, inferenceRate, pendingRequests, gpuUtilization, cpuUtilization; for generation models timeToFirstToken,
+    interTokenLatency, tokensPerSecond or requestsInFlight."""
+    target: float = Field(
+        gt=0,
+        description=(
+            "Per-replica target: ms for queueTime, timeToFirstToken and interTokenLatency (means over the window), req/s for"
+            " inferenceRate, generated tokens/s for tokensPerSecond, a count for pendingRequests and requestsInFlight, or percent."
+        ),
+    )
 
 
 class ScalingRules(ApiModel):

@@ -36,7 +36,7 @@ def build_keda_scaled_object(name: str, namespace: str, spec: Autoscaling, prome
     triggers = []
     for metric in spec.metrics:
         query = promql.scaling_query(metric.type, sel, window)
-        per_replica = metric.type != ScalingMetricType.queue_time
+        per_replica = metric.type not in promql.LATENCY_TYPES
         triggers.append({
             "type": "prometheus",
             "name": metric.type.value,

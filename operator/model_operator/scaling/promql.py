@@ -112,6 +112,34 @@ def avg_latency_ms(sel: str, window: str) -> str:
     )
 
 
+# Generation models (triton/generation_model.py): counters of sums and counts, a gauge of requests in flight.
+def _mean_ms(metric: str, sel: str, window: str) -> str:
+    return f"1000 * {_rate(metric + '_sum', sel, window)} / clamp_min({_rate(metric + '_count', sel, window)}, 1e-9)"
+
+
+def time_to_first_token_ms(sel: str, window: str) -> str:
+    """Mean time from a request's arrival to its first token over the window, in milliseconds."""
+    return _mean_ms("model_operator_time_to_first_token_seconds", sel, window)
+
+
+def inter_token_latency_ms(sel: str, window: str) -> str:
+    """Mean time between consecutive tokens of a request over the window, in milliseconds."""
+    return _mean_ms("model_operator_inter_token_latency_seconds", sel, window)
+
+
+def tokens_per_second_per_replica(sel: str, window: str) -> str:
+    metric = "model_operator_generated_tokens"
+    return f"{_rate(metric, sel, window)} / clamp_min(count(count by (pod) ({metric}{{{sel}}})), 1)"
+
+
+def in_flight_per_replica(sel: str) -> str:
+    return f"avg(sum by (pod) (model_operator_generation_requests_in_flight{{{sel}}}))"
+
+
+# Means over all requests (not per replica): the built-in scaler and KEDA compare them with the target as they are.
+LATENCY_TYPES = (ScalingMetricType.queue_time, ScalingMetricType.time_to_first_token, ScalingMetricType.inter_token_latency)
+
+
 def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
     if metric == ScalingMetricType.queue_time:
         return queue_time_ms(sel, window)
@@ -121,4 +149,12 @@ def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
         return pending_per_replica(sel)
     if metric == ScalingMetricType.gpu_utilization:
         return gpu_utilization_percent(sel)
+    if metric == ScalingMetricType.time_to_first_token:
+        return time_to_first_token_ms(sel, window)
+    if metric == ScalingMetricType.inter_token_latency:
+        return inter_token_latency_ms(sel, window)
+    if metric == ScalingMetricType.tokens_per_second:
+        return tokens_per_second_per_replica(sel, window)
+    if metric == ScalingMetricType.requests_in_flight:
+        return in_flight_per_replica(sel)
     return cpu_utilization_percent(sel)
