@@ -105,6 +105,9 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("token-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "queueTime", "target": 5}, {"type": "timeToFirstToken", "target": 200}]}),
      "autoscaling.metrics"),
     ("classic-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "pendingRequests", "target": 4}]}), None),
-    ("generation-served-on-cloud", gen(target="cloud"), "target"),
-    ("generation-served-on-edge", gen(target="edge", serving={"replicas": 1}), "target"),
+    ("generation-served-on-cloud", gen(target="cloud", serving={"replicas": 2}), None),
+    ("generation-served-on-edge", gen(target="edge", serving={"replicas": 1}), None),
+    ("generation-on-python-backend", gen(target="cloud", serving={"backend": "python"}), None),
+    ("generation-on-onnxruntime-backend", gen(target="cloud", serving={"backend": "onnxruntime"}), "serving.backend"),
+    ("generation-on-pytorch-backend", gen(target="cloud", serving={"backend": "pytorch"}), "serving.backend"),
 ]

@@ -156,10 +156,10 @@ RULES: tuple[Rule, ...] = (
          f"!has(self.autoscaling) || !has(self.autoscaling.metrics) || {_GENERATION}"
          f" || !self.autoscaling.metrics.exists(m, m.type in {list(_TOKEN_METRICS)})",
          lambda s: s.autoscaling is None or _generation(s) or not any(m.type.value in _TOKEN_METRICS for m in s.autoscaling.metrics)),
-    # Until Triton serves them (a decoupled model streaming tokens), generation models are optimized and published only.
-    Rule("target", "a generation model is optimized and published, not yet served by Triton: set target: device (no serving, no autoscaling)",
-         f"!{_GENERATION} || (has(self.target) && self.target == 'device')",
-         lambda s: not _generation(s) or s.target.value == "device"),
+    # Triton serves a generation model as a decoupled Python-backend model (triton/generation_model.py).
+    Rule("serving.backend", "a generation model runs on Triton's Python backend (ONNX Runtime GenAI's loop): set serving.backend: python or leave it out",
+         f"!{_GENERATION} || !{_BACKEND} || self.serving.backend == 'python'",
+         lambda s: not _generation(s) or s.serving is None or s.serving.backend is None or s.serving.backend.value == "python"),
 )
 
 

@@ -708,6 +708,8 @@ class Endpoint(StatusModel):
     """Triton's metrics endpoint."""
     model_name: str | None = None
     """Model name in Triton's repository."""
+    openai: str | None = None
+    """OpenAI-compatible API base URL (/v1/completions, /v1/chat/completions) of a generation model."""
 
 
 class ScalingDecision(StatusModel):
