@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-port", type=int, default=8000)
     up.add_argument("--grpc-port", type=int, default=8001)
     up.add_argument("--metrics-port", type=int, default=8002)
+    up.add_argument("--openai-port", type=int, default=9000, help="the OpenAI-compatible API of a generation model (model.task: generation)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--skip-optimize", action="store_true", help="reuse the artifact already in the workdir")
     up.set_defaults(func=_cmd_local)
