@@ -231,3 +231,61 @@ def _openai_front(triton: str, greedy_text: str, prompt: str) -> None:
     finally:
         front.shutdown()
         front.server_close()
+
+
+def test_local_up_serves_the_openai_api_of_a_generation_model(tiny_lm: TinyLm, tmp_path: Path) -> None:
+    """`model-operator local up` on a generation spec: the worker's artifact in a local Triton and
+    the OpenAI-compatible front beside it, the same API the operator's pods serve."""
+    import signal
+
+    import yaml
+    from openai import OpenAI
+    from test_local_up import Output, local_up, wait_for
+
+    from model_operator.triton.server import free_port
+
+    spec = {**_spec(tiny_lm, quantization={"mode": "none"}), "target": "cloud", "serving": {"replicas": 1}}
+    yaml_file = tmp_path / "md.yaml"
+    yaml_file.write_text(yaml.safe_dump({"apiVersion": "serving.model-operator.io/v1alpha1", "kind": "ModelDeployment",
+                                         "metadata": {"name": "tiny"}, "spec": spec}))
+    workdir, port = tmp_path / "work", free_port()
+    proc = local_up(yaml_file, workdir, "--openai-port", str(port), ports=(free_port(), free_port(), free_port()))
+    try:
+        output = Output(proc)
+        wait_for(lambda: output.has("openai:"), 420, "the status block with the OpenAI endpoint", proc)
+        assert any(f"openai: http://127.0.0.1:{port}/v1" in line for line in output.lines), output.lines
+        prompt = tiny_lm.prompts[1]
+        model = og_greedy_model(workdir / "artifact" / "repository" / "tiny" / "1")
+        want = model(prompt, 10)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        pieces = [c.choices[0].text for c in client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stream=True)
+                  if c.choices[0].text]
+        assert len(pieces) >= 3 and "".join(pieces) == want, (pieces, want)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def og_greedy_model(version_dir: Path) -> Any:
+    """prompt, n -> the GenAI model's greedy continuation, decoded piece by piece as the server does."""
+    import onnxruntime_genai as og  # type: ignore[import-untyped]
+
+    model = og.Model(str(version_dir))
+    tok = og.Tokenizer(model)
+
+    def run(prompt: str, n: int) -> str:
+        ids = tok.encode(prompt)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + n)
+        gen = og.Generator(model, params)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        stream, text = tok.create_stream(), ""
+        while not gen.is_done():
+            gen.generate_next_token()
+            text += stream.decode(int(gen.get_next_tokens()[0]))
+        return str(text)
+
+    return run
