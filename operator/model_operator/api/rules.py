@@ -158,7 +158,7 @@ RULES: tuple[Rule, ...] = (
          lambda s: s.autoscaling is None or _generation(s) or not any(m.type.value in _TOKEN_METRICS for m in s.autoscaling.metrics)),
     # Triton serves a generation model as a decoupled Python-backend model (triton/generation_model.py).
     Rule("serving.backend", "a generation model runs on Triton's Python backend (ONNX Runtime GenAI's loop): set serving.backend: python or leave it out",
-         f"!{_GENERATION} || !{_BACKEND} || self.serving.backend == 'python'",
+         f"!{_GENERATION} || !({_BACKEND}) || self.serving.backend == 'python'",
          lambda s: not _generation(s) or s.serving is None or s.serving.backend is None or s.serving.backend.value == "python"),
 )
 
