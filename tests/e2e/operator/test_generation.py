@@ -83,7 +83,9 @@ def test_generation_model_streams_through_the_openai_front(
     trained = tiny_llama(tmp_path_factory.getbasetemp())
     models = make_claim(core_api, namespace, MODELS_CLAIM)
     store = make_claim(core_api, namespace, STORE_CLAIM)
-    shutil.copytree(trained, models / "tiny-llama")
+    dest = shutil.copytree(trained, models / "tiny-llama")
+    for path in [dest, *dest.rglob("*")]:  # the worker runs as UID 1000; pytest's temporary folders are 0700
+        path.chmod(0o755 if path.is_dir() else 0o644)
     prompt = (trained / "prompts.txt").read_text().splitlines()[0]
     start_operator()
     create_md(custom_api, namespace, generation_md())
