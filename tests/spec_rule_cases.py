@@ -20,7 +20,10 @@ BASE: dict[str, Any] = {
 
 def spec(**edits: Any) -> dict[str, Any]:
     """BASE with dotted-path edits (`serving__gpus=1` sets spec.serving.gpus; None deletes)."""
-    out = copy.deepcopy(BASE)
+    return _edited(copy.deepcopy(BASE), edits)
+
+
+def _edited(out: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
     for dotted, value in edits.items():
         keys = dotted.split("__")
         node = out
@@ -34,6 +37,13 @@ def spec(**edits: Any) -> dict[str, Any]:
 
 
 CAL = {"uri": "s3://models/c.npz"}
+
+
+def gen(**edits: Any) -> dict[str, Any]:
+    """A decoder language model (model.task: generation): a Hugging Face checkpoint directory, held-out text."""
+    base = spec(model={"uri": "s3://models/tiny-llama/", "format": "hf", "task": "generation"}, data__validation={"uri": "s3://models/held-out.txt"},
+                target="device", serving=None)
+    return _edited(base, edits)
 # (id, spec, field of the broken rule or None)
 CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("valid", spec(), None),
@@ -74,4 +84,30 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("mask-input-on-a-regression", spec(model__task="regression", optimization={"qualityGate": {"maskInput": "input"}}),
      "optimization.qualityGate.maskInput"),
     ("mask-input-on-an-embedding", spec(model__task="embedding", optimization={"qualityGate": {"maskInput": "input"}}), None),
+    # generation (decoder language models)
+    ("generation", gen(), None),
+    ("generation-full", gen(generation={"maxContextTokens": 256, "maxNewTokens": 64, "eosToken": "<|endoftext|>",
+                                        "sampling": {"temperature": 0, "topK": 40}}, optimization={"quantization": {"mode": "int4-weight-only"}}), None),
+    ("generation-int8", gen(optimization={"quantization": {"mode": "int8-weight-only"}}), None),
+    ("generation-from-onnx", gen(model__format="onnx"), "model.task"),
+    ("generation-format-omitted", gen(model__format=None), "model.task"),
+    ("hf-checkpoint-as-classifier", gen(model__task="classification"), "model.format"),
+    ("generation-block-on-a-classifier", spec(generation={"maxNewTokens": 8}), "generation"),
+    ("generation-block-on-a-device-classifier", spec(generation={"maxNewTokens": 8}, target="device", serving=None), "generation"),
+    ("generation-new-tokens-fill-context", gen(generation={"maxContextTokens": 64, "maxNewTokens": 64}), "generation.maxNewTokens"),
+    ("generation-new-tokens-without-context", gen(generation={"maxNewTokens": 4096}), None),
+    ("generation-static-int8", gen(optimization={"quantization": {"mode": "static-int8"}}, data__calibration=CAL), "optimization.quantization.mode"),
+    ("generation-fp16", gen(optimization={"quantization": {"mode": "fp16"}}), "optimization.quantization.mode"),
+    ("int8-weight-only-on-a-classifier", spec(optimization={"quantization": {"mode": "int8-weight-only"}}), "optimization.quantization.mode"),
+    ("generation-pruned", gen(optimization={"pruning": {"method": "magnitude"}}), "optimization.pruning.method"),
+    ("generation-clipped", gen(optimization={"clipping": {"method": "threshold", "threshold": 1.0}}), "optimization.clipping.method"),
+    ("generation-to-torchscript", gen(conversion={"format": "torchscript"}), "conversion.format"),
+    ("token-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "queueTime", "target": 5}, {"type": "timeToFirstToken", "target": 200}]}),
+     "autoscaling.metrics"),
+    ("classic-metrics-on-a-classifier", spec(autoscaling={"metrics": [{"type": "pendingRequests", "target": 4}]}), None),
+    ("generation-served-on-cloud", gen(target="cloud", serving={"replicas": 2}), None),
+    ("generation-served-on-edge", gen(target="edge", serving={"replicas": 1}), None),
+    ("generation-on-python-backend", gen(target="cloud", serving={"backend": "python"}), None),
+    ("generation-on-onnxruntime-backend", gen(target="cloud", serving={"backend": "onnxruntime"}), "serving.backend"),
+    ("generation-on-pytorch-backend", gen(target="cloud", serving={"backend": "pytorch"}), "serving.backend"),
 ]

@@ -26,6 +26,24 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return optimize_main(args)
 
 
+def _cmd_openai(args: argparse.Namespace) -> int:
+    import logging
+
+    from .triton.openai_api import OpenAiServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    server = OpenAiServer((args.host, args.port), args.triton, args.model)
+    logging.getLogger("model_operator.openai").info("OpenAI-compatible API for %s (Triton %s) on http://%s:%d/v1", args.model, args.triton,
+                                                    args.host, server.server_address[1])
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _cmd_local(args: argparse.Namespace) -> int:
     from .local.main import main as local_main
 
@@ -96,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-port", type=int, default=8000)
     up.add_argument("--grpc-port", type=int, default=8001)
     up.add_argument("--metrics-port", type=int, default=8002)
+    up.add_argument("--openai-port", type=int, default=9000, help="the OpenAI-compatible API of a generation model (model.task: generation)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--skip-optimize", action="store_true", help="reuse the artifact already in the workdir")
     up.set_defaults(func=_cmd_local)
@@ -149,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--uri", required=True)
     v.add_argument("--sha256", default=None)
     p.set_defaults(func=_cmd_artifacts)
+
+    p = sub.add_parser("openai", help="an OpenAI-compatible /v1/completions and /v1/chat/completions in front of a Triton generation model")
+    p.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton's HTTP endpoint")
+    p.add_argument("--model", required=True, help="the generation model's name in Triton")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.set_defaults(func=_cmd_openai)
 
     p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a ModelDeployment")
     p.add_argument("file", help="ModelDeployment YAML")

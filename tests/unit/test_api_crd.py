@@ -61,7 +61,11 @@ def test_crd_names_subresources_and_columns() -> None:
 def test_enums_defaults_bounds_and_cel_are_in_schema() -> None:
     spec = crd.openapi_schema()["properties"]["spec"]
     quant = spec["properties"]["optimization"]["properties"]["quantization"]["properties"]["mode"]
-    assert quant["enum"] == ["none", "dynamic-int8", "static-int8", "fp16", "int4-weight-only"]
+    assert quant["enum"] == ["none", "dynamic-int8", "static-int8", "fp16", "int4-weight-only", "int8-weight-only"]
+    assert spec["properties"]["model"]["properties"]["task"]["enum"][-1] == "generation"
+    gen = spec["properties"]["generation"]["properties"]
+    assert gen["maxNewTokens"]["default"] == 256 and gen["maxContextTokens"]["minimum"] == 16
+    assert gen["sampling"]["properties"]["temperature"]["maximum"] == 2
     assert quant["default"] == "none"
     pruning = spec["properties"]["optimization"]["properties"]["pruning"]["properties"]["sparsity"]
     assert pruning["minimum"] == 0 and pruning["maximum"] == 0.95

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from model_operator.api.types import ScalingMetricType
 from model_operator.api.validation import load_spec
 from model_operator.resources import autoscaling as a
 from model_operator.scaling import health, promql
@@ -156,3 +157,34 @@ def test_the_fleet_queries_take_the_md_from_the_pod_name(pod: str, md: str) -> N
 @pytest.mark.parametrize("pod", ["digits-7d9f8b6c4-x2x9z", "digits-triton-x2x9z", "other-server-5f7c9-abcde"])
 def test_pods_not_the_operators_get_no_md(pod: str) -> None:
     assert re.fullmatch(promql.FLEET_POD, pod) is None and re.fullmatch(promql.FLEET_MD, pod) is None
+
+
+def test_token_metrics_query_what_the_generation_model_exports() -> None:
+    """Every token query answers per replica (or per token), so each is a Value metric the HPA
+    multiplies by the replica count; each reads the metric triton/generation_model.py exports."""
+    from model_operator.api.types import Autoscaling
+    from model_operator.triton import generation_model as g
+
+    auto = Autoscaling.model_validate({"engine": "keda", "metrics": [
+        {"type": "timeToFirstToken", "target": 250}, {"type": "interTokenLatency", "target": 40},
+        {"type": "tokensPerSecond", "target": 300}, {"type": "requestsInFlight", "target": 4}]})
+    ttft, itl, tps, flight = a.build_keda_scaled_object("llm", "ml", auto, "http://prom:9090", "30s")["spec"]["triggers"]
+    assert [t["metricType"] for t in (ttft, itl, tps, flight)] == ["Value"] * 4
+    assert g.TTFT_SUM_METRIC in ttft["metadata"]["query"] and g.TTFT_COUNT_METRIC in ttft["metadata"]["query"]
+    assert ttft["metadata"]["query"].startswith("1000 * ") and ttft["metadata"]["threshold"] == "250"
+    assert g.ITL_SUM_METRIC in itl["metadata"]["query"] and g.ITL_COUNT_METRIC in itl["metadata"]["query"]
+    assert f"rate({g.TOKENS_METRIC}{{" in tps["metadata"]["query"] and "count by (pod)" in tps["metadata"]["query"]
+    assert flight["metadata"]["query"] == f'avg(sum by (pod) ({g.IN_FLIGHT_METRIC}{{{promql.pod_matcher("llm", "ml", track=None)}}}))'
+    hpa = a.build_hpa("llm", "ml", auto)
+    assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == [
+        "triton_timeToFirstToken", "triton_interTokenLatency", "triton_tokensPerSecond", "triton_requestsInFlight"]
+
+
+@pytest.mark.parametrize("metric", list(ScalingMetricType))
+def test_the_fleet_query_reads_the_metrics_the_single_md_query_reads(metric: ScalingMetricType) -> None:
+    """A metric kind the fleet query forgot would fall through to another kind's series."""
+    def names(query: str) -> set[str]:
+        return set(re.findall(r"\b((?:nv|model_operator)_[a-z_]+)\{", query))
+
+    single = promql.scaling_query(metric, 'namespace="ml",pod=~"x-triton-.*"', "30s")
+    assert names(single) and names(promql.fleet_scaling_query(metric, "30s")) == names(single)

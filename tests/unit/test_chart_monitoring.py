@@ -56,7 +56,11 @@ needs_promtool = pytest.mark.usefixtures("_promtool_required")
 
 DASHBOARD = CHART / "files" / "dashboard.json"
 
+from model_operator.triton import generation_model as gm  # noqa: E402 - the generation model's metrics, on Triton's port
 from model_operator.triton.python_model import FAILURE_METRIC  # noqa: E402 - exported by the Python-backend model
+
+# Exported by the decoupled generation model on Triton's metrics port, labelled like Triton's own series.
+GENERATION_METRICS = {gm.TOKENS_METRIC, gm.TTFT_SUM_METRIC, gm.TTFT_COUNT_METRIC, gm.ITL_SUM_METRIC, gm.ITL_COUNT_METRIC, gm.IN_FLIGHT_METRIC}
 
 # Triton's metrics (what tritonserver exports on :8002/metrics; the _bucket series only with
 # --metrics-config=histogram_latencies=true).
@@ -79,7 +83,7 @@ ASSUMED_OPERATOR_METRICS = {
 ISSUE_ALERTS = {
     "ModelDeploymentNotReady", "ModelDeploymentOptimizationFailed", "ModelDeploymentErrorRatioHigh",
     "ModelDeploymentLatencyAboveSLO", "ModelDeploymentReplicasAtMax", "ModelDeploymentQualityDegraded",
-    "ModelOperatorPrometheusUnreachable",
+    "ModelOperatorPrometheusUnreachable", "ModelDeploymentTimeToFirstTokenHigh",
 }
 
 
@@ -185,6 +189,7 @@ def test_dashboard_has_the_panels_the_issue_lists() -> None:
         "Request rate", "Latency: p50 / p99 (summary) and mean", "Queue and compute time per request", "Error ratio",
         "Desired vs ready replicas", "GPU utilisation", "GPU memory in use", "CPU memory in use and CPU utilisation",
         "Golden-probe quality", "Artifact size before / after optimization", "Latency before / after optimization",
+        "Time to first token and inter-token latency", "Generated tokens per second and requests in flight",
     ]:
         assert wanted in titles, wanted
     assert "Scale events" in [a["name"] for a in board["annotations"]["list"]]
@@ -223,9 +228,9 @@ def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
     exprs = dashboard_exprs() + rule_exprs(rule()) + rule_exprs(rule({"prometheusRule": {"alerts": {"latencySLO": {"source": "average"}}}}))
     used = series_used(exprs)
     for name, labels in sorted(used.items()):
-        if name.startswith("nv_") or name == FAILURE_METRIC:
-            # FAILURE_METRIC: exported by the project's Python-backend model on Triton's metrics port.
-            assert name in TRITON_METRICS | {FAILURE_METRIC}, f"{name} is not a Triton metric"
+        if name.startswith("nv_") or name == FAILURE_METRIC or name in GENERATION_METRICS:
+            # FAILURE_METRIC, GENERATION_METRICS: exported by the project's Python-backend models on Triton's metrics port.
+            assert name in TRITON_METRICS | {FAILURE_METRIC} | GENERATION_METRICS, f"{name} is not a Triton metric"
             # quantile: a label of Triton's latency summaries (0.5, 0.9, 0.95, 0.99, 0.999).
             assert labels <= {"namespace", "pod"} | ({"quantile"} if name == "nv_inference_request_summary_us" else set()), (name, labels)
             continue
@@ -233,7 +238,7 @@ def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
         assert known is not None, f"{name} is neither exported by controller/metrics.py nor listed as assumed"
         # `namespace` may also be the scrape target's label (the operator's own namespace).
         assert labels <= known | {"namespace"}, (name, labels - known)
-    assumed_now = {n for n in used if n.startswith("model_operator_") and n not in exported and n != FAILURE_METRIC}
+    assumed_now = {n for n in used if n.startswith("model_operator_") and n not in exported and n != FAILURE_METRIC and n not in GENERATION_METRICS}
     assert assumed_now <= set(ASSUMED_OPERATOR_METRICS), assumed_now
 
 
@@ -324,6 +329,8 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
                 series.append(_series("nv_inference_request_duration_us_bucket", {**lab, "le": le}, "0+90x60" if filled else "0x60"))
             # Triton's p99 summary: 900 ms (bad) or 50 ms (good); NaN quantiles of an idle pod are ignored.
             series.append(_series("nv_inference_request_summary_us", {**lab, "quantile": "0.99"}, "900000x60" if md == "bad" else "50000x60"))
+            # A generation model's first tokens: 60 a minute, 3 s each (bad) or 0.1 s (good).
+            series += [_series(gm.TTFT_SUM_METRIC, lab, f"0+{180 if md == 'bad' else 6}x60"), _series(gm.TTFT_COUNT_METRIC, lab, "0+60x60")]
         ops = {"namespace": "team-a", "modeldeployment": md}
         is_bad = md == "bad"
         series += [
@@ -364,6 +371,7 @@ def rule_tests(latency_source: str) -> dict[str, Any]:
         ]},
         fires("ModelDeploymentLatencyAboveSLO", bad, "warning"),
         fires("ModelDeploymentReplicasAtMax", bad, "warning"),
+        fires("ModelDeploymentTimeToFirstTokenHigh", bad, "warning"),
         fires("ModelDeploymentQualityDegraded", bad, "critical"),
         fires("ModelOperatorPrometheusUnreachable", {"namespace": "model-operator"}, "warning"),
         fires("ModelOperatorReconcileErrors", {"namespace": "model-operator"}, "warning"),

@@ -37,6 +37,11 @@ SPEC: dict[str, Any] = {
     "optimization": {"quantization": {"mode": "dynamic-int8"}, "timeBudgetSeconds": 600},
     "serving": {"nodePool": "gpu", "gpus": 2, "replicas": 3, "resources": {"limits": {"memory": "4Gi"}}},
 }
+GENERATION_SPEC: dict[str, Any] = {
+    "model": {"uri": "pvc://models/tiny-llama", "format": "hf", "task": "generation"},
+    "data": {"validation": {"uri": "pvc://models/held-out.txt"}},
+    "serving": {"nodePool": "gpu", "replicas": 2, "instanceCount": 2},
+}
 ARTIFACT = serving.ArtifactRef(uri="pvc://store/ns/digits/abc", sha256="f" * 64, revision="abc")
 
 
@@ -100,12 +105,13 @@ def test_edge_deployment_lands_on_arm64_edge_pool_without_gpus() -> None:
     assert "nvidia.com/gpu" not in json.dumps(_container(pod, "triton")["resources"])
 
 
-@pytest.mark.parametrize("builder", ["job", "deployment", "cleanup"])
+@pytest.mark.parametrize("builder", ["job", "deployment", "generation", "cleanup"])
 def test_every_pod_runs_restricted(builder: str) -> None:
     spec = load_spec(SPEC)
     obj = {
         "job": lambda: job.build_worker_job("d", "ns", spec, CONFIG),
         "deployment": lambda: serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, replicas=1),
+        "generation": lambda: serving.build_deployment("d", "ns", load_spec(GENERATION_SPEC), CONFIG, ARTIFACT, replicas=1),
         "cleanup": lambda: cleanup.build_cleanup_job("d", "ns", CONFIG),
     }[builder]()
     pod = obj["spec"]["template"]["spec"]
@@ -131,6 +137,38 @@ def test_pdb_only_above_one_replica_and_service_ports() -> None:
     svc = serving.build_service("d", "ns")
     assert [p["port"] for p in svc["spec"]["ports"]] == [8000, 8001, 8002]
     assert svc["spec"]["selector"] == common.serving_selector("d")
+
+
+def test_generation_pods_run_the_openai_front_beside_triton() -> None:
+    spec = load_spec(GENERATION_SPEC)
+    dep = serving.build_deployment("llm", "ns", spec, CONFIG, ARTIFACT, replicas=2)
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["triton", "openai"]
+    front = _container(pod, "openai")
+    assert front["image"] == "worker:test" and front["command"] == ["model-operator", "openai"]
+    args = front["args"]
+    # The front talks to its own pod's Triton and serves the model under the ModelDeployment's name.
+    assert args[args.index("--triton") + 1] == "http://127.0.0.1:8000" and args[args.index("--model") + 1] == "llm"
+    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--port") + 1] == "9000"
+    assert front["ports"] == [{"name": "openai", "containerPort": 9000, "protocol": "TCP"}]
+    assert front["readinessProbe"]["httpGet"] == {"path": "/health", "port": "openai"}
+    assert front["livenessProbe"]["httpGet"] == {"path": "/health", "port": "openai"}
+    assert "nvidia.com/gpu" not in json.dumps(front["resources"])
+    # Triton's own container is the classifier's: same probes, the pool's placement.
+    triton = _container(pod, "triton")
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert pod["nodeSelector"]["node-pool"] == "gpu"
+
+    svc = serving.build_service("llm", "ns", openai=serving.is_generation(spec))
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]][-1] == ("openai", 9000, "openai")
+    assert serving.endpoint("llm", "ns", openai=True)["openai"] == "http://llm-triton.ns.svc:9000/v1"
+    assert "openai" not in serving.endpoint("llm", "ns")
+
+
+def test_classifier_pods_have_triton_only() -> None:
+    dep = serving.build_deployment("d", "ns", load_spec(SPEC), CONFIG, ARTIFACT, replicas=1)
+    assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["triton"]
+    assert not serving.is_generation(load_spec(SPEC))
 
 
 def test_names_fit_63_characters() -> None:

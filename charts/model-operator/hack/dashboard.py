@@ -264,6 +264,31 @@ def build() -> dict[str, Any]:
         min=0, max=1, decimals=0,
     ), w=24, h=6)
 
+    lay.row("Language models (model.task: generation)")
+    lay.add(timeseries(
+        "Time to first token and inter-token latency",
+        "Means over the window from the generation model's own counters on Triton's metrics port "
+        "(triton/generation_model.py): from a request's arrival to its first token, and between "
+        "consecutive tokens. The autoscaler's timeToFirstToken and interTokenLatency metrics; the "
+        "TTFT alert judges the first.",
+        [
+            target(promql.time_to_first_token_ms(SEL, w), "time to first token (mean)", "A"),
+            target(promql.inter_token_latency_ms(SEL, w), "inter-token latency (mean)", "B"),
+        ],
+        unit="ms", min=0,
+    ), w=12)
+    lay.add(timeseries(
+        "Generated tokens per second and requests in flight",
+        "Tokens generated per second over all replicas, and per replica with requests in flight per "
+        "replica (the autoscaler's tokensPerSecond and requestsInFlight metrics).",
+        [
+            target(f"sum(rate(model_operator_generated_tokens{{{SEL}}}[{w}]))", "tokens/s (all)", "A"),
+            target(promql.tokens_per_second_per_replica(SEL, w), "tokens/s per replica", "B"),
+            target(promql.in_flight_per_replica(SEL), "in flight per replica", "C"),
+        ],
+        min=0,
+    ), w=12)
+
     lay.row("Operator")
     lay.add(timeseries(
         "Reconciles",

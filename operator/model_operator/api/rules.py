@@ -48,6 +48,18 @@ _BACKEND = "has(self.serving) && has(self.serving.backend)"
 _GATE = "has(self.optimization) && has(self.optimization.qualityGate)"
 _EMBEDDING = "(has(self.model.task) && self.model.task == 'embedding')"
 _CONVERSION_TS = "(has(self.conversion) && has(self.conversion.format) && self.conversion.format == 'torchscript')"
+_GENERATION = "(has(self.model.task) && self.model.task == 'generation')"
+_MODE = f"({_QUANT} && has(self.optimization.quantization.mode) ? self.optimization.quantization.mode : 'none')"
+_GENERATION_MODES = ("none", "int8-weight-only", "int4-weight-only")
+_TOKEN_METRICS = ("timeToFirstToken", "interTokenLatency", "tokensPerSecond", "requestsInFlight")
+
+
+def _generation(s: ModelDeploymentSpec) -> bool:
+    return bool(s.model.task.value == "generation")
+
+
+def _max_context(s: ModelDeploymentSpec) -> int | None:
+    return s.generation.max_context_tokens if s.generation else None
 
 RULES: tuple[Rule, ...] = (
     Rule("autoscaling.minReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
@@ -108,6 +120,46 @@ RULES: tuple[Rule, ...] = (
     Rule("optimization.qualityGate.maskInput", "qualityGate.maskInput leaves padding out of an embedding: it needs model.task: embedding",
          f"!({_GATE} && has(self.optimization.qualityGate.maskInput)) || {_EMBEDDING}",
          lambda s: s.optimization.quality_gate.mask_input is None or s.model.task.value == "embedding"),
+    # Generation (decoder language models): a Hugging Face checkpoint, exported with a KV cache to ONNX, served streaming.
+    Rule("model.task", "model.task: generation reads a Hugging Face decoder checkpoint: set model.format: hf",
+         f"!{_GENERATION} || (has(self.model.format) && self.model.format == 'hf')",
+         lambda s: not _generation(s) or (s.model.format is not None and s.model.format.value == "hf")),
+    Rule("model.format", "model.format: hf is a decoder language model checkpoint: set model.task: generation",
+         f"!has(self.model.format) || self.model.format != 'hf' || {_GENERATION}",
+         lambda s: s.model.format is None or s.model.format.value != "hf" or _generation(s)),
+    Rule("generation", "the generation block describes a decoder language model: set model.task: generation, or remove it",
+         f"!has(self.generation) || {_GENERATION}",
+         lambda s: s.generation is None or _generation(s)),
+    Rule("generation.maxNewTokens", "generation.maxNewTokens must be < generation.maxContextTokens (the prompt needs room)",
+         "!has(self.generation) || !has(self.generation.maxContextTokens) || !has(self.generation.maxNewTokens)"
+         " || self.generation.maxNewTokens < self.generation.maxContextTokens",
+         lambda s: _max_context(s) is None or s.generation is None or s.generation.max_new_tokens < (_max_context(s) or 0)),
+    Rule("optimization.quantization.mode", "a generation model is quantized weight-only: mode none, int8-weight-only or int4-weight-only",
+         f"!{_GENERATION} || {_MODE} in {list(_GENERATION_MODES)}",
+         lambda s: not _generation(s) or _mode(s) in _GENERATION_MODES),
+    Rule("optimization.quantization.mode", "int8-weight-only quantizes a decoder's MatMul weights: it needs model.task: generation (else use dynamic-int8)",
+         f"{_MODE} != 'int8-weight-only' || {_GENERATION}",
+         lambda s: _mode(s) != "int8-weight-only" or _generation(s)),
+    Rule("optimization.pruning.method", "a generation model is not pruned: set optimization.pruning.method: none",
+         f"!{_GENERATION} || !has(self.optimization) || !has(self.optimization.pruning) || !has(self.optimization.pruning.method)"
+         " || self.optimization.pruning.method == 'none'",
+         lambda s: not _generation(s) or s.optimization.pruning.method.value == "none"),
+    Rule("optimization.clipping.method", "a generation model's weights are not clipped: set optimization.clipping.method: none",
+         f"!{_GENERATION} || !has(self.optimization) || !has(self.optimization.clipping) || !has(self.optimization.clipping.method)"
+         " || self.optimization.clipping.method == 'none'",
+         lambda s: not _generation(s) or s.optimization.clipping.method.value == "none"),
+    Rule("conversion.format", "a generation model is exported to ONNX with a KV cache: set conversion.format: onnx",
+         f"!{_GENERATION} || !{_CONVERSION_TS}",
+         lambda s: not _generation(s) or s.conversion.format.value != "torchscript"),
+    Rule("autoscaling.metrics", "timeToFirstToken, interTokenLatency, tokensPerSecond and requestsInFlight are a generation model's metrics: "
+                                "they need model.task: generation",
+         f"!has(self.autoscaling) || !has(self.autoscaling.metrics) || {_GENERATION}"
+         f" || !self.autoscaling.metrics.exists(m, m.type in {list(_TOKEN_METRICS)})",
+         lambda s: s.autoscaling is None or _generation(s) or not any(m.type.value in _TOKEN_METRICS for m in s.autoscaling.metrics)),
+    # Triton serves a generation model as a decoupled Python-backend model (triton/generation_model.py).
+    Rule("serving.backend", "a generation model runs on Triton's Python backend (ONNX Runtime GenAI's loop): set serving.backend: python or leave it out",
+         f"!{_GENERATION} || !({_BACKEND}) || self.serving.backend == 'python'",
+         lambda s: not _generation(s) or s.serving is None or s.serving.backend is None or s.serving.backend.value == "python"),
 )
 
 

@@ -46,12 +46,14 @@ class ModelFormat(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
     torch_export = "torch-export"
+    hf = "hf"
 
 
 class Task(str, Enum):
     classification = "classification"
     embedding = "embedding"
     regression = "regression"
+    generation = "generation"
 
 
 class DType(str, Enum):
@@ -70,6 +72,7 @@ class QuantizationMode(str, Enum):
     static_int8 = "static-int8"
     fp16 = "fp16"
     int4_weight_only = "int4-weight-only"
+    int8_weight_only = "int8-weight-only"
 
 
 class CalibrationMethod(str, Enum):
@@ -147,6 +150,11 @@ class ScalingMetricType(str, Enum):
     pending_requests = "pendingRequests"
     gpu_utilization = "gpuUtilization"
     cpu_utilization = "cpuUtilization"
+    # generation models (triton/generation_model.py's metrics)
+    time_to_first_token = "timeToFirstToken"
+    inter_token_latency = "interTokenLatency"
+    tokens_per_second = "tokensPerSecond"
+    requests_in_flight = "requestsInFlight"
 
 
 class RolloutStrategy(str, Enum):
@@ -214,9 +222,16 @@ class ModelSource(ApiModel):
 
     uri: Uri = Field(description="s3://bucket/key, http(s)://..., or pvc://claim/path to the model file.")
     format: ModelFormat | None = Field(
-        default=None, description="onnx, torchscript (.pt), or torch-export (.pt2); guessed from the extension when omitted."
+        default=None,
+        description=(
+            "onnx, torchscript (.pt), torch-export (.pt2), or hf (a Hugging Face decoder checkpoint directory: config.json,"
+            " safetensors weights and, unless generation.tokenizerUri names another, the tokenizer files); guessed from the extension when omitted."
+        ),
     )
-    task: Task = Field(default=Task.classification, description="Chooses the quality metric of the gate.")
+    task: Task = Field(
+        default=Task.classification,
+        description="Chooses the quality metric of the gate; generation (decoder language models) needs format: hf and gates on perplexity.",
+    )
     inputs: list[TensorSpec] | None = Field(
         default=None, max_length=32, description="Input signature; required when the format doesn't carry one (TorchScript)."
     )
@@ -229,7 +244,8 @@ class ModelSource(ApiModel):
 
 class DataRef(ApiModel):
     """A dataset as an .npz file: one array per model input (by name), optionally `labels` (classification)
-    or `targets` (regression/embedding reference outputs)."""
+    or `targets` (regression/embedding reference outputs). For model.task: generation, a UTF-8 text file of
+    held-out text: the gate's perplexity is measured on it and its paragraphs' beginnings are the greedy prompts."""
 
     uri: Uri
     """s3://, http(s):// or pvc://claim/path of the .npz file."""
@@ -258,7 +274,8 @@ class SensitiveLayers(ApiModel):
 
 class Quantization(ApiModel):
     mode: QuantizationMode = QuantizationMode.none
-    """none, dynamic-int8, static-int8 (needs data.calibration) or fp16."""
+    """none, dynamic-int8, static-int8 (needs data.calibration), fp16, int4-weight-only, or int8-weight-only (generation models:
+    8-bit block-quantized MatMul weights)."""
     scope: QuantizationScope = QuantizationScope.full
     """full, or partial: the sensitive layers stay in float (needs a mode other than none)."""
     per_channel: bool = Field(default=True, description="Per-channel weight scales (else per-tensor).")
@@ -333,6 +350,19 @@ class QualityGate(ApiModel):
         default=None,
         description="Embedding tasks: the model input holding the attention mask; padding tokens are left out of the comparison and of mean pooling.",
     )
+    max_perplexity_ratio: float = Field(
+        default=1.05, ge=1, le=100, description="Generation: largest allowed perplexity on data.validation's held-out text, as a ratio to the original's."
+    )
+    min_greedy_agreement: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description=(
+            "Generation: smallest allowed share of the original's greedy tokens (greedyTokens per held-out prompt) that the optimized"
+            " model also picks top-1 at the same step, given the same prefix."
+        ),
+    )
+    greedy_tokens: int = Field(default=16, ge=1, le=1024, description="Generation: tokens greedily decoded per held-out prompt for minGreedyAgreement.")
 
 
 class Optimization(ApiModel):
@@ -369,6 +399,40 @@ class Conversion(ApiModel):
     """ONNX opset of the export."""
     dynamic_axes: DynamicAxes = Field(default_factory=DynamicAxes)
     """Which axes stay dynamic in the exported model."""
+
+
+# --- generation (decoder language models) ------------------------------------------------
+
+
+class Sampling(ApiModel):
+    """Sampling defaults of a generation model: what a request gets for every parameter it leaves out."""
+
+    temperature: float = Field(default=0.7, ge=0, le=2, description="Softmax temperature; 0 decodes greedily.")
+    top_k: int = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens (0: all).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Sample among the most likely tokens whose probabilities sum to p (1: all).")
+    repetition_penalty: float = Field(default=1.0, ge=1, le=10, description="Penalty on tokens already in the sequence (1: none).")
+
+
+class Generation(ApiModel):
+    """What a decoder language model (model.task: generation) needs besides its weights."""
+
+    tokenizer_uri: Uri | None = Field(
+        default=None,
+        description=(
+            "Directory (s3://, http(s):// or pvc:// prefix) with the tokenizer files (tokenizer.json, tokenizer_config.json);"
+            " default: alongside the model, in model.uri."
+        ),
+    )
+    max_context_tokens: int | None = Field(
+        default=None, ge=16, le=1_048_576, description="Longest sequence, prompt plus generated tokens; default: the model config's max_position_embeddings."
+    )
+    max_new_tokens: int = Field(default=256, ge=1, le=65536, description="Most tokens one request may generate; must be < maxContextTokens.")
+    eos_token: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="End-of-sequence token text (e.g. <|endoftext|>); default: the model config's eos_token_id."
+    )
+    eos_token_id: int | None = Field(default=None, ge=0, le=10_000_000, description="End-of-sequence token id; overrides eosToken.")
+    sampling: Sampling = Field(default_factory=Sampling)
+    """Defaults for the sampling parameters a request leaves out."""
 
 
 # --- serving ------------------------------------------------------------------------------
@@ -419,8 +483,15 @@ class Serving(ApiModel):
 
 class ScalingMetric(ApiModel):
     type: ScalingMetricType
-    """queueTime, inferenceRate, pendingRequests, gpuUtilization or cpuUtilization."""
-    target: float = Field(gt=0, description="Per-replica target: ms for queueTime, req/s for inferenceRate, count, or percent.")
+    """queueTime, inferenceRate, pendingRequests, gpuUtilization, cpuUtilization; for generation models timeToFirstToken,
+    interTokenLatency, tokensPerSecond or requestsInFlight."""
+    target: float = Field(
+        gt=0,
+        description=(
+            "Per-replica target: ms for queueTime, timeToFirstToken and interTokenLatency (means over the window), req/s for"
+            " inferenceRate, generated tokens/s for tokensPerSecond, a count for pendingRequests and requestsInFlight, or percent."
+        ),
+    )
 
 
 class ScalingRules(ApiModel):
@@ -514,6 +585,8 @@ class ModelDeploymentSpec(ApiModel):
 
     model: ModelSource
     """The trained model and its signature."""
+    generation: Generation | None = None
+    """Tokenizer, lengths, end-of-sequence token and sampling defaults of a decoder language model (model.task: generation)."""
     target: Target = Target.cloud
     """cloud (Triton on a node pool), edge (Triton on edge nodes) or device (publish the artifact only)."""
     data: Data = Field(default_factory=Data)
@@ -642,6 +715,8 @@ class Endpoint(StatusModel):
     """Triton's metrics endpoint."""
     model_name: str | None = None
     """Model name in Triton's repository."""
+    openai: str | None = None
+    """OpenAI-compatible API base URL (/v1/completions, /v1/chat/completions) of a generation model."""
 
 
 class ScalingDecision(StatusModel):

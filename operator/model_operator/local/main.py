@@ -57,6 +57,7 @@ from ..api.types import (
 )
 from ..api.validation import SpecError, load_spec
 from ..triton.config import DEFAULT_ONNX_FILE, ConfigError, read_signature
+from ..triton.pod_commands import assemble, is_decoupled
 from ..triton.repository import VERSION, write_repository
 
 log = logging.getLogger("model_operator.local")
@@ -298,7 +299,14 @@ def serving_repository(source: Path, repository: Path, spec: ModelDeploymentSpec
     Like the operator's init container, the config is generated again from the spec's serving
     block (a serving change needs no new optimization), with the signature read from the
     artifact's config. The local Triton has only the Python backend, so the ONNX file is served
-    by `model.py` with ONNX Runtime, on CPU instances (this machine's GPUs are not scheduled)."""
+    by `model.py` with ONNX Runtime, on CPU instances (this machine's GPUs are not scheduled).
+    A generation artifact (a decoupled Python-backend model) is copied with its own config, as the
+    init container does."""
+    if source.parent.name == "repository" and is_decoupled((source / "config.pbtxt").read_text(encoding="utf-8")):
+        try:
+            return assemble(source.parent.parent, source.name, spec.target.value, spec.serving or Serving(), repository)
+        except (FileNotFoundError, OSError) as exc:
+            raise LocalError(f"{source}: {exc}", EXIT_BAD_INPUT) from None
     onnx_file = source / VERSION / DEFAULT_ONNX_FILE
     if not onnx_file.is_file():
         raise LocalError(
@@ -324,13 +332,27 @@ def serving_repository(source: Path, repository: Path, spec: ModelDeploymentSpec
         raise LocalError(f"{source}: {exc}", EXIT_BAD_INPUT) from None
 
 
-def _endpoint(server: Any, name: str) -> Endpoint:
+def _endpoint(server: Any, name: str, openai: str | None = None) -> Endpoint:
     return Endpoint(
         http=server.http_url,
         grpc=server.grpc_endpoint,
         metrics=server.metrics_url,
         model_name=name,
+        openai=openai,
     )
+
+
+def start_openai_front(args: argparse.Namespace, triton_url: str, name: str) -> Any:
+    """The OpenAI-compatible front (triton/openai_api.py) for a generation model, in a thread:
+    the same API the operator's pods serve on their `openai` port."""
+    from ..triton.openai_api import OpenAiServer
+
+    try:
+        front = OpenAiServer((args.host, args.openai_port), triton_url, name)
+    except OSError as exc:
+        raise LocalError(f"--openai-port {args.openai_port}: {exc}") from None
+    threading.Thread(target=front.serve_forever, name="openai-front", daemon=True).start()
+    return front
 
 
 def up(args: argparse.Namespace) -> int:
@@ -358,14 +380,26 @@ def up(args: argparse.Namespace) -> int:
         raise LocalError(f"{source}/config.pbtxt is missing: the artifact has no Triton model {name!r}")
     repository = workdir / "repository"
     serving_repository(source, repository, spec)
+    fronts: list[Any] = []
 
     def on_ready(server: Any) -> None:
-        endpoint = _endpoint(server, name)
+        openai = None
+        if spec.model.task.value == "generation":
+            fronts.append(start_openai_front(args, server.http_url, name))
+            openai = f"http://{args.host}:{fronts[0].server_address[1]}/v1"
+        endpoint = _endpoint(server, name, openai)
         log.info("Triton is ready: %s (model %s), gRPC %s, metrics %s", endpoint.http, name, endpoint.grpc, endpoint.metrics)
+        if openai:
+            log.info("OpenAI-compatible API: %s", openai)
         print_status(status_block(spec, name, summary, artifact, endpoint), name)
         log.info("serving; Ctrl-C stops")
 
-    return serve(repository, name, args, workdir / "triton.log", on_ready)
+    try:
+        return serve(repository, name, args, workdir / "triton.log", on_ready)
+    finally:
+        for front in fronts:
+            front.shutdown()
+            front.server_close()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -132,6 +132,11 @@ def main(args: argparse.Namespace) -> int:
     _write_summary(summary_path, summary)
     opt = summary["optimization"]
     art = summary["artifact"]
+    if "tokensPerSecondAfter" in opt:
+        log.info("done: %s, %d -> %d bytes, %s -> %s tokens/s, TTFT %s -> %s ms, %s threads, artifact %s", opt["recipe"], art["originalSizeBytes"],
+                 art["sizeBytes"], opt["tokensPerSecondBefore"], opt["tokensPerSecondAfter"], opt["ttftMsBefore"], opt["ttftMsAfter"], opt.get("threads"),
+                 art["uri"])
+        return EXIT_OK
     log.info("done: %s, %d -> %d bytes, latency %s ms (original) / %s ms (ONNX Runtime fp32) -> %s ms at batch %s, %s threads, artifact %s",
              opt["recipe"], art["originalSizeBytes"], art["sizeBytes"], opt["latencyMsBefore"], opt.get("latencyMsOnnxFp32"),
              opt["latencyMsAfter"], opt.get("latencyBatchSize"), opt.get("threads"), art["uri"])

@@ -145,6 +145,10 @@ def run(
     With `upload_url_file`, the artifact goes to `output` as one archive through the pre-signed
     PUT in that file (a pod of the operator's: it holds no store key), else with publish_dir."""
     r = Run(spec=spec, name=name, output=output, work=work, base_dir=base_dir)
+    if Task(spec.model.task) == Task.generation:
+        from .pipeline_generation import run_generation
+
+        return run_generation(r)
     n_threads = threads()
     configure_torch(n_threads)
     shash = compute_spec_hash(spec)

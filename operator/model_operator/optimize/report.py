@@ -30,7 +30,7 @@ from typing import Any, Final
 from .search import Outcome
 
 SUMMARY_LIMIT: Final = 4096
-KEY_METRICS: Final = ("top1", "agreement", "cosine", "minCosine", "maxAbsError")
+KEY_METRICS: Final = ("top1", "agreement", "cosine", "minCosine", "maxAbsError", "perplexityRatio", "greedyAgreement")
 
 
 def rounded(x: Any, digits: int = 6) -> Any:

@@ -133,7 +133,8 @@ def _serve(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, opt: Opt
         d.cond("RolledBack", False, "Analysing", served.rollout.get("analysis") or "analysing the new artifact")
     status.update(
         replicas=served.desired, readyReplicas=served.ready, ready=f"{served.ready}/{served.desired}",
-        selector=names.selector_string(names.serving_selector(d.name)), endpoint=serving_builder.endpoint(d.name, d.namespace),
+        selector=names.selector_string(names.serving_selector(d.name)),
+        endpoint=serving_builder.endpoint(d.name, d.namespace, openai=serving_builder.is_generation(spec)),
     )
     if served.ready >= max(served.desired, 1) or served.desired == 0:
         d.cond("Available", True, "MinimumReplicasReady", f"{served.ready}/{served.desired} Triton replicas ready")
@@ -157,7 +158,8 @@ def _serve(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, opt: Opt
 
 def _monitor(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig) -> None:
     status = d.plan.status
-    if spec.monitoring.golden_probe.enabled:
+    # A generation artifact has no golden tensors: its quality is the gate's, measured on held-out text.
+    if spec.monitoring.golden_probe.enabled and not serving_builder.is_generation(spec):
         quality = plan_probe(d, spec, config)
         if quality is not None:
             status["quality"] = quality

@@ -75,9 +75,9 @@ def _track(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, track: r
     return track_view(dep, d.mine("Deployment", dep["metadata"]["name"]), replicas)
 
 
-def _fixtures(d: Draft, total: int) -> None:
+def _fixtures(d: Draft, spec: ModelDeploymentSpec, total: int) -> None:
     """The Service and the PodDisruptionBudget (only while there is more than one replica)."""
-    d.want_existing(serving_builder.build_service(d.name, d.namespace))
+    d.want_existing(serving_builder.build_service(d.name, d.namespace, openai=serving_builder.is_generation(spec)))
     pdb = serving_builder.build_pdb(d.name, d.namespace, total)
     if pdb is not None:
         d.want_existing(pdb)
@@ -97,7 +97,7 @@ def plan_serving(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, ar
         canary = _track(d, spec, config, tracks.canary, "canary", tracks.canary_replicas)
     else:
         d.drop_if_present([("apps/v1", "Deployment")], names.deployment_name(d.name, "canary"))
-    _fixtures(d, total)
+    _fixtures(d, spec, total)
     views = [v for v in (stable, canary) if v is not None]
     result.ready = sum(v.ready for v in views)
     result.complete = all(v.complete for v in views)

@@ -20,6 +20,8 @@ MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "model-operator"}
 HTTP_PORT: Final = 8000
 GRPC_PORT: Final = 8001
 METRICS_PORT: Final = 8002
+# The OpenAI-compatible front beside Triton in a generation model's pods (model.task: generation).
+OPENAI_PORT: Final = 9000
 PVC_ROOT: Final = "/mnt/pvc"
 MAX_NAME: Final = 63
 

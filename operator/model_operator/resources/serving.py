@@ -66,6 +66,33 @@ def triton_args(config: OperatorConfig) -> list[str]:
     ]
 
 
+def is_generation(spec: ModelDeploymentSpec) -> bool:
+    return bool(spec.model.task.value == "generation")
+
+
+def openai_container(name: str, config: OperatorConfig) -> dict[str, Any]:
+    """The OpenAI-compatible front (`model-operator openai`, triton/openai_api.py) beside Triton in
+    a generation model's pod: it translates /v1/completions and /v1/chat/completions to the local
+    Triton's generate_stream, so every replica serves the whole API on its own. It runs on the
+    worker image, which the pod's init container has already pulled."""
+    probe = {"httpGet": {"path": "/health", "port": "openai"}, "periodSeconds": 5, "timeoutSeconds": 3}
+    return {
+        "name": "openai",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["model-operator", "openai"],
+        "args": ["--triton", f"http://127.0.0.1:{c.HTTP_PORT}", "--model", name, "--host", "0.0.0.0", "--port", str(c.OPENAI_PORT)],
+        "ports": [{"name": "openai", "containerPort": c.OPENAI_PORT, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": c.container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def build_deployment(
     name: str,
     namespace: str,
@@ -139,7 +166,7 @@ def build_deployment(
         node_selector["kubernetes.io/arch"] = pool.arch
     pod_spec: dict[str, Any] = {
         "initContainers": [assemble],
-        "containers": [triton],
+        "containers": [triton, openai_container(name, config)] if is_generation(spec) else [triton],
         "volumes": volumes,
         "securityContext": c.pod_security_context(config),
         "automountServiceAccountToken": False,
@@ -184,7 +211,15 @@ def build_deployment(
     }
 
 
-def build_service(name: str, namespace: str) -> dict[str, Any]:
+def build_service(name: str, namespace: str, openai: bool = False) -> dict[str, Any]:
+    """Triton's ports, and the OpenAI-compatible front's for a generation model."""
+    ports = [
+        {"name": "http", "port": c.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": c.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+        {"name": "metrics", "port": c.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+    ]
+    if openai:
+        ports.append({"name": "openai", "port": c.OPENAI_PORT, "targetPort": "openai", "protocol": "TCP"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -192,11 +227,7 @@ def build_service(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": c.serving_selector(name),
-            "ports": [
-                {"name": "http", "port": c.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": c.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": c.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-            ],
+            "ports": ports,
         },
     }
 
@@ -225,11 +256,14 @@ def build_service_monitor(name: str, namespace: str, interval_seconds: int = 15)
     }
 
 
-def endpoint(name: str, namespace: str) -> dict[str, str]:
+def endpoint(name: str, namespace: str, openai: bool = False) -> dict[str, str]:
     host = f"{c.service_name(name)}.{namespace}.svc"
-    return {
+    out = {
         "http": f"http://{host}:{c.HTTP_PORT}",
         "grpc": f"{host}:{c.GRPC_PORT}",
         "metrics": f"http://{host}:{c.METRICS_PORT}/metrics",
         "modelName": name,
     }
+    if openai:
+        out["openai"] = f"http://{host}:{c.OPENAI_PORT}/v1"
+    return out

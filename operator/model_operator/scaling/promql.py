@@ -112,6 +112,34 @@ def avg_latency_ms(sel: str, window: str) -> str:
     )
 
 
+# Generation models (triton/generation_model.py): counters of sums and counts, a gauge of requests in flight.
+def _mean_ms(metric: str, sel: str, window: str) -> str:
+    return f"1000 * {_rate(metric + '_sum', sel, window)} / clamp_min({_rate(metric + '_count', sel, window)}, 1e-9)"
+
+
+def time_to_first_token_ms(sel: str, window: str) -> str:
+    """Mean time from a request's arrival to its first token over the window, in milliseconds."""
+    return _mean_ms("model_operator_time_to_first_token_seconds", sel, window)
+
+
+def inter_token_latency_ms(sel: str, window: str) -> str:
+    """Mean time between consecutive tokens of a request over the window, in milliseconds."""
+    return _mean_ms("model_operator_inter_token_latency_seconds", sel, window)
+
+
+def tokens_per_second_per_replica(sel: str, window: str) -> str:
+    metric = "model_operator_generated_tokens"
+    return f"{_rate(metric, sel, window)} / clamp_min(count(count by (pod) ({metric}{{{sel}}})), 1)"
+
+
+def in_flight_per_replica(sel: str) -> str:
+    return f"avg(sum by (pod) (model_operator_generation_requests_in_flight{{{sel}}}))"
+
+
+# Means over all requests (not per replica): the built-in scaler and KEDA compare them with the target as they are.
+LATENCY_TYPES = (ScalingMetricType.queue_time, ScalingMetricType.time_to_first_token, ScalingMetricType.inter_token_latency)
+
+
 def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
     if metric == ScalingMetricType.queue_time:
         return queue_time_ms(sel, window)
@@ -121,6 +149,14 @@ def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
         return pending_per_replica(sel)
     if metric == ScalingMetricType.gpu_utilization:
         return gpu_utilization_percent(sel)
+    if metric == ScalingMetricType.time_to_first_token:
+        return time_to_first_token_ms(sel, window)
+    if metric == ScalingMetricType.inter_token_latency:
+        return inter_token_latency_ms(sel, window)
+    if metric == ScalingMetricType.tokens_per_second:
+        return tokens_per_second_per_replica(sel, window)
+    if metric == ScalingMetricType.requests_in_flight:
+        return in_flight_per_replica(sel)
     return cpu_utilization_percent(sel)
 
 
@@ -162,7 +198,22 @@ def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
         return f"avg by ({FLEET_BY}) (sum by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_pending_request_count'))}))"
     if metric == ScalingMetricType.gpu_utilization:
         return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_gpu_utilization'))})"
+    if metric == ScalingMetricType.time_to_first_token:
+        return _fleet_mean_ms("model_operator_time_to_first_token_seconds", window)
+    if metric == ScalingMetricType.inter_token_latency:
+        return _fleet_mean_ms("model_operator_inter_token_latency_seconds", window)
+    if metric == ScalingMetricType.tokens_per_second:
+        tokens = "model_operator_generated_tokens"
+        pods = f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel(tokens))}))"
+        return f"{_fleet_rate(tokens, window)} / clamp_min({pods}, 1)"
+    if metric == ScalingMetricType.requests_in_flight:
+        return f"avg by ({FLEET_BY}) (sum by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('model_operator_generation_requests_in_flight'))}))"
     return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_cpu_utilization'))})"
+
+
+def _fleet_mean_ms(metric: str, window: str) -> str:
+    return (f"1000 * {_fleet_rate(metric + '_sum', window)}"
+            f" / clamp_min({_fleet_rate(metric + '_count', window)}, 1e-9)")
 
 
 def fleet_request_rate(window: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -45,25 +46,43 @@ def _artifact_format(model_dir: Path) -> str:
     raise FileNotFoundError(f"{model_dir}: no model.onnx or model.pt under 1/")
 
 
+def is_decoupled(config_text: str) -> bool:
+    """Whether a config.pbtxt declares a decoupled model (one request, a stream of responses)."""
+    return bool(re.search(r"model_transaction_policy\s*\{[^}]*decoupled\s*:\s*true", config_text))
+
+
 def assemble(artifact: Path, name: str, target: str, serving: Serving, output: Path) -> Path:
-    """Copy `artifact/repository/<name>` to `output/<name>` with config.pbtxt regenerated."""
+    """Copy `artifact/repository/<name>` to `output/<name>` with config.pbtxt regenerated.
+
+    A decoupled model (a generation artifact: triton/generation_model.py streaming tokens) keeps
+    its own config: its inputs are Triton's generate extension's and it batches nothing, so of the
+    serving block only instanceCount applies."""
+    from . import generation_model
     from .config import build_model_config, read_signature
 
     source = artifact / "repository" / name
     if not (source / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{source}/config.pbtxt: the artifact holds no model named {name!r}")
-    inputs, outputs, _ = read_signature((source / "config.pbtxt").read_text())
+    original = (source / "config.pbtxt").read_text()
+    if is_decoupled(original):
+        if not (source / "1" / "model.py").is_file():
+            raise FileNotFoundError(f"{source}/1/model.py: a decoupled model needs its Python-backend model")
+        return _copy_model(source, output / name, generation_model.config_pbtxt(name, serving.instance_count))
+    inputs, outputs, _ = read_signature(original)
     backend: Backend | str | None = serving.backend
     if backend is None and (source / "1" / "model.py").exists():
         backend = Backend.python
     text = build_model_config(
         name, inputs, outputs, artifact_format=_artifact_format(source), serving=serving, target=Target(target), backend=backend
     )
-    dest = output / name
+    return _copy_model(source, output / name, text)
+
+
+def _copy_model(source: Path, dest: Path, config_text: str) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
-    (dest / "config.pbtxt").write_text(text)
+    (dest / "config.pbtxt").write_text(config_text)
     return dest
 
 
