@@ -27,9 +27,6 @@ class ArtifactRef:
     revision: str
 
 
-# Seconds a Triton container keeps serving after its pod is marked for deletion.
-PRESTOP_SECONDS = 5
-
 def resolve_pool(spec: ModelDeploymentSpec, config: OperatorConfig) -> tuple[str | None, NodePool]:
     serving = spec.serving or Serving()
     name = serving.node_pool or config.default_node_pool.get(spec.target.value)
@@ -160,10 +157,6 @@ def build_deployment(
         "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": c.container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        # A pod being removed (a promoted or rolled-back canary, a scale-down) stays in the Service
-        # until kube-proxy has synced; Triton keeps answering meanwhile instead of dropping those
-        # requests. The kubelet's own sleep action: no shell or sleep binary needed in the image.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
     }
 
     node_selector = dict(pool.node_selector)
