@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_worker
 
+from kubetest.genai import greedy_decoder
+
 pytestmark = pytest.mark.slow
 
 
@@ -255,7 +257,7 @@ def test_local_up_serves_the_openai_api_of_a_generation_model(tiny_lm: TinyLm, t
         wait_for(lambda: output.has("openai:"), 420, "the status block with the OpenAI endpoint", proc)
         assert any(f"openai: http://127.0.0.1:{port}/v1" in line for line in output.lines), output.lines
         prompt = tiny_lm.prompts[1]
-        model = og_greedy_model(workdir / "artifact" / "repository" / "tiny" / "1")
+        model = greedy_decoder(workdir / "artifact" / "repository" / "tiny" / "1")
         want = model(prompt, 10)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         pieces = [c.choices[0].text for c in client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stream=True)
@@ -267,25 +269,3 @@ def test_local_up_serves_the_openai_api_of_a_generation_model(tiny_lm: TinyLm, t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def og_greedy_model(version_dir: Path) -> Any:
-    """prompt, n -> the GenAI model's greedy continuation, decoded piece by piece as the server does."""
-    import onnxruntime_genai as og  # type: ignore[import-untyped]
-
-    model = og.Model(str(version_dir))
-    tok = og.Tokenizer(model)
-
-    def run(prompt: str, n: int) -> str:
-        ids = tok.encode(prompt)
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + n)
-        gen = og.Generator(model, params)
-        gen.append_tokens(np.asarray([ids], dtype=np.int32))
-        stream, text = tok.create_stream(), ""
-        while not gen.is_done():
-            gen.generate_next_token()
-            text += stream.decode(int(gen.get_next_tokens()[0]))
-        return str(text)
-
-    return run

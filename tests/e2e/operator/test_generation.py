@@ -26,6 +26,8 @@ from md_helpers import (
     wait_phase,
 )
 
+from kubetest.genai import greedy_decoder
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NAME = "tiny-llm"
@@ -53,25 +55,6 @@ def generation_md() -> dict[str, Any]:
         "serving": {"nodePool": "local", "replicas": 1},
     }
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": NAME}, "spec": spec}
-
-
-def greedy_text(version_dir: Path, prompt: str, n: int) -> str:
-    """What the published artifact's own GenAI loop answers greedily, decoded piece by piece."""
-    import numpy as np
-    import onnxruntime_genai as og  # type: ignore[import-untyped]
-
-    model = og.Model(str(version_dir))
-    tok = og.Tokenizer(model)
-    ids = tok.encode(prompt)
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + n)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.asarray([ids], dtype=np.int32))
-    stream, text = tok.create_stream(), ""
-    while not gen.is_done():
-        gen.generate_next_token()
-        text += stream.decode(int(gen.get_next_tokens()[0]))
-    return text
 
 
 def test_generation_model_streams_through_the_openai_front(
@@ -104,7 +87,7 @@ def test_generation_model_streams_through_the_openai_front(
     assert all(c.ready for c in pods[0].status.container_statuses)
 
     artifact_dir = store / namespace / NAME / status["artifact"]["specHash"]
-    want = greedy_text(artifact_dir / "repository" / NAME / "1", prompt, MAX_TOKENS)
+    want = greedy_decoder(artifact_dir / "repository" / NAME / "1")(prompt, MAX_TOKENS)
     assert want.strip(), "the trained model's greedy answer is empty"
 
     # The OpenAI client, through the Service's ClusterIP (kube-proxy), as a user would.
