@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import OperatorProcess, Release, base_values, http_ok
+from chart_helpers import OperatorProcess, Release, base_values, http_ok, refused_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -303,8 +303,7 @@ def test_operator_runs_as_the_chart_service_account(rbac: str, release: Release,
                  message="the finalizer to finish and the ModelDeployments to go")
         assert op.alive(), op.log()
     log = op.log()
-    for marker in ("403", "Forbidden", "forbidden"):
-        assert marker not in log, f"the operator was refused something:\n{log[-4000:]}"
+    assert not refused_lines(log), f"the operator was refused something:\n{log[-4000:]}"
 
 
 def test_two_replicas_elect_one_active_operator_and_hand_over(release: Release, watched: str, custom_api: Any, wait_for: Any,
