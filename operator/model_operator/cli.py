@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     art = p.add_subparsers(dest="artifacts_command", required=True)
     d = art.add_parser("delete", help="delete everything under a prefix (the finalizer's cleanup Job)")
     d.add_argument("--uri", required=True)
+    d.add_argument("--keep-root", action="store_true",
+                   help="empty the directory but keep it: it is the Job's own sub-path mount, which only the kubelet can remove")
     v = art.add_parser("verify", help="check an artifact's completion marker and digest")
     v.add_argument("--uri", required=True)
     v.add_argument("--sha256", default=None)

@@ -88,13 +88,20 @@ def test_s3_readers_get_one_presigned_get_of_their_own_artifact() -> None:
     assert access.mount() not in triton["volumeMounts"], "the Triton container itself needs no URL"
 
 
-def test_pvc_readers_mount_only_their_own_directory_read_only() -> None:
-    for obj in every_pod(PVC)[1:3]:
-        pod = pods_of(obj)
+def test_pvc_pods_mount_only_their_own_directory_and_only_writers_may_write() -> None:
+    """Every pod that mounts the store claim mounts it at <ns>/<md> only: readers (assemble, the
+    probe) read-only, the worker and the cleanup Job writable."""
+    writers = {"digits-opt-" + spec_hash(load_spec(SPEC)), "digits-cleanup"}
+    pods = every_pod(PVC)
+    assert {obj["metadata"]["name"] for obj in pods} >= writers
+    for obj in pods:
+        name, pod = obj["metadata"]["name"], pods_of(obj)
+        read_only = name not in writers
         store = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "store"]
-        assert store == [{"name": "store", "persistentVolumeClaim": {"claimName": "store", "readOnly": True}}]
+        assert store == [{"name": "store", "persistentVolumeClaim": {"claimName": "store", "readOnly": read_only}}], name
         mounts = [m for c in containers(pod) for m in c["volumeMounts"] if m["name"] == "store"]
-        assert mounts == [{"name": "store", "mountPath": "/mnt/pvc/store/team-a/digits", "subPath": "team-a/digits", "readOnly": True}]
+        assert mounts and all(m == {"name": "store", "mountPath": "/mnt/pvc/store/team-a/digits", "subPath": "team-a/digits",
+                                    "readOnly": read_only} for m in mounts), name
 
 
 def test_access_secret_holds_the_urls_and_expiry() -> None:

@@ -314,6 +314,10 @@ def test_md_deleting_plans_nothing() -> None:
 @pytest.mark.parametrize("edit,field", [
     ({"model": {"uri": "digits.pt", "format": "torchscript", "inputs": [], "outputs": []}}, "model"),
     ({"serving": {"nodePool": "nowhere"}}, "serving.nodePool"),
+    # The PVC store's claim is no source: pods mount only their own MD's directory of it.
+    ({"model": {"uri": "pvc://model-artifacts/other-ns/victim/digits.pt", "format": "torchscript", "task": "classification",
+                "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}]}}, "model.uri"),
 ])
 def test_invalid_spec_fails_with_the_field(edit: dict[str, Any], field: str) -> None:
     p = plan(md(edit), Observed(now=NOW), CONFIG)

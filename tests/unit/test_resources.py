@@ -66,7 +66,12 @@ def test_job_is_named_by_spec_hash_and_runs_the_worker() -> None:
     assert obj["spec"]["activeDeadlineSeconds"] == 600 and obj["spec"]["backoffLimit"] == CONFIG.job_backoff_limit
     assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"node-pool": "local"}
     mounts = {m["mountPath"]: m["readOnly"] for m in worker["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc")}
-    assert mounts == {"/mnt/pvc/models": True, "/mnt/pvc/data": True, "/mnt/pvc/store": False}
+    # The store claim only at this MD's directory, the one writable place; inputs read-only.
+    assert mounts == {"/mnt/pvc/models": True, "/mnt/pvc/data": True, "/mnt/pvc/store/ns/digits": False}
+    store_mount = next(m for m in worker["volumeMounts"] if m["mountPath"] == "/mnt/pvc/store/ns/digits")
+    assert store_mount["subPath"] == "ns/digits"
+    assert [v["persistentVolumeClaim"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "store"] == [
+        {"claimName": "store", "readOnly": False}]
 
 
 def test_serving_edit_keeps_the_job_name() -> None:

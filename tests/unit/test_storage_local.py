@@ -113,3 +113,18 @@ def test_delete_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         delete_prefix("pvc://store")
     with pytest.raises(InvalidUriError, match="root"):
         delete_prefix("/")
+
+
+def test_delete_prefix_keeping_the_root_empties_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleanup Job mounts only <ns>/<md> (a sub-path): it empties the directory and leaves it."""
+    monkeypatch.setenv("MODEL_OPERATOR_PVC_ROOT", str(tmp_path))
+    publish_dir(_staged(tmp_path / "src"), "pvc://store/ns/m/abc")
+    publish_dir(_staged(tmp_path / "src2"), "pvc://store/ns/m/def")
+    (tmp_path / "store/ns/m/stray.txt").write_text("x")
+    (tmp_path / "store/ns/m/link").symlink_to(tmp_path / "src")
+    (tmp_path / "store/ns/other").mkdir()
+    assert delete_prefix("pvc://store/ns/m", keep_root=True) == 9  # 4 + 4 + the stray file; the link is not a file
+    assert (tmp_path / "store/ns/m").is_dir() and not list((tmp_path / "store/ns/m").iterdir())
+    assert (tmp_path / "src").is_dir() and list((tmp_path / "src").iterdir()), "a symlink is removed, not followed"
+    assert (tmp_path / "store/ns/other").is_dir()
+    assert delete_prefix("pvc://store/ns/m", keep_root=True) == 0

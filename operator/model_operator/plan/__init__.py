@@ -31,9 +31,10 @@ __all__ = [
 ]
 
 
-def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
+def check_cluster_uris(spec: ModelDeploymentSpec, store_claim: str | None = None) -> None:
     """Local paths exist only on the machine of `model-operator local`; in a cluster they would
-    read whatever the worker image happens to hold."""
+    read whatever the worker image happens to hold. The PVC store's own claim is no source: pods
+    mount only their MD's directory of it (docs/threat-model.md)."""
     refs = [("model.uri", spec.model.uri)]
     if spec.data.calibration:
         refs.append(("data.calibration.uri", spec.data.calibration.uri))
@@ -44,13 +45,17 @@ def check_cluster_uris(spec: ModelDeploymentSpec) -> None:
             raise SpecError(path, f"{uri!r}: in a cluster use s3://, http(s):// or pvc://claim/path (local paths are for `model-operator local`)")
         if uri.startswith("pvc://") and ".." in uri.split("/"):
             raise SpecError(path, f"{uri!r}: '..' is not allowed in pvc:// paths")
+        if store_claim and uri.startswith(f"pvc://{store_claim}/"):
+            raise SpecError(path, f"{uri!r}: claim {store_claim!r} is the artifact store, which pods see only their own directory of;"
+                                  " put models and data on another claim")
 
 
 def admitted_spec(md: dict[str, Any], config: OperatorConfig) -> ModelDeploymentSpec:
     """The spec, if this operator can act on it: valid, with cluster URIs and a known node pool.
     SpecError (naming the field) otherwise."""
     spec = load_spec(md.get("spec") or {})
-    check_cluster_uris(spec)
+    store = config.artifact_store
+    check_cluster_uris(spec, store.claim if store.type == "pvc" else None)
     if spec.target != Target.device:
         serving_builder.resolve_pool(spec, config)
     return spec

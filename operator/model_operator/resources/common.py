@@ -95,14 +95,13 @@ def claims_in_uris(uris: list[str | None]) -> list[str]:
     return claims
 
 
-def claim_volumes(claims: list[str], read_only_except: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volumes and mounts that put each claim at /mnt/pvc/<claim>, where the worker resolves pvc:// URIs."""
+def claim_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts that put each claim, read-only, at /mnt/pvc/<claim>, where pods resolve pvc:// URIs."""
     volumes, mounts = [], []
     for i, claim in enumerate(claims):
         vol = f"pvc-{i}"
-        read_only = claim != read_only_except
-        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
-        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": vol, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     return volumes, mounts
 
 

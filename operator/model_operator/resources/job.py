@@ -33,8 +33,14 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
     spec_json = json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
     labels = {**c.base_labels(name, "optimizer"), c.LABEL_REVISION: digest}
 
-    claims = c.claims_in_uris([*spec_uris(spec), output])
-    volumes, mounts = c.claim_volumes(claims, read_only_except=store.claim if store.type == "pvc" else None)
+    # Inputs' claims read-only; a PVC store only at this MD's own directory, the one place the
+    # worker may write (an input on the store's claim is not reachable: the store is not a source).
+    input_claims = [claim for claim in c.claims_in_uris(spec_uris(spec)) if store.type != "pvc" or claim != store.claim]
+    volumes, mounts = c.claim_volumes(input_claims)
+    if store.type == "pvc":
+        own_volume, own_mount = c.own_subpath_volume(store.claim, namespace, name, read_only=False)
+        volumes.append(own_volume)
+        mounts.append(own_mount)
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     publish_args: list[str] = []

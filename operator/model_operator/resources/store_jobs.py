@@ -11,13 +11,16 @@ from . import common as c
 
 
 def build_cleanup_job(name: str, namespace: str, config: OperatorConfig) -> dict[str, Any]:
-    """PVC stores only: the operator mounts no claim, so a Job deletes the MD's directory. S3
-    stores are cleaned by the operator itself, with its own keys (controller/finalize.py)."""
-    root = config.artifact_store.root_uri(namespace, name)
+    """PVC stores only: the operator mounts no claim, so a Job empties the MD's directory, which
+    is all it mounts (the kubelet made that directory and keeps it: an empty directory stays).
+    S3 stores are cleaned by the operator itself, with its own keys (controller/finalize.py)."""
+    store = config.artifact_store
+    root = store.root_uri(namespace, name)
+    volume, mount = c.own_subpath_volume(store.claim, namespace, name, read_only=False)
     return _store_job(
         name, namespace, config, component="cleanup", job_name=c.truncate(name, "-cleanup"),
-        command=["model-operator", "artifacts", "delete"], args=["--uri", root], writable=True,
-        deadline=300, backoff=3,
+        command=["model-operator", "artifacts", "delete"], args=["--uri", root, "--keep-root"],
+        store_volumes=([volume], [mount]), deadline=300, backoff=3,
     )
 
 
@@ -37,7 +40,7 @@ def build_probe_job(
             "--gate-json", json.dumps(gate, sort_keys=True),
             "--report-summary", "/dev/termination-log",
         ],
-        writable=False, deadline=120, backoff=0, extra_labels={c.LABEL_REVISION: revision},
+        deadline=120, backoff=0, extra_labels={c.LABEL_REVISION: revision},
     )
 
 
@@ -50,20 +53,13 @@ def _store_job(
     job_name: str,
     command: list[str],
     args: list[str],
-    writable: bool,
     deadline: int,
     backoff: int,
+    store_volumes: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     extra_labels: dict[str, str] | None = None,
-    store_volumes: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    store = config.artifact_store
-    root = store.root_uri(namespace, name)
     labels = {**c.base_labels(name, component), **(extra_labels or {})}
-    if store_volumes is not None:
-        volumes, mounts = list(store_volumes[0]), list(store_volumes[1])
-    else:
-        claims = c.claims_in_uris([root])
-        volumes, mounts = c.claim_volumes(claims, read_only_except=store.claim if store.type == "pvc" and writable else None)
+    volumes, mounts = list(store_volumes[0]), list(store_volumes[1])
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     env: list[dict[str, Any]] = [{"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT}, {"name": "HOME", "value": "/tmp"}]

@@ -56,10 +56,11 @@ def download_dir(uri: str, dest: Path | str, *, base_dir: Path | str | None = No
     return dest
 
 
-def delete_prefix(uri: str, *, base_dir: Path | str | None = None) -> int:
+def delete_prefix(uri: str, *, base_dir: Path | str | None = None, keep_root: bool = False) -> int:
     """Delete everything under an artifact URI; returns how many files went. Deleting what is
     not there is not an error (the finalizer may run twice). Refuses a bucket root, the PVC
-    root, a claim root and filesystem roots."""
+    root, a claim root and filesystem roots. `keep_root` (local paths) empties the directory and
+    leaves it: a pod that mounts only that directory (a sub-path) cannot remove its mount point."""
     loc = parse(uri, base_dir=base_dir)
     if loc.is_local:
         assert loc.path is not None
@@ -74,7 +75,14 @@ def delete_prefix(uri: str, *, base_dir: Path | str | None = None) -> int:
             return 1
         count = sum(len(files) for _d, _s, files in os.walk(path))
         try:
-            shutil.rmtree(path)
+            if keep_root:
+                for child in path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            else:
+                shutil.rmtree(path)
         except OSError as exc:
             raise StorageError(uri, f"cannot delete: {exc.strerror or exc}") from None
         return count

@@ -157,7 +157,7 @@ def artifacts_main(args: argparse.Namespace) -> int:
 
     try:
         if args.artifacts_command == "delete":
-            count = delete_prefix(args.uri)
+            count = delete_prefix(args.uri, keep_root=args.keep_root)
             print(f"deleted {count} file(s) under {args.uri}")
         else:
             digest = verify(args.uri, args.sha256)

@@ -53,6 +53,25 @@ def make_claim(core_api: Any, namespace: str, name: str) -> Path:
     return path
 
 
+
+def artifacts_left(store: Path, namespace: str, name: str) -> list[str]:
+    """What is left of an MD's artifacts in a PVC store. The cleanup Job mounts only <ns>/<md>,
+    a sub-path the kubelet made: it empties that directory and cannot remove it."""
+    root = store / namespace / name
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def claim_mounts(core_api: Any, namespace: str, claim: str) -> dict[str, list[tuple[str | None, bool]]]:
+    """Every pod in the namespace that mounts the claim, as the API server holds it: pod name ->
+    (subPath, readOnly) of each container's mount of it."""
+    out: dict[str, list[tuple[str | None, bool]]] = {}
+    for pod in core_api.list_namespaced_pod(namespace).items:
+        volumes = {v.name for v in pod.spec.volumes or [] if v.persistent_volume_claim and v.persistent_volume_claim.claim_name == claim}
+        if volumes:
+            out[pod.metadata.name] = [(m.sub_path, bool(m.read_only)) for c in [*(pod.spec.init_containers or []), *pod.spec.containers]
+                                      for m in c.volume_mounts or [] if m.name in volumes]
+    return out
+
 def digits_files(cache: Path) -> Path:
     """Train the digits example once per session (seconds) and return its output directory."""
     out = cache / "digits"

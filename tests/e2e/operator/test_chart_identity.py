@@ -17,6 +17,7 @@ from md_helpers import (
     MODELS_CLAIM,
     STORE_CLAIM,
     agreement_with_original,
+    artifacts_left,
     condition,
     create_md,
     digits_md,
@@ -124,7 +125,7 @@ def test_digits_flow_with_the_chart_installed_operator(
 
     wait_for(gone, timeout=180, message="ModelDeployment deleted (finalizer done)")
     wait_for(lambda: not apps_api.list_namespaced_deployment(watched).items, timeout=120, message="Deployments garbage-collected")
-    assert not (store / watched / "digits").exists(), "artifacts left in the store"
+    assert not artifacts_left(store, watched, "digits"), "artifacts left in the store"
     logs = operator_logs(kubectl, release)
     assert any("digits" in text for text in logs.values()), logs
     for pod, text in logs.items():

@@ -13,6 +13,8 @@ from md_helpers import (
     MODELS_CLAIM,
     STORE_CLAIM,
     agreement_with_original,
+    artifacts_left,
+    claim_mounts,
     condition,
     create_md,
     digits_md,
@@ -74,6 +76,15 @@ def test_digits_end_to_end(
     agreement = agreement_with_original(service_endpoint(core_api, namespace, "digits-triton"), cache)
     assert agreement >= 0.9, agreement
 
+    # The store claim is mounted only at this MD's own directory, writable by the worker alone:
+    # the worker wrote the artifact through that sub-path and Triton's init container read it.
+    mounts = claim_mounts(core_api, namespace, STORE_CLAIM)
+    worker = [p for p in mounts if p.startswith(f"digits-opt-{spec_hash}")]
+    assert worker and pods[0].metadata.name in mounts, mounts
+    for pod, pod_mounts in mounts.items():
+        assert pod_mounts and {sub for sub, _ in pod_mounts} == {f"{namespace}/digits"}, (pod, pod_mounts)
+        assert all(read_only == (pod not in worker) for _, read_only in pod_mounts), (pod, pod_mounts)
+
     # Delete: children by garbage collection, artifacts by the finalizer.
     custom_api.delete_namespaced_custom_object("serving.model-operator.io", "v1alpha1", namespace, "modeldeployments", "digits")
 
@@ -93,4 +104,4 @@ def test_digits_end_to_end(
         lambda: not [j for j in batch_api.list_namespaced_job(namespace).items if "opt" in j.metadata.name],
         timeout=120, message="optimization Jobs garbage-collected",
     )
-    assert not (store / namespace / "digits").exists(), "artifacts left in the store"
+    assert not artifacts_left(store, namespace, "digits"), "artifacts left in the store"

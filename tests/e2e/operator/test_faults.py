@@ -30,6 +30,7 @@ from md_helpers import (
     VERSION,
     Load,
     OperatorProcess,
+    artifacts_left,
     condition,
     create_md,
     digits_md,
@@ -331,7 +332,7 @@ def test_delete_while_the_job_runs_removes_job_pods_and_artifacts(
     wait_for(lambda: gone(custom_api, namespace, "doomed"), timeout=180, interval=1, message="the ModelDeployment gone")
     wait_for(lambda: not jobs_of(batch_api, namespace, "doomed") and not core_api.list_namespaced_pod(
         namespace, label_selector="serving.model-operator.io/deployment=doomed").items, timeout=120, interval=1, message="Jobs and pods gone")
-    assert not (store / namespace / "doomed").exists()
+    assert not artifacts_left(store, namespace, "doomed")
 
 
 def test_finalizer_gives_up_on_an_unreachable_store_and_says_so(
