@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import OperatorProcess, Release, base_values, http_ok, refused_lines
+from chart_helpers import OperatorProcess, Release, base_values, http_ok
+
+from kubetest.refusals import refused_lines
 
 pytestmark = pytest.mark.e2e
 

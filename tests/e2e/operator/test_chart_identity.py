@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chart_helpers import refused_lines
 from kubernetes.client.exceptions import ApiException
 from md_helpers import (
     LOCAL_TOLERATION,
@@ -29,6 +28,7 @@ from md_helpers import (
     wait_phase,
 )
 
+from kubetest.refusals import refused_lines
 from kubetest.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
