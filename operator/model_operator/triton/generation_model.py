@@ -73,7 +73,7 @@ class TritonPythonModel:
         self._families: list[Any] = []
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
         self.tokens = metric(TOKENS_METRIC, counter, "Tokens generated")
-        self.ttft_sum = metric(TTFT_SUM_METRIC, counter, "Seconds from a request's arrival to its first token, summed")
+        self.ttft_sum = metric(TTFT_SUM_METRIC, counter, "Seconds from a model instance taking a request to its first token, summed")
         self.ttft_count = metric(TTFT_COUNT_METRIC, counter, "Requests that produced a first token")
         self.itl_sum = metric(ITL_SUM_METRIC, counter, "Seconds between consecutive tokens of a request, summed")
         self.itl_count = metric(ITL_COUNT_METRIC, counter, "Token intervals measured (tokens after the first)")
