@@ -110,4 +110,17 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("generation-on-python-backend", gen(target="cloud", serving={"backend": "python"}), None),
     ("generation-on-onnxruntime-backend", gen(target="cloud", serving={"backend": "onnxruntime"}), "serving.backend"),
     ("generation-on-pytorch-backend", gen(target="cloud", serving={"backend": "pytorch"}), "serving.backend"),
+    # a generation model batches nothing: Triton's batching settings are refused, their defaults (and 0) kept
+    ("generation-max-batch-size", gen(target="cloud", serving={"maxBatchSize": 16}), "serving.maxBatchSize"),
+    ("generation-max-batch-size-zero", gen(target="cloud", serving={"maxBatchSize": 0, "instanceCount": 2}), None),
+    ("generation-max-batch-size-default", gen(target="cloud", serving={"maxBatchSize": 8}), None),
+    ("generation-preferred-batch-sizes", gen(target="cloud", serving={"dynamicBatching": {"preferredBatchSizes": [2, 4]}}),
+     "serving.dynamicBatching.preferredBatchSizes"),
+    ("generation-batching-off", gen(target="cloud", serving={"dynamicBatching": {"enabled": False}}), None),
+    ("generation-queue-delay", gen(target="cloud", serving={"dynamicBatching": {"maxQueueDelayMicroseconds": 5000}}),
+     "serving.dynamicBatching.maxQueueDelayMicroseconds"),
+    ("generation-autotune", gen(target="cloud", serving={"autotune": True}), "serving.autotune"),
+    ("classifier-autotune", spec(serving={"autotune": True}), None),
+    ("classifier-batching", spec(serving={"maxBatchSize": 32, "dynamicBatching": {"preferredBatchSizes": [8, 32], "maxQueueDelayMicroseconds": 5000}}),
+     None),
 ]

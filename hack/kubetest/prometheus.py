@@ -9,7 +9,8 @@ scrapes those that ask for it, the usual convention:
 * ``prometheus.io/path`` the path (default ``/metrics``),
   ``prometheus.io/scheme`` http or https;
 * the target address is the pod IP; series get ``namespace``, ``pod``,
-  ``container``, ``node`` and every pod label as ``label_<name>`` (sanitised
+  ``container`` (not when ``prometheus.io/port`` names the port: one target per pod),
+  ``node`` and every pod label as ``label_<name>`` (sanitised
   the Prometheus way: ``app.kubernetes.io/name`` -> ``label_app_kubernetes_io_name``).
 
 Pods that are Pending, Succeeded or Failed are not scraped.
@@ -66,6 +67,12 @@ def scrape_config(server: str, ca: Path, cert: Path, key: str | Path, scrape_int
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+                # With prometheus.io/port every declared port of every container becomes the same
+                # address: without the container label those targets are identical and Prometheus
+                # keeps one, so a pod of two containers (Triton and the OpenAI front) is not scraped
+                # twice (its series doubled in every sum).
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port"], "regex": "[0-9]+",
+                 "target_label": "container", "replacement": ""},
                 {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
             ],
         }],

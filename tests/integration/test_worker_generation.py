@@ -190,7 +190,9 @@ def test_the_artifact_streams_tokens_from_a_real_triton_server(tiny_lm: TinyLm, 
         assert tokens and float(tokens[0].split()[-1]) >= 12, tokens
         assert any(ln.startswith("model_operator_time_to_first_token_seconds_count{") and float(ln.split()[-1]) >= 1 for ln in metrics.splitlines())
         assert any(ln.startswith("model_operator_generation_requests_in_flight{") and float(ln.split()[-1]) == 0 for ln in metrics.splitlines())
-        _openai_front(server.http_url, "".join(pieces), tiny_lm.prompts[0])
+        # The front's usage: the prompt as this process's GenAI tokenizer counts it, the tokens its loop generated.
+        chat_ids = tok.encode(f"user: {tiny_lm.prompts[0]}\nassistant:")
+        _openai_front(server.http_url, "".join(pieces), tiny_lm.prompts[0], (len(ids), len(want)), len(chat_ids))
 
 
 def _sse(r: Any) -> list[Any]:
@@ -199,8 +201,10 @@ def _sse(r: Any) -> list[Any]:
     return [json.loads(x) for x in lines[:-1]]
 
 
-def _openai_front(triton: str, greedy_text: str, prompt: str) -> None:
-    """The OpenAI-compatible routes in front of that server: the same text, streamed as chunks or whole."""
+def _openai_front(triton: str, greedy_text: str, prompt: str, counts: tuple[int, int], chat_prompt_tokens: int) -> None:
+    """The OpenAI-compatible routes in front of that server: the same text, streamed as chunks or
+    whole, with usage `counts` (prompt, completion tokens) in the whole answer and in the stream's
+    last chunk when asked for."""
     import threading
 
     import requests
@@ -215,17 +219,31 @@ def _openai_front(triton: str, greedy_text: str, prompt: str) -> None:
         body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0}
         done = requests.post(f"{base}/completions", json=body, timeout=60).json()
         assert done["object"] == "text_completion" and done["choices"][0]["text"] == greedy_text, done
+        usage = {"prompt_tokens": counts[0], "completion_tokens": counts[1], "total_tokens": sum(counts)}
+        finish = "length" if counts[1] == 12 else "stop"  # 12: max_tokens
+        assert done["usage"] == usage and done["choices"][0]["finish_reason"] == finish, done
         with requests.post(f"{base}/completions", json={**body, "stream": True}, stream=True, timeout=60) as r:
             assert r.headers["Content-Type"] == "text/event-stream"
             chunks = _sse(r)
         assert len(chunks) >= 3 and "".join(c["choices"][0]["text"] for c in chunks) == greedy_text
-        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0, "stream": True}
+        assert chunks[-1]["choices"][0]["finish_reason"] == finish and not any("usage" in c for c in chunks)  # not asked for
+        with requests.post(f"{base}/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}, stream=True,
+                           timeout=60) as r:
+            counted = _sse(r)
+        assert counted[-1]["choices"] == [] and counted[-1]["usage"] == usage, counted[-1]
+        assert all(c["usage"] is None for c in counted[:-1]) and "".join(c["choices"][0]["text"] for c in counted[:-1]) == greedy_text
+        chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
         with requests.post(f"{base}/chat/completions", json=chat, stream=True, timeout=60) as r:
             chat_chunks = _sse(r)
         assert chat_chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
         assert all(c["object"] == "chat.completion.chunk" for c in chat_chunks)
-        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chat_chunks)
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chat_chunks[:-1])
+        chat_usage = chat_chunks[-1]["usage"]
+        assert chat_usage["prompt_tokens"] == chat_prompt_tokens and 1 <= chat_usage["completion_tokens"] <= 8, chat_usage
+        assert chat_usage["total_tokens"] == chat_usage["prompt_tokens"] + chat_usage["completion_tokens"]
+        whole_chat = requests.post(f"{base}/chat/completions", json={**chat, "stream": False}, timeout=60).json()
+        assert whole_chat["usage"] == chat_usage, whole_chat
         wrong = requests.post(f"{base}/completions", json={"model": "gpt-4", "prompt": "x"}, timeout=10)
         assert wrong.status_code == 404 and "not served here" in wrong.json()["error"]["message"]
         empty = requests.post(f"{base}/completions", json={"prompt": ""}, timeout=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_operator.triton.openai_api import ApiError, chat_prompt, chunk, triton_request, whole
+from model_operator.triton.openai_api import ApiError, chat_prompt, chunk, finish_reason, triton_request, usage_chunk, wants_usage, whole
 
 
 def test_completion_request_forwards_the_sampling_fields_it_knows() -> None:
@@ -47,3 +47,29 @@ def test_chunk_and_whole_shapes() -> None:
     w = whole("id3", "tiny", 5, "hello", chat=True, finish="length")
     assert w["choices"][0]["message"] == {"role": "assistant", "content": "hello"} and w["choices"][0]["finish_reason"] == "length"
     assert whole("id4", "tiny", 5, "hello", chat=False, finish="stop")["choices"][0]["text"] == "hello"
+
+
+def test_usage_goes_into_a_whole_answer_and_a_last_chunk_without_choices() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert whole("id", "tiny", 5, "abc", chat=False, finish="stop", usage=usage)["usage"] == usage
+    assert whole("id", "tiny", 5, "abc", chat=True, finish="stop", usage=usage)["usage"] == usage
+    assert "usage" not in whole("id", "tiny", 5, "abc", chat=False, finish="stop")  # a model that reports no counts
+    last = usage_chunk("id", "tiny", 5, chat=True, usage=usage)
+    assert last["object"] == "chat.completion.chunk" and last["choices"] == [] and last["usage"] == usage
+    assert usage_chunk("id", "tiny", 5, chat=False, usage=None)["object"] == "text_completion"
+
+
+@pytest.mark.parametrize(
+    "body,wanted",
+    [({"stream_options": {"include_usage": True}}, True), ({"stream_options": {"include_usage": False}}, False),
+     ({"stream_options": None}, False), ({"stream_options": "yes"}, False), ({}, False)],
+)
+def test_usage_is_streamed_only_when_asked_for(body: dict[str, object], wanted: bool) -> None:
+    assert wants_usage(body) is wanted
+
+
+def test_finish_reason_counts_tokens_when_the_model_reports_them() -> None:
+    # 3 pieces of text from 4 tokens (a token can decode to nothing): the tokens decide.
+    assert finish_reason({"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}, 3, 4) == "length"
+    assert finish_reason({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}, 3, 4) == "stop"
+    assert finish_reason({}, 4, 4) == "length" and finish_reason({}, 4, None) == "stop"

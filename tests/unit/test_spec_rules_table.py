@@ -38,3 +38,12 @@ def test_the_crd_carries_every_rule_with_its_field() -> None:
     validations = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
     assert validations == rules.cel_validations()
     assert all(v["fieldPath"].startswith(".") and v["message"] for v in validations)
+
+
+def test_the_batching_rules_know_servings_defaults() -> None:
+    """The generation batching rules accept Serving's defaults (the API server fills them in)."""
+    from model_operator.api.types import Serving
+
+    serving = Serving()
+    assert serving.max_batch_size == rules.DEFAULT_MAX_BATCH_SIZE
+    assert serving.dynamic_batching.max_queue_delay_microseconds == rules.DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS

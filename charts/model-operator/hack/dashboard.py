@@ -268,8 +268,8 @@ def build() -> dict[str, Any]:
     lay.add(timeseries(
         "Time to first token and inter-token latency",
         "Means over the window from the generation model's own counters on Triton's metrics port "
-        "(triton/generation_model.py): from a request's arrival to its first token, and between "
-        "consecutive tokens. The autoscaler's timeToFirstToken and interTokenLatency metrics; the "
+        "(triton/generation_model.py): from a model instance taking a request (Triton's queue wait is not in it) "
+        "to its first token, and between consecutive tokens. The autoscaler's timeToFirstToken and interTokenLatency metrics; the "
         "TTFT alert judges the first.",
         [
             target(promql.time_to_first_token_ms(SEL, w), "time to first token (mean)", "A"),

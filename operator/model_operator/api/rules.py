@@ -52,6 +52,13 @@ _GENERATION = "(has(self.model.task) && self.model.task == 'generation')"
 _MODE = f"({_QUANT} && has(self.optimization.quantization.mode) ? self.optimization.quantization.mode : 'none')"
 _GENERATION_MODES = ("none", "int8-weight-only", "int4-weight-only")
 _TOKEN_METRICS = ("timeToFirstToken", "interTokenLatency", "tokensPerSecond", "requestsInFlight")
+# Serving's defaults (api/types.py; a unit test checks they agree): the API server fills them in,
+# so CEL can't tell "left out" from "set to the default" and a rule accepts both.
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS = 100
+_SERVED_GENERATION = f"{_GENERATION} && has(self.serving)"
+_NO_BATCHING = ("a generation model batches nothing (each request runs its own generator to its end; "
+                "concurrent requests wait in Triton's queue for a model instance)")
 
 
 def _generation(s: ModelDeploymentSpec) -> bool:
@@ -160,6 +167,23 @@ RULES: tuple[Rule, ...] = (
     Rule("serving.backend", "a generation model runs on Triton's Python backend (ONNX Runtime GenAI's loop): set serving.backend: python or leave it out",
          f"!{_GENERATION} || !({_BACKEND}) || self.serving.backend == 'python'",
          lambda s: not _generation(s) or s.serving is None or s.serving.backend is None or s.serving.backend.value == "python"),
+    # ... which takes one request per model instance at a time: Triton's batching settings don't apply to it.
+    Rule("serving.maxBatchSize", f"{_NO_BATCHING}: leave serving.maxBatchSize out (or 0)",
+         f"!({_SERVED_GENERATION}) || !has(self.serving.maxBatchSize) || self.serving.maxBatchSize in [0, {DEFAULT_MAX_BATCH_SIZE}]",
+         lambda s: not _generation(s) or s.serving is None or s.serving.max_batch_size in (0, DEFAULT_MAX_BATCH_SIZE)),
+    Rule("serving.dynamicBatching.preferredBatchSizes", f"{_NO_BATCHING}: remove serving.dynamicBatching.preferredBatchSizes",
+         f"!({_SERVED_GENERATION}) || !has(self.serving.dynamicBatching) || !has(self.serving.dynamicBatching.preferredBatchSizes)"
+         " || size(self.serving.dynamicBatching.preferredBatchSizes) == 0",
+         lambda s: not _generation(s) or s.serving is None or not s.serving.dynamic_batching.preferred_batch_sizes),
+    Rule("serving.dynamicBatching.maxQueueDelayMicroseconds", f"{_NO_BATCHING}: leave serving.dynamicBatching.maxQueueDelayMicroseconds out",
+         f"!({_SERVED_GENERATION}) || !has(self.serving.dynamicBatching) || !has(self.serving.dynamicBatching.maxQueueDelayMicroseconds)"
+         f" || self.serving.dynamicBatching.maxQueueDelayMicroseconds == {DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS}",
+         lambda s: not _generation(s) or s.serving is None
+         or s.serving.dynamic_batching.max_queue_delay_microseconds == DEFAULT_MAX_QUEUE_DELAY_MICROSECONDS),
+    Rule("serving.autotune", "serving.autotune sweeps batch sizes and queue delays with batched inference requests, which a generation model "
+                             "(decoupled, streaming) does not take: remove serving.autotune and set serving.instanceCount",
+         f"!({_SERVED_GENERATION}) || !has(self.serving.autotune) || !self.serving.autotune",
+         lambda s: not _generation(s) or s.serving is None or not s.serving.autotune),
 )
 
 

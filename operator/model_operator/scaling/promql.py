@@ -118,7 +118,7 @@ def _mean_ms(metric: str, sel: str, window: str) -> str:
 
 
 def time_to_first_token_ms(sel: str, window: str) -> str:
-    """Mean time from a request's arrival to its first token over the window, in milliseconds."""
+    """Mean time from a model instance taking a request to its first token (Triton's queue wait not included) over the window, in milliseconds."""
     return _mean_ms("model_operator_time_to_first_token_seconds", sel, window)
 
 

@@ -7,10 +7,13 @@ generation.json with maxNewTokens). The model is *decoupled* (config.pbtxt's
 `model_transaction_policy { decoupled: true }`): each request gets one response per generated
 piece of text, then a final empty one, which is what Triton's `generate_stream` endpoint turns into
 server-sent events. Inputs follow Triton's generate extension: `text_input` (required), optional
-`max_tokens`, `temperature`, `top_p`, `top_k`; the output is `text_output`.
+`max_tokens`, `temperature`, `top_p`, `top_k`; the output is `text_output`. The final response
+(empty text) also carries `prompt_tokens` and `completion_tokens`: the request's token counts, by
+the model's tokenizer and the generator's steps (what the OpenAI front reports as `usage`).
 
 Batching: none across requests; each request runs its own GenAI Generator (prefill, then one
-token per step on its KV cache), and `instance_count` instances serve requests in parallel.
+token per step on its KV cache) to its end, and `instance_count` instances serve requests in
+parallel; further requests wait in Triton's queue.
 
 Metrics on Triton's metrics port, per model and version: generated tokens, time to first token
 and inter-token latency (sums and counts: rates and means from PromQL), requests in flight.
@@ -70,7 +73,7 @@ class TritonPythonModel:
         self._families: list[Any] = []
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
         self.tokens = metric(TOKENS_METRIC, counter, "Tokens generated")
-        self.ttft_sum = metric(TTFT_SUM_METRIC, counter, "Seconds from a request's arrival to its first token, summed")
+        self.ttft_sum = metric(TTFT_SUM_METRIC, counter, "Seconds from a model instance taking a request to its first token, summed")
         self.ttft_count = metric(TTFT_COUNT_METRIC, counter, "Requests that produced a first token")
         self.itl_sum = metric(ITL_SUM_METRIC, counter, "Seconds between consecutive tokens of a request, summed")
         self.itl_count = metric(ITL_COUNT_METRIC, counter, "Token intervals measured (tokens after the first)")
@@ -113,6 +116,7 @@ class TritonPythonModel:
             gen.append_tokens(np.asarray([ids], dtype=np.int32))
             stream = self.tokenizer.create_stream()
             last = None
+            generated = 0
             while not gen.is_done():
                 gen.generate_next_token()
                 token = int(gen.get_next_tokens()[0])
@@ -124,12 +128,15 @@ class TritonPythonModel:
                     self.itl_sum.increment(now - last)
                     self.itl_count.increment(1)
                 last = now
+                generated += 1
                 self.tokens.increment(1)
                 piece = stream.decode(token)
                 if piece:
                     out = pb_utils.Tensor("text_output", np.array([piece.encode("utf-8")], dtype=np.object_))
                     sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
-            sender.send(flags=final)
+            counts = [pb_utils.Tensor(name, np.array([n], dtype=np.int32)) for name, n in (("prompt_tokens", len(ids)), ("completion_tokens", generated))]
+            empty = pb_utils.Tensor("text_output", np.array([b""], dtype=np.object_))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[empty, *counts]), flags=final)
         except Exception as exc:  # noqa: BLE001 - the client gets the reason, the model keeps serving
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))), flags=final)
         finally:
@@ -161,7 +168,9 @@ input [
   {{ name: "top_k" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
-  {{ name: "text_output" data_type: TYPE_STRING dims: [ 1 ] }}
+  {{ name: "text_output" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "prompt_tokens" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "completion_tokens" data_type: TYPE_INT32 dims: [ 1 ] }}
 ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 """

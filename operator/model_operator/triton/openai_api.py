@@ -7,7 +7,12 @@ Triton server is complete.
 Request fields used: `model` (must be the served model's name, or left out), `prompt` (a string,
 or a list of one) / `messages` (role and content; joined as "role: content" lines and a final
 "assistant:", since a model trained here has no chat template), `max_tokens`, `temperature`,
-`top_p`, `top_k`, `stream`. Others are ignored. Errors come back in OpenAI's shape
+`top_p`, `top_k`, `stream`, `stream_options.include_usage`. Others are ignored.
+
+`usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`) holds the counts the model reports
+in its final response (its tokenizer's count of the prompt, the tokens it generated): in every
+whole answer, and with `stream_options: {"include_usage": true}` in a last chunk with no choices
+before `[DONE]` (the chunks before it carry `"usage": null`), as OpenAI does. Errors come back in OpenAI's shape
 (`{"error": {"message", "type", "code"}}`) with the status code Triton gave, or 400/404 here.
 
     model-operator openai --triton http://127.0.0.1:8000 --model tiny --port 9000
@@ -79,16 +84,36 @@ def chunk(rid: str, model: str, created: int, text: str | None, chat: bool, fini
             "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
 
 
-def whole(rid: str, model: str, created: int, text: str, chat: bool, finish: str) -> dict[str, Any]:
+def usage_chunk(rid: str, model: str, created: int, chat: bool, usage: dict[str, int] | None) -> dict[str, Any]:
+    """The last chunk of a stream that asked for usage: no choices, the request's token counts."""
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model,
+            "choices": [], "usage": usage}
+
+
+def whole(rid: str, model: str, created: int, text: str, chat: bool, finish: str, usage: dict[str, int] | None = None) -> dict[str, Any]:
     if chat:
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+        out = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
+    else:
+        out = {"id": rid, "object": "text_completion", "created": created, "model": model,
+               "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+    return {**out, "usage": usage} if usage else out
 
 
-def triton_pieces(triton: str, model: str, req: dict[str, Any], timeout: float) -> Iterator[str]:
-    """The text pieces Triton streams for one request; ApiError on a refusal or an error event."""
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def finish_reason(usage: dict[str, int], pieces: int, max_tokens: Any) -> str:
+    """"length" when the answer used up max_tokens (counted in tokens when the model reported them), else "stop"."""
+    n = usage["completion_tokens"] if usage else pieces
+    return "length" if max_tokens and n >= max_tokens else "stop"
+
+
+def triton_pieces(triton: str, model: str, req: dict[str, Any], timeout: float, usage: dict[str, int]) -> Iterator[str]:
+    """The text pieces Triton streams for one request; ApiError on a refusal or an error event.
+    `usage` is filled from the final event's token counts (left empty by a model that sends none)."""
     import requests
 
     try:
@@ -105,6 +130,9 @@ def triton_pieces(triton: str, model: str, req: dict[str, Any], timeout: float) 
             event = json.loads(line[6:])
             if "error" in event:
                 raise ApiError(400, str(event["error"]))
+            if "completion_tokens" in event and "prompt_tokens" in event:
+                prompt, completion = int(event["prompt_tokens"]), int(event["completion_tokens"])
+                usage.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
             if event.get("text_output"):
                 yield str(event["text_output"])
 
@@ -153,7 +181,8 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise ApiError(400, "the request body must be a JSON object")
             req = triton_request(body, chat, model)
-            pieces = triton_pieces(self.server.triton, model, req, self.server.request_timeout)
+            usage: dict[str, int] = {}
+            pieces = triton_pieces(self.server.triton, model, req, self.server.request_timeout, usage)
             first = next(pieces, None)  # errors before the first token still get a status code
         except ApiError as exc:
             self._json(exc.status, exc.body())
@@ -171,7 +200,7 @@ class Handler(BaseHTTPRequestHandler):
             except ApiError as exc:
                 self._json(exc.status, exc.body())
                 return
-            self._json(200, whole(rid, model, created, text, chat, "length" if max_tokens and n >= max_tokens else "stop"))
+            self._json(200, whole(rid, model, created, text, chat, finish_reason(usage, n, max_tokens), usage or None))
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -180,7 +209,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
+        include_usage = wants_usage(body)
+
         def send(obj: dict[str, Any] | str) -> None:
+            if include_usage and isinstance(obj, dict) and "choices" in obj and "usage" not in obj:
+                obj = {**obj, "usage": None}
             self.wfile.write(f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode())
             self.wfile.flush()
 
@@ -194,7 +227,9 @@ class Handler(BaseHTTPRequestHandler):
             for piece in pieces:
                 send(chunk(rid, model, created, piece, chat))
                 n += 1
-            send(chunk(rid, model, created, None, chat, "length" if max_tokens and n >= max_tokens else "stop"))
+            send(chunk(rid, model, created, None, chat, finish_reason(usage, n, max_tokens)))
+            if include_usage:
+                send(usage_chunk(rid, model, created, chat, usage or None))
         except ApiError as exc:
             send(exc.body())
         except (BrokenPipeError, ConnectionResetError):
