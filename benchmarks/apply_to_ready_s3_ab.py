@@ -94,10 +94,12 @@ def on_s3(md: dict[str, Any]) -> None:
         raise RuntimeError(f"{md['metadata']['name']}: artifact {uri!r} is not in the S3 store")
 
 
-def one_run(tree: Path, prefix: str) -> Run:
-    """One round of each variant on a fresh cluster and S3Proxy with `tree`'s operator."""
+def one_run(tree: Path, images: dict[str, str], drop: list[str], prefix: str) -> Run:
+    """One round of each variant on a fresh cluster and S3Proxy with `tree`'s operator and
+    `images`; the images `drop` names are removed from the node first (disk: the two trees'
+    worker images, 6.7 GB each unpacked, need not fit side by side)."""
     state = harness.new_state_dir("bench-s3-")
-    cluster, images = harness.start_real_node_cluster(state, tree_images(tree), prometheus=True)
+    cluster, images = harness.start_real_node_cluster(state, images, drop, prometheus=True)
     try:
         with S3Server(ip=NODE_IP) as s3:
             s3.client().create_bucket(Bucket=BUCKET)
@@ -130,12 +132,14 @@ def main() -> int:
     trees = {args.base_label: Path(args.base).resolve(), "this tree": harness.REPO}
     if args.base_label == "this tree":
         ap.error("--base-label must differ from 'this tree'")
+    images = {label: tree_images(tree) for label, tree in trees.items()}
     results: dict[str, list[Run]] = {label: [] for label in trees}
     for i in range(args.runs):
         for label, tree in trees.items():
             kind = "pre-signed URLs" if signs_urls(tree) else "keys in the namespace"
             log(f"run {i + 1}/{args.runs} {label} ({kind}): {tree}")
-            found = one_run(tree, f"run {i + 1}/{args.runs} {label} ")
+            drop = [ref for other, refs in images.items() if other != label for ref in refs.values()]
+            found = one_run(tree, images[label], drop, f"run {i + 1}/{args.runs} {label} ")
             results[label].append(found)
             log(f"run {i + 1}/{args.runs} {label}: " + ", ".join(f"{v} Ready {r[1]:.1f}s" for v, r in found.items()))
 
@@ -149,7 +153,8 @@ def main() -> int:
         *apply_to_ready.CLUSTER,
         f"Store: S3Proxy (in-memory backend, signatures enforced: an unsigned listing is refused, checked per run) on the real node's "
         f"address {NODE_IP}, bucket `{BUCKET}`, prefix `{PREFIX}`; model and validation data on the `models` claim.",
-        f"Each run: a fresh cluster and S3Proxy, one round of each variant; alternating {', '.join(trees)}, ... "
+        "Each run: a fresh cluster and S3Proxy, the other tree's images removed from the node and this tree's pulled before the "
+        f"operator starts (not timed), one round of each variant; alternating {', '.join(trees)}, ... "
         f"for {args.runs} runs each; medians of Ready below.",
     ])
     harness.write_result(args.out, lines + ab_table(results))

@@ -98,13 +98,15 @@ def new_state_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def start_real_node_cluster(state: Path, refs: dict[str, str] | None = None, **kwargs: Any) -> tuple[Any, dict[str, str]]:
-    """The test cluster with the real node and the project's images (or `refs`) pulled onto it:
-    (cluster, {"operator", "worker", "triton"} -> image reference)."""
+def start_real_node_cluster(state: Path, refs: dict[str, str] | None = None, drop: Iterable[str] = (),
+                            **kwargs: Any) -> tuple[Any, dict[str, str]]:
+    """The test cluster with the real node and the project's images (or `refs`) pulled onto it,
+    the images `drop` names removed from it first: (cluster, {"operator", "worker", "triton"}
+    -> image reference)."""
     from kubetest import imagebuild
 
     log(f"starting the test cluster in {state}")
-    return imagebuild.real_node_cluster(state, refs, **kwargs)
+    return imagebuild.real_node_cluster(state, refs, drop, **kwargs)
 
 
 def start_kwok_cluster(state: Path, pools: tuple[Any, ...]) -> Any:
