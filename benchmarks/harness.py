@@ -140,8 +140,10 @@ def install_crds(cluster: Any, timeout_s: int = 60, tree: Path = REPO) -> None:
     """Apply the CRDs of this repository (or of the checkout `tree`) and wait until the API
     server serves them (Established)."""
     crds = str(tree / "crds")
-    cluster.kubectl("apply", "--server-side", "-f", crds)
-    cluster.kubectl("wait", "--for", "condition=Established", "--timeout", f"{timeout_s}s", "-f", crds, timeout=timeout_s + 30)
+    for args in (("apply", "--server-side", "-f", crds), ("wait", "--for", "condition=Established", "--timeout", f"{timeout_s}s", "-f", crds)):
+        done = cluster.kubectl(*args, check=False, timeout=timeout_s + 30)
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {args[0]} of {crds} exited {done.returncode}: {(done.stdout + done.stderr).strip()[-1000:]}")
 
 
 def make_namespace(core: Any, name: str) -> None:
