@@ -39,14 +39,22 @@ def one_run(tree: Path, out: Path) -> Run:
     return found
 
 
-def main() -> int:
+def parse_ab_args(stem: str) -> tuple[argparse.Namespace, dict[str, Path]]:
+    """--base DIR, --base-label, --runs and --out (benchmarks/results/<stem>-<date>.md): (the
+    arguments, label -> tree with the base first and this checkout as "this tree")."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="a directory with the base commit's files (and its images built)")
     ap.add_argument("--base-label", default="base")
     ap.add_argument("--runs", type=int, default=2, help="runs per tree, alternating")
-    harness.add_out(ap, "apply-to-ready-ab")
+    harness.add_out(ap, stem)
     args = ap.parse_args()
-    trees = {args.base_label: Path(args.base).resolve(), "this tree": harness.REPO}
+    if args.base_label == "this tree":
+        ap.error("--base-label must differ from 'this tree'")
+    return args, {args.base_label: Path(args.base).resolve(), "this tree": harness.REPO}
+
+
+def main() -> int:
+    args, trees = parse_ab_args("apply-to-ready-ab")
     results: dict[str, list[Run]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         for i in range(args.runs):

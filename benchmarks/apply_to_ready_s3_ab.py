@@ -21,7 +21,6 @@ Prints a line per round and per run; writes the medians, their ratio and every r
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ from harness import log
 harness.use_paths("tests/e2e/operator")
 
 import apply_to_ready  # noqa: E402
-from apply_to_ready_ab import Run, ab_table  # noqa: E402
+from apply_to_ready_ab import Run, ab_table, parse_ab_args  # noqa: E402
 from conftest import operator_config  # noqa: E402
 
 from kubetest.node import NODE_IP  # noqa: E402
@@ -146,15 +145,7 @@ def write_page(out: str, trees: dict[str, Path], runs: int, results: dict[str, l
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="a directory with the base commit's files (and its images built)")
-    ap.add_argument("--base-label", default="base")
-    ap.add_argument("--runs", type=int, default=2, help="runs per tree, alternating")
-    harness.add_out(ap, "apply-to-ready-s3-ab")
-    args = ap.parse_args()
-    trees = {args.base_label: Path(args.base).resolve(), "this tree": harness.REPO}
-    if args.base_label == "this tree":
-        ap.error("--base-label must differ from 'this tree'")
+    args, trees = parse_ab_args("apply-to-ready-s3-ab")
     images = {label: tree_images(tree) for label, tree in trees.items()}
     results: dict[str, list[Run]] = {label: [] for label in trees}
     retries: list[str] = []
