@@ -93,6 +93,21 @@ def on_s3(md: dict[str, Any]) -> None:
         raise RuntimeError(f"{md['metadata']['name']}: artifact {uri!r} is not in the S3 store")
 
 
+def no_disk_pressure(core: Any, node: str) -> None:
+    """Raise when the node's DiskPressure condition is or was True in this cluster's life: the
+    kubelet then taints the node (pods wait) and garbage-collects images (pulled again inside
+    the timing), so the run measured the shared disk, not the operator."""
+    conditions = core.read_node(node).status.conditions or []
+    pressure = next((c for c in conditions if c.type == "DiskPressure"), None)
+    if pressure is None:
+        return
+    # A condition that never changed keeps the time of the kubelet's first status.
+    first = min(c.last_transition_time for c in conditions)
+    if pressure.status != "False" or (pressure.last_transition_time - first).total_seconds() > 30:
+        raise RuntimeError(f"node {node} had disk pressure during the run (DiskPressure {pressure.status} since "
+                           f"{pressure.last_transition_time:%H:%M:%S}): not a measurement")
+
+
 def one_run(tree: Path, images: dict[str, str], drop: list[str], prefix: str) -> Run:
     """One round of each variant on a fresh cluster and S3Proxy with `tree`'s operator and
     `images`; the images `drop` names are removed from the node first (disk: the two trees'
@@ -115,6 +130,7 @@ def one_run(tree: Path, images: dict[str, str], drop: list[str], prefix: str) ->
                 "PYTHONPATH": str(tree / "operator"), **keys_env})
             with harness.run_operator(state, cfg, env):
                 results = apply_to_ready.run_rounds(kube, NAMESPACE, 1, prefix=prefix, check=on_s3)
+            no_disk_pressure(kube.core, cluster.local_node)
     finally:
         cluster.stop()
     shutil.rmtree(state, ignore_errors=True)  # kept when the run failed, for its logs
