@@ -147,7 +147,7 @@ def write_page(out: str, trees: dict[str, Path], runs: int, results: dict[str, l
     done = min(len(r) for r in results.values())
     lines = harness.header("apply → Ready, S3 store with authentication, two trees side by side",
                            harness.machine_line(*harness.python_and_system()), [
-        *(f"Tree {label}: {tree}, store access: {how(tree)}." for label, tree in trees.items()),
+        *(f"Tree {label}: store access {how(tree)}." for label, tree in trees.items()),
         *apply_to_ready.CLUSTER,
         f"Store: S3Proxy (in-memory backend, signatures enforced: an unsigned listing is refused, checked per run) on the real node's "
         f"address {NODE_IP}, bucket `{BUCKET}`, prefix `{PREFIX}`; model and validation data on the `models` claim.",
