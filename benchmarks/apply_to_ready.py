@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import harness
@@ -48,6 +49,38 @@ def one_round(custom_api: Any, namespace: str, name: str, optimization: dict[str
     return marks
 
 
+# What every apply → Ready measurement runs on.
+CLUSTER = [
+    "Cluster: kube-apiserver v1.34 on loopback; the worker Job and Triton (nvidia-pytriton's 2.51, python backend, test image)",
+    "run as containers on the real node (kubelet, containerd, images pre-pulled); operator as a process with a 1 s reconcile timer.",
+]
+
+# The two variants, measured alternately: the optimization with its quality gate, and none.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "optimized": {"quantization": {"mode": "dynamic-int8"}, "qualityGate": {"maxTop1Drop": 0.02}},
+    "skipped": {"quantization": {"mode": "none"}},
+}
+
+
+def run_rounds(kube: harness.Clients, namespace: str, rounds: int, prefix: str = "",
+               check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, list[dict[str, float]]]:
+    """`rounds` rounds of every variant (created, timed to Ready, `check`ed, deleted) against
+    the running operator: variant -> one {"artifact", "ready"} (seconds after the create) per
+    round. Prints "round i/n <variant>: artifact Xs, Ready Ys" per round (apply_to_ready_ab.py
+    reads those lines), after `prefix`."""
+    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    for i in range(rounds):
+        for variant, opt in VARIANTS.items():
+            name = f"{variant}-{i}"
+            marks = one_round(kube.custom, namespace, name, opt)
+            results[variant].append(marks)
+            if check:
+                check(h.get_md(kube.custom, namespace, name))
+            log(f"{prefix}round {i + 1}/{rounds} {variant}: artifact {marks['artifact']:.1f}s, Ready {marks['ready']:.1f}s")
+            kube.custom.delete_namespaced_custom_object(h.GROUP, h.VERSION, namespace, h.PLURAL, name)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -66,18 +99,7 @@ def main() -> int:
         cfg = harness.write_config(state, operator_config(cluster.prometheus_url or "http://127.0.0.1:1", harness.free_port(), images))
         env = harness.operator_env(cluster.kubeconfig, {"MODEL_OPERATOR_CONFIG": str(cfg), "MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS": "1"})
         with harness.run_operator(state, cfg, env):
-            results: dict[str, list[dict[str, float]]] = {"optimized": [], "skipped": []}
-            variants: dict[str, dict[str, Any]] = {
-                "optimized": {"quantization": {"mode": "dynamic-int8"}, "qualityGate": {"maxTop1Drop": 0.02}},
-                "skipped": {"quantization": {"mode": "none"}},
-            }
-            for i in range(args.rounds):
-                for variant, opt in variants.items():
-                    name = f"{variant}-{i}"
-                    marks = one_round(kube.custom, namespace, name, opt)
-                    results[variant].append(marks)
-                    log(f"round {i + 1}/{args.rounds} {variant}: artifact {marks['artifact']:.1f}s, Ready {marks['ready']:.1f}s")
-                    kube.custom.delete_namespaced_custom_object(h.GROUP, h.VERSION, namespace, h.PLURAL, name)
+            results = run_rounds(kube, namespace, args.rounds)
     finally:
         cluster.stop()
 
@@ -85,9 +107,7 @@ def main() -> int:
         return statistics.median(r[key] for r in results[variant])
 
     lines = harness.header("apply → Ready, digits example, test cluster", harness.machine_line(*harness.python_and_system()), [
-        "Cluster: kube-apiserver v1.34 on loopback; the worker Job and Triton (nvidia-pytriton's 2.51, python backend, test image)",
-        "run as containers on the real node (kubelet, containerd, images pre-pulled); operator as a process with a 1 s reconcile timer.",
-        f"Rounds: {args.rounds}, alternating the two variants; medians below.",
+        *CLUSTER, f"Rounds: {args.rounds}, alternating the two variants; medians below.",
     ])
     lines += [
         "| variant | artifact ready (s) | Ready (s) |",

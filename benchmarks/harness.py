@@ -98,13 +98,15 @@ def new_state_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def start_real_node_cluster(state: Path, **kwargs: Any) -> tuple[Any, dict[str, str]]:
-    """The test cluster with the real node and the project's images pulled onto it:
-    (cluster, {"operator", "worker", "triton"} -> image reference)."""
+def start_real_node_cluster(state: Path, refs: dict[str, str] | None = None, drop: Iterable[str] = (),
+                            **kwargs: Any) -> tuple[Any, dict[str, str]]:
+    """The test cluster with the real node and the project's images (or `refs`) pulled onto it,
+    the images `drop` names removed from it first: (cluster, {"operator", "worker", "triton"}
+    -> image reference)."""
     from kubetest import imagebuild
 
     log(f"starting the test cluster in {state}")
-    return imagebuild.real_node_cluster(state, **kwargs)
+    return imagebuild.real_node_cluster(state, refs, drop, **kwargs)
 
 
 def start_kwok_cluster(state: Path, pools: tuple[Any, ...]) -> Any:
@@ -134,11 +136,14 @@ def connect(cluster: Any, pool_maxsize: int | None = None) -> Clients:
     return Clients(api, client.CustomObjectsApi(api), client.CoreV1Api(api))
 
 
-def install_crds(cluster: Any, timeout_s: int = 60) -> None:
-    """Apply the repository's CRDs and wait until the API server serves them (Established)."""
-    crds = str(REPO / "crds")
-    cluster.kubectl("apply", "--server-side", "-f", crds)
-    cluster.kubectl("wait", "--for", "condition=Established", "--timeout", f"{timeout_s}s", "-f", crds, timeout=timeout_s + 30)
+def install_crds(cluster: Any, timeout_s: int = 60, tree: Path = REPO) -> None:
+    """Apply the CRDs of this repository (or of the checkout `tree`) and wait until the API
+    server serves them (Established)."""
+    crds = str(tree / "crds")
+    for args in (("apply", "--server-side", "-f", crds), ("wait", "--for", "condition=Established", "--timeout", f"{timeout_s}s", "-f", crds)):
+        done = cluster.kubectl(*args, check=False, timeout=timeout_s + 30)
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {args[0]} of {crds} exited {done.returncode}: {(done.stdout + done.stderr).strip()[-1000:]}")
 
 
 def make_namespace(core: Any, name: str) -> None:
@@ -149,13 +154,15 @@ def make_namespace(core: Any, name: str) -> None:
     wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30, ignore=(Exception,))
 
 
-def put_digits_claims(core: Any, namespace: str, state: Path) -> None:
-    """The models and artifact-store claims, with the digits example trained into the models one."""
+def put_digits_claims(core: Any, namespace: str, state: Path, store: bool = True) -> None:
+    """The models claim with the digits example trained into it, and (store) the artifact
+    store's claim."""
     use_paths("tests/e2e/operator")
     import md_helpers as h
 
     models = h.make_claim(core, namespace, h.MODELS_CLAIM)
-    h.make_claim(core, namespace, h.STORE_CLAIM)
+    if store:
+        h.make_claim(core, namespace, h.STORE_CLAIM)
     log("training the digits example")
     h.put_digits(models, state)
 

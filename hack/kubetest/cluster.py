@@ -195,6 +195,19 @@ class Cluster:
         if done.returncode != 0:
             raise ClusterError(f"pulling {ref} onto {self.local_node} failed: {done.stderr.strip()[-2000:]}")
 
+    def remove_image(self, ref: str, timeout: float = 300) -> None:
+        """Real node: remove ``ref`` from the node's containerd, and the layers only it used
+        (a no-op when it is not there)."""
+        if not self.real_node:
+            raise ClusterError("remove_image applies to the real node only")
+        ctr = node.RealNode(self.state_dir, self.local_node).ctr
+        have = subprocess.run([*ctr, "-n", "k8s.io", "images", "ls", "-q", f"name=={ref}"], capture_output=True, text=True, timeout=60)
+        if have.returncode != 0 or ref not in have.stdout.split():
+            return
+        done = subprocess.run([*ctr, "-n", "k8s.io", "images", "rm", "--sync", ref], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise ClusterError(f"removing {ref} from {self.local_node} failed: {done.stderr.strip()[-2000:]}")
+
     def container_pid(self, container_id: str) -> int:
         """Real node: the host PID of a container's main process, from the pod status's
         ``containerID`` (``containerd://<id>``) — to kill it from outside, as the kernel would."""

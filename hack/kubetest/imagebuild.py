@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -203,16 +204,25 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-def real_node_cluster(state_dir: Path, **kwargs: Any) -> tuple[Any, dict[str, str]]:
+def real_node_cluster(state_dir: Path, refs: dict[str, str] | None = None, drop: Iterable[str] = (),
+                      **kwargs: Any) -> tuple[Any, dict[str, str]]:
     """A started cluster whose real node pulls from the local registry, with the project's
-    current images pulled onto it: (cluster, {"operator", "worker", "triton"} -> reference).
-    For benchmarks and scripts; the pytest fixtures do the same in steps."""
+    current images (or `refs`, e.g. another checkout's) pulled onto it, after removing the
+    images `drop` names from the node (disk): (cluster, {"operator", "worker", "triton"} ->
+    reference). Stopped again when a pull fails. For benchmarks and scripts; the pytest
+    fixtures do the same in steps."""
     from . import registry
     from .cluster import Cluster
 
-    refs = built_images()
+    refs = refs or built_images()
     host = registry.ensure_running()
     cluster = Cluster(state_dir, real_node=True, registries={host: f"http://{host}"}, startup_timeout=180, **kwargs).start()
-    for ref in refs.values():
-        cluster.pull(ref)
+    try:
+        for ref in set(drop) - set(refs.values()):
+            cluster.remove_image(ref)
+        for ref in refs.values():
+            cluster.pull(ref)
+    except BaseException:
+        cluster.stop()
+        raise
     return cluster, refs
