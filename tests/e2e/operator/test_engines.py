@@ -31,7 +31,7 @@ from md_helpers import (
     wait_phase,
 )
 
-from kubetest.wait import wait_for
+from kubetest.wait import WaitTimeout, wait_for
 from model_operator.scaling import promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -84,10 +84,14 @@ def test_hpa_engine_is_driven_by_the_real_hpa_controller(
              timeout=60, interval=1, message="ScalingActive=OperatorScaler")
 
 
-# Queue time per request above this (ms) wants more replicas; an idle pod's is 0.
-QUEUE_TARGET_MS = 1.0
-# Concurrent request loops: one Triton instance per pod, so requests wait for each other.
+# Triton's dynamic batcher holds a request up to this long for others to join its batch (16 at
+# most): under load from a few clients each request waits most of it in the queue, an idle pod
+# reports 0 (no requests). The target sits between the two.
+QUEUE_DELAY_US = 3000
+QUEUE_TARGET_MS = 0.5
 CLIENTS = 4
+LOCAL_SERVING = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16,
+                 "dynamicBatching": {"maxQueueDelayMicroseconds": QUEUE_DELAY_US}}
 
 
 def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
@@ -102,7 +106,8 @@ def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
     auto = {"engine": "hpa", "minReplicas": 1, "maxReplicas": 2, "metrics": [{"type": "queueTime", "target": QUEUE_TARGET_MS}],
             "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
             "scaleDown": {"stabilizationSeconds": 15, "periodSeconds": 5}}
-    create_md(custom_api, namespace, digits_md("queue", optimization={"quantization": {"mode": "none"}}, autoscaling=auto))
+    create_md(custom_api, namespace, digits_md("queue", optimization={"quantization": {"mode": "none"}}, serving=LOCAL_SERVING,
+                                               autoscaling=auto))
     md = wait_phase(custom_api, namespace, "queue", "Ready", timeout=300)
     selector = md["status"]["selector"]
     wait_for(lambda: prometheus.query(f'nv_inference_queue_duration_us{{namespace="{namespace}"}}'), timeout=60,
@@ -118,8 +123,12 @@ def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
     endpoint = service_endpoint(core_api, namespace, "queue-triton")
     with contextlib.ExitStack() as stack:
         loads = [stack.enter_context(Load(endpoint, seconds=240)) for _ in range(CLIENTS)]
-        up = wait_for(lambda: (h := hpa()).status.desired_replicas == 2 and h, timeout=120, interval=1,
-                      message="the HPA wanting 2 replicas on queue time")
+        try:
+            up = wait_for(lambda: (h := hpa()).status.desired_replicas == 2 and h, timeout=120, interval=1,
+                          message="the HPA wanting 2 replicas on queue time")
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}\nHPA status: {hpa().status}\nadapter: {metrics_adapter.pod_metric(namespace, 'triton_queueTime', selector)}"
+                                 f"\nloads: {[(x.sent, x.failed, x.errors[-1:]) for x in loads]}") from e
         (current,) = up.status.current_metrics
         assert current.type == "Pods" and current.pods.metric.name == "triton_queueTime", current
         assert float(parse_quantity(current.pods.current.average_value)) > QUEUE_TARGET_MS, current
