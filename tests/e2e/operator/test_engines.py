@@ -31,6 +31,7 @@ from md_helpers import (
     wait_phase,
 )
 
+from kubetest.rest import ApiError
 from kubetest.wait import WaitTimeout, wait_for
 from model_operator.scaling import promql
 
@@ -113,8 +114,9 @@ def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
     wait_for(lambda: prometheus.query(f'nv_inference_queue_duration_us{{namespace="{namespace}"}}'), timeout=60,
              message="Triton's queue time scraped")
     # The custom metrics API answers for the Triton pod, through the aggregation layer: idle, 0.
+    # (The aggregator may answer 503 for a moment after the APIService became Available.)
     idle = wait_for(lambda: metrics_adapter.pod_metric(namespace, "triton_queueTime", selector), timeout=60, interval=1,
-                    message="the adapter serving triton_queueTime for the Triton pod")
+                    message="the adapter serving triton_queueTime for the Triton pod", ignore=(ApiError,))
     assert len(idle) == 1 and idle[0]["describedObject"]["kind"] == "Pod" and parse_quantity(idle[0]["value"]) == 0, idle
 
     def hpa() -> Any:
