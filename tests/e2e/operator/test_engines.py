@@ -124,7 +124,7 @@ def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
 
     endpoint = service_endpoint(core_api, namespace, "queue-triton")
     with contextlib.ExitStack() as stack:
-        loads = [stack.enter_context(Load(endpoint, seconds=240)) for _ in range(CLIENTS)]
+        loads = [stack.enter_context(Load(endpoint, seconds=240, model="queue")) for _ in range(CLIENTS)]
         try:
             up = wait_for(lambda: (h := hpa()).status.desired_replicas == 2 and h, timeout=120, interval=1,
                           message="the HPA wanting 2 replicas on queue time")
