@@ -134,6 +134,7 @@ def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
         (current,) = up.status.current_metrics
         assert current.type == "Pods" and current.pods.metric.name == "triton_queueTime", current
         assert float(parse_quantity(current.pods.current.average_value)) > QUEUE_TARGET_MS, current
+        print(f"queue time under load: {current.pods.current.average_value} ms per request (target {QUEUE_TARGET_MS})")
         md = wait_for(lambda: (m := get_md(custom_api, namespace, "queue"))["spec"]["serving"]["replicas"] == 2 and m,
                       timeout=60, interval=1, message="the HPA controller scaling the ModelDeployment to 2")
         wait_for(lambda: len(ready_triton_pods(core_api, namespace, "queue")) == 2, timeout=180, interval=1,
