@@ -38,7 +38,7 @@ class Kube:
         self.deleted.append((name, uid))
         return True
 
-    def apply(self, obj: dict[str, Any], uid: str | None = None, *, create: bool | None = None) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         self.applied.append(obj["metadata"]["name"])
         return obj
 

@@ -35,7 +35,7 @@ class FakeKube:
     def has_kind(self, api_version: str, kind: str) -> bool:
         return False
 
-    def apply(self, obj: dict[str, Any], uid: str | None = None, *, create: bool | None = None) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         kind = obj["kind"]
         self.applied.append(kind)
         self.uids[f"{kind} {obj['metadata']['name']}"] = uid
@@ -118,7 +118,7 @@ class RecordingKube(FakeKube):
         super().__init__()
         self.objects: list[dict[str, Any]] = []
 
-    def apply(self, obj: dict[str, Any], uid: str | None = None, *, create: bool | None = None) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         self.objects.append(obj)
         return super().apply(obj, uid)
 

@@ -255,7 +255,7 @@ class Reconciler:
         secret = access_builder.build_access_secret(key[1], key[0], urls, expires_at)
         kopf.adopt(secret, owner=kopf.Body(cast(kopf.RawBody, body)))
         try:
-            self.kube.apply(secret, create=False)  # known by name only: the operator can't read Secrets
+            self.kube.apply(secret)
         except ApiException as exc:
             return self._failed(backoff_key, backoff, now, f"could not apply Secret {secret['metadata']['name']}: {server_message(exc)}")
         self._backoff.pop(backoff_key, None)

@@ -10,12 +10,8 @@ the API server refuses an apply whose `metadata.uid` differs from the stored obj
 "field is immutable"; 409 "uid mismatch" when none has the name), so it can change that very
 object and no other that took its name since. A child that should not
 exist yet is applied without force: the controller has just found no object of that name, and
-one that appears in between is refused wherever its fields differ from ours. Where they don't,
-the apply succeeds on that stranger, so the response is checked: an object we created has our
-field manager alone. Any other manager means it was there before us, and a second apply of an
-empty configuration gives back every field ours alone (our ownerReference among them) before
-`NotOurs` is raised. Deletes carry the uid as a precondition. So a same-named object that is not
-ours is not taken over or deleted.
+one that appears in between is refused wherever its fields differ from ours. Deletes carry the
+uid as a precondition. So a same-named object that is not ours is not taken over or deleted.
 """
 
 from __future__ import annotations
@@ -43,22 +39,6 @@ log = logging.getLogger(__name__)
 
 class KindNotServed(RuntimeError):
     """The API server no longer serves this kind (its CRD was removed after discovery)."""
-
-
-class NotOurs(ApiException):
-    """An apply meant to create met an object someone else made (409, like the API server's own conflicts)."""
-
-    def __init__(self, kind: str, name: str, managers: list[str]) -> None:
-        message = f"{kind} {name} already exists, made by {', '.join(managers) or 'another client'}: not ours, left as it was"
-        super().__init__(status=409, reason="Conflict")
-        self.body = json.dumps({"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": message})
-
-
-def other_managers(obj: dict[str, Any]) -> list[str]:
-    """Field managers of an object besides our own applies."""
-    entries = (obj.get("metadata") or {}).get("managedFields") or []
-    return sorted({f"{e.get('manager')} ({e.get('operation')})" for e in entries
-                   if (e.get("manager"), e.get("operation")) != (FIELD_MANAGER, "Apply")})
 
 
 def desired_hash(obj: dict[str, Any]) -> str:
@@ -104,11 +84,9 @@ class Kube:
         except ResourceNotFoundError:
             return False
 
-    def apply(self, obj: dict[str, Any], uid: str | None = None, *, create: bool | None = None) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
         """Server-side apply to the object with `uid` (proven ours: forced, refused if the name now
-        holds another object), or, with None, a create that never forces a field and raises
-        NotOurs (changing nothing that stays) when the name already held another's object.
-        `create=False` re-applies an object known only by name (never forced, not checked)."""
+        holds another object), or, with None, a create that never forces a field."""
         try:
             res = self.resource(obj["apiVersion"], obj["kind"])
         except ResourceNotFoundError:
@@ -120,14 +98,6 @@ class Kube:
                 body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER,
                 force_conflicts=uid is not None,
             )
-            created = result.to_dict()
-            strangers = other_managers(created) if uid is None and create is not False else []
-            if strangers:
-                # Give back what this apply added; fields the owner set to the same values stay theirs.
-                res.server_side_apply(body={"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": {
-                    "name": meta["name"], **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
-                    "uid": created["metadata"]["uid"]}}, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER)
-                raise NotOurs(obj["kind"], meta["name"], strangers)
         except NotFoundError as exc:
             # An apply creates, so a 404 means the endpoint is gone (a removed CRD), or the namespace.
             if "page not found" in str(getattr(exc, "body", "") or ""):
@@ -135,7 +105,7 @@ class Kube:
                     self.dynamic.resources.invalidate_cache()
                 raise KindNotServed(f"{obj['apiVersion']} {obj['kind']} is no longer served") from None
             raise
-        return created
+        return result.to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:

@@ -158,32 +158,3 @@ def test_applies_and_deletes_are_confined_to_the_object_they_name(namespace: str
             attempt()
         assert refused.value.status in (409, 422), refused.value
     assert _snapshot(core_api.read_namespaced_service("svc", namespace)) == before
-
-
-def test_a_create_that_meets_a_strangers_identical_fields_gives_them_back(namespace: str, kube: Any, core_api: Any) -> None:
-    """The race a GET can't close: a same-named object appears after the controller found none,
-    with the very fields we set, so the unforced apply meets no conflict. kube.apply sees another
-    field manager in the response, gives back every field it added (labels, our controller
-    ownerReference) and raises NotOurs; the stranger ends as it was."""
-    from model_operator.kube.api import Kube, NotOurs
-
-    k = Kube(kube)
-    core_api.create_namespaced_service(namespace, client.V1Service(
-        metadata=client.V1ObjectMeta(name="twin", labels={"app": "theirs"}),
-        spec=client.V1ServiceSpec(selector={"app": "ours"}, ports=[client.V1ServicePort(port=80, protocol="TCP")])))
-    before = core_api.read_namespaced_service("twin", namespace)
-    owner = core_api.read_namespace(namespace)  # any object with a uid: the reference must not stay
-    ours: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": {
-        "name": "twin", "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "model-operator"},
-        "ownerReferences": [{"apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": owner.metadata.uid, "controller": True}]},
-        "spec": {"selector": {"app": "ours"}, "ports": [{"port": 80, "protocol": "TCP"}]}}
-    with pytest.raises(NotOurs) as refused:
-        k.apply(ours)
-    assert refused.value.status == 409 and "Service twin already exists" in str(refused.value.body), refused.value.body
-    after = core_api.read_namespaced_service("twin", namespace)
-    assert after.metadata.uid == before.metadata.uid
-    assert after.metadata.labels == {"app": "theirs"} and not after.metadata.owner_references
-    assert after.spec.selector == before.spec.selector and [p.port for p in after.spec.ports] == [80]
-    # A create that really creates is ours alone and passes.
-    created = k.apply({**ours, "metadata": {**ours["metadata"], "name": "fresh", "ownerReferences": []}})
-    assert [m["manager"] for m in created["metadata"]["managedFields"]] == ["model-operator"]
