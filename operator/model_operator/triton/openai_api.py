@@ -74,29 +74,29 @@ def triton_request(body: dict[str, Any], chat: bool, served: str) -> dict[str, A
     return out
 
 
+def _envelope(rid: str, model: str, created: int, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+
+
 def chunk(rid: str, model: str, created: int, text: str | None, chat: bool, finish: str | None = None) -> dict[str, Any]:
     """One streamed chunk in OpenAI's shape (text None: the closing chunk with finish_reason)."""
     if chat:
         delta = {"content": text} if text is not None else {}
-        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+        return _envelope(rid, model, created, "chat.completion.chunk", [{"index": 0, "delta": delta, "finish_reason": finish}])
+    return _envelope(rid, model, created, "text_completion", [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}])
 
 
 def usage_chunk(rid: str, model: str, created: int, chat: bool, usage: dict[str, int] | None) -> dict[str, Any]:
     """The last chunk of a stream that asked for usage: no choices, the request's token counts."""
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model,
-            "choices": [], "usage": usage}
+    return {**_envelope(rid, model, created, "chat.completion.chunk" if chat else "text_completion", []), "usage": usage}
 
 
 def whole(rid: str, model: str, created: int, text: str, chat: bool, finish: str, usage: dict[str, int] | None = None) -> dict[str, Any]:
     if chat:
-        out = {"id": rid, "object": "chat.completion", "created": created, "model": model,
-               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
+        out = _envelope(rid, model, created, "chat.completion",
+                        [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}])
     else:
-        out = {"id": rid, "object": "text_completion", "created": created, "model": model,
-               "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+        out = _envelope(rid, model, created, "text_completion", [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
     return {**out, "usage": usage} if usage else out
 
 
