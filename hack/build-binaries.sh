@@ -8,7 +8,8 @@
 # Usage: hack/build-binaries.sh [--check] [name...]
 #   --check  build nothing; exit 1 and list what is missing
 #   name     only these (kube-apiserver kube-controller-manager kube-scheduler
-#            kubectl kubelet kube-proxy etcd kwok helm prometheus); default all
+#            kubectl kubelet kube-proxy etcd kwok helm prometheus
+#            prometheus-adapter); default all
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,13 +24,13 @@ export CGO_ENABLED=0
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm prometheus)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm prometheus prometheus-adapter)
 CHECK=0
 WANT=()
 for arg in "$@"; do
   case "${arg}" in
     --check) CHECK=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) WANT+=("${arg}") ;;
   esac
 done
@@ -44,6 +45,7 @@ version_of() {
     kwok) echo "${KWOK_VERSION}" ;;
     helm) echo "${HELM_VERSION}" ;;
     prometheus) echo "${PROMETHEUS_VERSION}" ;;
+    prometheus-adapter) echo "${PROMETHEUS_ADAPTER_VERSION}" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -57,6 +59,7 @@ recipe_of() {
     kwok) echo "kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok" ;;
     helm) echo "helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm" ;;
     prometheus) echo "prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/prometheus" ;;
+    prometheus-adapter) echo "prometheus-adapter sigs.k8s.io/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter" ;;
   esac
 }
 

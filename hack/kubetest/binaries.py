@@ -21,6 +21,7 @@ _VERSION_KEY = {
     "kwok": "KWOK_VERSION",
     "helm": "HELM_VERSION",
     "prometheus": "PROMETHEUS_VERSION",
+    "prometheus-adapter": "PROMETHEUS_ADAPTER_VERSION",
 }
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 # What Cluster(real_node=True) needs on top: the node agents (built) ...

@@ -263,7 +263,8 @@ class Cluster:
                 self._node.release_lock()
             for name in node.NODE_PROCESSES:
                 pids.pop(name, None)
-        for name in _STOP_ORDER:
+        # Components added with spawn_component (a metrics adapter) first, then the rest in order.
+        for name in (*[n for n in pids if n not in _STOP_ORDER], *_STOP_ORDER):
             pid = pids.get(name)
             if pid:
                 procs.stop_group(pid, grace=5.0, proc=self._procs.get(name))
@@ -306,6 +307,23 @@ class Cluster:
         self._procs[name] = procs.spawn([str(a) for a in argv], self.log_path(name), **kw)
         if not kw:  # restartable as it was started (restart_component)
             self.info.setdefault("argv", {})[name] = [str(a) for a in argv]
+        self._write_info()
+
+    def spawn_component(self, name: str, argv: list[Any]) -> subprocess.Popen:
+        """Run a long-lived process as part of this cluster (its own process group, log in
+        logs/<name>.log, pid in cluster.json): ``stop`` and ``hack/cluster down`` stop it too."""
+        self._spawn(name, argv)
+        return self._procs[name]
+
+    def stop_component(self, name: str) -> None:
+        """Stop a process ``spawn_component`` started (no error if it is not running)."""
+        info = self._read_info() or self.info
+        self.info = info
+        pid = (info.get("pids") or {}).pop(name, None)
+        (info.get("argv") or {}).pop(name, None)
+        if pid:
+            procs.stop_group(pid, grace=5.0, proc=self._procs.get(name))
+        self._procs.pop(name, None)
         self._write_info()
 
     def restart_component(self, name: str, down_seconds: float = 0.0, timeout: float = 60.0) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import types as t
-from ..api.types import Autoscaling, ScalingEngine, ScalingMetricType
-from ..scaling import promql
+from ..api.types import Autoscaling, ScalingEngine
+from ..scaling import adapter, promql
 from . import common as c
 
 
@@ -63,16 +63,17 @@ def build_keda_scaled_object(name: str, namespace: str, spec: Autoscaling, prome
 
 def build_hpa(name: str, namespace: str, spec: Autoscaling) -> dict[str, Any]:
     """An HPA on the ModelDeployment's scale subresource. CPU utilisation maps to the resource
-    metric; Triton metrics need a Prometheus adapter serving them as pod metrics under these names."""
+    metric; Triton metrics are Pods metrics a Prometheus adapter serves under these names, with
+    the rules scaling/adapter.adapter_rules gives (the chart's prometheus-adapter rules)."""
     metrics: list[dict[str, Any]] = []
     for metric in spec.metrics:
-        if metric.type == ScalingMetricType.cpu_utilization:
+        if not adapter.served(metric.type):
             metrics.append({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": int(metric.target)}}})
         else:
             metrics.append({
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": f"triton_{metric.type.value}"},
+                    "metric": {"name": adapter.hpa_metric_name(metric.type)},
                     "target": {"type": "AverageValue", "averageValue": f"{metric.target:g}"},
                 },
             })

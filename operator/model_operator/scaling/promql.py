@@ -160,6 +160,51 @@ def scaling_query(metric: ScalingMetricType, sel: str, window: str) -> str:
     return cpu_utilization_percent(sel)
 
 
+# --- per pod, for a metrics adapter serving the `hpa` engine's Pods metrics ------------------
+# The HPA asks for one value per pod and averages them (a Pods metric with an AverageValue
+# target), then wants ceil(replicas * average / target): the built-in scaler's rule. So each
+# query answers, per pod, what scaling_query answers for the whole ModelDeployment: a per-replica
+# value (rate, pending requests) is the pod's own; a per-request mean (queue time, token
+# latencies) is the pod's own mean, which equals the ModelDeployment's when the Service spreads
+# the requests evenly. `by` names the grouping labels (the adapter's template puts its own).
+# The metric whose presence shows that a pod exports the series a query reads.
+SOURCE_SERIES = {
+    ScalingMetricType.queue_time: "nv_inference_queue_duration_us",
+    ScalingMetricType.inference_rate: "nv_inference_count",
+    ScalingMetricType.pending_requests: "nv_inference_pending_request_count",
+    ScalingMetricType.gpu_utilization: "nv_gpu_utilization",
+    ScalingMetricType.cpu_utilization: "nv_cpu_utilization",
+    ScalingMetricType.time_to_first_token: "model_operator_time_to_first_token_seconds_count",
+    ScalingMetricType.inter_token_latency: "model_operator_inter_token_latency_seconds_count",
+    ScalingMetricType.tokens_per_second: "model_operator_generated_tokens",
+    ScalingMetricType.requests_in_flight: "model_operator_generation_requests_in_flight",
+}
+
+
+def _rate_by(metric: str, sel: str, window: str, by: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{sel}}}[{window}]))"
+
+
+def _mean_ms_by(metric: str, sel: str, window: str, by: str) -> str:
+    return f"1000 * {_rate_by(metric + '_sum', sel, window, by)} / clamp_min({_rate_by(metric + '_count', sel, window, by)}, 1e-9)"
+
+
+def pod_scaling_query(metric: ScalingMetricType, sel: str, window: str, by: str = "namespace, pod") -> str:
+    """scaling_query per pod: one sample per `by` group (a pod), for the HPA to average."""
+    if metric == ScalingMetricType.queue_time:
+        return (f"({_rate_by('nv_inference_queue_duration_us', sel, window, by)} / 1000)"
+                f" / clamp_min({_rate_by('nv_inference_request_success', sel, window, by)}, 1e-9)")
+    if metric in (ScalingMetricType.inference_rate, ScalingMetricType.tokens_per_second):
+        return _rate_by(SOURCE_SERIES[metric], sel, window, by)
+    if metric in (ScalingMetricType.pending_requests, ScalingMetricType.requests_in_flight):
+        return f"sum by ({by}) ({SOURCE_SERIES[metric]}{{{sel}}})"
+    if metric == ScalingMetricType.time_to_first_token:
+        return _mean_ms_by("model_operator_time_to_first_token_seconds", sel, window, by)
+    if metric == ScalingMetricType.inter_token_latency:
+        return _mean_ms_by("model_operator_inter_token_latency_seconds", sel, window, by)
+    return f"100 * avg by ({by}) ({SOURCE_SERIES[metric]}{{{sel}}})"
+
+
 # --- the whole fleet in one query per metric kind ---------------------------------------------
 # Every Triton pod the operator runs is named <md>-triton-<rs hash>-<suffix> (stable) or
 # <md>-triton-canary-<rs hash>-<suffix>; the ReplicaSet hash and suffix hold no '-', so the

@@ -122,3 +122,24 @@ def models(core_api: Any, namespace: str, tmp_path_factory: pytest.TempPathFacto
     make_claim(core_api, namespace, STORE_CLAIM)
     put_digits(path, tmp_path_factory.getbasetemp())
     return path
+
+
+@pytest.fixture(scope="module")
+def metrics_adapter(cluster: Any, prometheus: Any, operator_env: dict[str, str]) -> Iterator[Any]:
+    """prometheus-adapter serving custom.metrics.k8s.io from the session's Prometheus with the
+    rules the chart ships (model_operator.scaling.adapter) over the operator's window, registered
+    with the aggregation layer and Available; removed again after the module."""
+    from kubetest import binaries
+    from kubetest.metrics_adapter import NAME, MetricsAdapter
+    from model_operator.scaling.adapter import adapter_rules
+
+    try:
+        binaries.require([NAME])
+    except binaries.BinariesMissing as e:
+        binaries.unavailable(str(e))
+    window = yaml.safe_load(Path(operator_env["MODEL_OPERATOR_CONFIG"]).read_text())["prometheus_window"]
+    adapter = MetricsAdapter(cluster, prometheus.url, adapter_rules(window)).start()
+    try:
+        yield adapter
+    finally:
+        adapter.stop()

@@ -2,10 +2,13 @@
 HorizontalPodAutoscaler that the real HPA controller (kube-controller-manager) acts on through
 the ModelDeployment's scale subresource; `keda` gets a ScaledObject where KEDA's CRD is served,
 and a clear ScalingActive=False condition where it is not. Switching engines removes the old
-engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter here."""
+engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter here; except
+for the queue-time test, where real Triton pods on the real node scale through prometheus-adapter
+(the `metrics_adapter` fixture: the custom metrics API the HPA reads)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +19,20 @@ from md_helpers import (
     PLURAL,
     STORE_CLAIM,
     VERSION,
+    Load,
     condition,
     create_md,
     digits_md,
     get_md,
     make_claim,
     put_digits,
+    ready_triton_pods,
+    service_endpoint,
     wait_phase,
 )
 
-from kubetest.wait import wait_for
+from kubetest.rest import ApiError
+from kubetest.wait import WaitTimeout, wait_for
 from model_operator.scaling import promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -76,6 +83,74 @@ def test_hpa_engine_is_driven_by_the_real_hpa_controller(
              message="the HPA deleted after the engine changed")
     wait_for(lambda: condition(get_md(custom_api, namespace, "hpa"), "ScalingActive").get("reason") == "OperatorScaler",
              timeout=60, interval=1, message="ScalingActive=OperatorScaler")
+
+
+# Triton's dynamic batcher holds a request up to this long for others to join its batch (16 at
+# most): under load from a few clients each request waits most of it in the queue, an idle pod
+# reports 0 (no requests). The target sits between the two.
+QUEUE_DELAY_US = 3000
+QUEUE_TARGET_MS = 0.5
+CLIENTS = 4
+LOCAL_SERVING = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16,
+                 "dynamicBatching": {"maxQueueDelayMicroseconds": QUEUE_DELAY_US}}
+
+
+def test_hpa_engine_scales_on_queue_time_through_the_metrics_adapter(
+    claims: None, start_operator: Any, metrics_adapter: Any, namespace: str, custom_api: Any, core_api: Any, kube: Any,
+    prometheus: Any,
+) -> None:
+    from kubernetes import client
+    from kubernetes.utils import parse_quantity
+
+    autoscaling_api = client.AutoscalingV2Api(kube)
+    start_operator()
+    auto = {"engine": "hpa", "minReplicas": 1, "maxReplicas": 2, "metrics": [{"type": "queueTime", "target": QUEUE_TARGET_MS}],
+            "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
+            "scaleDown": {"stabilizationSeconds": 15, "periodSeconds": 5}}
+    create_md(custom_api, namespace, digits_md("queue", optimization={"quantization": {"mode": "none"}}, serving=LOCAL_SERVING,
+                                               autoscaling=auto))
+    md = wait_phase(custom_api, namespace, "queue", "Ready", timeout=300)
+    selector = md["status"]["selector"]
+    wait_for(lambda: prometheus.query(f'nv_inference_queue_duration_us{{namespace="{namespace}"}}'), timeout=60,
+             message="Triton's queue time scraped")
+    # The custom metrics API answers for the Triton pod, through the aggregation layer: idle, 0.
+    # (The aggregator may answer 503 for a moment after the APIService became Available.)
+    idle = wait_for(lambda: metrics_adapter.pod_metric(namespace, "triton_queueTime", selector), timeout=60, interval=1,
+                    message="the adapter serving triton_queueTime for the Triton pod", ignore=(ApiError,))
+    assert len(idle) == 1 and idle[0]["describedObject"]["kind"] == "Pod" and parse_quantity(idle[0]["value"]) == 0, idle
+
+    def hpa() -> Any:
+        return autoscaling_api.read_namespaced_horizontal_pod_autoscaler("queue-triton", namespace)
+
+    endpoint = service_endpoint(core_api, namespace, "queue-triton")
+    with contextlib.ExitStack() as stack:
+        loads = [stack.enter_context(Load(endpoint, seconds=240, model="queue")) for _ in range(CLIENTS)]
+        try:
+            up = wait_for(lambda: (h := hpa()).status.desired_replicas == 2 and h, timeout=120, interval=1,
+                          message="the HPA wanting 2 replicas on queue time")
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}\nHPA status: {hpa().status}\nadapter: {metrics_adapter.pod_metric(namespace, 'triton_queueTime', selector)}"
+                                 f"\nloads: {[(x.sent, x.failed, x.errors[-1:]) for x in loads]}") from e
+        (current,) = up.status.current_metrics
+        assert current.type == "Pods" and current.pods.metric.name == "triton_queueTime", current
+        assert float(parse_quantity(current.pods.current.average_value)) > QUEUE_TARGET_MS, current
+        md = wait_for(lambda: (m := get_md(custom_api, namespace, "queue"))["spec"]["serving"]["replicas"] == 2 and m,
+                      timeout=60, interval=1, message="the HPA controller scaling the ModelDeployment to 2")
+        wait_for(lambda: len(ready_triton_pods(core_api, namespace, "queue")) == 2, timeout=180, interval=1,
+                 message="two Triton replicas Ready")
+    assert sum(load.sent for load in loads) > 50 and not sum(load.failed for load in loads), [(x.sent, x.errors) for x in loads]
+    managers = {f["manager"] for f in md["metadata"]["managedFields"] if "f:serving" in str(f.get("fieldsV1") or {})}
+    assert any("controller-manager" in m or "horizontal" in m for m in managers), managers
+    conditions = {c.type: c for c in up.status.conditions}
+    assert conditions["ScalingActive"].status == "True" and conditions["ScalingActive"].reason == "ValidMetricFound"
+
+    # No load: queue time falls to 0 once the window has passed; after the 15 s stabilization the
+    # HPA goes back to minReplicas, and the Deployment follows the ModelDeployment.
+    wait_for(lambda: hpa().status.desired_replicas == 1 and get_md(custom_api, namespace, "queue")["spec"]["serving"]["replicas"] == 1,
+             timeout=180, interval=1, message="the HPA scaling back to 1 replica")
+    apps = client.AppsV1Api(kube)
+    wait_for(lambda: apps.read_namespaced_deployment("queue-triton", namespace).spec.replicas == 1, timeout=60, interval=1,
+             message="the Triton Deployment back to 1 replica")
 
 
 def test_keda_engine_without_and_with_keda(
