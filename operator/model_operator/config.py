@@ -86,6 +86,11 @@ class OperatorConfig(BaseSettings):
     progress_deadline_seconds: int = Field(
         default=600, ge=10, description="A Triton rollout that makes no progress this long is rolled back (Deployment progressDeadlineSeconds)."
     )
+    drain_seconds: int = Field(
+        default=5, ge=0, le=120,
+        description="A Triton pod being removed keeps serving this long before it is signalled (a preStop sleep), so "
+                    "kube-proxy and clients drop it from the Service first; 0 turns the pause off.",
+    )
     health_interval_seconds: float = Field(default=30.0, description="How often serving health is read from Prometheus.")
     job_backoff_limit: int = 2
     job_ttl_seconds: int = 3600

@@ -220,7 +220,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
             "ttlSecondsAfterFinished": 60,
         },
         "triton": {"image": {"tag": "25.01-py3"}, "allowedImages": ["registry.example/*", "tritonserver:25.01-py3"],
-                   "args": ["--metrics-config=histogram_latencies=true"], "serviceAccountName": "triton"},
+                   "args": ["--metrics-config=histogram_latencies=true"], "serviceAccountName": "triton",
+                   "drainSeconds": 12},
         "nodePools": {"a100": {"nodeSelector": {"gpu": "a100"}, "gpuProduct": "NVIDIA-A100-SXM4-80GB", "resources": {"limits": {"memory": "16Gi"}}}},
         "defaultNodePool": {"cloud": "a100", "edge": ""},
         "prometheus": {"url": "https://prom.example.test", "timeoutSeconds": 2.5, "window": "2m"},
@@ -240,6 +241,7 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
     assert config.worker_node_selector == {"node-pool": "cpu"}
     assert config.worker_tolerations == [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]
     assert (config.worker_service_account, config.triton_service_account) == ("optimizer", "triton")
+    assert config.drain_seconds == 12
     assert (config.job_backoff_limit, config.job_ttl_seconds) == (0, 60)
     # Helm deep-merges maps: the default pools stay, the new one joins them.
     assert sorted(config.node_pools) == ["a100", "edge", "gpu"]

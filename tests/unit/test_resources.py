@@ -176,6 +176,18 @@ def test_classifier_pods_have_triton_only() -> None:
     assert not serving.is_generation(load_spec(SPEC))
 
 
+def test_serving_containers_pause_before_they_stop() -> None:
+    # Every container the Service sends traffic to sleeps through the drain before SIGTERM; the
+    # grace period leaves Triton its own 30 s after the pause.
+    pod = serving.build_deployment("llm", "ns", load_spec(GENERATION_SPEC), CONFIG, ARTIFACT, replicas=1)["spec"]["template"]["spec"]
+    for name in ("triton", "openai"):
+        assert _container(pod, name)["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}, name
+    assert pod["terminationGracePeriodSeconds"] == 35
+    off = CONFIG.model_copy(update={"drain_seconds": 0})
+    pod = serving.build_deployment("d", "ns", load_spec(SPEC), off, ARTIFACT, replicas=1)["spec"]["template"]["spec"]
+    assert "lifecycle" not in _container(pod, "triton") and pod["terminationGracePeriodSeconds"] == 30
+
+
 def test_names_fit_63_characters() -> None:
     long = "m" * 63
     assert len(common.job_name(long, "0123456789")) == 63

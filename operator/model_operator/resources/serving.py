@@ -66,6 +66,16 @@ def triton_args(config: OperatorConfig) -> list[str]:
     ]
 
 
+def drain_lifecycle(config: OperatorConfig) -> dict[str, Any]:
+    """A preStop sleep for the containers that answer the Service. A removed pod leaves the
+    Service's EndpointSlices at once, but kube-proxy on every node and clients holding
+    connections learn it a moment later; a server that stops at once in that moment refuses their
+    requests. The kubelet's own sleep action needs no shell in the image."""
+    if not config.drain_seconds:
+        return {}
+    return {"lifecycle": {"preStop": {"sleep": {"seconds": config.drain_seconds}}}}
+
+
 def is_generation(spec: ModelDeploymentSpec) -> bool:
     return bool(spec.model.task.value == "generation")
 
@@ -86,6 +96,7 @@ def openai_container(name: str, config: OperatorConfig) -> dict[str, Any]:
         "env": [{"name": "HOME", "value": "/tmp"}],
         "readinessProbe": {**probe, "failureThreshold": 3},
         "livenessProbe": {**probe, "failureThreshold": 6},
+        **drain_lifecycle(config),
         "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": c.container_security_context(),
@@ -153,6 +164,7 @@ def build_deployment(
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "failureThreshold": 3, **probe_common},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 6, **probe_common},
         "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 60, "periodSeconds": 2},
+        **drain_lifecycle(config),
         "resources": _triton_resources(serving, pool, spec.target),
         "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": c.container_security_context(),
@@ -170,7 +182,8 @@ def build_deployment(
         "volumes": volumes,
         "securityContext": c.pod_security_context(config),
         "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 30,
+        # The grace period covers the drain pause plus Triton's own shutdown of in-flight requests.
+        "terminationGracePeriodSeconds": 30 + config.drain_seconds,
     }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector

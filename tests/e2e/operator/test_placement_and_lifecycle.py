@@ -11,12 +11,14 @@ from md_helpers import (
     PLURAL,
     STORE_CLAIM,
     VERSION,
+    Load,
     condition,
     create_md,
     digits_md,
     get_md,
     make_claim,
     put_digits,
+    service_endpoint,
     stop,
     wait_phase,
 )
@@ -24,6 +26,12 @@ from md_helpers import (
 from kubetest.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _triton_pod_names(core_api: Any, namespace: str, name: str) -> list[str]:
+    """Every Triton pod of the ModelDeployment that still exists, terminating ones included."""
+    selector = f"serving.model-operator.io/deployment={name},app.kubernetes.io/component=triton"
+    return [p.metadata.name for p in core_api.list_namespaced_pod(namespace, label_selector=selector).items]
 
 
 @pytest.fixture
@@ -95,7 +103,9 @@ def test_corrupt_model_fails_with_the_workers_reason(start_operator: Any, namesp
     assert not apps_api.list_namespaced_deployment(namespace).items
 
 
-def test_edits_restart_and_scale(start_operator: Any, namespace: str, claims: Any, custom_api: Any, batch_api: Any, kubectl: Any) -> None:
+def test_edits_restart_and_scale(
+    start_operator: Any, namespace: str, claims: Any, custom_api: Any, batch_api: Any, core_api: Any, kubectl: Any
+) -> None:
     runner = start_operator()
     create_md(custom_api, namespace, digits_md("edited", optimization=FAST))
     # Restart the operator while the Job runs: the new one must adopt it, not start another.
@@ -121,3 +131,18 @@ def test_edits_restart_and_scale(start_operator: Any, namespace: str, claims: An
         lambda: (s := get_md(custom_api, namespace, "edited")["status"])["artifact"]["specHash"] != old_hash and s["phase"] == "Ready",
         timeout=300, message="new artifact rolled out",
     )
+
+    # Scaling down under load through the Service: the removed pod keeps answering through its
+    # preStop pause while kube-proxy drops it, so no client sees a refused connection.
+    wait_for(lambda: get_md(custom_api, namespace, "edited")["status"].get("ready") == "2/2", timeout=180, message="2/2 ready again")
+    pod = core_api.read_namespaced_pod(_triton_pod_names(core_api, namespace, "edited")[0], namespace)
+    triton = next(c for c in pod.spec.containers if c.name == "triton")
+    assert triton.lifecycle.pre_stop.sleep.seconds > 0, triton.lifecycle
+    with Load(service_endpoint(core_api, namespace, "edited-triton"), seconds=180, model="edited", pause=0.005) as load:
+        wait_for(lambda: load.sent > 20, timeout=60, message="requests answered through the Service")
+        kubectl("scale", "md", "edited", "-n", namespace, "--replicas=1")
+        wait_for(lambda: len(_triton_pod_names(core_api, namespace, "edited")) == 1, timeout=120, interval=0.5,
+                 message="one Triton pod left, the other gone")
+        after = load.sent
+        wait_for(lambda: load.sent > after + 20, timeout=60, message="requests answered after the pod was gone")
+    assert load.failed == 0, (load.sent, load.failed, load.errors)
