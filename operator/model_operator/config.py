@@ -64,6 +64,11 @@ class OperatorConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODEL_OPERATOR_", env_nested_delimiter="__", extra="ignore")
 
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty means all.")
+    shard: str = Field(
+        default="", max_length=63, pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$",
+        description="The fleet share this operator runs: the ModelDeployments labelled model-operator.io/shard=<shard>; "
+                    "empty: those without the label. The API server filters every watch by it.",
+    )
     worker_image: str = "model-operator-worker:0.1.0"
     triton_image: str = "tritonserver:24.10-py3"
     allowed_triton_images: list[str] = Field(

@@ -174,6 +174,21 @@ def test_artifact_ready_deploys_stable_service_and_pdb() -> None:
     assert p.counts == {"jobs_succeeded": 1}
 
 
+def test_a_sharded_mds_children_and_their_pods_carry_its_shard() -> None:
+    doc = md()
+    doc["metadata"]["labels"] = {names.LABEL_SHARD: "team-b"}
+    p = plan(doc, Observed(now=NOW), CONFIG)
+    (job,) = [o for o in p.objects() if o["kind"] == "Job"]
+    assert job["metadata"]["labels"][names.LABEL_SHARD] == "team-b"
+    assert job["spec"]["template"]["metadata"]["labels"][names.LABEL_SHARD] == "team-b"
+    doc["status"] = {"artifact": artifact(doc)}
+    served = plan(doc, Observed(now=NOW), CONFIG).objects()
+    assert {o["kind"] for o in served} >= {"Deployment", "Service"}
+    assert all(o["metadata"]["labels"][names.LABEL_SHARD] == "team-b" for o in served)
+    (dep,) = [o for o in served if o["kind"] == "Deployment"]
+    assert dep["spec"]["template"]["metadata"]["labels"][names.LABEL_SHARD] == "team-b"
+
+
 def stored(value: Any) -> Any:
     """A status as the API server keeps it: a merge patch's nulls are absent keys."""
     if isinstance(value, dict):

@@ -1,5 +1,6 @@
-"""Which watches the API server filters: every child kind by the operator's managed-by label, the
-ModelDeployments themselves not at all (the e2e test test_watch_filters shows what arrives)."""
+"""Which watches the API server filters: every child kind by the operator's managed-by label and
+its shard, the ModelDeployments by the shard alone (the e2e tests test_watch_filters and
+test_shards show what arrives)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,53 @@ import kopf
 from kopf._cogs.structs.references import Resource
 
 from model_operator.controller import handlers
+from model_operator.resources import common
 
 
 def _selector(settings: kopf.OperatorSettings, group: str, version: str, plural: str) -> str:
     return ",".join(settings.watching.label_selectors.collect(Resource(group, version, plural, namespaced=True)))
 
 
-def test_every_child_kind_is_filtered_by_the_managed_label_and_the_md_is_not() -> None:
+CHILDREN = [("", "v1", "pods"), ("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("", "v1", "services"),
+            ("policy", "v1", "poddisruptionbudgets"), ("autoscaling", "v2", "horizontalpodautoscalers"),
+            ("keda.sh", "v1alpha1", "scaledobjects"), ("monitoring.coreos.com", "v1", "servicemonitors")]
+
+
+def test_every_child_kind_is_filtered_by_the_managed_label_and_the_md_by_its_shard() -> None:
     settings = kopf.OperatorSettings()
     handlers.filter_watches_on_the_server(settings)
-    for group, version, plural in [("", "v1", "pods"), ("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("", "v1", "services"),
-                                   ("policy", "v1", "poddisruptionbudgets"), ("autoscaling", "v2", "horizontalpodautoscalers"),
-                                   ("keda.sh", "v1alpha1", "scaledobjects"), ("monitoring.coreos.com", "v1", "servicemonitors")]:
-        assert _selector(settings, group, version, plural) == "app.kubernetes.io/managed-by=model-operator", plural
-    assert _selector(settings, "serving.model-operator.io", "v1alpha1", "modeldeployments") == ""
+    # The unnamed shard (the default): objects without the shard label.
+    for group, version, plural in CHILDREN:
+        assert _selector(settings, group, version, plural) == \
+            "app.kubernetes.io/managed-by=model-operator,!serving.model-operator.io/shard", plural
+    assert _selector(settings, "serving.model-operator.io", "v1alpha1", "modeldeployments") == "!serving.model-operator.io/shard"
     # Same-named kinds of other groups are not the operator's children: no selector leaks onto them.
     assert _selector(settings, "metrics.k8s.io", "v1beta1", "pods") == ""
 
 
-def test_every_registered_watch_but_the_mds_is_filtered() -> None:
+def test_a_named_shard_selects_its_label() -> None:
+    settings = kopf.OperatorSettings()
+    handlers.filter_watches_on_the_server(settings, "team-b")
+    for group, version, plural in CHILDREN:
+        assert _selector(settings, group, version, plural) == \
+            "app.kubernetes.io/managed-by=model-operator,serving.model-operator.io/shard=team-b", plural
+    assert _selector(settings, "serving.model-operator.io", "v1alpha1", "modeldeployments") == "serving.model-operator.io/shard=team-b"
+
+
+def test_children_and_their_pods_carry_the_mds_shard() -> None:
+    def deployment() -> dict[str, object]:
+        return {"kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}},
+                "spec": {"template": {"metadata": {"labels": {"app": "d"}}, "spec": {}}}}
+
+    stamped = common.with_shard(deployment(), {common.LABEL_SHARD: "team-b", "other": "x"})
+    assert stamped["metadata"]["labels"] == {"a": "b", common.LABEL_SHARD: "team-b"}
+    assert stamped["spec"]["template"]["metadata"]["labels"] == {"app": "d", common.LABEL_SHARD: "team-b"}  # type: ignore[index]
+    assert common.with_shard(deployment(), {"other": "x"}) == deployment()
+    service = common.with_shard({"kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": []}}, {common.LABEL_SHARD: "c"})
+    assert service["metadata"]["labels"] == {common.LABEL_SHARD: "c"} and "template" not in service["spec"]
+
+
+def test_every_registered_watch_is_filtered() -> None:
     """A child index added later without a server-side selector would stream the whole cluster."""
     settings = kopf.OperatorSettings()
     handlers.filter_watches_on_the_server(settings)
@@ -37,4 +66,4 @@ def test_every_registered_watch_but_the_mds_is_filtered() -> None:
         resource = Resource(sel.group or "", sel.version or "v1", str(sel.any_name or sel.plural), namespaced=True)
         if not settings.watching.label_selectors.collect(resource):
             unfiltered.add(resource.plural)
-    assert unfiltered == {"modeldeployments"}
+    assert unfiltered == set()

@@ -102,7 +102,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Lists (at start and after each watch expires) come in pages: one response for every object
     # of a large fleet is held as bytes, text and parsed objects at once.
     settings.watching.chunk_size = 100
-    filter_watches_on_the_server(settings)
+    filter_watches_on_the_server(settings, config.shard)
     settings.networking.request_timeout = 60
     kube = Kube()
     memo.kube = kube
@@ -176,17 +176,19 @@ WATCHED_KINDS = 3 + len(_CHILD_INDEXES)
 CHILD_KINDS = (("batch", "v1", "jobs"), ("", "v1", "pods"), *((g, v, p) for _, g, v, p in _CHILD_INDEXES))
 
 
-def managed_selector() -> str:
-    """The label selector the API server applies to every child watch and list."""
-    return ",".join(f"{k}={v}" for k, v in sorted(MANAGED.items()))
+def managed_selector(shard: str = "") -> str:
+    """The label selector the API server applies to every child watch and list: ours, of our shard."""
+    return ",".join([*(f"{k}={v}" for k, v in sorted(MANAGED.items())), names.shard_selector(shard)])
 
 
-def filter_watches_on_the_server(settings: kopf.OperatorSettings) -> None:
+def filter_watches_on_the_server(settings: kopf.OperatorSettings, shard: str = "") -> None:
     """kopf's `labels=` filters run in the operator, after every Pod, Job, Deployment... of the
     cluster has been streamed and decoded. kopf's settings.watching.label_selectors go into the
-    list and watch requests as labelSelector: the API server sends only the operator's children."""
+    list and watch requests as labelSelector: the API server sends only the operator's children,
+    and of the ModelDeployments only this shard's (config.shard)."""
     for group, version, plural in CHILD_KINDS:
-        settings.watching.label_selectors[group, version, plural] = managed_selector()
+        settings.watching.label_selectors[group, version, plural] = managed_selector(shard)
+    settings.watching.label_selectors[GROUP, VERSION, PLURAL] = names.shard_selector(shard)
 
 
 def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:

@@ -13,6 +13,7 @@ import kopf
 from ..config import ArtifactStore
 from ..kube.api import DESIRED_HASH, with_desired_hash
 from ..resources import access
+from ..resources import common as names
 from . import status as st
 
 Key = tuple[str, str]
@@ -180,6 +181,7 @@ class Draft:
             self.conflict(obj["kind"], obj["metadata"]["name"], observed)
             return
         kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, self.md)))
+        names.with_shard(obj, (self.md.get("metadata") or {}).get("labels") or {})
         with_desired_hash(obj)
         self.plan.apply.append(Child(obj, observed, optional, counter, uid=observed.get("uid") if observed else None))
 

@@ -14,6 +14,9 @@ LABEL_DEPLOYMENT: Final = f"{DOMAIN}/deployment"
 LABEL_TRACK: Final = f"{DOMAIN}/track"
 LABEL_REVISION: Final = f"{DOMAIN}/revision"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+# Which operator release runs a ModelDeployment (config.shard); its children carry it too, so
+# each release's watches select only its own share of the fleet on the server.
+LABEL_SHARD: Final = f"{DOMAIN}/shard"
 ANNOTATION_SHA256: Final = f"{DOMAIN}/artifact-sha256"
 MANAGED_BY: Final = {"app.kubernetes.io/managed-by": "model-operator"}
 
@@ -42,6 +45,24 @@ def deployment_name(md_name: str, track: str = "stable") -> str:
 
 def service_name(md_name: str) -> str:
     return truncate(md_name, "-triton")
+
+
+def shard_selector(shard: str) -> str:
+    """The label selector of one shard: its label value, or for the unnamed shard no label at all."""
+    return f"{LABEL_SHARD}={shard}" if shard else f"!{LABEL_SHARD}"
+
+
+def with_shard(obj: dict[str, Any], md_labels: dict[str, str]) -> dict[str, Any]:
+    """Copy the ModelDeployment's shard label onto a child and the pods its template makes (the
+    pod watch is filtered by it too). A ModelDeployment without the label leaves it unchanged."""
+    shard = md_labels.get(LABEL_SHARD)
+    if not shard:
+        return obj
+    obj["metadata"].setdefault("labels", {})[LABEL_SHARD] = shard
+    template = (obj.get("spec") or {}).get("template")
+    if isinstance(template, dict):
+        template.setdefault("metadata", {}).setdefault("labels", {})[LABEL_SHARD] = shard
+    return obj
 
 
 def base_labels(md_name: str, component: str) -> dict[str, str]:
