@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .resources.images import PATTERN_HELP, invalid_patterns, repository
@@ -108,8 +108,20 @@ class OperatorConfig(BaseSettings):
     autotune_max_configs: int = Field(
         default=16, ge=2, le=64, description="Most Triton configs one autotune sweep measures, the batch-1 baseline included."
     )
-    worker_node_selector: dict[str, str] = Field(default_factory=dict, description="Where optimization Jobs run.")
+    worker_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Where worker Jobs run that have no target pool (worker_placement: worker, device targets, cleanup).")
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    worker_placement: Literal["target-pool", "worker"] = Field(
+        default="target-pool",
+        description="target-pool: the optimization Job runs on the pool that will serve the model (its selectors, tolerations, "
+                    "arch, one GPU when it serves on GPUs), so the search measures latency where the artifact will run; "
+                    "worker: on worker_node_selector.",
+    )
+    benchmark_pools: dict[str, str] = Field(
+        default_factory=dict,
+        description="Target (cloud, edge, device) -> node pool the optimization Job runs on instead of the serving pool: "
+                    "a pool of the same hardware kept for benchmarks, or the pool a device target's devices match.",
+    )
     worker_service_account: str | None = None
     triton_service_account: str | None = None
     triton_args: list[str] = Field(default_factory=list, description="Extra tritonserver arguments.")
@@ -128,6 +140,17 @@ class OperatorConfig(BaseSettings):
         if bad:
             raise ValueError(f"allowed_triton_images: {', '.join(map(repr, bad))} can never match an image; use {PATTERN_HELP}")
         return value
+
+    @model_validator(mode="after")
+    def _benchmark_pools_exist(self) -> "OperatorConfig":
+        unknown = {target: pool for target, pool in self.benchmark_pools.items() if pool not in self.node_pools}
+        if unknown:
+            known = ", ".join(sorted(self.node_pools)) or "none configured"
+            raise ValueError(f"benchmark_pools: {unknown} names no node pool (known: {known})")
+        targets = set(self.benchmark_pools) - {"cloud", "edge", "device"}
+        if targets:
+            raise ValueError(f"benchmark_pools: {sorted(targets)} are not targets (cloud, edge, device)")
+        return self
 
     def triton_image_patterns(self) -> list[str]:
         """The allow-list in force: the configured patterns, else the Triton image's repository

@@ -200,6 +200,7 @@ def test_default_config_parses_with_the_operator_config_class(tmp_path: Path) ->
     assert config.prometheus_timeout_seconds == 5 and config.prometheus_window == "1m"
     assert config.metrics_port == 9090
     assert config.worker_resources == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+    assert (config.worker_placement, config.benchmark_pools) == ("target-pool", {})
     assert (config.security.run_as_user, config.security.run_as_group, config.security.fs_group) == (1000, 1000, 1000)
 
 
@@ -218,6 +219,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
             "serviceAccountName": "optimizer",
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 60,
+            "placement": "worker",
+            "benchmarkPools": {"edge": "a100"},
         },
         "triton": {"image": {"tag": "25.01-py3"}, "allowedImages": ["registry.example/*", "tritonserver:25.01-py3"],
                    "args": ["--metrics-config=histogram_latencies=true"], "serviceAccountName": "triton",
@@ -243,6 +246,7 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
     assert (config.worker_service_account, config.triton_service_account) == ("optimizer", "triton")
     assert config.drain_seconds == 12
     assert (config.job_backoff_limit, config.job_ttl_seconds) == (0, 60)
+    assert (config.worker_placement, config.benchmark_pools) == ("worker", {"edge": "a100"})
     # Helm deep-merges maps: the default pools stay, the new one joins them.
     assert sorted(config.node_pools) == ["a100", "edge", "gpu"]
     assert config.node_pools["a100"].gpu_product == "NVIDIA-A100-SXM4-80GB"

@@ -64,7 +64,7 @@ def test_job_is_named_by_spec_hash_and_runs_the_worker() -> None:
     # The user's keys under their own names: they read the model and data, never publish.
     assert worker["envFrom"] == [{"prefix": "MODEL_SOURCE_", "secretRef": {"name": "creds"}}]
     assert obj["spec"]["activeDeadlineSeconds"] == 600 and obj["spec"]["backoffLimit"] == CONFIG.job_backoff_limit
-    assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"node-pool": "local"}
+    assert pod["restartPolicy"] == "Never"
     mounts = {m["mountPath"]: m["readOnly"] for m in worker["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc")}
     # The store claim only at this MD's directory, the one writable place; inputs read-only.
     assert mounts == {"/mnt/pvc/models": True, "/mnt/pvc/data": True, "/mnt/pvc/store/ns/digits": False}
@@ -72,6 +72,46 @@ def test_job_is_named_by_spec_hash_and_runs_the_worker() -> None:
     assert store_mount["subPath"] == "ns/digits"
     assert [v["persistentVolumeClaim"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "store"] == [
         {"claimName": "store", "readOnly": False}]
+
+
+def test_the_job_measures_on_the_pool_that_will_serve() -> None:
+    # Served on the GPU pool with GPUs: the Job runs there, on one GPU of the pool's model, and
+    # tells the worker its pool and node (status.optimization.measuredOn).
+    pod = job.build_worker_job("digits", "ns", load_spec(SPEC), CONFIG)["spec"]["template"]["spec"]
+    worker = _container(pod, "worker")
+    assert pod["nodeSelector"] == {"node-pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == GPU_POOL.tolerations
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == worker["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    env = {e["name"]: e for e in worker["env"]}
+    assert env["MODEL_OPERATOR_POOL"]["value"] == "gpu"
+    assert env["MODEL_OPERATOR_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+    # An edge target: the edge pool's arch and taint, no GPU.
+    edge = json.loads(json.dumps(SPEC)) | {"target": "edge", "serving": {"nodePool": "edge", "replicas": 1}}
+    pod = job.build_worker_job("digits", "ns", load_spec(edge), CONFIG)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"node-pool": "edge", "kubernetes.io/arch": "arm64"} and pod["tolerations"] == EDGE_POOL.tolerations
+    assert "nvidia.com/gpu" not in json.dumps(_container(pod, "worker")["resources"])
+
+    # A benchmark pool for the target wins over the serving pool.
+    bench = CONFIG.model_copy(update={"benchmark_pools": {"cloud": "edge"}})
+    pod = job.build_worker_job("digits", "ns", load_spec(SPEC), bench)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"node-pool": "edge", "kubernetes.io/arch": "arm64"}
+
+    # placement worker, or a device target (no serving pool): the worker's own placement, no pool.
+    for config, spec in ((CONFIG.model_copy(update={"worker_placement": "worker"}), SPEC),
+                         (CONFIG, {k: v for k, v in SPEC.items() if k != "serving"} | {"target": "device"})):
+        pod = job.build_worker_job("digits", "ns", load_spec(spec), config)["spec"]["template"]["spec"]
+        worker = _container(pod, "worker")
+        assert pod["nodeSelector"] == {"node-pool": "local"} and "tolerations" not in pod
+        assert "MODEL_OPERATOR_POOL" not in {e["name"] for e in worker["env"]}
+        assert "nvidia.com/gpu" not in json.dumps(worker["resources"])
+
+
+def test_a_benchmark_pool_must_exist() -> None:
+    with pytest.raises(ValueError, match=r"benchmark_pools: \{'edge': 'nope'\} names no node pool \(known: edge, gpu\)"):
+        OperatorConfig(node_pools={"gpu": GPU_POOL, "edge": EDGE_POOL}, benchmark_pools={"edge": "nope"})
+    with pytest.raises(ValueError, match="not targets"):
+        OperatorConfig(node_pools={"gpu": GPU_POOL}, benchmark_pools={"gpus": "gpu"})
 
 
 def test_serving_edit_keeps_the_job_name() -> None:

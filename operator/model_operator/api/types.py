@@ -675,6 +675,15 @@ class OptimizationProgress(StatusModel):
     latest: list[Candidate] = Field(default_factory=list, description="The latest candidates' results, newest last.")
 
 
+class MeasuredOn(StatusModel):
+    node: str | None = None
+    """The node the optimization Job ran on."""
+    pool: str | None = None
+    """Its node pool: the serving pool, or the target's benchmark pool (operator config); absent when the Job ran on the worker's own placement."""
+    arch: str | None = None
+    """The machine architecture the worker saw (x86_64, aarch64)."""
+
+
 class OptimizationStatus(StatusModel):
     recipe: str | None = None
     """The recipe that was chosen."""
@@ -704,6 +713,7 @@ class OptimizationStatus(StatusModel):
     )
     objective: str | None = None
     """The objective the recipe was chosen for: latency, size or balanced."""
+    measured_on: MeasuredOn | None = Field(default=None, description="Where the latencies were measured.")
 
 
 class Endpoint(StatusModel):

@@ -16,9 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +304,7 @@ def run(
         "latencySpread": won.latency_spread,
         "qualitySamples": len(parts.report),
         "objective": objective.value,
+        "measuredOn": measured_on(),
     })
 
     with r.step("package"):
@@ -698,6 +701,16 @@ def _backend(model_dir: Path) -> str:
         if line.startswith("backend:"):
             return line.split(":", 1)[1].strip().strip('"')
     return ""
+
+
+def measured_on(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Where the latencies were taken: the node and pool the Job ran on (from its pod spec, the
+    operator's placement) and the machine's architecture, as the worker sees them."""
+    out = {"arch": platform.machine()}
+    for key, var in (("node", "MODEL_OPERATOR_NODE_NAME"), ("pool", "MODEL_OPERATOR_POOL")):
+        if env.get(var):
+            out[key] = env[var]
+    return out
 
 
 def _environment(n_threads: int) -> dict[str, Any]:

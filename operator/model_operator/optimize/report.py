@@ -5,7 +5,7 @@ Summary (docs/contracts.md):
  "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"},
  "optimization": {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter",
                   "latencyMsOnnxFp32", "speedup", "speedupVsOnnxFp32", "latencyBatchSize", "threads",
-                  "latencySpread", "qualitySamples", "objective",
+                  "latencySpread", "qualitySamples", "objective", "measuredOn": {"node", "pool", "arch"},
                   "candidates": [{"name", "passed", "latencyMs", "latencySpread", "pareto", "sizeBytes",
                                   "quality", "reason"}]}}
 latencyMsBefore is the original in its own framework (PyTorch eager / TorchScript, or ONNX Runtime

@@ -144,8 +144,12 @@ def merge_resources(*layers: dict[str, dict[str, str]] | None) -> dict[str, dict
     return copy.deepcopy(out)
 
 
-def worker_pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]], config: OperatorConfig) -> dict[str, Any]:
-    """A run-once pod on the worker image, placed where the configuration puts worker Jobs."""
+def worker_pod_spec(
+    container: dict[str, Any], volumes: list[dict[str, Any]], config: OperatorConfig,
+    placement: tuple[dict[str, str], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """A run-once pod on the worker image, placed where the configuration puts worker Jobs, or
+    by `placement` (node selector, tolerations) on a node pool."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -153,10 +157,11 @@ def worker_pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]], co
         "securityContext": pod_security_context(config),
         "automountServiceAccountToken": False,
     }
-    if config.worker_node_selector:
-        pod_spec["nodeSelector"] = dict(config.worker_node_selector)
-    if config.worker_tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in config.worker_tolerations]
+    selector, tolerations = placement or (config.worker_node_selector, config.worker_tolerations)
+    if selector:
+        pod_spec["nodeSelector"] = dict(selector)
+    if tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tolerations]
     if config.worker_service_account:
         pod_spec["serviceAccountName"] = config.worker_service_account
     return pod_spec

@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 from ..api.hashing import spec_hash as compute_hash
-from ..api.types import ModelDeploymentSpec
-from ..config import OperatorConfig
+from ..api.types import ModelDeploymentSpec, Target
+from ..config import NodePool, OperatorConfig
 from ..optimize.progress import PORT as PROGRESS_PORT
 from ..storage.s3 import SOURCE_PREFIX
 from . import access as a
 from . import common as c
+from .serving import pool_selector, resolve_pool
 
 TERMINATION_LOG = "/dev/termination-log"
 # The worker's exit codes that retrying cannot change (docs/contracts.md): 2 bad input, 3 gate rejected.
@@ -24,6 +25,23 @@ def spec_uris(spec: ModelDeploymentSpec) -> list[str | None]:
         spec.data.calibration.uri if spec.data.calibration else None,
         spec.data.validation.uri if spec.data.validation else None,
     ]
+
+
+def measurement_pool(spec: ModelDeploymentSpec, config: OperatorConfig) -> tuple[str, NodePool] | None:
+    """The node pool the optimization Job runs on, so that the search times its candidates on the
+    hardware that will serve the chosen one: the target's benchmark pool, else (worker_placement
+    target-pool) the serving pool. None: the worker's own placement (and for targets without a pool)."""
+    named = config.benchmark_pools.get(spec.target.value)
+    if named:
+        return named, config.node_pools[named]  # the config refuses names it has no pool for
+    if config.worker_placement != "target-pool":
+        return None
+    name, pool = resolve_pool(spec, config)
+    return (name, pool) if name else None
+
+
+def uses_gpu(spec: ModelDeploymentSpec, pool: NodePool) -> bool:
+    return bool(spec.target == Target.cloud and spec.serving and spec.serving.gpus and pool.gpu_product)
 
 
 def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -92,7 +110,20 @@ def build_worker_job(name: str, namespace: str, spec: ModelDeploymentSpec, confi
     if env_from:
         container["envFrom"] = env_from
 
-    pod_spec = c.worker_pod_spec(container, volumes, config)
+    placement = None
+    measured = measurement_pool(spec, config)
+    if measured is not None:
+        pool_name, pool = measured
+        gpu = uses_gpu(spec, pool)
+        placement = (pool_selector(pool, gpus=gpu), pool.tolerations)
+        if gpu:  # one GPU: the fp16 candidates and the latency step run on it
+            for part in ("requests", "limits"):
+                container["resources"].setdefault(part, {})["nvidia.com/gpu"] = "1"
+        # Where the latency step ran goes into the report (status.optimization.measuredOn).
+        env += [{"name": "MODEL_OPERATOR_POOL", "value": pool_name}]
+    env.append({"name": "MODEL_OPERATOR_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+
+    pod_spec = c.worker_pod_spec(container, volumes, config, placement)
 
     return {
         "apiVersion": "batch/v1",

@@ -41,6 +41,16 @@ def resolve_pool(spec: ModelDeploymentSpec, config: OperatorConfig) -> tuple[str
     return name, pool
 
 
+def pool_selector(pool: NodePool, gpus: bool) -> dict[str, str]:
+    """The node selector of a pool: its labels, its architecture, and its GPU model for pods that use GPUs."""
+    selector = dict(pool.node_selector)
+    if pool.gpu_product and gpus:
+        selector["nvidia.com/gpu.product"] = pool.gpu_product
+    if pool.arch:
+        selector["kubernetes.io/arch"] = pool.arch
+    return selector
+
+
 def _triton_resources(serving: Serving, pool: NodePool, target: Target) -> dict[str, dict[str, str]]:
     resources = c.merge_resources(pool.resources, serving.resources.model_dump())
     if serving.gpus and target == Target.cloud:
@@ -171,11 +181,7 @@ def build_deployment(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
-    node_selector = dict(pool.node_selector)
-    if pool.gpu_product and serving.gpus:
-        node_selector["nvidia.com/gpu.product"] = pool.gpu_product
-    if pool.arch:
-        node_selector["kubernetes.io/arch"] = pool.arch
+    node_selector = pool_selector(pool, gpus=bool(serving.gpus))
     pod_spec: dict[str, Any] = {
         "initContainers": [assemble],
         "containers": [triton, openai_container(name, config)] if is_generation(spec) else [triton],

@@ -79,6 +79,38 @@ def test_gpu_and_edge_pools(start_operator: Any, namespace: str, claims: Any, cu
     assert pods[0].spec.node_selector["kubernetes.io/arch"] == "arm64"
 
 
+def _job_pods(core_api: Any, namespace: str, name: str) -> list[Any]:
+    selector = f"serving.model-operator.io/deployment={name},app.kubernetes.io/component=optimizer"
+    return [p for p in core_api.list_namespaced_pod(namespace, label_selector=selector).items if p.spec.node_name]
+
+
+def test_the_worker_runs_on_the_target_pool(start_operator: Any, namespace: str, claims: Any, custom_api: Any, core_api: Any) -> None:
+    """The product's default (no benchmark pools): each optimization Job goes to the pool that
+    will serve its model, so the recipe search times candidates on that hardware. The GPU and
+    arm64 pools are simulated here: the scheduler places their Jobs' pods (what this checks), no
+    worker runs there. The local pool's Job runs for real and the status says where it measured."""
+    start_operator(benchmark_pools={})
+    gpu = digits_md("opt-on-gpu", optimization=FAST)
+    gpu["spec"]["serving"] = {"nodePool": "gpu", "gpus": 1, "replicas": 1}
+    edge = digits_md("opt-on-edge", optimization=FAST, target="edge")
+    edge["spec"]["serving"] = {"nodePool": "edge", "replicas": 1}
+    for body in (gpu, edge, digits_md("opt-local", optimization=FAST)):
+        create_md(custom_api, namespace, body)
+
+    (pod,) = wait_for(lambda: _job_pods(core_api, namespace, "opt-on-gpu"), timeout=120, message="the GPU model's Job pod scheduled")
+    assert pod.spec.node_name.startswith("gpu-"), pod.spec.node_name
+    assert pod.spec.node_selector == {"node-pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    (pod,) = wait_for(lambda: _job_pods(core_api, namespace, "opt-on-edge"), timeout=120, message="the edge model's Job pod scheduled")
+    assert pod.spec.node_name.startswith("edge-") and pod.spec.node_selector["kubernetes.io/arch"] == "arm64"
+
+    md = wait_phase(custom_api, namespace, "opt-local", "Ready", timeout=300)
+    nodes = {p.spec.node_name for p in _job_pods(core_api, namespace, "opt-local")}
+    measured = md["status"]["optimization"]["measuredOn"]
+    assert measured["node"] in nodes, (measured, nodes)
+    assert (measured["pool"], measured["arch"]) == ("local", "x86_64"), measured
+
+
 def test_too_many_gpus_shows_the_schedulers_reason(start_operator: Any, namespace: str, claims: Any, custom_api: Any) -> None:
     start_operator()
     body = digits_md("greedy", optimization=FAST)
