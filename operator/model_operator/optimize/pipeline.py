@@ -63,6 +63,7 @@ BUDGET_SHARE = 0.85
 BATCH1_SAMPLES = 256  # the gate at batch 1 looks at this many selection samples at most
 LATENCY_ROUNDS = 5
 EVAL_BATCH_DEVICE = 32  # evaluation batch when nothing is served (device target)
+SHRINK_SAMPLES = 64  # samples whose activations score the channels of structured pruning
 
 
 @dataclass
@@ -391,9 +392,13 @@ def run(
 # --- one candidate --------------------------------------------------------------------------------
 
 
-def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task) -> tuple[Path, dict[str, Any]]:
+def _float_model(
+    r: Run, plan: Plan, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task, samples: Dataset | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The clipped/pruned float model of `plan` (ONNX, or TorchScript for conversion.format
-    torchscript), shared by every plan with the same transform."""
+    torchscript), shared by every plan with the same transform. Structured pruning of an ONNX
+    artifact removes the channels from the exported graph (shrink.py), scored on `samples`
+    (calibration data, else the validation selection part); into TorchScript it zeroes them."""
     key = "float:" + plan.transform_key()
     if key in r.cache:
         return r.cache[key]
@@ -401,12 +406,14 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
     d.mkdir(parents=True, exist_ok=True)
     details: dict[str, Any] = {}
     conversion = r.spec.conversion
+    shrinking = plan.pruning.method == PruningMethod.structured and ConversionFormat(conversion.format) == ConversionFormat.onnx
+    weight_pruning = Pruning() if shrinking else plan.pruning
     if source.is_torch:
         from .convert import export_onnx, save_torchscript
         from .transform import transform_torch
 
         module = source.load_fresh()
-        clip_stats, prune_stats = transform_torch(module, plan.clipping, plan.pruning, calibration=calibration, inputs=source.inputs, task=task.value)
+        clip_stats, prune_stats = transform_torch(module, plan.clipping, weight_pruning, calibration=calibration, inputs=source.inputs, task=task.value)
         if ConversionFormat(conversion.format) == ConversionFormat.torchscript:
             path = save_torchscript(source.kind, module, d / "model.pt")
         else:
@@ -417,15 +424,32 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
 
         from .onnxweights import transform_onnx
 
-        model, clip_stats, prune_stats = transform_onnx(source.onnx_model, plan.clipping, plan.pruning)
+        model, clip_stats, prune_stats = transform_onnx(source.onnx_model, plan.clipping, weight_pruning)
         path = d / "model.onnx"
         onnx.save(model, str(path))
     if plan.clipping.method.value != "none":
         details["clipping"] = clip_stats.as_dict()
-    if plan.pruning.method != PruningMethod.none:
+    if shrinking:
+        details["pruning"] = _shrunk(path, plan.pruning.sparsity, calibration or samples)
+    elif plan.pruning.method != PruningMethod.none:
         details["pruning"] = prune_stats.as_dict()
     r.cache[key] = (path, details)
     return path, details
+
+
+def _shrunk(path: Path, amount: float, samples: Dataset | None) -> dict[str, Any]:
+    """Remove `amount` of the prunable channels of the ONNX model at `path` (in place)."""
+    import onnx
+
+    from .shrink import ort_sampler, shrink
+
+    model = onnx.load(str(path))
+    feeds = None if samples is None else samples.take(SHRINK_SAMPLES).inputs
+    shrunk, stats = shrink(model, amount, sample=ort_sampler(feeds) if feeds else None)
+    onnx.save(shrunk, str(path))
+    log.info("structured pruning: %d of %d channels removed in %d layers (%d left whole: residual, grouped or shared); parameters %d -> %d",
+             stats.removed, stats.channels, stats.groups, stats.skipped, stats.params_before, stats.params_after)
+    return stats.as_dict()
 
 
 def _candidate(
@@ -434,7 +458,7 @@ def _candidate(
 ) -> Outcome:
     from .quantize import match_names, preprocess, quantize
 
-    float_path, details = _float_model(r, plan, source, calibration, validation, task)
+    float_path, details = _float_model(r, plan, source, calibration, validation, task, validation.subset(parts.selection))
     details = dict(details)
     q = plan.quantization
     mode = QuantizationMode(q.mode)
