@@ -330,6 +330,13 @@ def run(
         digest = storage.digest.digest_of(files)
         model_rel = next(p for p in files if p.startswith(f"repository/{name}/1/model.") and not p.endswith(".py"))
         size = (stage / model_rel).stat().st_size
+        compress = Target(spec.target) != Target.cloud
+        transfer: dict[str, Any] = {}
+        if compress:  # what an edge node or device downloads: the package as a gzip-compressed tar
+            from ..storage.presigned import GZIP_LEVEL, write_archive
+
+            transfer = {"transferBytes": write_archive(stage, work / "transfer.tar.gz", compress=True),
+                        "transferCompression": f"tar+gzip level {GZIP_LEVEL} (model repository and golden samples)"}
         report = {
             "name": name,
             "specHash": shash,
@@ -347,7 +354,7 @@ def run(
                 "uri": output, "sha256": digest, "format": fmt, "modelFile": model_rel, "sizeBytes": size,
                 "originalSizeBytes": source.size_bytes, "sizeRatio": rep.rounded(source.size_bytes / size if size else 0.0, 4),
                 "inputs": _dump(in_sig), "outputs": _dump(out_sig), "backend": _backend(model_dir), "files": files,
-                "graphOptimizationLevel": won.plan.graph_level, **_onnx_facts(art, fmt),
+                "graphOptimizationLevel": won.plan.graph_level, **transfer, **_onnx_facts(art, fmt),
             },
             "optimization": rep.rounded({
                 "recipe": won.plan.name,
@@ -376,7 +383,7 @@ def run(
             if upload_url_file:
                 from ..storage.presigned import put_archive
 
-                put_archive(stage, upload_url_file, output)
+                put_archive(stage, upload_url_file, output, compress=compress)
             else:
                 storage.publish_dir(stage, output, base_dir=base_dir)
         except storage.StorageError as exc:
@@ -386,6 +393,7 @@ def run(
     return rep.summary(
         spec_hash=shash, uri=output, sha256=digest, fmt=fmt, size_bytes=size, original_size_bytes=source.size_bytes,
         recipe=won.plan.name, quality_before=quality_before, quality_after=quality_after, figures=figures, outcomes=outcomes, chosen=best,
+        transfer_bytes=transfer.get("transferBytes"),
     )
 
 
@@ -519,7 +527,24 @@ def _candidate(
                                         _take(validation.labels, parts.report), _take(validation.targets, parts.report), view.subset(parts.report))
     o.details = details
     o.size_bytes = art.stat().st_size
+    if Target(r.spec.target) != Target.cloud:
+        o.transfer_bytes = gzip_size(art)
     return o
+
+
+def gzip_size(path: Path) -> int:
+    """Size of `path` gzip-compressed at the level the edge/device archive uses: zeros of pruned
+    weights cost (almost) nothing in transfer."""
+    import zlib
+
+    from ..storage.presigned import GZIP_LEVEL
+
+    comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += len(comp.compress(chunk))
+    return n + len(comp.flush())
 
 
 def _take(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
