@@ -4,8 +4,8 @@ encoder; plus the compressed transfer size of edge/device packages."""
 
 from __future__ import annotations
 
-import io
 import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -73,12 +73,12 @@ class TinyEncoder(nn.Module):
 
 
 def export(module: Any, example: Any, dynamic: dict[int, str]) -> Any:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (example,), buf, dynamo=False, input_names=["x"], output_names=["y"],
+        path = Path(tmp) / "m.onnx"
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": dynamic, "y": {0: "batch"}}, opset_version=17)
-    return onnx.load_from_string(buf.getvalue())
+        return onnx.load(str(path))
 
 
 def run(model: Any, x: np.ndarray) -> np.ndarray:
@@ -137,7 +137,8 @@ def test_dead_channels_go_first_and_the_output_is_unchanged() -> None:
     with torch.no_grad():
         m.c1.weight[dead] = 0.0
         m.c1.bias[dead] = -5.0
-        m.fc1.bias[:] = 5.0  # every fc1 unit alive: only conv1's dead channels can go for free
+        assert m.fc1.bias is not None
+        m.fc1.bias.fill_(5.0)  # every fc1 unit alive: only conv1's dead channels can go for free
     x = np.random.default_rng(2).standard_normal((16, 1, 8, 8)).astype(np.float32)
     model = export(m, torch.from_numpy(x[:2]), {0: "batch"})
     out, stats = shrink(model, len(dead) / (16 + 64), sample=ort_sampler({"x": x}))

@@ -14,10 +14,12 @@ Anything else touching the flow disqualifies the group, which is left whole: a r
 Concat (the channels are tied to another branch), a depthwise or grouped Conv, a Reshape, a
 graph output, a weight shared by two nodes. Fewer layers pruned, never a broken graph.
 
-Which channels go: a sensitivity score per channel, the first-order size of its contribution to
-the next layer, mean |activation| on sample inputs (what the consumers read) times the L2 norm
-of the consumers' weight slice; without samples the producer's weight norm stands in for the
-activation. Scores are normalized per group (divided by the group's mean) and ranked across all
+Which channels go: a sensitivity score per channel, the size of the change its removal makes in
+the next layer's output, measured on sample inputs: the spread of the activation the consumers
+read times the L2 norm of their weight slice. Where a consumer has a bias, a removed channel's
+mean activation is folded into it (so only the spread is lost, and the score is the standard
+deviation); else the score is the root mean square. Without samples the producer's weight norm
+stands in for the activation. Scores are normalized per group (divided by the group's mean) and ranked across all
 groups, so layers whose channels matter evenly lose fewer; `amount` bounds the fraction of all
 prunable channels removed, each group keeps at least MIN_KEEP of its own.
 """
@@ -67,6 +69,7 @@ class ShrinkStats:
     params_before: int = 0
     params_after: int = 0
     data_aware: bool = False
+    compensated: int = 0  # consumers whose bias took the removed channels' mean
     per_group: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,7 +77,7 @@ class ShrinkStats:
             "method": "structured", "shrunk": True, "groups": self.groups, "groupsSkipped": self.skipped, "channels": self.channels,
             "channelsRemoved": self.removed, "parametersBefore": self.params_before, "parametersAfter": self.params_after,
             "parameterRatio": round(self.params_after / self.params_before, 4) if self.params_before else 1.0,
-            "scores": "activation x weight norm" if self.data_aware else "weight norm",
+            "scores": "activation x weight norm" if self.data_aware else "weight norm", "biasCompensated": self.compensated,
         }
 
 
@@ -202,11 +205,11 @@ def _flow(g: _Graph, grp: Group) -> bool:
                     pending.add(id(node))  # the other side may join the flow later; else a residual
                     continue
                 for other in others:
-                    axis = _const_axis(g.arrays[other], grp.channels, grp.channel_last, flat)
-                    if axis is None or (axis >= 0 and g.uses(other) != 1):
+                    c_axis = _const_axis(g.arrays[other], grp.channels, grp.channel_last, flat)
+                    if c_axis is None or (c_axis >= 0 and g.uses(other) != 1):
                         return False
-                    if axis >= 0:
-                        grp.per_channel.append((other, axis))
+                    if c_axis >= 0:
+                        grp.per_channel.append((other, c_axis))
             elif op == "BatchNormalization" and not grp.channel_last and not flat:
                 for p in list(node.input)[1:5]:
                     if p not in g.inits or g.uses(p) != 1 or g.arrays[p].shape != (grp.channels,):
@@ -247,10 +250,40 @@ def find_groups(model: Any) -> tuple[list[Group], int]:
     return groups, skipped
 
 
+def _row_stats(act: np.ndarray, grp: Group, cons: Consumer) -> tuple[np.ndarray, np.ndarray]:
+    """Per input row of the consumer (channel x block position): the activation's mean and its
+    standard deviation over the samples (and positions)."""
+    a = act.astype(np.float64)
+    c = grp.channels
+    if grp.channel_last or cons.block > 1:
+        rows = a.reshape(-1, c * cons.block)
+    else:
+        rows = np.moveaxis(a, 1, -1).reshape(-1, c)
+    return rows.mean(axis=0), rows.std(axis=0)
+
+
+def _consumer_bias(g: _Graph, cons: Consumer) -> str | None:
+    """The initializer that adds a bias to the consumer's output (where the mean of a removed
+    channel can go), used there only."""
+    node = cons.node
+    n_out = g.arrays[cons.weight].shape[0 if node.op_type == "Conv" or cons.axis == 1 else 1]
+    if node.op_type in ("Conv", "Gemm"):
+        b = g.weight(node, 2)
+        return b if b is not None and g.arrays[b].shape == (n_out,) else None
+    users = g.consumers.get(node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "Add":
+        other = next((x for x in users[0].input if x != node.output[0]), None)
+        if other is not None and other in g.inits and g.uses(other) == 1 and g.arrays[other].shape == (n_out,):
+            return str(other)
+    return None
+
+
 def channel_scores(model: Any, groups: list[Group], activations: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    """Per group, a score per channel (higher: keep). With `activations` (consumer input tensor ->
-    its values on sample inputs): mean |activation| x the consumers' weight norm; else the
-    producer's weight norm x the consumers'."""
+    """Per group, a score per channel (higher: keep): the size of the change its removal makes
+    in the consumers' outputs. With `activations` (consumer input tensor -> its values on sample
+    inputs): the activation's spread (its standard deviation where the consumer has a bias that
+    takes the mean, else its root mean square) x the consumer weight slice's L2 norm; without,
+    the producer's weight norm x the consumers'."""
     g = _Graph(model)
     out = []
     for grp in groups:
@@ -260,18 +293,14 @@ def channel_scores(model: Any, groups: list[Group], activations: dict[str, np.nd
         score = np.zeros(c)
         for cons in grp.consumers:
             cw = np.moveaxis(g.arrays[cons.weight], cons.axis, 0).astype(np.float64)
-            norm = np.sqrt((cw.reshape(c, -1) ** 2).sum(axis=1))  # block rows of one channel are adjacent
             act = None if activations is None else activations.get(cons.node.input[0])
-            if act is not None:
-                a = np.abs(act.astype(np.float64))
-                if grp.channel_last or cons.block > 1:
-                    a = a.reshape(-1, c, cons.block) if cons.block > 1 else a.reshape(-1, c)
-                    mean = a.mean(axis=(0, 2)) if cons.block > 1 else a.mean(axis=0)
-                else:
-                    mean = np.moveaxis(a, 1, 0).reshape(c, -1).mean(axis=1)
-                score += mean * norm
-            else:
-                score += prod * norm
+            if act is None:
+                score += prod * np.sqrt((cw.reshape(c, -1) ** 2).sum(axis=1))  # block rows of one channel are adjacent
+                continue
+            mean, std = _row_stats(act, grp, cons)
+            spread = std if _consumer_bias(g, cons) is not None else np.sqrt(std**2 + mean**2)
+            row_norm = np.sqrt((cw.reshape(c * cons.block, -1) ** 2).sum(axis=1))
+            score += np.sqrt(((spread * row_norm) ** 2).reshape(c, cons.block).sum(axis=1))
         out.append(score)
     return out
 
@@ -340,6 +369,16 @@ def shrink(
             arrays[name] = np.take(get(name), idx, axis=axis)
         for cons in grp.consumers:
             rows = (idx[:, None] * cons.block + np.arange(cons.block)[None, :]).ravel()
+            bias = _consumer_bias(g, cons)
+            act = None if acts is None else acts.get(cons.node.input[0])
+            if bias is not None and act is not None:  # a removed channel leaves its mean behind, in the bias
+                gone = np.setdiff1d(np.arange(grp.channels * cons.block), rows)
+                mean = _row_stats(act, grp, cons)[0]
+                cw = np.moveaxis(get(cons.weight), cons.axis, 0)[gone].astype(np.float64)
+                delta = np.tensordot(mean[gone], cw, axes=1)
+                delta = delta.reshape(delta.shape[0], -1).sum(axis=1)
+                arrays[bias] = (get(bias).astype(np.float64) + delta).astype(get(bias).dtype)
+                stats.compensated += 1
             arrays[cons.weight] = np.take(get(cons.weight), rows, axis=cons.axis)
     for init in out.graph.initializer:
         if init.name in arrays:
@@ -366,9 +405,9 @@ def ort_sampler(feeds: dict[str, np.ndarray], batch: int = 8) -> Callable[[Any, 
         m = onnx.ModelProto()
         m.CopyFrom(model)
         have = {o.name for o in m.graph.output}
-        for n in names:
-            if n not in have:
-                m.graph.output.append(onnx.ValueInfoProto(name=n))
+        for name in names:
+            if name not in have:
+                m.graph.output.append(onnx.ValueInfoProto(name=name))
         runner = OrtRunner(m.SerializeToString(), level="disable")
         n = len(next(iter(feeds.values())))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
