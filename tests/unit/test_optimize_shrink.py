@@ -135,9 +135,9 @@ def test_dead_channels_go_first_and_the_output_is_unchanged() -> None:
     m = SmallCNN()
     dead = [1, 4, 9, 13]
     with torch.no_grad():
+        assert m.c1.bias is not None and m.fc1.bias is not None
         m.c1.weight[dead] = 0.0
         m.c1.bias[dead] = -5.0
-        assert m.fc1.bias is not None
         m.fc1.bias.fill_(5.0)  # every fc1 unit alive: only conv1's dead channels can go for free
     x = np.random.default_rng(2).standard_normal((16, 1, 8, 8)).astype(np.float32)
     model = export(m, torch.from_numpy(x[:2]), {0: "batch"})
@@ -146,6 +146,28 @@ def test_dead_channels_go_first_and_the_output_is_unchanged() -> None:
     conv1 = {i.name: i for i in out.graph.initializer}[next(n.input[1] for n in out.graph.node if n.name == "/c1/Conv")]
     assert list(conv1.dims)[0] == 12
     np.testing.assert_allclose(run(out, x), run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_channel_goes_into_the_next_bias() -> None:
+    """fc1 units with zero weights and a positive bias put out a constant: no spread, score 0.
+    They go first, their constant folded into fc2's bias, and the outputs stay the same; without
+    that compensation the outputs would move."""
+    torch.manual_seed(3)
+    m = SmallCNN()
+    const = [2, 7, 30]
+    with torch.no_grad():
+        assert m.fc1.bias is not None
+        m.fc1.weight[const] = 0.0
+        m.fc1.bias[const] = 3.0
+    x = np.random.default_rng(4).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    model = export(m, torch.from_numpy(x[:2]), {0: "batch"})
+    out, stats = shrink(model, len(const) / (16 + 64), sample=ort_sampler({"x": x}))
+    assert stats.per_group["/fc1/Gemm"] == "61/64" and stats.compensated >= 1
+    np.testing.assert_allclose(run(out, x), run(model, x), rtol=1e-4, atol=1e-4)
+    fc2_bias = next(n.input[2] for n in out.graph.node if n.name == "/fc2/Gemm")
+    before = {i.name: i for i in model.graph.initializer}[fc2_bias]
+    after = {i.name: i for i in out.graph.initializer}[fc2_bias]
+    assert not np.allclose(onnx.numpy_helper.to_array(before), onnx.numpy_helper.to_array(after)), "the constant moved into the bias"
 
 
 def test_transformer_loses_ffn_rows_not_attention(encoder: tuple[Any, np.ndarray]) -> None:
