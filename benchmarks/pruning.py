@@ -59,7 +59,7 @@ def variants(src: Path, d: Path, ratios: list[float], samples: dict[str, np.ndar
     """(name, model file, pruning stats) of fp32, int8, and per ratio pruned fp32 / pruned int8."""
     import onnx
 
-    from model_operator.api.types import Pruning, PruningMethod
+    from model_operator.api.types import Clipping, Pruning, PruningMethod
     from model_operator.optimize.onnxweights import transform_onnx
     from model_operator.optimize.quantize import preprocess, quantize
     from model_operator.optimize.shrink import ort_sampler, shrink
@@ -77,8 +77,7 @@ def variants(src: Path, d: Path, ratios: list[float], samples: dict[str, np.ndar
         p = d / f"pruned{int(ratio * 100)}.onnx"
         onnx.save(shrunk, str(p))
         rows += [(f"pruned {ratio:.0%} fp32", p, stats.as_dict()), (f"pruned {ratio:.0%} int8", int8(p, p.stem), stats.as_dict())]
-    mag, _, mstats = transform_onnx(model, __import__("model_operator.api.types", fromlist=["Clipping"]).Clipping(),
-                                    Pruning(method=PruningMethod.magnitude, sparsity=0.5))
+    mag, _, mstats = transform_onnx(model, Clipping(), Pruning(method=PruningMethod.magnitude, sparsity=0.5))
     mp = d / "magnitude50.onnx"
     onnx.save(mag, str(mp))
     rows += [("magnitude 50% int8 (zeros, not removed)", int8(mp, "magnitude50"), mstats.as_dict())]
