@@ -50,6 +50,7 @@ def test_structured_pruning_shrinks_the_artifact_and_the_package_travels_compres
     pr = shrunk["pruning"]
     assert pr["shrunk"] and pr["groups"] == 3 and pr["channelsRemoved"] == round(0.25 * (16 + 32 + 64)) and pr["scores"] == "activation x weight norm"
     assert shrunk["sizeBytes"] < 0.8 * cands["fp32"]["sizeBytes"], "channels left the file"
+    assert len(pr["keptPerLayer"]) == 3 and "structured pruning: 28 of 112 channels removed in 3 layers" in res.stderr
     # The zeros of magnitude pruning keep the file's size; they pay in transfer only.
     assert cands["sparse"]["sizeBytes"] >= cands["fp32"]["sizeBytes"] * 0.98
     assert cands["sparse"]["transferBytes"] < 0.75 * cands["fp32"]["transferBytes"]

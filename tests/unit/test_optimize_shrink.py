@@ -142,7 +142,7 @@ def test_dead_channels_go_first_and_the_output_is_unchanged() -> None:
     x = np.random.default_rng(2).standard_normal((16, 1, 8, 8)).astype(np.float32)
     model = export(m, torch.from_numpy(x[:2]), {0: "batch"})
     out, stats = shrink(model, len(dead) / (16 + 64), sample=ort_sampler({"x": x}))
-    assert stats.removed == len(dead) and stats.per_group["/c1/Conv"] == "12/16"
+    assert stats.removed == len(dead) and stats.as_dict()["keptPerLayer"] == {"/c1/Conv": "12/16", "/fc1/Gemm": "64/64"}
     conv1 = {i.name: i for i in out.graph.initializer}[next(n.input[1] for n in out.graph.node if n.name == "/c1/Conv")]
     assert list(conv1.dims)[0] == 12
     np.testing.assert_allclose(run(out, x), run(model, x), rtol=1e-5, atol=1e-5)

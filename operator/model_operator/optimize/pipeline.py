@@ -455,8 +455,12 @@ def _shrunk(path: Path, amount: float, samples: Dataset | None) -> dict[str, Any
     feeds = None if samples is None else samples.take(SHRINK_SAMPLES).inputs
     shrunk, stats = shrink(model, amount, sample=ort_sampler(feeds) if feeds else None)
     onnx.save(shrunk, str(path))
-    log.info("structured pruning: %d of %d channels removed in %d layers (%d left whole: residual, grouped or shared); parameters %d -> %d",
-             stats.removed, stats.channels, stats.groups, stats.skipped, stats.params_before, stats.params_after)
+    if not stats.groups:
+        log.info("structured pruning: no layer whose channels can leave safely (%d producers feed residual adds, reshapes, "
+                 "grouped convolutions or outputs): the candidate is the unpruned model", stats.skipped)
+    else:
+        log.info("structured pruning: %d of %d channels removed in %d layers (%d left whole: residual, grouped or shared); parameters %d -> %d",
+                 stats.removed, stats.channels, stats.groups, stats.skipped, stats.params_before, stats.params_after)
     return stats.as_dict()
 
 

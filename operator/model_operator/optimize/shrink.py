@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+PER_LAYER_SHOWN = 64  # report.json lists the kept channels of this many layers at most
 MIN_KEEP = 0.25  # a group keeps at least this fraction of its channels (and one)
 UNARY = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Elu", "Selu",
                    "Identity", "Neg", "Abs", "Sqrt", "Exp", "Clip", "Mish", "PRelu"})
@@ -78,6 +79,7 @@ class ShrinkStats:
             "channelsRemoved": self.removed, "parametersBefore": self.params_before, "parametersAfter": self.params_after,
             "parameterRatio": round(self.params_after / self.params_before, 4) if self.params_before else 1.0,
             "scores": "activation x weight norm" if self.data_aware else "weight norm", "biasCompensated": self.compensated,
+            "keptPerLayer": dict(list(self.per_group.items())[:PER_LAYER_SHOWN]),
         }
 
 
