@@ -73,17 +73,20 @@ def grant_file(tmp: Path, name: str, url: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["cloud", "edge-gzip"])
 def test_worker_puts_one_archive_and_readers_get_it(operator_client: Any, pod_env: None, server: S3Server, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch, compress: bool) -> None:
     urls = presign(operator_client, {"put-rev1": ("put", A), "get-rev1": ("get", A)}, 600)
     # The user's keys (here even the store's real ones) in the pod change nothing about publishing.
     monkeypatch.setenv("MODEL_SOURCE_AWS_ACCESS_KEY_ID", server.access_key)
     monkeypatch.setenv("MODEL_SOURCE_AWS_SECRET_ACCESS_KEY", server.secret_key)
     monkeypatch.setenv("MODEL_SOURCE_AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     src = artifact(tmp_path)
-    size = put_archive(src, grant_file(tmp_path, "put", urls["put-rev1"]), A)
+    size = put_archive(src, grant_file(tmp_path, "put", urls["put-rev1"]), A, compress=compress)
     head = server.client().head_object(Bucket="art", Key=f"mo/team-a/digits/rev1/{ARCHIVE}")
     assert head["ContentLength"] == size
+    body = server.client().get_object(Bucket="art", Key=f"mo/team-a/digits/rev1/{ARCHIVE}")["Body"].read()
+    assert body.startswith(b"\x1f\x8b") == compress, "edge and device archives travel gzip-compressed"
     got = get_archive(grant_file(tmp_path, "get", urls["get-rev1"]), tmp_path / "got", A)
     assert verify_dir(got) == artifact_digest(src)
     assert (got / "repository" / "digits" / "1" / "model.onnx").read_bytes() == b"\x08\x07onnx"

@@ -301,7 +301,7 @@ class Clipping(ApiModel):
 
 class Pruning(ApiModel):
     method: PruningMethod = PruningMethod.none
-    """none, magnitude, gradient (needs data.calibration) or structured."""
+    """none, magnitude, gradient (needs data.calibration) or structured (into ONNX: whole channels and FFN rows removed, the graph shrinks)."""
     sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction of weights (or channels) to remove.")
 
 
@@ -644,6 +644,7 @@ class Candidate(StatusModel):
     """Why it was rejected or failed."""
     latency_spread: float | None = Field(default=None, description="Relative range of the latency over interleaved rounds.")
     pareto: bool | None = Field(default=None, description="No other passed candidate is both faster and smaller.")
+    transfer_bytes: int | None = Field(default=None, description="Gzip-compressed size of its model file (edge and device targets).")
 
 
 class ArtifactStatus(StatusModel):
@@ -658,6 +659,9 @@ class ArtifactStatus(StatusModel):
     size: str | None = Field(default=None, description="Human-readable artifact size, for kubectl get.")
     original_size_bytes: int | None = None
     """Size of the original model."""
+    transfer_bytes: int | None = Field(
+        default=None, description="Edge and device targets: size of the package as it travels, a gzip-compressed tar."
+    )
     spec_hash: str | None = None
     """Hash of the spec fields that made this artifact."""
 

@@ -65,6 +65,7 @@ BUDGET_SHARE = 0.85
 BATCH1_SAMPLES = 256  # the gate at batch 1 looks at this many selection samples at most
 LATENCY_ROUNDS = 5
 EVAL_BATCH_DEVICE = 32  # evaluation batch when nothing is served (device target)
+SHRINK_SAMPLES = 64  # samples whose activations score the channels of structured pruning
 
 
 @dataclass
@@ -332,6 +333,13 @@ def run(
         digest = storage.digest.digest_of(files)
         model_rel = next(p for p in files if p.startswith(f"repository/{name}/1/model.") and not p.endswith(".py"))
         size = (stage / model_rel).stat().st_size
+        compress = Target(spec.target) != Target.cloud
+        transfer: dict[str, Any] = {}
+        if compress:  # what an edge node or device downloads: the package as a gzip-compressed tar
+            from ..storage.presigned import GZIP_LEVEL, write_archive
+
+            transfer = {"transferBytes": write_archive(stage, work / "transfer.tar.gz", compress=True),
+                        "transferCompression": f"tar+gzip level {GZIP_LEVEL} (model repository and golden samples)"}
         report = {
             "name": name,
             "specHash": shash,
@@ -349,7 +357,7 @@ def run(
                 "uri": output, "sha256": digest, "format": fmt, "modelFile": model_rel, "sizeBytes": size,
                 "originalSizeBytes": source.size_bytes, "sizeRatio": rep.rounded(source.size_bytes / size if size else 0.0, 4),
                 "inputs": _dump(in_sig), "outputs": _dump(out_sig), "backend": _backend(model_dir), "files": files,
-                "graphOptimizationLevel": won.plan.graph_level, **_onnx_facts(art, fmt),
+                "graphOptimizationLevel": won.plan.graph_level, **transfer, **_onnx_facts(art, fmt),
             },
             "optimization": rep.rounded({
                 "recipe": won.plan.name,
@@ -378,7 +386,7 @@ def run(
             if upload_url_file:
                 from ..storage.presigned import put_archive
 
-                put_archive(stage, upload_url_file, output)
+                put_archive(stage, upload_url_file, output, compress=compress)
             else:
                 storage.publish_dir(stage, output, base_dir=base_dir)
         except storage.StorageError as exc:
@@ -388,15 +396,20 @@ def run(
     return rep.summary(
         spec_hash=shash, uri=output, sha256=digest, fmt=fmt, size_bytes=size, original_size_bytes=source.size_bytes,
         recipe=won.plan.name, quality_before=quality_before, quality_after=quality_after, figures=figures, outcomes=outcomes, chosen=best,
+        transfer_bytes=transfer.get("transferBytes"),
     )
 
 
 # --- one candidate --------------------------------------------------------------------------------
 
 
-def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task) -> tuple[Path, dict[str, Any]]:
+def _float_model(
+    r: Run, plan: Plan, source: SourceModel, calibration: Dataset | None, validation: Dataset, task: Task, samples: Dataset | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The clipped/pruned float model of `plan` (ONNX, or TorchScript for conversion.format
-    torchscript), shared by every plan with the same transform."""
+    torchscript), shared by every plan with the same transform. Structured pruning of an ONNX
+    artifact removes the channels from the exported graph (shrink.py), scored on `samples`
+    (calibration data, else the validation selection part); into TorchScript it zeroes them."""
     key = "float:" + plan.transform_key()
     if key in r.cache:
         return r.cache[key]
@@ -404,12 +417,14 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
     d.mkdir(parents=True, exist_ok=True)
     details: dict[str, Any] = {}
     conversion = r.spec.conversion
+    shrinking = plan.pruning.method == PruningMethod.structured and ConversionFormat(conversion.format) == ConversionFormat.onnx
+    weight_pruning = Pruning() if shrinking else plan.pruning
     if source.is_torch:
         from .convert import export_onnx, save_torchscript
         from .transform import transform_torch
 
         module = source.load_fresh()
-        clip_stats, prune_stats = transform_torch(module, plan.clipping, plan.pruning, calibration=calibration, inputs=source.inputs, task=task.value)
+        clip_stats, prune_stats = transform_torch(module, plan.clipping, weight_pruning, calibration=calibration, inputs=source.inputs, task=task.value)
         if ConversionFormat(conversion.format) == ConversionFormat.torchscript:
             path = save_torchscript(source.kind, module, d / "model.pt")
         else:
@@ -420,15 +435,36 @@ def _float_model(r: Run, plan: Plan, source: SourceModel, calibration: Dataset |
 
         from .onnxweights import transform_onnx
 
-        model, clip_stats, prune_stats = transform_onnx(source.onnx_model, plan.clipping, plan.pruning)
+        model, clip_stats, prune_stats = transform_onnx(source.onnx_model, plan.clipping, weight_pruning)
         path = d / "model.onnx"
         onnx.save(model, str(path))
     if plan.clipping.method.value != "none":
         details["clipping"] = clip_stats.as_dict()
-    if plan.pruning.method != PruningMethod.none:
+    if shrinking:
+        details["pruning"] = _shrunk(path, plan.pruning.sparsity, calibration or samples)
+    elif plan.pruning.method != PruningMethod.none:
         details["pruning"] = prune_stats.as_dict()
     r.cache[key] = (path, details)
     return path, details
+
+
+def _shrunk(path: Path, amount: float, samples: Dataset | None) -> dict[str, Any]:
+    """Remove `amount` of the prunable channels of the ONNX model at `path` (in place)."""
+    import onnx
+
+    from .shrink import ort_sampler, shrink
+
+    model = onnx.load(str(path))
+    feeds = None if samples is None else samples.take(SHRINK_SAMPLES).inputs
+    shrunk, stats = shrink(model, amount, sample=ort_sampler(feeds) if feeds else None)
+    onnx.save(shrunk, str(path))
+    if not stats.groups:
+        log.info("structured pruning: no layer whose channels can leave safely (%d producers feed residual adds, reshapes, "
+                 "grouped convolutions or outputs): the candidate is the unpruned model", stats.skipped)
+    else:
+        log.info("structured pruning: %d of %d channels removed in %d layers (%d left whole: residual, grouped or shared); parameters %d -> %d",
+                 stats.removed, stats.channels, stats.groups, stats.skipped, stats.params_before, stats.params_after)
+    return stats.as_dict()
 
 
 def _candidate(
@@ -437,7 +473,7 @@ def _candidate(
 ) -> Outcome:
     from .quantize import match_names, preprocess, quantize
 
-    float_path, details = _float_model(r, plan, source, calibration, validation, task)
+    float_path, details = _float_model(r, plan, source, calibration, validation, task, validation.subset(parts.selection))
     details = dict(details)
     q = plan.quantization
     mode = QuantizationMode(q.mode)
@@ -498,7 +534,24 @@ def _candidate(
                                         _take(validation.labels, parts.report), _take(validation.targets, parts.report), view.subset(parts.report))
     o.details = details
     o.size_bytes = art.stat().st_size
+    if Target(r.spec.target) != Target.cloud:
+        o.transfer_bytes = gzip_size(art)
     return o
+
+
+def gzip_size(path: Path) -> int:
+    """Size of `path` gzip-compressed at the level the edge/device archive uses: zeros of pruned
+    weights cost (almost) nothing in transfer."""
+    import zlib
+
+    from ..storage.presigned import GZIP_LEVEL
+
+    comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += len(comp.compress(chunk))
+    return n + len(comp.flush())
 
 
 def _take(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

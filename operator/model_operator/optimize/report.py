@@ -2,12 +2,14 @@
 
 Summary (docs/contracts.md):
 {"ok": true, "reason": "", "specHash": "...",
- "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes"},
+ "artifact": {"uri", "sha256", "format", "sizeBytes", "originalSizeBytes", "transferBytes" (edge/device)},
  "optimization": {"recipe", "qualityBefore", "qualityAfter", "latencyMsBefore", "latencyMsAfter",
                   "latencyMsOnnxFp32", "speedup", "speedupVsOnnxFp32", "latencyBatchSize", "threads",
                   "latencySpread", "qualitySamples", "objective", "measuredOn": {"node", "pool", "arch"},
                   "candidates": [{"name", "passed", "latencyMs", "latencySpread", "pareto", "sizeBytes",
-                                  "quality", "reason"}]}}
+                                  "transferBytes" (edge/device), "quality", "reason"}]}}
+transferBytes: the gzip-compressed size an edge node or device downloads (the package archive;
+per candidate its model file), where unstructured sparsity pays.
 latencyMsBefore is the original in its own framework (PyTorch eager / TorchScript, or ONNX Runtime
 for an ONNX source), latencyMsOnnxFp32 its unquantized conversion in ONNX Runtime; every latency
 is at latencyBatchSize with `threads` intra-op threads. qualityBefore/qualityAfter are measured on
@@ -54,6 +56,7 @@ def candidate_entry(o: Outcome, *, full: bool = False) -> dict[str, Any]:
         "latencySpread": o.latency_spread,
         "pareto": o.pareto,
         "sizeBytes": o.size_bytes,
+        "transferBytes": o.transfer_bytes,
         "quality": dict(o.quality),
         "reason": o.reason,
     }
@@ -81,6 +84,7 @@ def summary(
     figures: dict[str, Any] | None = None,
     latency_before: float | None = None,
     latency_after: float | None = None,
+    transfer_bytes: int | None = None,
 ) -> dict[str, Any]:
     """`figures`: latencyMsBefore, latencyMsAfter and the other latency fields (module docstring)."""
     figures = dict(figures or {"latencyMsBefore": latency_before, "latencyMsAfter": latency_after})
@@ -89,7 +93,8 @@ def summary(
         "ok": True,
         "reason": "",
         "specHash": spec_hash,
-        "artifact": {"uri": uri, "sha256": sha256, "format": fmt, "sizeBytes": size_bytes, "originalSizeBytes": original_size_bytes},
+        "artifact": {"uri": uri, "sha256": sha256, "format": fmt, "sizeBytes": size_bytes, "originalSizeBytes": original_size_bytes,
+                     **({"transferBytes": transfer_bytes} if transfer_bytes is not None else {})},
         "optimization": rounded(
             {
                 "recipe": recipe,

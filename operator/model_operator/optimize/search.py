@@ -13,6 +13,8 @@ every quantizable op, int4 on a model without MatMul).
 fastest; candidates within the measured spread of each other are ties and the smaller artifact
 wins), size (the smallest; the faster among those of about the same size) or balanced (on the
 Pareto front of latency and size, the smallest product of both relative to the best of each).
+"Size" is the gzip-compressed transfer size where it is measured (edge and device targets,
+whose packages travel compressed: the zeros of unstructured sparsity pay there), else the file's.
 """
 
 from __future__ import annotations
@@ -297,6 +299,12 @@ class Outcome:
     artifact: Any = None
     latency_spread: float | None = None
     pareto: bool | None = None
+    transfer_bytes: int | None = None  # gzip-compressed model file (edge and device targets)
+
+    @property
+    def weight_bytes(self) -> int | None:
+        """The size the search weighs: the transfer size where it is measured, else the file's."""
+        return self.transfer_bytes if self.transfer_bytes is not None else self.size_bytes
 
 
 def _tie(a: Outcome, b: Outcome, floor: float) -> float:
@@ -313,12 +321,12 @@ def same_speed(a: Outcome, b: Outcome, floor: float = LATENCY_TIE) -> bool:
 def pareto(outcomes: Sequence[Outcome]) -> list[bool | None]:
     """Per outcome: True when it passed and no other passed candidate is at least as fast and
     as small and better in one; False when dominated; None when it didn't pass or wasn't timed."""
-    ok = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None and o.size_bytes is not None]
+    ok = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None and o.weight_bytes is not None]
     flags: list[bool | None] = [None] * len(outcomes)
     for i in ok:
         a = outcomes[i]
         flags[i] = not any(
-            b.latency_ms <= a.latency_ms and b.size_bytes <= a.size_bytes and (b.latency_ms < a.latency_ms or b.size_bytes < a.size_bytes)  # type: ignore[operator]
+            b.latency_ms <= a.latency_ms and b.weight_bytes <= a.weight_bytes and (b.latency_ms < a.latency_ms or b.weight_bytes < a.weight_bytes)  # type: ignore[operator]
             for j, b in ((j, outcomes[j]) for j in ok) if j != i
         )
     return flags
@@ -330,7 +338,7 @@ def choose(outcomes: Sequence[Outcome], objective: Objective = Objective.latency
     passed = [i for i, o in enumerate(outcomes) if o.passed and o.latency_ms is not None]
     if not passed:
         return None
-    size = {i: outcomes[i].size_bytes or 0 for i in passed}
+    size = {i: outcomes[i].weight_bytes or 0 for i in passed}
     lat = {i: float(outcomes[i].latency_ms) for i in passed}  # type: ignore[arg-type]
     if objective == Objective.size:
         smallest = min(size.values())

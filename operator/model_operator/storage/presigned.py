@@ -8,6 +8,8 @@ is needed, so a long run or a new replica always uses the current one.
 
 An S3 PUT of one object is atomic: readers see the whole archive or none; `COMPLETE` inside it
 still carries the digest. Extraction refuses absolute paths, `..`, links and devices.
+An archive may be gzip-compressed (edge and device targets: what a device downloads is the
+transfer size; extraction detects the compression).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .errors import AccessDeniedError, NotFoundError, StorageError, UnreachableE
 
 ARCHIVE: Final = "artifact.tar"
 _CHUNK: Final = 1 << 20
+GZIP_LEVEL: Final = 6
 
 
 def archive_key(prefix_key: str) -> str:
@@ -56,22 +59,31 @@ def _raise_for(resp: object, uri: str, action: str) -> None:
     raise StorageError(uri, f"cannot {action}: HTTP {status}")
 
 
-def put_archive(src: Path | str, url_file: Path | str, uri: str) -> int:
+def write_archive(src: Path, archive: Path, *, compress: bool = False) -> int:
+    """Write every file of `src` into the tar `archive` (COMPLETE last), gzip-compressed with
+    `compress`; returns its size."""
+    files = list_files(src)
+    order = [f for f in files if f != MARKER] + ([MARKER] if MARKER in files else [])
+    opener = tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=GZIP_LEVEL) if compress else \
+        tarfile.open(archive, "w", format=tarfile.PAX_FORMAT)
+    with opener as tar:
+        for rel in order:
+            tar.add(src / rel, arcname=rel, recursive=False)
+    return archive.stat().st_size
+
+
+def put_archive(src: Path | str, url_file: Path | str, uri: str, *, compress: bool = False) -> int:
     """Archive the artifact directory `src` (which must hold COMPLETE) and PUT it to the URL in
     `url_file`; returns the archive's size. `uri` names the artifact in errors."""
     import requests
 
     src = Path(src)
-    files = list_files(src)
-    if MARKER not in files:
+    if MARKER not in list_files(src):
         raise StorageError(str(src), f"refusing to publish an artifact without {MARKER}")
     url = read_url(url_file)
     with tempfile.TemporaryDirectory(prefix="mo-archive-") as tmp:
         archive = Path(tmp) / ARCHIVE
-        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in [f for f in files if f != MARKER] + [MARKER]:
-                tar.add(src / rel, arcname=rel, recursive=False)
-        size = archive.stat().st_size
+        size = write_archive(src, archive, compress=compress)
         try:
             with open(archive, "rb") as fh:
                 resp = requests.put(url, data=fh, headers={"Content-Length": str(size)}, timeout=(10, 300))
@@ -112,7 +124,7 @@ def get_archive(url_file: Path | str, dest: Path | str, uri: str, *, max_bytes: 
 
 def _extract(archive: Path, dest: Path, uri: str) -> None:
     try:
-        with tarfile.open(archive, "r:") as tar:
+        with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for m in members:
                 parts = m.name.split("/")
