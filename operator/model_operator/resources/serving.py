@@ -128,7 +128,7 @@ def probe_container(name: str, spec: ModelDeploymentSpec, config: OperatorConfig
         ],
         "ports": [{"name": c.PROBE_METRICS_PORT_NAME, "containerPort": c.PROBE_METRICS_PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "384Mi"}},
+        "resources": {"requests": {"cpu": "10m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
         "volumeMounts": [{"name": "golden", "mountPath": GOLDEN_DIR, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": c.container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
