@@ -26,7 +26,7 @@ ROW = {"time": NOW - 10, "ok": 1.0, "passed": 1.0, "agreement": 1.0, "cosine": 0
 def test_a_matching_probe_reports_its_numbers_and_quality_is_not_degraded() -> None:
     quality, status, reason = judge_quality({"r1": ROW}, None, "r1", NOW, 60)
     assert (status, reason) == ("False", "GoldenSetMatches")
-    assert quality == {"time": NOW - 10, "passed": True, "revision": "r1", "agreement": 1.0, "cosine": 0.999912, "samples": 16,
+    assert quality == {"time": NOW - 10, "passed": True, "revision": "r1", "agreement": 1.0, "cosine": 0.9999, "samples": 16,
                        "reason": "every replica's answers match the report"}
 
 

@@ -370,13 +370,14 @@ def test_golden_quality_comes_from_the_probe_containers_readings_never_from_a_jo
                                    "reason": "a replica's live answers fail the quality gate (worst agreement 0.5, cosine 0.7)"}
     assert ("Warning", "GoldenSetDrift") in [(t, r) for t, r, _ in p.events]
 
-    # The same verdict later: status.quality is not rewritten (its time stays) until the refresh period.
+    # The same verdict later (a jitter in the 6th digit included): status.quality is not rewritten
+    # (its time stays) until the refresh period.
     doc["status"] = stored(p.status)
-    later = {rev: {**drift[rev], "time": NOW + 55}}
+    later = {rev: {**drift[rev], "time": NOW + 55, "cosine": 0.7000001}}
     p2 = plan(doc, Observed(children=children, quality=later, now=NOW + 60), CONFIG)
     assert p2.status["quality"]["time"] == NOW - 5
-    p3 = plan(doc, Observed(children=children, quality={rev: {**drift[rev], "time": NOW + 695}}, now=NOW + 700), CONFIG)
-    assert p3.status["quality"]["time"] == NOW + 695
+    p3 = plan(doc, Observed(children=children, quality={rev: {**drift[rev], "time": NOW + 3695}}, now=NOW + 3700), CONFIG)
+    assert p3.status["quality"]["time"] == NOW + 3695
 
     # Without a reading this time, the stored verdict holds until it is stale, then it is unknown.
     assert "quality" not in plan(doc, Observed(children=children, now=NOW + 60), CONFIG).status

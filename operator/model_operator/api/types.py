@@ -780,7 +780,7 @@ class QualityStatus(StatusModel):
     time: float | None = Field(
         default=None,
         description="Unix time of the golden probe the verdict was read from (the oldest replica's last probe); "
-        "rewritten when the verdict changes, else at most every 10 minutes.",
+        "rewritten when the verdict changes, else at most hourly.",
     )
     passed: bool | None = None
     """Whether every replica's last golden probe met the quality gate; null: unknown (no readings, a probe that cannot compare, or stale)."""
