@@ -121,3 +121,42 @@ def test_a_failed_quality_poll_is_every_mds_error_asked_once() -> None:
     observed = _quality_in_threads(prom, ["busy"] * 10)
     assert len(prom.queries) == 1
     assert all(o.quality is None and o.quality_error == "Prometheus at http://p did not answer within 2s" for o in observed)
+
+
+def _scrape(port: int) -> dict[str, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in lines if line.startswith("model_operator_golden")}
+
+
+def test_the_probe_command_serves_its_verdict_on_its_metrics_port(monkeypatch: Any) -> None:
+    import argparse
+    import socket
+
+    from model_operator.triton import pod_commands
+
+    import signal
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the command's SIGTERM handler is not pytest's business
+
+    def run(outcome: Any) -> tuple[int, dict[str, str]]:
+        monkeypatch.setattr(pod_commands, "_probe_once", lambda *a, **k: outcome)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args = argparse.Namespace(model="digits", golden="/golden/golden.npz", triton="127.0.0.1:8000", interval=5.0, samples=16,
+                                  gate_json="{}", revision="r1", track="stable", port=port, once=True)
+        return pod_commands.probe_main(args), _scrape(port)
+
+    rc, series = run(ProbeResult(True, 16, agreement=1.0, cosine=0.999))
+    labels = '{modeldeployment="digits",revision="r1",track="stable"}'
+    assert rc == 0
+    assert series[f"model_operator_golden_passed{labels}"] == "1.0" and series[f"model_operator_golden_agreement{labels}"] == "1.0"
+    assert float(series[f"model_operator_golden_probe_timestamp_seconds{labels}"]) > 1.7e9
+    assert "model_operator_golden_max_abs_error" + labels not in series, "no value, no series (not a 0)"
+
+    rc, series = run("127.0.0.1:8000: inference on model digits failed: boom")
+    assert rc == 1 and series[f"model_operator_golden_probe_ok{labels}"] == "0.0"
+    assert not [k for k in series if k.startswith(("model_operator_golden_passed", "model_operator_golden_agreement"))]
