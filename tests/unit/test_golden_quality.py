@@ -133,11 +133,10 @@ def _scrape(port: int) -> dict[str, str]:
 
 def test_the_probe_command_serves_its_verdict_on_its_metrics_port(monkeypatch: Any) -> None:
     import argparse
+    import signal
     import socket
 
     from model_operator.triton import pod_commands
-
-    import signal
 
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # the command's SIGTERM handler is not pytest's business
 
