@@ -13,7 +13,8 @@ scrapes those that ask for it, the usual convention:
   ``node`` and every pod label as ``label_<name>`` (sanitised
   the Prometheus way: ``app.kubernetes.io/name`` -> ``label_app_kubernetes_io_name``).
 
-Pods that are Pending, Succeeded or Failed are not scraped.
+Pods that are Pending, Succeeded or Failed are not scraped. A second job scrapes every
+container port named ``probe-metrics`` (the golden-set probe beside Triton) with the same labels.
 """
 
 from __future__ import annotations
@@ -39,18 +40,37 @@ class PrometheusError(RuntimeError):
     pass
 
 
+# The golden-set probe container beside each Triton serves its gauges on a port of this name
+# (model_operator.resources.common.PROBE_METRICS_PORT_NAME). A cluster with the Prometheus operator
+# scrapes it through the ServiceMonitor's second endpoint; here a second job finds it by port name.
+PROBE_PORT_NAME = "probe-metrics"
+
+
 def scrape_config(server: str, ca: Path, cert: Path, key: str | Path, scrape_interval: str) -> dict[str, Any]:
     """The whole prometheus.yml, as a dict."""
+    sd = [{"role": "pod", "api_server": server, "tls_config": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)}}]
+    common = [
+        {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)", "replacement": "label_$1"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+    ]
+    probe_job = {
+        "job_name": "golden-probe",
+        "kubernetes_sd_configs": sd,
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": PROBE_PORT_NAME, "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Pending|Succeeded|Failed", "action": "drop"},
+            *common,
+            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
+        ],
+    }
     return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                    "scrape_timeout": scrape_interval},
         "scrape_configs": [{
             "job_name": "kubernetes-pods",
-            "kubernetes_sd_configs": [{
-                "role": "pod",
-                "api_server": server,
-                "tls_config": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
-            }],
+            "kubernetes_sd_configs": sd,
             "relabel_configs": [
                 {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape",
                                    "__meta_kubernetes_pod_label_prometheus_io_scrape"],
@@ -63,10 +83,7 @@ def scrape_config(server: str, ca: Path, cert: Path, key: str | Path, scrape_int
                  "target_label": "__scheme__"},
                 {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
                  "regex": "(.+);([0-9]+)", "replacement": "$1:$2", "target_label": "__address__"},
-                {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)", "replacement": "label_$1"},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+                *common,
                 # With prometheus.io/port every declared port of every container becomes the same
                 # address: without the container label those targets are identical and Prometheus
                 # keeps one, so a pod of two containers (Triton and the OpenAI front) is not scraped
@@ -75,7 +92,7 @@ def scrape_config(server: str, ca: Path, cert: Path, key: str | Path, scrape_int
                  "target_label": "container", "replacement": ""},
                 {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
             ],
-        }],
+        }, probe_job],
     }
 
 

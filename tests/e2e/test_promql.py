@@ -37,3 +37,5 @@ def test_fleet_queries_evaluate(prometheus: Any) -> None:
         # Valid PromQL (label_replace, grouping) answers an empty vector here; broken PromQL raises.
         assert asyncio.run(client.query_by(q, ("namespace", "md"))) == {}, q
         assert Prometheus(prometheus.url, timeout=10).query_by(q, ("namespace", "md")) == {}, q
+    # The golden-set probe containers' verdicts: one query grouped by metric name.
+    assert Prometheus(prometheus.url, timeout=10).query_by(promql.fleet_golden_quality(), promql.GOLDEN_BY) == {}

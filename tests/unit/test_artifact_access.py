@@ -53,7 +53,6 @@ def every_pod(store: ArtifactStore) -> list[dict[str, Any]]:
     objs = [
         job.build_worker_job("digits", "team-a", spec, cfg),
         serving.build_deployment("digits", "team-a", spec, cfg, ref, replicas=2),
-        store_jobs.build_probe_job("digits", "team-a", cfg, artifact_uri=uri, endpoints=["10.0.0.1:8000"], samples=4, gate={}, revision="r"),
     ]
     if store.type == "pvc":
         objs.append(store_jobs.build_cleanup_job("digits", "team-a", cfg))
@@ -77,7 +76,7 @@ def test_s3_readers_get_one_presigned_get_of_their_own_artifact() -> None:
     spec = load_spec(SPEC)
     for obj in every_pod(S3)[1:]:
         pod = pods_of(obj)
-        reader = next(c for c in containers(pod) if c["name"] in ("assemble", "probe"))
+        reader = next(c for c in containers(pod) if c["name"] == "assemble")
         args = reader["args"]
         assert args[args.index("--artifact-url-file") + 1] == f"{access.MOUNT_PATH}/get-{spec_hash(spec)}"
         assert access.mount() in reader["volumeMounts"]
@@ -86,11 +85,14 @@ def test_s3_readers_get_one_presigned_get_of_their_own_artifact() -> None:
         assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     triton = next(c for c in pods_of(every_pod(S3)[1])["containers"] if c["name"] == "triton")
     assert access.mount() not in triton["volumeMounts"], "the Triton container itself needs no URL"
+    for store in (S3, PVC):
+        probe = next(c for c in pods_of(every_pod(store)[1])["containers"] if c["name"] == "probe")
+        assert [m["name"] for m in probe["volumeMounts"]] == ["golden", "tmp"], "the golden-set probe reads a file the init container wrote"
 
 
 def test_pvc_pods_mount_only_their_own_directory_and_only_writers_may_write() -> None:
-    """Every pod that mounts the store claim mounts it at <ns>/<md> only: readers (assemble, the
-    probe) read-only, the worker and the cleanup Job writable."""
+    """Every pod that mounts the store claim mounts it at <ns>/<md> only: readers (assemble)
+    read-only, the worker and the cleanup Job writable."""
     writers = {"digits-opt-" + spec_hash(load_spec(SPEC)), "digits-cleanup"}
     pods = every_pod(PVC)
     assert {obj["metadata"]["name"] for obj in pods} >= writers

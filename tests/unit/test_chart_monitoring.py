@@ -83,7 +83,7 @@ ASSUMED_OPERATOR_METRICS = {
 ISSUE_ALERTS = {
     "ModelDeploymentNotReady", "ModelDeploymentOptimizationFailed", "ModelDeploymentErrorRatioHigh",
     "ModelDeploymentLatencyAboveSLO", "ModelDeploymentReplicasAtMax", "ModelDeploymentQualityDegraded",
-    "ModelOperatorPrometheusUnreachable", "ModelDeploymentTimeToFirstTokenHigh",
+    "ModelOperatorPrometheusUnreachable", "ModelDeploymentTimeToFirstTokenHigh", "ModelDeploymentGoldenProbeNotRunning",
 }
 
 
@@ -223,8 +223,13 @@ def test_rule_alerts_are_the_issue_alerts() -> None:
 
 @needs_helm
 def test_metrics_used_exist_or_are_listed_as_assumed() -> None:
+    from model_operator.triton.pod_commands import PROBE_GAUGES
+
     exported = exported_operator_metrics()
-    assert "model_operator_golden_probe_agreement" in exported and "model_operator_condition" in exported
+    assert "model_operator_condition" in exported
+    # The golden-set probe containers beside Triton export their own gauges (Prometheus adds pod).
+    exported |= {metric: {"modeldeployment", "revision", "track", "pod"} for metric, _ in PROBE_GAUGES.values()}
+    assert {"model_operator_golden_agreement", "model_operator_golden_passed", "model_operator_golden_probe_timestamp_seconds"} <= set(exported)
     exprs = dashboard_exprs() + rule_exprs(rule()) + rule_exprs(rule({"prometheusRule": {"alerts": {"latencySLO": {"source": "average"}}}}))
     used = series_used(exprs)
     for name, labels in sorted(used.items()):

@@ -366,17 +366,49 @@ def test_health_from_readings_degrades_and_recovers() -> None:
     assert kept.status["health"]["reason"] == "ErrorRatioHigh"
 
 
-def test_golden_probe_runs_and_its_result_is_folded_in() -> None:
-    doc, first = serving_md(monitoring={"goldenProbe": {"enabled": True, "intervalSeconds": 600}})
+def test_golden_quality_comes_from_the_probe_containers_readings_never_from_a_job() -> None:
+    doc, first = serving_md(monitoring={"goldenProbe": {"enabled": True, "intervalSeconds": 60}})
     rev = doc["status"]["rollout"]["stable"]["revision"]
-    pod = {"name": "t", "ready": True, "podIP": "198.19.64.9", "labels": {names.LABEL_COMPONENT: "triton", names.LABEL_REVISION: rev}, "problems": []}
-    p = plan(doc, Observed(children=ready_children(first), pods=[pod], now=NOW), CONFIG)
-    assert ("Job", "digits-cloud-probe") in kinds(p)
-    done = {"name": "digits-cloud-probe", "succeeded": 1, **OURS}
-    result = summary_pod("digits-cloud-probe", {"ok": True, "passed": False, "agreement": 0.5, "reason": "drift"})
-    p = plan(doc, Observed(children=ready_children(first), jobs=[done], pods=[pod, result], now=NOW), CONFIG)
-    assert [(x.kind, x.name) for x in p.delete] == [("Job", "digits-cloud-probe")]
-    assert conditions(p)["QualityDegraded"] == ("True", "GoldenSetDrift") and p.golden_agreement == 0.5
+    deployment = next(c.obj for c in first.apply if c.obj["kind"] == "Deployment")
+    assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["triton", "probe"]
+    children = ready_children(first)
+
+    # No readings yet: unknown, not healthy; and no Job, ever.
+    p = plan(doc, Observed(children=children, quality={}, now=NOW), CONFIG)
+    assert not [k for k in kinds(p) if k[0] == "Job"]
+    assert conditions(p)["QualityDegraded"] == ("Unknown", "NoProbeData") and p.status["quality"]["passed"] is None
+
+    drift = {rev: {"time": NOW - 5, "ok": 1.0, "passed": 0.0, "agreement": 0.5, "cosine": 0.7, "samples": 16.0}}
+    p = plan(doc, Observed(children=children, quality=drift, now=NOW), CONFIG)
+    assert conditions(p)["QualityDegraded"] == ("True", "GoldenSetDrift")
+    assert p.status["quality"] == {"time": NOW - 5, "passed": False, "revision": rev, "agreement": 0.5, "cosine": 0.7, "samples": 16,
+                                   "reason": "a replica's live answers fail the quality gate (worst agreement 0.5, cosine 0.7)"}
+    assert ("Warning", "GoldenSetDrift") in [(t, r) for t, r, _ in p.events]
+
+    # The same verdict later (a jitter in the 6th digit included): status.quality is not rewritten
+    # (its time stays) until the refresh period.
+    doc["status"] = stored(p.status)
+    later = {rev: {**drift[rev], "time": NOW + 55, "cosine": 0.7000001}}
+    p2 = plan(doc, Observed(children=children, quality=later, now=NOW + 60), CONFIG)
+    assert p2.status["quality"]["time"] == NOW - 5
+    p3 = plan(doc, Observed(children=children, quality={rev: {**drift[rev], "time": NOW + 3695}}, now=NOW + 3700), CONFIG)
+    assert p3.status["quality"]["time"] == NOW + 3695
+
+    # Without a reading this time, the stored verdict holds until it is stale, then it is unknown.
+    assert "quality" not in plan(doc, Observed(children=children, now=NOW + 60), CONFIG).status
+    p4 = plan(doc, Observed(children=children, now=NOW + 3 * 60 + 61), CONFIG)
+    assert conditions(p4)["QualityDegraded"] == ("Unknown", "ProbeStale") and p4.status["quality"]["passed"] is None
+
+
+def test_golden_probe_off_or_generation_means_no_probe_container_and_no_quality() -> None:
+    doc, first = serving_md(monitoring={"goldenProbe": {"enabled": False}})
+    deployment = next(c.obj for c in first.apply if c.obj["kind"] == "Deployment")
+    assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["triton"]
+    service = next(c.obj for c in first.apply if c.obj["kind"] == "Service")
+    assert "probe-metrics" not in [port["name"] for port in service["spec"]["ports"]]
+    rev = doc["status"]["rollout"]["stable"]["revision"]
+    p = plan(doc, Observed(children=ready_children(first), quality={rev: {"time": NOW, "ok": 1.0, "passed": 0.0}}, now=NOW), CONFIG)
+    assert "QualityDegraded" not in conditions(p) and "quality" not in p.status
 
 
 def test_a_running_job_shows_its_progress() -> None:

@@ -210,10 +210,40 @@ def test_generation_pods_run_the_openai_front_beside_triton() -> None:
     assert "openai" not in serving.endpoint("llm", "ns")
 
 
-def test_classifier_pods_have_triton_only() -> None:
-    dep = serving.build_deployment("d", "ns", load_spec(SPEC), CONFIG, ARTIFACT, replicas=1)
-    assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["triton"]
-    assert not serving.is_generation(load_spec(SPEC))
+def test_classifier_pods_run_the_golden_probe_beside_triton() -> None:
+    spec = load_spec({**SPEC, "monitoring": {"goldenProbe": {"intervalSeconds": 30, "samples": 8}},
+                      "optimization": {"qualityGate": {"minCosine": 0.95}}})
+    dep = serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, track="canary", replicas=1)
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["triton", "probe"]
+    assert not serving.is_generation(spec)
+    probe = _container(pod, "probe")
+    args = dict(zip(probe["args"][::2], probe["args"][1::2], strict=True))
+    assert args["--model"] == "d" and args["--triton"] == "127.0.0.1:8000" and args["--interval"] == "30" and args["--samples"] == "8"
+    assert args["--revision"] == ARTIFACT.revision and args["--track"] == "canary" and json.loads(args["--gate-json"])["minCosine"] == 0.95
+    assert probe["ports"] == [{"name": "probe-metrics", "containerPort": int(args["--port"]), "protocol": "TCP"}]
+    assert probe["image"] == CONFIG.worker_image and probe["securityContext"] == common.container_security_context()
+    assert probe["resources"]["limits"]["memory"] and "cpu" not in probe["resources"]["limits"], "no CPU throttling of the probe"
+    assert "readinessProbe" not in probe, "the probe never holds the pod's readiness"
+    # The init container copies golden.npz where the probe reads it; only they mount that volume.
+    (assemble,) = pod["initContainers"]
+    assert assemble["args"][assemble["args"].index("--golden-output") + 1] == "/golden"
+    golden_mounts = {c["name"]: m for c in pod["initContainers"] + pod["containers"] for m in c["volumeMounts"] if m["name"] == "golden"}
+    assert set(golden_mounts) == {"assemble", "probe"} and golden_mounts["probe"].get("readOnly") is True
+    assert args["--golden"].startswith(golden_mounts["probe"]["mountPath"] + "/")
+
+    svc = serving.build_service("d", "ns", probe=True)
+    assert ("probe-metrics", int(args["--port"]), "probe-metrics") in [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]]
+    monitor = serving.build_service_monitor("d", "ns", probe=True)
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "probe-metrics"]
+    assert [e["port"] for e in serving.build_service_monitor("d", "ns")["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_classifier_pods_without_the_golden_probe_have_triton_only() -> None:
+    spec = load_spec({**SPEC, "monitoring": {"goldenProbe": {"enabled": False}}})
+    pod = serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, replicas=1)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["triton"]
+    assert "--golden-output" not in pod["initContainers"][0]["args"] and "golden" not in [v["name"] for v in pod["volumes"]]
 
 
 def test_serving_containers_pause_before_they_stop() -> None:

@@ -235,11 +235,15 @@ def build() -> dict[str, Any]:
     lay.row("Quality and optimization")
     lay.add(timeseries(
         "Golden-probe quality",
-        "Share of golden samples whose live answer matched the optimization report (1 = all), from the "
-        "operator's periodic probe; QualityDegraded is 1 while the quality gate fails.",
+        "From the probe container beside each Triton: the worst replica's share of golden samples whose "
+        "live top-1 answer matched the optimization report (1 = all) and its lowest cosine similarity, by "
+        "artifact revision; 'passed' is 0 while a replica fails the quality gate; QualityDegraded is 1 "
+        "while the operator reports it.",
         [
-            target(f"max(model_operator_golden_probe_agreement{{{MD}}})", "agreement", "A"),
-            target(f'max(model_operator_condition{{{MD},type="QualityDegraded",status="True"}})', "QualityDegraded", "B"),
+            target(f"min by (revision) (model_operator_golden_agreement{{{MD}}})", "agreement {{revision}}", "A"),
+            target(f"min by (revision) (model_operator_golden_cosine{{{MD}}})", "cosine {{revision}}", "B"),
+            target(f"min by (revision) (model_operator_golden_passed{{{MD}}})", "passed {{revision}}", "C"),
+            target(f'max(model_operator_condition{{{MD},type="QualityDegraded",status="True"}})', "QualityDegraded", "D"),
         ],
         unit="percentunit", min=0, max=1,
     ))

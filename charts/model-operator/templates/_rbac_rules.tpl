@@ -49,7 +49,7 @@
 - apiGroups: [serving.model-operator.io]
   resources: [modeldeployments/finalizers]
   verbs: [update]
-# Application: optimization, golden-probe and artifact-cleanup Jobs (server-side apply = create/patch;
+# Application: optimization, autotune and artifact-cleanup Jobs (server-side apply = create/patch;
 # the finalizer reads and deletes them).
 - apiGroups: [batch]
   resources: [jobs]

@@ -791,13 +791,17 @@ class RolloutStatus(StatusModel):
 
 
 class QualityStatus(StatusModel):
-    time: float | None = Field(default=None, description="Unix time of the last golden-set probe.")
+    time: float | None = Field(
+        default=None,
+        description="Unix time of the golden probe the verdict was read from (the oldest replica's last probe); "
+        "rewritten when the verdict changes, else at most hourly.",
+    )
     passed: bool | None = None
-    """Whether the last golden probe matched the report."""
+    """Whether every replica's last golden probe met the quality gate; null: unknown (no readings, a probe that cannot compare, or stale)."""
     agreement: float | None = None
-    """Share of golden samples whose live answer matched."""
+    """Share of golden samples whose live answer matched (the worst replica's)."""
     cosine: float | None = None
-    """Mean cosine similarity of live and reported outputs."""
+    """Mean cosine similarity of live and reported outputs (the worst replica's)."""
     max_abs_error: float | None = None
     """Largest absolute difference of live and reported outputs."""
     samples: int | None = None

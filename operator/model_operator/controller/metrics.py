@@ -27,10 +27,6 @@ PHASES: Final = Gauge("model_operator_modeldeployments", "ModelDeployments by ph
 SCALE_DECISIONS: Final = Counter(
     "model_operator_scale_decisions_total", "Scale changes made by the built-in autoscaler.", ["direction"]
 )
-GOLDEN_AGREEMENT: Final = Gauge(
-    "model_operator_golden_probe_agreement", "Share of golden samples whose live answer matched the report (0..1).",
-    ["namespace", "modeldeployment"],
-)
 CONDITION: Final = Gauge(
     "model_operator_condition", "ModelDeployment conditions: 1 for the current status of each type.",
     ["namespace", "modeldeployment", "type", "status"],
@@ -45,7 +41,7 @@ ARTIFACT_SIZE: Final = Gauge(
 OPTIMIZATION_LATENCY: Final = Gauge(
     "model_operator_optimization_latency_seconds", "Measured model latency before and after optimization.", [*_MD, "stage"]
 )
-PER_MD_GAUGES: Final = (GOLDEN_AGREEMENT, DESIRED_REPLICAS, READY_REPLICAS, MAX_REPLICAS, ARTIFACT_SIZE, OPTIMIZATION_LATENCY, CONDITION)
+PER_MD_GAUGES: Final = (DESIRED_REPLICAS, READY_REPLICAS, MAX_REPLICAS, ARTIFACT_SIZE, OPTIMIZATION_LATENCY, CONDITION)
 
 
 def export_modeldeployment(namespace: str, name: str, status: dict, max_replicas: int) -> None:

@@ -38,6 +38,8 @@ from . import metrics
 # (namespace, modeldeployment name) -> cached summaries, filled by kopf indexes in handlers.py.
 Key = tuple[str, str]
 KIND_RECHECK_SECONDS = 60.0
+# How old the fleet's shared golden-quality sample may be before a reconcile asks again.
+QUALITY_MAX_AGE = 10.0
 OPTIONAL_KINDS = (SERVICE_MONITOR, autoscaling_builder.KEDA_API)
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 _COUNTERS = {"jobs_started": metrics.JOBS_STARTED, "jobs_succeeded": metrics.JOBS_SUCCEEDED, "jobs_failed": metrics.JOBS_FAILED}
@@ -133,8 +135,6 @@ class Reconciler:
         outcome = Outcome(status=decided.status, events=decided.events, failures=failures)
         if failures:
             _report_failures(body, outcome)
-        if decided.golden_agreement is not None:
-            metrics.GOLDEN_AGREEMENT.labels(meta["namespace"], meta["name"]).set(decided.golden_agreement)
         for name, n in decided.counts.items():
             _COUNTERS[name].inc(n)
         return outcome
@@ -160,6 +160,8 @@ class Reconciler:
         if health_due:
             self._health_checked[key] = observed.now
             self._take_from_fleet(observed, meta["namespace"], meta["name"])
+        if rollout.get("stable"):
+            self._take_quality(observed, meta["namespace"], meta["name"])
         since = (rollout.get("canary") or {}).get("started")
         for track in tracks:
             counted = observed.now - float(since) if track == "canary" and since is not None else None
@@ -177,6 +179,16 @@ class Reconciler:
         rate = values["requestRate"]
         observed.metrics["all"] = Readings(request_rate=rate, error_ratio=values["errorRatio"] if rate else None,
                                            latency_ms=values["p99LatencyMs"])
+
+    def _take_quality(self, observed: Observed, namespace: str, name: str) -> None:
+        """The golden-set probe containers' verdicts on this MD, by revision, from the fleet's
+        shared sample (one query every QUALITY_MAX_AGE seconds for every MD together)."""
+        assert self.fleet_health is not None
+        quality = self.fleet_health.quality(max_age=QUALITY_MAX_AGE)
+        if quality.error is not None:
+            observed.quality_error = str(quality.error)
+        else:
+            observed.quality = quality.of(namespace, name)
 
     def _take(self, observed: Observed, key: str, sel: str, count_seconds: float | None = None) -> None:
         """Request rate, error ratio and p99 latency of the selected pods; the requests answered

@@ -21,7 +21,7 @@ from . import status as st
 from .autotune import plan_autotune
 from .core import SERVICE_MONITOR, Child, Delete, Draft, Observed, Plan, Readings
 from .engines import plan_engine
-from .monitoring import plan_health, plan_probe, plan_service_monitor
+from .monitoring import plan_health, plan_quality, plan_service_monitor
 from .optimization import OptimizationState, plan_optimization, worker_summary
 from .serving import ServeResult, plan_serving
 
@@ -163,15 +163,12 @@ def _serve(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, opt: Opt
 
 def _monitor(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig) -> None:
     status = d.plan.status
-    # A generation artifact has no golden tensors: its quality is the gate's, measured on held-out text.
-    if spec.monitoring.golden_probe.enabled and not serving_builder.is_generation(spec):
-        quality = plan_probe(d, spec, config)
-        if quality is not None:
+    if serving_builder.probes_quality(spec):
+        judged = plan_quality(d, spec)
+        if judged is not None:
+            quality, verdict, reason = judged
             status["quality"] = quality
-            if quality.get("passed") is False:
-                d.cond("QualityDegraded", True, "GoldenSetDrift", quality.get("reason") or "live answers drifted from the report")
-            elif quality.get("passed") is True:
-                d.cond("QualityDegraded", False, "GoldenSetMatches", quality.get("reason") or "live answers match the report")
+            d.cond("QualityDegraded", verdict, reason, quality.get("reason") or reason)
     rollout = status.get("rollout") or {}
     if rollout.get("canary") or rollout.get("watch"):
         return

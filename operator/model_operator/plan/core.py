@@ -42,6 +42,10 @@ class Observed:
     metrics: dict[str, Readings] = field(default_factory=dict)
     # The same keys, for readings that failed (Prometheus unreachable, a bad answer).
     metrics_errors: dict[str, str] = field(default_factory=dict)
+    # The golden-set probe's readings of this MD, by artifact revision (scaling/fleet.QualitySample),
+    # when they were read for this reconcile; None: not read this time.
+    quality: dict[str, dict[str, float]] | None = None
+    quality_error: str | None = None
     # What running worker Jobs report on their /progress endpoint, by Job name.
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     now: float = 0.0
@@ -107,7 +111,6 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     # Operator metrics the applier records: counter name -> increment; gauges by name.
     counts: dict[str, int] = field(default_factory=dict)
-    golden_agreement: float | None = None
     # Pre-signed access this MD's pods need (S3 stores): grant name -> (verb, artifact URI).
     # The controller signs them into the MD's access Secret (resources/access.py).
     access: dict[str, tuple[str, str]] = field(default_factory=dict)

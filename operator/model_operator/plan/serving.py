@@ -77,7 +77,8 @@ def _track(d: Draft, spec: ModelDeploymentSpec, config: OperatorConfig, track: r
 
 def _fixtures(d: Draft, spec: ModelDeploymentSpec, total: int) -> None:
     """The Service and the PodDisruptionBudget (only while there is more than one replica)."""
-    d.want_existing(serving_builder.build_service(d.name, d.namespace, openai=serving_builder.is_generation(spec)))
+    d.want_existing(serving_builder.build_service(d.name, d.namespace, openai=serving_builder.is_generation(spec),
+                                                    probe=serving_builder.probes_quality(spec)))
     pdb = serving_builder.build_pdb(d.name, d.namespace, total)
     if pdb is not None:
         d.want_existing(pdb)

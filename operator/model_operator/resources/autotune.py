@@ -58,7 +58,8 @@ def build_autotune_job(
     serving = spec.serving or Serving()
     pod = copy.deepcopy(build_deployment(name, namespace, spec, config, artifact, replicas=1)["spec"]["template"]["spec"])
     (assemble,) = pod["initContainers"]
-    (triton,) = pod["containers"]
+    # Triton only: the golden-set probe container (when the spec has one) has nothing to do in a sweep.
+    triton = next(ctr for ctr in pod["containers"] if ctr["name"] == "triton")
     triton["args"] = [a if not a.startswith("--model-control-mode=") else "--model-control-mode=explicit" for a in triton["args"]]
     triton["args"] = [a for a in triton["args"] if not a.startswith("--strict-readiness")] + ["--strict-readiness=false"]
     triton["volumeMounts"] = [{"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}]

@@ -25,6 +25,9 @@ GRPC_PORT: Final = 8001
 METRICS_PORT: Final = 8002
 # The OpenAI-compatible front beside Triton in a generation model's pods (model.task: generation).
 OPENAI_PORT: Final = 9000
+# The golden-set probe container's metrics (resources/serving.probe_container).
+PROBE_METRICS_PORT: Final = 9091
+PROBE_METRICS_PORT_NAME: Final = "probe-metrics"
 PVC_ROOT: Final = "/mnt/pvc"
 MAX_NAME: Final = 63
 

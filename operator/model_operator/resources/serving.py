@@ -114,6 +114,48 @@ def openai_container(name: str, config: OperatorConfig) -> dict[str, Any]:
     }
 
 
+def probes_quality(spec: ModelDeploymentSpec) -> bool:
+    """Whether the pods run the golden-set probe container: a generation artifact has no golden
+    tensors (its quality is the gate's, measured on held-out text)."""
+    return spec.monitoring.golden_probe.enabled and not is_generation(spec)
+
+
+GOLDEN_DIR = "/golden"
+
+
+def probe_container(name: str, spec: ModelDeploymentSpec, config: OperatorConfig, *, revision: str, track: str) -> dict[str, Any]:
+    """The golden-set probe beside Triton (`model-operator probe`, triton/pod_commands.probe_main):
+    every goldenProbe.intervalSeconds it sends the golden samples the init container copied out of
+    the artifact to the pod's own Triton and exports the verdict on its metrics port. No store
+    access, no API access: it reads a file and talks to localhost. Light: one Python process that
+    imports numpy and the Triton HTTP client, idle between probes."""
+    golden = spec.monitoring.golden_probe
+    gate = spec.optimization.quality_gate.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {
+        "name": "probe",
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["model-operator", "probe"],
+        "args": [
+            "--model", name,
+            "--golden", f"{GOLDEN_DIR}/golden.npz",
+            "--triton", f"127.0.0.1:{c.HTTP_PORT}",
+            "--interval", str(golden.interval_seconds),
+            "--samples", str(golden.samples),
+            "--gate-json", json.dumps(gate, sort_keys=True),
+            "--revision", revision,
+            "--track", track,
+            "--port", str(c.PROBE_METRICS_PORT),
+        ],
+        "ports": [{"name": c.PROBE_METRICS_PORT_NAME, "containerPort": c.PROBE_METRICS_PORT, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+        "volumeMounts": [{"name": "golden", "mountPath": GOLDEN_DIR, "readOnly": True}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": c.container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def build_deployment(
     name: str,
     namespace: str,
@@ -133,6 +175,13 @@ def build_deployment(
 
     volumes, claim_mounts, fetch_args = a.read_access(name, namespace, config.artifact_store, artifact.uri)
     volumes += [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    probing = probes_quality(spec)
+    golden_args: list[str] = []
+    golden_mounts: list[dict[str, Any]] = []
+    if probing:
+        volumes.append({"name": "golden", "emptyDir": {"sizeLimit": "256Mi"}})
+        golden_args = ["--golden-output", GOLDEN_DIR]
+        golden_mounts = [{"name": "golden", "mountPath": GOLDEN_DIR}]
     store_env = [{"name": "MODEL_OPERATOR_PVC_ROOT", "value": c.PVC_ROOT}, {"name": "HOME", "value": "/tmp"}]
 
     # The init container copies the artifact into the pod, refuses it unless its digest matches
@@ -150,10 +199,11 @@ def build_deployment(
             "--target", spec.target.value,
             "--serving-json", serving_json,
             "--output", "/models",
+            *golden_args,
             *fetch_args,
         ],
         "env": store_env,
-        "volumeMounts": [*claim_mounts, {"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [*claim_mounts, {"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}, *golden_mounts],
         "securityContext": c.container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -191,6 +241,8 @@ def build_deployment(
         # The grace period covers the drain pause plus Triton's own shutdown of in-flight requests.
         "terminationGracePeriodSeconds": 30 + config.drain_seconds,
     }
+    if probing:
+        pod_spec["containers"].append(probe_container(name, spec, config, revision=artifact.revision, track=track))
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if pool.tolerations:
@@ -230,8 +282,9 @@ def build_deployment(
     }
 
 
-def build_service(name: str, namespace: str, openai: bool = False) -> dict[str, Any]:
-    """Triton's ports, and the OpenAI-compatible front's for a generation model."""
+def build_service(name: str, namespace: str, openai: bool = False, probe: bool = False) -> dict[str, Any]:
+    """Triton's ports, the OpenAI-compatible front's for a generation model, and the golden-set
+    probe's metrics port when the pods run it (the ServiceMonitor scrapes it through this Service)."""
     ports = [
         {"name": "http", "port": c.HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
         {"name": "grpc", "port": c.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
@@ -239,6 +292,8 @@ def build_service(name: str, namespace: str, openai: bool = False) -> dict[str, 
     ]
     if openai:
         ports.append({"name": "openai", "port": c.OPENAI_PORT, "targetPort": "openai", "protocol": "TCP"})
+    if probe:
+        ports.append({"name": c.PROBE_METRICS_PORT_NAME, "port": c.PROBE_METRICS_PORT, "targetPort": c.PROBE_METRICS_PORT_NAME, "protocol": "TCP"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -263,14 +318,18 @@ def build_pdb(name: str, namespace: str, replicas: int) -> dict[str, Any] | None
     }
 
 
-def build_service_monitor(name: str, namespace: str, interval_seconds: int = 15) -> dict[str, Any]:
+def build_service_monitor(name: str, namespace: str, interval_seconds: int = 15, probe: bool = False) -> dict[str, Any]:
+    """Triton's metrics, and the golden-set probe's when the pods run it."""
+    endpoints = [{"port": "metrics", "path": "/metrics", "interval": f"{interval_seconds}s"}]
+    if probe:
+        endpoints.append({"port": c.PROBE_METRICS_PORT_NAME, "path": "/metrics", "interval": f"{interval_seconds}s"})
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
         "metadata": {"name": c.truncate(name, "-triton"), "namespace": namespace, "labels": c.base_labels(name, "triton")},
         "spec": {
             "selector": {"matchLabels": c.base_labels(name, "triton")},
-            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": f"{interval_seconds}s"}],
+            "endpoints": endpoints,
         },
     }
 

@@ -1,12 +1,10 @@
-"""Small Jobs on the worker image: the finalizer's artifact cleanup and the golden-set probe."""
+"""Small Jobs on the worker image: the finalizer's artifact cleanup."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..config import OperatorConfig
-from . import access as a
 from . import common as c
 
 
@@ -21,26 +19,6 @@ def build_cleanup_job(name: str, namespace: str, config: OperatorConfig) -> dict
         name, namespace, config, component="cleanup", job_name=c.truncate(name, "-cleanup"),
         command=["model-operator", "artifacts", "delete"], args=["--uri", root, "--keep-root"],
         store_volumes=([volume], [mount]), deadline=300, backoff=3,
-    )
-
-
-def build_probe_job(
-    name: str, namespace: str, config: OperatorConfig, *, artifact_uri: str, endpoints: list[str], samples: int, gate: dict[str, Any], revision: str
-) -> dict[str, Any]:
-    """Sends the artifact's golden samples to each ready Triton pod and reports agreement."""
-    volumes, mounts, fetch_args = a.read_access(name, namespace, config.artifact_store, artifact_uri)
-    return _store_job(
-        name, namespace, config, component="probe", job_name=c.truncate(name, "-probe"),
-        command=["model-operator", "probe"], store_volumes=(volumes, mounts),
-        args=[*fetch_args,
-            "--artifact", artifact_uri,
-            "--model", name,
-            "--endpoints", ",".join(endpoints),
-            "--samples", str(samples),
-            "--gate-json", json.dumps(gate, sort_keys=True),
-            "--report-summary", "/dev/termination-log",
-        ],
-        deadline=120, backoff=0, extra_labels={c.LABEL_REVISION: revision},
     )
 
 

@@ -98,10 +98,34 @@ class HealthSample:
         return {k: self.values.get(k, {}).get((namespace, name)) for k in HEALTH}
 
 
+@dataclass
+class QualitySample:
+    """The golden-set probe's readings of every ModelDeployment, by (namespace, name), then by
+    artifact revision: {"time", "ok", "passed", "agreement", "cosine", "samples"} as far as present."""
+
+    time: float
+    values: dict[tuple[str, str], dict[str, dict[str, float]]] = field(default_factory=dict)
+    error: PrometheusError | None = None
+
+    def of(self, namespace: str, name: str) -> dict[str, dict[str, float]]:
+        return self.values.get((namespace, name), {})
+
+
+def quality_rows(answer: dict[tuple[str, ...], float]) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """promql.fleet_golden_quality's answer, keyed by (metric, namespace, md, revision), regrouped."""
+    out: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for (metric, namespace, name, revision), value in answer.items():
+        key = promql.GOLDEN_METRICS.get(metric)
+        if key is not None:
+            out.setdefault((namespace, name), {}).setdefault(revision, {})[key] = value
+    return out
+
+
 class FleetHealth:
     """Request rate, error ratio and p99 latency of every ModelDeployment: three queries per
-    health interval for the whole fleet. The reconciler runs in kopf's thread pool, so this
-    is the blocking client behind a thread lock: one thread queries, the others wait and share."""
+    health interval for the whole fleet; and the golden-set quality of all of them, one more.
+    The reconciler runs in kopf's thread pool, so this is the blocking client behind a thread
+    lock: one thread queries, the others wait and share."""
 
     def __init__(self, prom: Prometheus, window: str, clock: Callable[[], float] = time.time,
                  on_poll: Callable[[int, PrometheusError | None], None] | None = None) -> None:
@@ -110,7 +134,9 @@ class FleetHealth:
         self.clock = clock
         self.on_poll = on_poll
         self.last: HealthSample | None = None
+        self.last_quality: QualitySample | None = None
         self._lock = threading.Lock()
+        self._quality_lock = threading.Lock()
 
     def sample(self, max_age: float) -> HealthSample:
         with self._lock:
@@ -135,3 +161,18 @@ class FleetHealth:
         if self.on_poll is not None:
             self.on_poll(sent, sample.error)
         return sample
+
+    def quality(self, max_age: float) -> QualitySample:
+        with self._quality_lock:
+            last = self.last_quality
+            if last is not None and self.clock() - last.time < max_age:
+                return last
+            sample = QualitySample(self.clock())
+            try:
+                sample.values = quality_rows(self.prom.query_by(promql.fleet_golden_quality(), promql.GOLDEN_BY))
+            except PrometheusError as exc:
+                sample.error = exc
+            if self.on_poll is not None:
+                self.on_poll(1, sample.error)
+            self.last_quality = sample
+            return sample

@@ -279,3 +279,24 @@ def fleet_p99_latency_ms() -> str:
     """p99_latency_ms for every ModelDeployment at once: each one's slowest pod."""
     series = LATENCY_SUMMARY + '{pod=~"' + FLEET_POD + '",quantile="0.99"}'
     return f"max by ({FLEET_BY}) ({_with_md(series)}) / 1000"
+
+
+# --- golden-set quality, from the probe container beside each Triton (triton/pod_commands.probe_main) ---
+# Its series carry modeldeployment, revision and track labels of their own (Prometheus adds namespace
+# and pod), so one query, grouped by metric name, answers every ModelDeployment's every revision:
+# the worst replica's agreement, cosine and verdict, whether any replica could not compare, and the
+# oldest replica's last probe time (a replica whose probe stopped makes the whole answer stale).
+GOLDEN_BY = ("__name__", "namespace", "modeldeployment", "revision")
+GOLDEN_METRICS = {
+    "model_operator_golden_probe_timestamp_seconds": "time",
+    "model_operator_golden_probe_ok": "ok",
+    "model_operator_golden_passed": "passed",
+    "model_operator_golden_agreement": "agreement",
+    "model_operator_golden_cosine": "cosine",
+    "model_operator_golden_samples": "samples",
+}
+
+
+def fleet_golden_quality() -> str:
+    names = "|".join(sorted(GOLDEN_METRICS))
+    return f'min by ({", ".join(GOLDEN_BY)}) ({{__name__=~"{names}"}})'

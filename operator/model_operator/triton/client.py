@@ -1,5 +1,5 @@
 """Client helpers on `tritonclient`: readiness, metadata, inference with numpy arrays by name,
-and the golden-set probe the operator's health checks run against live endpoints.
+and the golden-set probe that the `probe` container beside each Triton runs against its own pod.
 
 Endpoints are `host:port` (tritonclient's form); an `http://` prefix is accepted and dropped.
 `protocol` is "http" (default) or "grpc".

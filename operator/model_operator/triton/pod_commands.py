@@ -3,7 +3,8 @@
 - `assemble` (the Triton pod's init container): fetch an artifact, refuse it unless its digest
   is the one the report promised, and write the model repository with a config.pbtxt for the
   current serving block;
-- `probe` (the golden-probe Job): send the artifact's golden samples to each live Triton pod;
+- `probe` (a container beside Triton): send the golden samples to the pod's own Triton on an
+  interval and export the verdict as Prometheus gauges;
 - `artifacts delete|verify` (the finalizer's cleanup Job, and by hand).
 
 Each prints one line on failure and writes it where Kubernetes shows it (the termination log).
@@ -12,6 +13,7 @@ Each prints one line on failure and writes it where Kubernetes shows it (the ter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -109,6 +111,10 @@ def assemble_main(args: argparse.Namespace) -> int:
             local = _download(args, Path(tmp) / "artifact")
             digest = verify_dir(local, args.sha256, uri=args.artifact)
             dest = assemble(local, args.name, args.target, serving, Path(args.output))
+            golden = local / "golden.npz"
+            golden_output = getattr(args, "golden_output", None)
+            if golden_output and golden.is_file():
+                shutil.copyfile(golden, Path(golden_output) / "golden.npz")
         except StorageError as exc:
             return _fail(f"refusing to serve {args.artifact}: {exc}", 3)
         except (FileNotFoundError, ValueError) as exc:
@@ -117,39 +123,84 @@ def assemble_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the `probe` container exports, by status.quality key: (metric, help). Each series carries
+# the labels modeldeployment, revision and track; Prometheus adds namespace and pod.
+PROBE_GAUGES: dict[str, tuple[str, str]] = {
+    "time": ("model_operator_golden_probe_timestamp_seconds", "Unix time of the last probe that reached the model."),
+    "ok": ("model_operator_golden_probe_ok", "1 when the last probe compared the answers, 0 when it could not."),
+    "passed": ("model_operator_golden_passed", "1 when the last probe's answers met the quality gate, 0 when not."),
+    "agreement": ("model_operator_golden_agreement", "Share of golden samples whose live top-1 answer matched the report."),
+    "cosine": ("model_operator_golden_cosine", "Lowest mean cosine similarity of live and reported outputs."),
+    "maxAbsError": ("model_operator_golden_max_abs_error", "Largest absolute difference of live and reported outputs."),
+    "samples": ("model_operator_golden_samples", "Golden samples the last probe sent."),
+}
+
+
+def probe_values(result: Any, now: float) -> dict[str, float | None]:
+    """The gauges for one probe's outcome: a ProbeResult, or the ProbeError's message when the
+    answers could not be compared (then no verdict is exported: None removes a series)."""
+    if isinstance(result, str):
+        return {"time": now, "ok": 0.0, "passed": None, "agreement": None, "cosine": None, "maxAbsError": None, "samples": None}
+    return {"time": now, "ok": 1.0, "passed": 1.0 if result.passed else 0.0, "agreement": result.agreement,
+            "cosine": result.cosine, "maxAbsError": result.max_abs_error, "samples": float(result.samples)}
+
+
+def _probe_once(endpoint: str, model: str, golden: Path, gate: dict[str, Any], samples: int, wait: float) -> Any:
+    """A ProbeResult, the reason the answers could not be compared, or None while Triton is not
+    ready (a pod starting or Triton restarting: nothing is claimed, the last probe time ages)."""
+    from .client import ProbeError, probe, wait_ready
+
+    try:
+        wait_ready(endpoint, model, timeout=wait)
+    except Exception:  # noqa: BLE001 - not ready (TimeoutError) or unreachable: try again next interval
+        return None
+    if not golden.is_file():
+        return f"{golden}: no golden set (the artifact holds no golden.npz)"
+    try:
+        return probe(endpoint, model, golden, gate, samples=samples)
+    except ProbeError as exc:
+        return str(exc)
+
+
 def probe_main(args: argparse.Namespace) -> int:
-    from ..storage import StorageError
-    from .client import ProbeError, probe
+    """(the `probe` container beside Triton) every --interval seconds, send --samples golden samples
+    to the pod's own Triton, judge the answers against the quality gate, and export the verdict as
+    Prometheus gauges on --port (the ServiceMonitor scrapes it; the operator reads the whole fleet
+    with one query). Logs one line when the verdict changes, not per probe."""
+    import signal
+    import threading
+    import time
+
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
     gate: dict[str, Any] = json.loads(args.gate_json or "{}")
-    endpoints = [e for e in args.endpoints.split(",") if e]
-    with tempfile.TemporaryDirectory(prefix="mo-probe-") as tmp:
-        try:
-            local = _download(args, Path(tmp) / "artifact")
-        except StorageError as exc:
-            return _fail(str(exc), 2, args.report_summary)
-        golden = local / "golden.npz"
-        if not golden.is_file():
-            return _fail(f"{args.artifact}: no golden.npz in the artifact", 2, args.report_summary)
-        results = []
-        for endpoint in endpoints:
-            try:
-                results.append((endpoint, probe(endpoint, args.model, golden, gate, samples=args.samples)))
-            except ProbeError as exc:
-                return _fail(str(exc), 1, args.report_summary)
-    if not results:
-        return _fail("no endpoints to probe", 2, args.report_summary)
-    # The worst replica speaks for the fleet: one drifted pod is a problem.
-    worst_endpoint, worst = min(results, key=lambda r: (r[1].passed, r[1].agreement if r[1].agreement is not None else 1.0))
-    summary = worst.summary()
-    summary["endpoints"] = len(results)
-    if not worst.passed:
-        summary["reason"] = f"{worst_endpoint}: {worst.reason}"
-    text = json.dumps(summary)
-    if args.report_summary:
-        Path(args.report_summary).write_text(text)
-    print(text)
-    return 0
+    labels = {"modeldeployment": args.model, "revision": args.revision, "track": args.track}
+    registry = CollectorRegistry()
+    gauges = {key: Gauge(metric, doc, list(labels), registry=registry) for key, (metric, doc) in PROBE_GAUGES.items()}
+    if args.port:
+        start_http_server(args.port, registry=registry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    said = ""
+    while True:
+        result = _probe_once(args.triton, args.model, Path(args.golden), gate, args.samples, wait=min(args.interval, 30))
+        if result is not None:
+            for key, value in probe_values(result, time.time()).items():
+                if value is not None:
+                    gauges[key].labels(**labels).set(value)
+                else:
+                    with contextlib.suppress(KeyError):
+                        gauges[key].remove(*labels.values())
+            verdict = result if isinstance(result, str) else f"golden probe: {json.dumps(result.summary(), sort_keys=True)}"
+            if verdict != said:
+                print(verdict, file=sys.stderr if isinstance(result, str) else sys.stdout, flush=True)
+                said = verdict
+            if args.once:
+                return 0 if not isinstance(result, str) and result.passed else 1
+        elif args.once:
+            return _fail(f"{args.triton}: Triton or model {args.model} not ready", 2)
+        if stop.wait(args.interval):
+            return 0
 
 
 def artifacts_main(args: argparse.Namespace) -> int:

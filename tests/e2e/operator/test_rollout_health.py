@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,37 +171,75 @@ def test_error_ratio_above_the_objective_degrades_and_recovers(
     assert md["status"]["health"]["reason"] in ("WithinObjectives", "NoTraffic")
 
 
+class JobsCreated:
+    """Every Job created in a namespace while the block runs (a watch, so a Job created and
+    deleted in between is seen too)."""
+
+    def __init__(self, batch_api: Any, namespace: str) -> None:
+        self.batch_api, self.namespace = batch_api, namespace
+        self.names: list[str] = []
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(self.batch_api.list_namespaced_job, self.namespace, timeout_seconds=2):
+                if event["type"] == "ADDED" and event["object"].metadata.name not in self.names:
+                    self.names.append(event["object"].metadata.name)
+
+    def __enter__(self) -> JobsCreated:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def test_golden_probe_catches_a_model_whose_answers_changed(
-    models: Path, start_operator: Any, cluster: Any, namespace: str, custom_api: Any, core_api: Any,
+    models: Path, start_operator: Any, cluster: Any, namespace: str, custom_api: Any, core_api: Any, batch_api: Any, prometheus: Any,
 ) -> None:
+    """The probe container beside Triton probes the local model every 5 s and exports its verdict;
+    the real Prometheus scrapes it and the operator reads it into status.quality with the fleet's
+    one quality query. No probe Job, ever."""
     start_operator()
-    create_md(custom_api, namespace, digits_md("golden", model=ONNX_MODEL, optimization=AS_IS,
-                                               monitoring={"goldenProbe": {"enabled": True, "intervalSeconds": 5, "samples": 32}}))
-    wait_phase(custom_api, namespace, "golden", "Ready", timeout=300)
-    md = wait_for(lambda: (m := get_md(custom_api, namespace, "golden")).get("status", {}).get("quality", {}).get("passed") is True and m,
-                  timeout=180, interval=1, message="a passing golden probe")
-    assert condition(md, "QualityDegraded")["status"] == "False" and md["status"]["quality"]["agreement"] >= 0.99
+    with JobsCreated(batch_api, namespace) as jobs:
+        create_md(custom_api, namespace, digits_md("golden", model=ONNX_MODEL, optimization=AS_IS,
+                                                   monitoring={"goldenProbe": {"enabled": True, "intervalSeconds": 5, "samples": 32}}))
+        wait_phase(custom_api, namespace, "golden", "Ready", timeout=300)
+        md = wait_for(lambda: (m := get_md(custom_api, namespace, "golden")).get("status", {}).get("quality", {}).get("passed") is True and m,
+                      timeout=180, interval=1, message="a passing golden probe")
+        assert condition(md, "QualityDegraded")["status"] == "False" and md["status"]["quality"]["agreement"] >= 0.99
+        revision = md["status"]["rollout"]["stable"]["revision"]
+        assert md["status"]["quality"]["revision"] == revision and md["status"]["quality"]["samples"] == 32
+        # What the operator read is what the probe container exported, through the real Prometheus.
+        (series,) = prometheus.query(f'model_operator_golden_passed{{namespace="{namespace}",modeldeployment="golden"}}')
+        assert series["metric"]["revision"] == revision and series["metric"]["track"] == "stable" and series["value"][1] == "1"
 
-    # Someone (or a bad disk) changes the model under the running server; the container restarts
-    # and loads it. The artifact store still holds the right one: only the live answers drifted.
-    (pod,) = ready_triton_pods(core_api, namespace, "golden")
-    repo = cluster.pod_volume_dir(pod.metadata.uid, "models")
-    (served,) = list(repo.rglob("*.onnx"))
-    drifted_copy(served)
-    container = next(c for c in pod.status.container_statuses if c.name == "triton")
-    os.kill(cluster.container_pid(container.container_id), signal.SIGKILL)
+        # Someone (or a bad disk) changes the model under the running server; the container restarts
+        # and loads it. The artifact store still holds the right one: only the live answers drifted.
+        (pod,) = ready_triton_pods(core_api, namespace, "golden")
+        repo = cluster.pod_volume_dir(pod.metadata.uid, "models")
+        (served,) = list(repo.rglob("*.onnx"))
+        drifted_copy(served)
+        container = next(c for c in pod.status.container_statuses if c.name == "triton")
+        os.kill(cluster.container_pid(container.container_id), signal.SIGKILL)
 
-    def restarted() -> bool:
-        live = core_api.read_namespaced_pod(pod.metadata.name, namespace)
-        return live.status.container_statuses[0].restart_count >= 1 and bool(ready_triton_pods(core_api, namespace, "golden"))
+        def restarted() -> bool:
+            live = core_api.read_namespaced_pod(pod.metadata.name, namespace)
+            triton = next(c for c in live.status.container_statuses if c.name == "triton")
+            return triton.restart_count >= 1 and bool(ready_triton_pods(core_api, namespace, "golden"))
 
-    wait_for(restarted, timeout=120, interval=1, message="Triton restarted and Ready")
+        wait_for(restarted, timeout=120, interval=1, message="Triton restarted and Ready")
 
-    md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "golden"), "QualityDegraded").get("status") == "True" and m,
-                  timeout=180, interval=1, message="QualityDegraded=True")
-    assert condition(md, "QualityDegraded")["reason"] == "GoldenSetDrift"
-    assert md["status"]["quality"]["passed"] is False and md["status"]["quality"]["agreement"] < 0.9
-    wait_for(lambda: events(core_api, namespace, "golden", "GoldenSetDrift"), timeout=30, message="the GoldenSetDrift Event")
+        md = wait_for(lambda: condition(m := get_md(custom_api, namespace, "golden"), "QualityDegraded").get("status") == "True" and m,
+                      timeout=180, interval=1, message="QualityDegraded=True")
+        assert condition(md, "QualityDegraded")["reason"] == "GoldenSetDrift"
+        assert md["status"]["quality"]["passed"] is False and md["status"]["quality"]["agreement"] < 0.9
+        wait_for(lambda: events(core_api, namespace, "golden", "GoldenSetDrift"), timeout=30, message="the GoldenSetDrift Event")
+    assert not [n for n in jobs.names if "probe" in n], jobs.names
 
 
 def test_oscillating_load_does_not_make_replicas_flap(
