@@ -81,3 +81,9 @@ def test_served_specs_keep_a_users_monitoring_and_autoscaling_defaults() -> None
     assert served.monitoring.golden_probe.enabled and served.monitoring.service_monitor
     assert served.autoscaling is not None and served.autoscaling.enabled and served.autoscaling.engine.value == "operator"
     assert load_spec(sm.spec_for(3, device=True)).target.value == "device"
+
+
+def test_operator_writes_are_applies_md_writes_and_its_own_deletes() -> None:
+    writes = {"APPLY secrets": 3, "DELETE pods": 9, "PATCH modeldeployments/status": 5, "PUT jobs/status": 4, "POST events": 2}
+    mine = sm.operator_writes(writes, {"Job delete": 2, "Secret apply": 3, "Service delete": 0})
+    assert mine == {"APPLY secrets": 3, "PATCH modeldeployments/status": 5, "DELETE Job (operator)": 2}
