@@ -208,6 +208,7 @@ def main() -> int:
     ap.add_argument("--unrelated-deployments", type=int, default=5000)
     ap.add_argument("--steady-seconds", type=float, default=120)
     ap.add_argument("--threads", type=int, default=8, help="client threads creating objects")
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds to wait for Ready, converged or Running")
     ap.add_argument("--smoke", action="store_true", help="title the page as a smoke run")
     harness.add_out(ap, "scale-defaults")
     args = ap.parse_args()
@@ -322,7 +323,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 wait_for(lambda: _up(op_metrics), timeout=600, interval=1, message="operator metrics endpoint")
                 base = reconciles()  # 0 in a fresh process
-                wait_for(lambda: reconciles() - base >= count, timeout=3600, interval=2, message=f"{count} objects reconciled after restart")
+                wait_for(lambda: reconciles() - base >= count, timeout=args.timeout, interval=2, message=f"{count} objects reconciled after restart")
                 converged = time.monotonic() - t0
                 time.sleep(15)  # writes still in flight
                 d = delta(api_counts(), c0)
@@ -351,7 +352,8 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                     last[0] = n
                 return n >= count
 
-            wait_for(all_ready, timeout=3600, interval=5, message=f"{count} ModelDeployments Ready")
+            # Listing every object is itself load: look less often in large fleets.
+            wait_for(all_ready, timeout=args.timeout, interval=5 if count <= 1000 else 20, message=f"{count} ModelDeployments Ready")
             res["cold_ready_s"] = time.monotonic() - t0
             res["cold_throttled"] = throttled(delta(api_counts(), c0))
             steady(op, sampler, "cold")
@@ -393,7 +395,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                     return n >= args.unrelated_pods
 
         # KWOK's and the Deployment controller's status writes for them settle before the restart is counted.
-        wait_for(unrelated_running, timeout=3600, interval=10, message="unrelated Pods Running")
+        wait_for(unrelated_running, timeout=args.timeout, interval=10, message="unrelated Pods Running")
         time.sleep(20)
         restart("unrelated")
         res["rss_ratio_peak"] = res["unrelated_restart"]["peak_mib"] / res["base_restart"]["peak_mib"]
