@@ -38,3 +38,43 @@ def test_weights_to_float16(tmp_path: Path) -> None:
     after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=2e-2, atol=2e-2)
     assert not np.array_equal(after, before), "the weights really are rounded to float16"
+
+
+def test_static_int8_gives_a_conv_the_range_of_its_relu6(tmp_path: Path) -> None:
+    """Static int8 without opTypes quantizes Clip and Relu too, so a convolution followed by ReLU6
+    is quantized over [0, 6] (what the next layer sees), not over its own, far wider, pre-activation
+    range: a few int8 steps over [0, 6] wrecked a pretrained EfficientNet-Lite0."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from model_operator.api.types import Quantization, QuantizationMode
+    from model_operator.optimize.data import Dataset
+    from model_operator.optimize.quantize import quantize
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 4, 3, 3)) * 10).astype(np.float32)  # pre-activation range of about ±200
+    w2 = rng.standard_normal((2, 16, 1, 1)).astype(np.float32) * 0.2
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="relu6"),
+         helper.make_node("Conv", ["a", "w2"], ["y"], name="conv2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 8, 8])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                     numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")],
+    )
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    x = rng.standard_normal((32, 4, 8, 8)).astype(np.float32)
+
+    quantize(src, out, Quantization(mode=QuantizationMode.static_int8, per_channel=True), calibration=Dataset(inputs={"x": x}), input_names=["x"])
+
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv1 = next(n for n in model.graph.node if n.name == "conv1")
+    conv1_out = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv1.output[0])
+    assert float(inits[conv1_out.input[1]]) <= 6.0 / 255 * 1.01, "conv1's output is quantized over the ReLU6's range"
+    before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(after - before).max() < 0.1 * np.abs(before).max()
