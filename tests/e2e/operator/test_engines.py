@@ -276,7 +276,6 @@ def test_keda_engine_scales_on_queue_time_through_keda(
         wait_for(lambda: len(ready_triton_pods(core_api, namespace, "kq")) == 2, timeout=180, interval=1,
                  message="two Triton replicas Ready")
     assert sum(load.sent for load in loads) > 50 and not sum(load.failed for load in loads), [(x.sent, x.errors) for x in loads]
-    print("CALIBRATE", [(x.sent, time.monotonic() - x.start) for x in loads])  # TEMP
     conditions = {c.type: c for c in up.status.conditions}
     assert conditions["ScalingActive"].status == "True" and conditions["ScalingActive"].reason == "ValidMetricFound"
 
@@ -328,6 +327,7 @@ def test_three_engines_settle_within_one_replica_under_the_same_load(
             final = wait_for(settled, timeout=180, interval=1, message=f"every engine above 1 replica, unchanged for {SETTLE_SECONDS} s")
         except WaitTimeout as e:
             raise AssertionError(f"{e}\nreplicas: {replicas()}\nloads: {[(x.model, x.sent, x.failed) for x in loads]}") from e
+    print("three engines settled:", final, [(x.model, x.sent, round(time.monotonic() - x.start)) for x in loads])
     assert not sum(load.failed for load in loads), [(x.model, x.sent, x.errors[-1:]) for x in loads]
     assert max(final.values()) - min(final.values()) <= 1, (final, [(x.model, x.sent) for x in loads])
     # And all three come back down after the load.
