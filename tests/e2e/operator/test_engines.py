@@ -295,8 +295,10 @@ SETTLE_SECONDS = 20
 
 
 def test_three_engines_settle_within_one_replica_under_the_same_load(
-    claims: None, keda: Any, metrics_adapter: Any, start_operator: Any, namespace: str, custom_api: Any, core_api: Any,
+    claims: None, keda: Any, metrics_adapter: Any, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, kube: Any,
 ) -> None:
+    from kubernetes import client
+
     start_operator()
     engines = {"eop": "operator", "ehpa": "hpa", "ekeda": "keda"}
     for name, engine in engines.items():
@@ -326,7 +328,9 @@ def test_three_engines_settle_within_one_replica_under_the_same_load(
         try:
             final = wait_for(settled, timeout=180, interval=1, message=f"every engine above 1 replica, unchanged for {SETTLE_SECONDS} s")
         except WaitTimeout as e:
-            raise AssertionError(f"{e}\nreplicas: {replicas()}\nloads: {[(x.model, x.sent, x.failed) for x in loads]}") from e
+            hpas = [(h.metadata.name, h.status.current_metrics, [(c.type, c.status, c.reason, c.message) for c in h.status.conditions or []])
+                    for h in client.AutoscalingV2Api(kube).list_namespaced_horizontal_pod_autoscaler(namespace).items]
+            raise AssertionError(f"{e}\nreplicas: {replicas()}\nloads: {[(x.model, x.sent, x.failed) for x in loads]}\nHPAs: {hpas}") from e
     print("three engines settled:", final, [(x.model, x.sent, round(time.monotonic() - x.start)) for x in loads])
     assert not sum(load.failed for load in loads), [(x.model, x.sent, x.errors[-1:]) for x in loads]
     assert max(final.values()) - min(final.values()) <= 1, (final, [(x.model, x.sent) for x in loads])
