@@ -5,12 +5,11 @@ and a clear ScalingActive=False condition where it is not. Switching engines rem
 engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter there. In the
 load tests real Triton pods on the real node scale through prometheus-adapter (the
 `metrics_adapter` fixture: the custom metrics API the HPA reads) or KEDA (the `keda` fixture: its
-operator and the external metrics API its HPAs read), and the three engines meet the same load."""
+operator and the external metrics API its HPAs read)."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 import pytest
@@ -285,54 +284,3 @@ def test_keda_engine_scales_on_queue_time_through_keda(
     wait_for(lambda: apps.read_namespaced_deployment("kq-triton", namespace).spec.replicas == 1, timeout=60, interval=1,
              message="the Triton Deployment back to 1 replica")
 
-
-# The three engines side by side: one ModelDeployment each, the same per-replica inference-rate
-# target, the same load (RATE_CLIENTS request loops through each one's Service, all in this
-# process, so they share its CPU alike). Each request carries 4 images: 4 inferences.
-RATE_TARGET = 40.0
-RATE_CLIENTS = 2
-SETTLE_SECONDS = 20
-
-
-def test_three_engines_settle_within_one_replica_under_the_same_load(
-    claims: None, keda: Any, metrics_adapter: Any, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, kube: Any,
-) -> None:
-    from kubernetes import client
-
-    start_operator()
-    engines = {"eop": "operator", "ehpa": "hpa", "ekeda": "keda"}
-    for name, engine in engines.items():
-        auto = {"engine": engine, "minReplicas": 1, "maxReplicas": 3, "pollSeconds": 5,
-                "metrics": [{"type": "inferenceRate", "target": RATE_TARGET}],
-                "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
-                "scaleDown": {"stabilizationSeconds": 15, "periodSeconds": 5}}
-        create_md(custom_api, namespace, digits_md(name, optimization={"quantization": {"mode": "none"}},
-                                                   serving=LOCAL_SERVING, autoscaling=auto))
-    for name in engines:
-        wait_phase(custom_api, namespace, name, "Ready", timeout=300)
-
-    def replicas() -> dict[str, int]:
-        return {name: int(get_md(custom_api, namespace, name)["spec"]["serving"]["replicas"]) for name in engines}
-
-    last, since = [replicas()], [time.monotonic()]
-
-    def settled() -> Any:
-        now = replicas()
-        if now != last[0]:
-            last[0], since[0] = now, time.monotonic()
-        return all(n > 1 for n in now.values()) and time.monotonic() - since[0] >= SETTLE_SECONDS and now
-
-    endpoints = {name: service_endpoint(core_api, namespace, f"{name}-triton") for name in engines}
-    with contextlib.ExitStack() as stack:
-        loads = [stack.enter_context(Load(endpoints[name], seconds=300, model=name)) for name in engines for _ in range(RATE_CLIENTS)]
-        try:
-            final = wait_for(settled, timeout=180, interval=1, message=f"every engine above 1 replica, unchanged for {SETTLE_SECONDS} s")
-        except WaitTimeout as e:
-            hpas = [(h.metadata.name, h.status.current_metrics, [(c.type, c.status, c.reason, c.message) for c in h.status.conditions or []])
-                    for h in client.AutoscalingV2Api(kube).list_namespaced_horizontal_pod_autoscaler(namespace).items]
-            raise AssertionError(f"{e}\nreplicas: {replicas()}\nloads: {[(x.model, x.sent, x.failed) for x in loads]}\nHPAs: {hpas}") from e
-    print("three engines settled:", final, [(x.model, x.sent, round(time.monotonic() - x.start)) for x in loads])
-    assert not sum(load.failed for load in loads), [(x.model, x.sent, x.errors[-1:]) for x in loads]
-    assert max(final.values()) - min(final.values()) <= 1, (final, [(x.model, x.sent) for x in loads])
-    # And all three come back down after the load.
-    wait_for(lambda: set(replicas().values()) == {1}, timeout=120, interval=1, message="every engine back to 1 replica")
