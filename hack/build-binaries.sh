@@ -9,7 +9,7 @@
 #   --check  build nothing; exit 1 and list what is missing
 #   name     only these (kube-apiserver kube-controller-manager kube-scheduler
 #            kubectl kubelet kube-proxy etcd kwok helm prometheus
-#            prometheus-adapter); default all
+#            prometheus-adapter keda-operator keda-metrics-apiserver); default all
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +24,7 @@ export CGO_ENABLED=0
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm prometheus prometheus-adapter)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm prometheus prometheus-adapter keda-operator keda-metrics-apiserver)
 CHECK=0
 WANT=()
 for arg in "$@"; do
@@ -46,6 +46,7 @@ version_of() {
     helm) echo "${HELM_VERSION}" ;;
     prometheus) echo "${PROMETHEUS_VERSION}" ;;
     prometheus-adapter) echo "${PROMETHEUS_ADAPTER_VERSION}" ;;
+    keda-operator|keda-metrics-apiserver) echo "${KEDA_VERSION}" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -60,6 +61,8 @@ recipe_of() {
     helm) echo "helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm" ;;
     prometheus) echo "prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/prometheus" ;;
     prometheus-adapter) echo "prometheus-adapter sigs.k8s.io/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter" ;;
+    keda-operator) echo "keda github.com/kedacore/keda/v2 github.com/kedacore/keda/v2/cmd/operator" ;;
+    keda-metrics-apiserver) echo "keda github.com/kedacore/keda/v2 github.com/kedacore/keda/v2/cmd/adapter" ;;
   esac
 }
 
@@ -81,6 +84,7 @@ ldflags_of() {
     prometheus)
       local pv="2.${v#v0.}"
       echo "-X github.com/prometheus/common/version.Version=${pv} -X github.com/prometheus/common/version.Branch=release-${pv%.*}" ;;
+    keda-*) echo "-X github.com/kedacore/keda/v2/version.Version=${v#v}" ;;
     *) echo "" ;;
   esac
 }
@@ -123,6 +127,14 @@ for name in "${WANT[@]}"; do
   # leaves a half-written binary that a later run would take as cached.
   tmp="$(mktemp "${out}.XXXXXX")"
   (cd "${dir}" && go build -trimpath -ldflags "-s -w $(ldflags_of "${name}" "${v}")" -o "${tmp}" "${pkg}")
+  if [[ "${name}" == keda-operator ]]; then
+    # KEDA's CustomResourceDefinitions of the same release, next to the operator (before
+    # the binary, whose presence means "cached"): the test fixture installs them.
+    rm -rf "${out%/*}/crds"
+    mkdir -p "${out%/*}/crds"
+    cp "$(cd "${dir}" && go list -m -f '{{.Dir}}' "${modpath}")"/config/crd/bases/*.yaml "${out%/*}/crds/"
+    chmod 0644 "${out%/*}/crds/"*.yaml
+  fi
   chmod 0755 "${tmp}"
   mv -f "${tmp}" "${out}"
   log "${name} ${v}: built in $((SECONDS - start))s ($(du -h "${out}" | cut -f1))"

@@ -22,6 +22,8 @@ _VERSION_KEY = {
     "helm": "HELM_VERSION",
     "prometheus": "PROMETHEUS_VERSION",
     "prometheus-adapter": "PROMETHEUS_ADAPTER_VERSION",
+    "keda-operator": "KEDA_VERSION",
+    "keda-metrics-apiserver": "KEDA_VERSION",
 }
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 # What Cluster(real_node=True) needs on top: the node agents (built) ...

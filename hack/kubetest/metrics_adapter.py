@@ -46,14 +46,14 @@ class MetricsAdapterError(RuntimeError):
     pass
 
 
-def apiservice(version: str, ca_pem: bytes) -> dict[str, Any]:
+def apiservice(version: str, ca_pem: bytes, group: str = GROUP, name: str = NAME, namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": "apiregistration.k8s.io/v1",
         "kind": "APIService",
-        "metadata": {"name": f"{version}.{GROUP}"},
+        "metadata": {"name": f"{version}.{group}"},
         "spec": {
-            "group": GROUP, "version": version,
-            "service": {"namespace": NAMESPACE, "name": NAME, "port": 443},
+            "group": group, "version": version,
+            "service": {"namespace": namespace, "name": name, "port": 443},
             "caBundle": base64.b64encode(ca_pem).decode(),
             "groupPriorityMinimum": 100,
             "versionPriority": 200 if version == "v1beta2" else 100,
@@ -61,10 +61,10 @@ def apiservice(version: str, ca_pem: bytes) -> dict[str, Any]:
     }
 
 
-def service_and_endpoints(ip: str, port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def service_and_endpoints(ip: str, port: int, name: str = NAME, namespace: str = NAMESPACE) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Service without a selector and its Endpoints: the adapter's address on this machine
     (the EndpointSlice mirroring controller makes the EndpointSlice kube-proxy reads)."""
-    meta = {"name": NAME, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": NAME}}
+    meta = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": name}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}}
     endpoints = {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta,
@@ -77,6 +77,44 @@ def _available(obj: dict[str, Any]) -> Optional[dict[str, Any]]:
         if cond.get("type") == "Available":
             return dict(cond)
     return None
+
+
+def register(cluster: "Cluster", name: str, group: str, versions: tuple[str, ...], port: int, ca_pem: bytes,
+             proc: subprocess.Popen, timeout: float) -> None:
+    """Register an extension API server listening on the real node's address at ``port`` (its
+    serving certificate signed by ``ca_pem``) as ``group``'s ``versions``, through a Service
+    ``name`` in kube-system, and wait until the API server lists every version Available (raising
+    with the log's tail if ``proc`` exits first)."""
+    kube = cluster.kube
+    service, endpoints = service_and_endpoints(node.NODE_IP, port, name)
+    kube.apply(f"/api/v1/namespaces/{NAMESPACE}/services/{name}", service)
+    kube.apply(f"/api/v1/namespaces/{NAMESPACE}/endpoints/{name}", endpoints)
+    for version in versions:
+        kube.apply(f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{group}", apiservice(version, ca_pem, group, name))
+
+    def available() -> Any:
+        if proc.poll() is not None:
+            tail = cluster.log_path(name).read_text(errors="replace")[-3000:]
+            raise MetricsAdapterError(f"{name} exited with {proc.returncode}; last log lines:\n{tail}")
+        conds = {v: _available(kube.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{v}.{group}")) for v in versions}
+        return all((c or {}).get("status") == "True" for c in conds.values()) or conds
+
+    wait_for(available, timeout=timeout, interval=0.5, message=f"APIServices of {group} Available")
+
+
+def unregister(cluster: "Cluster", name: str, group: str, versions: tuple[str, ...]) -> None:
+    """Remove what ``register`` made, APIServices first (an unavailable one would break
+    discovery for every client), then stop the process ``name``."""
+    kube = cluster.kube
+    paths = [f"/apis/apiregistration.k8s.io/v1/apiservices/{v}.{group}" for v in versions]
+    paths += [f"/api/v1/namespaces/{NAMESPACE}/{kind}/{name}" for kind in ("services", "endpoints")]
+    for path in paths:
+        try:
+            kube.delete(path)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+    cluster.stop_component(name)
 
 
 class MetricsAdapter:
@@ -122,35 +160,11 @@ class MetricsAdapter:
             f"--metrics-relist-interval={self.relist_interval}",
             "--v=2",
         ])
-        kube = self.cluster.kube
-        service, endpoints = service_and_endpoints(node.NODE_IP, port)
-        kube.apply(f"/api/v1/namespaces/{NAMESPACE}/services/{NAME}", service)
-        kube.apply(f"/api/v1/namespaces/{NAMESPACE}/endpoints/{NAME}", endpoints)
-        ca_pem = ca.pair.cert.read_bytes()
-        for version in VERSIONS:
-            kube.apply(f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{GROUP}", apiservice(version, ca_pem))
-
-        def available() -> Any:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise MetricsAdapterError(f"{NAME} exited with {self.proc.returncode}; last log lines:\n{tail}")
-            conds = {v: _available(kube.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{v}.{GROUP}")) for v in VERSIONS}
-            return all((c or {}).get("status") == "True" for c in conds.values()) or conds
-
-        wait_for(available, timeout=timeout, interval=0.5, message=f"APIServices of {GROUP} Available")
+        register(self.cluster, NAME, GROUP, VERSIONS, port, ca.pair.cert.read_bytes(), self.proc, timeout)
         return self
 
     def stop(self) -> None:
-        kube = self.cluster.kube
-        paths = [f"/apis/apiregistration.k8s.io/v1/apiservices/{v}.{GROUP}" for v in VERSIONS]
-        paths += [f"/api/v1/namespaces/{NAMESPACE}/{kind}/{NAME}" for kind in ("services", "endpoints")]
-        for path in paths:
-            try:
-                kube.delete(path)
-            except ApiError as e:
-                if e.status != 404:
-                    raise
-        self.cluster.stop_component(NAME)
+        unregister(self.cluster, NAME, GROUP, VERSIONS)
         self.proc = None
 
     def pod_metric(self, namespace: str, metric: str, selector: str = "") -> list[dict[str, Any]]:

@@ -147,3 +147,23 @@ def metrics_adapter(cluster: Any, prometheus: Any, operator_env: dict[str, str])
         yield adapter
     finally:
         adapter.stop()
+
+
+@pytest.fixture(scope="module")
+def keda(cluster: Any) -> Iterator[Any]:
+    """KEDA (kubetest.keda): its CRDs of the pinned release, its operator, and its metrics server
+    registered as external.metrics.k8s.io and Available; removed again after the module. A
+    ModelDeployment with `engine: keda` needs the operator started after this (it asks whether
+    keda.sh is served at start, then every minute)."""
+    from kubetest import binaries
+    from kubetest.keda import OPERATOR, SERVER, Keda
+
+    try:
+        binaries.require([OPERATOR, SERVER])
+    except binaries.BinariesMissing as e:
+        binaries.unavailable(str(e))
+    running = Keda(cluster).start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -2,14 +2,14 @@
 HorizontalPodAutoscaler that the real HPA controller (kube-controller-manager) acts on through
 the ModelDeployment's scale subresource; `keda` gets a ScaledObject where KEDA's CRD is served,
 and a clear ScalingActive=False condition where it is not. Switching engines removes the old
-engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter here; except
-for the queue-time test, where real Triton pods on the real node scale through prometheus-adapter
-(the `metrics_adapter` fixture: the custom metrics API the HPA reads)."""
+engine's object. The Triton pods land on the KWOK gpu pool: only the objects matter there. In the
+load tests real Triton pods on the real node scale through prometheus-adapter (the
+`metrics_adapter` fixture: the custom metrics API the HPA reads) or KEDA (the `keda` fixture: its
+operator and the external metrics API its HPAs read)."""
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,13 +31,14 @@ from md_helpers import (
     wait_phase,
 )
 
+from kubetest import binaries
+from kubetest import keda as keda_crds
 from kubetest.rest import ApiError
 from kubetest.wait import WaitTimeout, wait_for
 from model_operator.scaling import promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-KEDA_CRD = Path(__file__).resolve().parents[1] / "fixtures" / "keda.sh-crds.yaml"
 GPU_SERVING = {"nodePool": "gpu", "replicas": 1, "gpus": 1, "backend": "python", "maxBatchSize": 16}
 
 
@@ -158,6 +159,10 @@ def test_keda_engine_without_and_with_keda(
 ) -> None:
     from md_helpers import stop
 
+    try:
+        keda_crds.crd_files()
+    except binaries.BinariesMissing as e:
+        binaries.unavailable(str(e))
     runner = start_operator()
     auto = {"engine": "keda", "minReplicas": 1, "maxReplicas": 3, "pollSeconds": 10,
             "metrics": [{"type": "queueTime", "target": 5}, {"type": "inferenceRate", "target": 40}]}
@@ -170,9 +175,10 @@ def test_keda_engine_without_and_with_keda(
                       if e.involved_object.name == "keda" and e.reason == "KEDANotInstalled" and e.type == "Warning"],
              timeout=30, message="the KEDANotInstalled Event")
 
-    cluster.kubectl("apply", "--server-side", "-f", str(KEDA_CRD))
+    # KEDA's own CRDs of the pinned release, but no KEDA running: the operator's ScaledObject
+    # passes the real schema; nothing acts on it (the `keda` fixture's tests below run KEDA).
+    keda_crds.install_crds(cluster)
     try:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
         stop(runner)
         start_operator()  # a restart asks the API server again at once (a running operator does every minute)
         keda = client_for_keda(custom_api)
@@ -192,7 +198,7 @@ def test_keda_engine_without_and_with_keda(
         custom_api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "keda")
         wait_for(lambda: not [m for m in custom_api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]],
                  timeout=120, interval=1, message="the ModelDeployment gone")
-        cluster.kubectl("delete", "-f", str(KEDA_CRD), "--ignore-not-found", "--timeout=60s", check=False)
+        keda_crds.remove_crds(cluster)
 
 
 def client_for_keda(custom_api: Any) -> Any:
@@ -200,3 +206,81 @@ def client_for_keda(custom_api: Any) -> Any:
         return custom_api.list_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects")["items"]
 
     return scaled_objects
+
+
+def test_keda_engine_scales_on_queue_time_through_keda(
+    claims: None, keda: Any, start_operator: Any, namespace: str, custom_api: Any, core_api: Any, kube: Any,
+    prometheus: Any,
+) -> None:
+    """`engine: keda` with KEDA running (the `keda` fixture): KEDA turns the operator's ScaledObject
+    into an HPA on external metrics, its metrics server answers them by running the operator's
+    Prometheus query, and the real HPA controller scales the ModelDeployment up under load through
+    its Service and back down after it: the same step as the `hpa` engine's test above."""
+    from kubernetes import client
+    from kubernetes.utils import parse_quantity
+
+    autoscaling_api = client.AutoscalingV2Api(kube)
+    start_operator()
+    auto = {"engine": "keda", "minReplicas": 1, "maxReplicas": 2, "pollSeconds": 5,
+            "metrics": [{"type": "queueTime", "target": QUEUE_TARGET_MS}],
+            "scaleUp": {"stabilizationSeconds": 0, "periodSeconds": 5},
+            "scaleDown": {"stabilizationSeconds": 15, "periodSeconds": 5}}
+    create_md(custom_api, namespace, digits_md("kq", optimization={"quantization": {"mode": "none"}}, serving=LOCAL_SERVING,
+                                               autoscaling=auto))
+    md = wait_phase(custom_api, namespace, "kq", "Ready", timeout=300)
+    assert condition(md, "ScalingActive")["reason"] == "KEDA", condition(md, "ScalingActive")
+    scaled_objects = client_for_keda(custom_api)
+
+    def so_ready() -> Any:
+        items = scaled_objects(namespace)
+        conds = {c["type"]: c for c in ((items[0].get("status") or {}).get("conditions") or [])} if items else {}
+        return (conds.get("Ready") or {}).get("status") == "True" and items[0]
+
+    so = wait_for(so_ready, timeout=60, interval=1, message="KEDA reporting the ScaledObject Ready")
+    hpa_name = so["status"]["hpaName"]
+    assert hpa_name == f"keda-hpa-{so['metadata']['name']}", so["status"]
+
+    def hpa() -> Any:
+        return autoscaling_api.read_namespaced_horizontal_pod_autoscaler(hpa_name, namespace)
+
+    made = wait_for(hpa, timeout=30, interval=1, message="KEDA's HPA", ignore=(ApiError, client.ApiException))
+    assert made.spec.scale_target_ref.kind == "ModelDeployment" and made.spec.scale_target_ref.name == "kq"
+    (metric,) = made.spec.metrics
+    assert metric.type == "External" and metric.external.target.type == "Value", metric
+    assert float(parse_quantity(metric.external.target.value)) == QUEUE_TARGET_MS, metric
+    external = metric.external.metric.name
+    wait_for(lambda: prometheus.query(f'nv_inference_queue_duration_us{{namespace="{namespace}"}}'), timeout=60,
+             message="Triton's queue time scraped")
+    # The external metrics API answers through the aggregation layer, KEDA's metrics server asking
+    # its operator, which runs the query: idle, 0.
+    idle = wait_for(lambda: keda.external_metric(namespace, external, so["metadata"]["name"]), timeout=60, interval=1,
+                    message=f"KEDA serving {external}", ignore=(ApiError,))
+    assert len(idle) == 1 and parse_quantity(idle[0]["value"]) == 0, idle
+
+    endpoint = service_endpoint(core_api, namespace, "kq-triton")
+    with contextlib.ExitStack() as stack:
+        loads = [stack.enter_context(Load(endpoint, seconds=240, model="kq")) for _ in range(CLIENTS)]
+        try:
+            up = wait_for(lambda: (h := hpa()).status.desired_replicas == 2 and h, timeout=120, interval=1,
+                          message="KEDA's HPA wanting 2 replicas on queue time")
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}\nHPA status: {hpa().status}\nexternal: {keda.external_metric(namespace, external, so['metadata']['name'])}"
+                                 f"\nloads: {[(x.sent, x.failed, x.errors[-1:]) for x in loads]}") from e
+        (current,) = up.status.current_metrics
+        assert current.type == "External" and current.external.metric.name == external, current
+        # Value, not AverageValue: the query's per-request time is compared with the target as it is.
+        assert float(parse_quantity(current.external.current.value)) > QUEUE_TARGET_MS, current
+        md = wait_for(lambda: (m := get_md(custom_api, namespace, "kq"))["spec"]["serving"]["replicas"] == 2 and m,
+                      timeout=60, interval=1, message="the HPA controller scaling the ModelDeployment to 2")
+        wait_for(lambda: len(ready_triton_pods(core_api, namespace, "kq")) == 2, timeout=180, interval=1,
+                 message="two Triton replicas Ready")
+    assert sum(load.sent for load in loads) > 50 and not sum(load.failed for load in loads), [(x.sent, x.errors) for x in loads]
+    conditions = {c.type: c for c in up.status.conditions}
+    assert conditions["ScalingActive"].status == "True" and conditions["ScalingActive"].reason == "ValidMetricFound"
+
+    wait_for(lambda: hpa().status.desired_replicas == 1 and get_md(custom_api, namespace, "kq")["spec"]["serving"]["replicas"] == 1,
+             timeout=180, interval=1, message="KEDA's HPA scaling back to 1 replica")
+    apps = client.AppsV1Api(kube)
+    wait_for(lambda: apps.read_namespaced_deployment("kq-triton", namespace).spec.replicas == 1, timeout=60, interval=1,
+             message="the Triton Deployment back to 1 replica")
+
