@@ -246,6 +246,18 @@ def test_classifier_pods_without_the_golden_probe_have_triton_only() -> None:
     assert "--golden-output" not in pod["initContainers"][0]["args"] and "golden" not in [v["name"] for v in pod["volumes"]]
 
 
+def test_a_scale_change_leaves_the_pod_template_alone() -> None:
+    # The autoscalers change spec.serving.replicas: only the Deployment's replicas may follow,
+    # a changed template would replace every serving pod on each scale step.
+    spec = load_spec(SPEC)
+    one = serving.build_deployment("d", "ns", spec, CONFIG, ARTIFACT, replicas=1)
+    scaled = spec.model_copy(update={"serving": spec.serving.model_copy(update={"replicas": 7})}) if spec.serving else spec
+    seven = serving.build_deployment("d", "ns", scaled, CONFIG, ARTIFACT, replicas=7)
+    assert seven["spec"]["replicas"] == 7 and one["spec"]["template"] == seven["spec"]["template"]
+    edited = spec.model_copy(update={"serving": spec.serving.model_copy(update={"max_batch_size": 4})}) if spec.serving else spec
+    assert serving.build_deployment("d", "ns", edited, CONFIG, ARTIFACT, replicas=1)["spec"]["template"] != one["spec"]["template"]
+
+
 def test_serving_containers_pause_before_they_stop() -> None:
     # Every container the Service sends traffic to sleeps through the drain before SIGTERM; the
     # grace period leaves Triton its own 30 s after the pause.

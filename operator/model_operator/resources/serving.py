@@ -171,7 +171,9 @@ def build_deployment(
     selector = {**c.serving_selector(name), c.LABEL_TRACK: track}
     labels = {**c.base_labels(name, "triton"), c.LABEL_TRACK: track}
     pod_labels = {**labels, c.LABEL_REVISION: artifact.revision}
-    serving_json = json.dumps(serving.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+    # Without replicas: an autoscaler's scale change must not change the pod template, which
+    # would roll every serving pod on each scale step.
+    serving_json = json.dumps(serving.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"replicas"}), sort_keys=True)
 
     volumes, claim_mounts, fetch_args = a.read_access(name, namespace, config.artifact_store, artifact.uri)
     volumes += [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
