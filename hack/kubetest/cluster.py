@@ -441,6 +441,10 @@ class Cluster:
             "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={front_proxy.cert}", f"--proxy-client-key-file={front_proxy.key}",
+            # The aggregator dials an extension API server's endpoint (from its EndpointSlices),
+            # not its Service's ClusterIP: this host's routes send a ClusterIP that kube-proxy
+            # has no rule for yet out of the default route, where something answers 404.
+            "--enable-aggregator-routing=true",
             "--profiling=false",
             # kubectl logs/exec: the API server calls the kubelet at its InternalIP.
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
