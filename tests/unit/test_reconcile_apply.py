@@ -158,6 +158,27 @@ def test_the_access_secret_is_written_before_the_children_and_refreshed_at_half_
     assert "Secret" in kube.applied, "past half the URLs' lifetime: re-signed"
 
 
+def test_a_restarted_operator_keeps_the_access_secret_its_predecessor_wrote(monkeypatch: Any) -> None:
+    kube = RecordingKube()
+    doc = md()
+    first = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW)
+    access = first.status["access"]
+    assert access == {"grants": [f"put-{job_name_digest(doc)}"], "expiresAt": int(NOW + 3600)}
+    assert "X-Amz" not in json.dumps(first.status), "the status names grants, never URLs"
+    doc["status"] = {**(doc.get("status") or {}), "access": access}
+    kube.applied.clear()
+    # A new process (nothing in memory) reads the record from the status: no new signature.
+    again = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 600)
+    assert "Secret" not in kube.applied and again.status["access"] == access
+    # Past half the URLs' lifetime, or with other grants, it signs again and records the new expiry.
+    late = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 1801)
+    assert "Secret" in kube.applied and late.status["access"]["expiresAt"] == int(NOW + 1801 + 3600)
+    kube.applied.clear()
+    doc["status"]["access"] = {"grants": ["get-0000"], "expiresAt": int(NOW + 3600)}
+    s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 600)
+    assert "Secret" in kube.applied, "the recorded grants are not the ones wanted"
+
+
 def test_without_store_keys_signing_fails_clearly(monkeypatch: Any) -> None:
     kube = RecordingKube()
     out = s3_reconciler(kube, monkeypatch, keys=False).reconcile(md(), Observed(), now=NOW)

@@ -826,6 +826,13 @@ class HealthStatus(StatusModel):
     """p99 request latency in ms (Triton's latency summaries; the slowest pod)."""
 
 
+class AccessStatus(StatusModel):
+    grants: list[str] = Field(default_factory=list, max_length=64)
+    """The grants the access Secret holds (`get-<revision>`, `put-<revision>`); never the URLs."""
+    expires_at: int | None = None
+    """When its URLs expire (Unix seconds); the operator signs them again at half their lifetime."""
+
+
 class AutotuneRow(StatusModel):
     name: str
     """The config's name: b<max batch>-d<queue delay>us-i<instances>-t<threads>, or batch1-... for the baseline."""
@@ -901,6 +908,8 @@ class ModelDeploymentStatus(StatusModel):
     """Serving health against the monitoring objectives."""
     autotune: AutotuneStatus | None = None
     """The serving autotune's sweep (serving.autotune) and the config it chose."""
+    access: AccessStatus | None = None
+    """The S3 store's access Secret as last written: kept here so a restarted operator doesn't sign it again."""
 
 
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:

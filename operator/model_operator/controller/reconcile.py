@@ -131,6 +131,9 @@ class Reconciler:
             failure = self.grant_access(body, decided.access, observed.now)
             if failure:
                 failures.append(failure)
+            signed = self._signed.get((meta["namespace"], meta["name"]))
+            if signed is not None:
+                decided.status["access"] = access_builder.access_status(signed)
         failures += self.apply(meta["namespace"], meta["name"], decided, observed.now)
         outcome = Outcome(status=decided.status, events=decided.events, failures=failures)
         if failures:
@@ -248,6 +251,11 @@ class Reconciler:
         key: Key = (meta["namespace"], meta["name"])
         store = self.config.artifact_store
         names = frozenset(grants)
+        if key not in self._signed:
+            # A restarted process: the Secret written before still holds good URLs.
+            recorded = access_builder.signed_from_status(body.get("status") or {})
+            if recorded is not None:
+                self._signed[key] = recorded
         if not access_builder.needs_refresh(self._signed.get(key), names, now, store.url_ttl_seconds):
             return None
         backoff_key = (key[0], key[1], f"Secret {access_builder.secret_name(key[1])}")

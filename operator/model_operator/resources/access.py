@@ -81,6 +81,21 @@ def needs_refresh(signed: tuple[frozenset[str], float] | None, grants: frozenset
     return names != grants or expires_at - now < ttl / 2
 
 
+def signed_from_status(status: dict[str, Any]) -> tuple[frozenset[str], float] | None:
+    """What `status.access` says the access Secret holds, for a process that hasn't written it
+    yet (after a restart): the same record `needs_refresh` reads, or None when there is none."""
+    access = status.get("access") or {}
+    expires_at = access.get("expiresAt")
+    if not isinstance(expires_at, (int, float)) or not isinstance(access.get("grants"), list):
+        return None
+    return frozenset(str(g) for g in access["grants"]), float(expires_at)
+
+
+def access_status(signed: tuple[frozenset[str], float]) -> dict[str, Any]:
+    names, expires_at = signed
+    return {"grants": sorted(names), "expiresAt": int(expires_at)}
+
+
 def read_access(
     name: str, namespace: str, store: ArtifactStore, artifact_uri: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
