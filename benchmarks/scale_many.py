@@ -166,6 +166,31 @@ def query_log_times(text: str, since: float, until: float) -> list[float]:
     return out
 
 
+def status_changes(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """What changed in the objects' statuses ({name: status} before and after): how many objects
+    had each top-level key change; a condition counts by type and the fields that changed."""
+    out: dict[str, int] = {}
+
+    def bump(key: str) -> None:
+        out[key] = out.get(key, 0) + 1
+
+    for name, new in after.items():
+        old = before.get(name, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) == new.get(key):
+                continue
+            if key != "conditions":
+                bump(key)
+                continue
+            was = {c.get("type"): c for c in old.get("conditions") or []}
+            for cond in new.get("conditions") or []:
+                prev = was.get(cond.get("type"), {})
+                fields = sorted(f for f in set(cond) | set(prev) if cond.get(f) != prev.get(f))
+                if fields:
+                    bump(f"conditions[{cond.get('type')}].{'/'.join(fields)}")
+    return dict(sorted(out.items()))
+
+
 # ---------------------------------------------------------------- measuring
 class Sampler(threading.Thread):
     """Peak resident memory of a process (VmHWM) and its VmRSS samples, every 0.5 s."""
@@ -315,7 +340,17 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             }
             log(f"{tag} steady: {res[f'{tag}_steady']}")
 
+        def statuses() -> dict[str, dict[str, Any]]:
+            out, cont = {}, None
+            while True:
+                page = kube.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, limit=500, _continue=cont)
+                out.update({m["metadata"]["name"]: m.get("status") or {} for m in page["items"]})
+                cont = page["metadata"].get("continue")
+                if not cont:
+                    return out
+
         def restart(tag: str) -> None:
+            before = statuses()
             c0 = api_counts()
             with harness.run_operator(state, cfg, env, ("--namespace", NS), liveness_port=0, stop_timeout=120) as op:
                 sampler = Sampler(op.pid)
@@ -327,11 +362,13 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 converged = time.monotonic() - t0
                 time.sleep(15)  # writes still in flight
                 d = delta(api_counts(), c0)
+                changed = status_changes(before, statuses())
                 writes = by_verb_resource(d, verbs=WRITE_VERBS)
                 ops = _op_writes(op_metrics())
                 mine = operator_writes(writes, ops)
                 res[f"{tag}_restart"] = {"converged_s": converged, "writes": writes, "writes_total": sum(writes.values()),
-                                         "op_writes": ops, "mine": mine, "mine_total": sum(mine.values()), "throttled": throttled(d)}
+                                         "op_writes": ops, "mine": mine, "mine_total": sum(mine.values()), "throttled": throttled(d),
+                                         "status_changed": changed}
                 log(f"{tag} restart: {res[f'{tag}_restart']}")
                 steady(op, sampler, tag)
                 sampler.stop_flag.set()
@@ -443,7 +480,9 @@ def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, A
         "watching one namespace.",
         f"ModelDeployments: {args.device_share:.0%} `target: device`, the rest served (`serving.nodePool: cpu`, "
         "`autoscaling: {}` = the built-in engine with its defaults); monitoring at its defaults (golden probe every 60 s, "
-        "ServiceMonitor on). Differs from a user: optimization skipped (each status already holds an artifact for the "
+        "ServiceMonitor on). The probe is a `probe` container in each Triton pod: on KWOK pods nothing runs, so there is "
+        "no probe series and QualityDegraded stays Unknown (the operator still reads the fleet's quality with its one "
+        "grouped query). Differs from a user: optimization skipped (each status already holds an artifact for the "
         "spec hash, so no optimization Job); placeholder S3 keys in the operator's environment (URLs are signed locally, "
         "no store is reached).",
         f"Unrelated objects (phase 3): {args.unrelated_pods} bare Pods bound by nodeName to their own KWOK nodes and "
@@ -480,6 +519,8 @@ def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, A
                   f"{r['base_restart']['writes']} / {r['unrelated_restart']['writes']}",
                   f"- the operator's own child-write counter in the restarted process (model_operator_api_writes_total): "
                   f"{r['base_restart']['op_writes']} / {r['unrelated_restart']['op_writes']}",
+                  f"- what the restarts changed in the statuses (objects per key): {r['base_restart']['status_changed']} / "
+                  f"{r['unrelated_restart']['status_changed']}",
                   f"- cold start's steady window (before any restart): {r['cold_steady']}",
                   f"- operator CPU in the steady windows: {r['base_steady']['cpu']:.2f} / {r['unrelated_steady']['cpu']:.2f} cores; "
                   f"ServiceMonitors made: {r['service_monitors']}; KWOK nodes: {r['nodes']} cpu + {r['other_nodes']} other; "

@@ -87,3 +87,12 @@ def test_operator_writes_are_applies_md_writes_and_its_own_deletes() -> None:
     writes = {"APPLY secrets": 3, "DELETE pods": 9, "PATCH modeldeployments/status": 5, "PUT jobs/status": 4, "POST events": 2}
     mine = sm.operator_writes(writes, {"Job delete": 2, "Secret apply": 3, "Service delete": 0})
     assert mine == {"APPLY secrets": 3, "PATCH modeldeployments/status": 5, "DELETE Job (operator)": 2}
+
+
+def test_status_changes_count_objects_per_key_and_conditions_per_field() -> None:
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "t0"}
+    before = {"a": {"phase": "Ready", "conditions": [ready]}, "b": {"phase": "Ready", "access": {"expiresAt": 1}}}
+    after = {"a": {"phase": "Ready", "conditions": [{**ready, "lastTransitionTime": "t1"}]},
+             "b": {"phase": "Ready", "access": {"expiresAt": 2}}, "c": {"phase": "Pending"}}
+    assert sm.status_changes(before, after) == {"access": 1, "conditions[Ready].lastTransitionTime": 1, "phase": 1}
+    assert sm.status_changes(after, after) == {}

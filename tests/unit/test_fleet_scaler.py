@@ -146,6 +146,20 @@ def test_a_stabilization_in_progress_is_written_and_survives_a_restart() -> None
     assert later.replicas is not None and later.replicas < 6
 
 
+@pytest.mark.parametrize("values", [{"inferenceRate": 5.0}, {}], ids=["at-target", "no-data"])
+def test_a_restart_writes_nothing_for_a_steady_md(values: dict[str, float]) -> None:
+    b = body(3)
+    first = tick(b, values, 1000.0, autoscale.State.from_status(b["status"], 1000.0, 3))  # as the handler starts
+    assert first.scaling is not None and first.window == [{"time": 1000.0, "replicas": 3}]
+    b["status"] |= {"scaling": first.scaling, "scalingWindow": first.window}
+    # A new process 200 s later: the running replicas join the window as a recommendation made now.
+    state = autoscale.State.from_status(b["status"], 1200.0, 3)
+    out = tick(b, values, 1200.0, state)
+    assert out.replicas is None and out.scaling is not None and out.window is not None
+    assert [w["replicas"] for w in out.window] == [3]
+    assert not autoscale.worth_writing(state, out.scaling, out.window, False, 1200.0, heartbeat=600)
+
+
 def test_an_older_status_list_of_recommendations_seeds_the_window() -> None:
     status = {"scaling": {"lastPoll": 990.0, "recommendations": [{"time": 900.0 + i, "replicas": 6} for i in range(90)]}}
     b = body(6, status)

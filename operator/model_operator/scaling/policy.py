@@ -103,7 +103,10 @@ def decide(
     if not present:
         why = "no metric data" + (f" ({', '.join(missing)})" if missing else "")
         held = min(max(current, spec.min_replicas), spec.max_replicas)
-        return Decision(held, f"holding {held} replicas: {why}", None, {}, held=True), recommendations
+        # Compacted as on any poll: a restart's "replicas running now" entry (State.from_status)
+        # then merges into a steady window instead of making it look changed.
+        kept = compact(recommendations, now, spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
+        return Decision(held, f"holding {held} replicas: {why}", None, {}, held=True), kept
 
     proposals = {k: _proposal(current, present[k], targets[k], spec.tolerance) for k in present if k in targets}
     metric, raw = max(proposals.items(), key=lambda kv: kv[1])
