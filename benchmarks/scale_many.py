@@ -322,17 +322,21 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
 
         def steady(op: Any, sampler: Sampler, tag: str) -> None:
             time.sleep(20)  # the last status writes and Events settle
+            o0 = _op_writes(op_metrics())
             w0, c0, q0, cpu0 = time.time(), api_counts(), metric_sum(op_metrics(), "model_operator_scaler_prometheus_queries_total"), cpu_seconds(op.pid)
             m0 = time.monotonic()
             time.sleep(args.steady_seconds)  # the steady window being measured
             w1, c1, q1, cpu1 = time.time(), api_counts(), metric_sum(op_metrics(), "model_operator_scaler_prometheus_queries_total"), cpu_seconds(op.pid)
             window = w1 - w0
             d = delta(c1, c0)
+            o1 = _op_writes(op_metrics())
+            mine = operator_writes(by_verb_resource(d, verbs=WRITE_VERBS), {k: v - o0.get(k, 0.0) for k, v in o1.items()})
             sizes = polls(query_log_times(qlog.read_text() if qlog.exists() else "", w0, w1))
             res[f"{tag}_steady"] = {
                 "rss_mib": sampler.mean_rss(m0) / 2**20,
                 "rps": {k: round(v / window, 3) for k, v in by_verb_resource(d).items()},
                 "writes_ps": sum(by_verb_resource(d, verbs=WRITE_VERBS).values()) / window,
+                "operator_writes_ps": sum(mine.values()) / window,
                 "probe_jobs": created(d, "jobs"), "probe_pods": created(d, "pods"),
                 "prom_queries": sum(sizes), "polls": len(sizes),
                 "per_poll_max": max(sizes, default=0), "operator_queries": q1 - q0,
@@ -493,12 +497,15 @@ def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, A
         f"(3) unrelated objects created, restart again. Steady windows: {args.steady_seconds:.0f} s, 20 s after "
         "Ready/converged. API requests from apiserver_request_total (all clients; watches excluded) on "
         f"{', '.join(RESOURCES)}; writes = {'/'.join(WRITE_VERBS)}. Prometheus queries from its query log, grouped into "
-        "polls (bursts > 1 s apart). Probe Jobs/Pods = Jobs and Pods created (POST or APPLY answered 201) in the steady window.",
+        "polls (bursts > 1 s apart). Probe Jobs/Pods = Jobs and Pods created (POST or APPLY answered 201) in the steady window. "
+        "The operator's writes: every APPLY (only it applies server-side here), every write to modeldeployments, and the "
+        "deletes it counted itself; all clients' writes add the controllers' and KWOK's (e.g. the Deployment controller's "
+        "status PUTs for the unrelated Deployments).",
         "",
     ])
     lines += [
         "| MDs | cold: all Ready (s) | cold peak RSS (MiB) | steady RSS (MiB) | restart: converged (s) | restart: the operator's writes | "
-        "restart peak RSS (MiB) | steady writes/s | Prom queries/poll (max; polls) | probe Jobs/Pods in window | 429s |",
+        "restart peak RSS (MiB) | steady writes/s: the operator's (all clients') | Prom queries/poll (max; polls) | probe Jobs/Pods in window | 429s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -508,7 +515,7 @@ def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, A
             cold = (f"{r['cold_ready_s']:.0f}", f"{r['cold_peak_mib']:.0f}") if tag == "base" else ("–", "–")
             lines.append(
                 f"| {label} | {cold[0]} | {cold[1]} | {s['rss_mib']:.0f} | {rs['converged_s']:.0f} | {rs['mine_total']:.0f} "
-                f"{rs['mine']} | {rs['peak_mib']:.0f} | {s['writes_ps']:.2f} | {s['per_poll_max']} ({s['polls']} polls, "
+                f"{rs['mine']} | {rs['peak_mib']:.0f} | {s['operator_writes_ps']:.2f} ({s['writes_ps']:.2f}) | {s['per_poll_max']} ({s['polls']} polls, "
                 f"{s['prom_queries']} queries; operator counted {s['operator_queries']:.0f}) | {s['probe_jobs']:.0f}/{s['probe_pods']:.0f} | "
                 f"{s['throttled'] + rs['throttled'] + (r['cold_throttled'] if tag == 'base' else 0):.0f} |")
     lines.append("")
@@ -534,7 +541,8 @@ def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, A
               "- peak RSS <= 512 MiB: " + _target(peak <= 512, f"{peak:.0f} MiB, {peak / 512:.2f}x the limit"),
               "- restart-to-converged <= 600 s: " + _target(rs["converged_s"] <= 600, f"{rs['converged_s']:.0f} s"),
               "- no writes for objects already right: " + _target(rs["mine_total"] == 0, f"{rs['mine_total']:.0f} writes by the operator: {rs['mine']}"),
-              "- <= 20 API writes/s steady: " + _target(s["writes_ps"] <= 20, f"{s['writes_ps']:.2f}/s"),
+              "- <= 20 API writes/s steady: " + _target(s["operator_writes_ps"] <= 20, f"the operator's {s['operator_writes_ps']:.2f}/s; "
+                                                       f"all clients' {s['writes_ps']:.2f}/s"),
               "- <= 10 Prometheus queries per poll: " + _target(s["per_poll_max"] <= 10, f"at most {s['per_poll_max']}"),
               "- unrelated objects change RSS < 10 %: " + _target(abs(big["rss_ratio_steady"] - 1) < 0.1 and abs(big["rss_ratio_peak"] - 1) < 0.1,
                                                                   f"steady {big['rss_ratio_steady']:.2f}x, peak {big['rss_ratio_peak']:.2f}x")]
