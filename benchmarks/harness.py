@@ -140,8 +140,15 @@ def install_crds(cluster: Any, timeout_s: int = 60, tree: Path = REPO) -> None:
     """Apply the CRDs of this repository (or of the checkout `tree`) and wait until the API
     server serves them (Established)."""
     crds = str(tree / "crds")
+    deadline = time.monotonic() + timeout_s
     for args in (("apply", "--server-side", "-f", crds), ("wait", "--for", "condition=Established", "--timeout", f"{timeout_s}s", "-f", crds)):
-        done = cluster.kubectl(*args, check=False, timeout=timeout_s + 30)
+        while True:
+            done = cluster.kubectl(*args, check=False, timeout=timeout_s + 30)
+            # A CRD read before the API server gave it any condition makes `kubectl wait` fail
+            # at once ("status.conditions accessor error") instead of waiting: ask again.
+            if done.returncode == 0 or "accessor error" not in done.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if done.returncode != 0:
             raise RuntimeError(f"kubectl {args[0]} of {crds} exited {done.returncode}: {(done.stdout + done.stderr).strip()[-1000:]}")
 
