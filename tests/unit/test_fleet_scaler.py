@@ -113,13 +113,14 @@ def test_three_replicas_at_ten_each_against_five_want_six() -> None:
     assert "recommendations" not in out.scaling and out.window == [{"time": 1000.0, "replicas": 6}]
 
 
-def test_steady_state_writes_once_then_only_on_the_heartbeat() -> None:
+@pytest.mark.parametrize("values", [{"inferenceRate": 5.0}, {}], ids=["at-target", "no-data"])
+def test_steady_state_writes_once_then_only_on_the_heartbeat(values: dict[str, float]) -> None:
     b = body(3)
-    state = autoscale.State.from_status(b["status"])
+    state = autoscale.State.from_status(b["status"], 1000.0, 3)
     writes = []
-    for i in range(241):  # 20 minutes of polls every 5 s, load at the target
+    for i in range(241):  # 20 minutes of polls every 5 s, load at the target (or no Triton series at all)
         now = 1000.0 + 5 * i
-        out = tick(b, {"inferenceRate": 5.0}, now, state)
+        out = tick(b, values, now, state)
         assert out.scaling is not None and out.window is not None and out.replicas is None
         state.scaling, state.window = out.scaling, out.window
         if autoscale.worth_writing(state, out.scaling, out.window, False, now, heartbeat=600):

@@ -70,7 +70,12 @@ def test_bounds() -> None:
 
 def test_no_data_holds_and_says_so() -> None:
     d, hist = run(5, {"queueTime": None})
-    assert d.desired == 5 and d.held and "no metric data" in d.reason and hist == []
+    assert d.desired == 5 and d.held and "no metric data" in d.reason
+    # The held count joins the window: a scale-down waits out the stabilization window after a
+    # blind spell, and a steady blind window keeps its one entry instead of ageing to nothing.
+    assert hist == [Recommendation(1000.0, 5)]
+    d, hist = run(5, {"queueTime": None}, now=2000.0, recs=hist)
+    assert hist == [Recommendation(2000.0, 5)]
 
 
 def test_partial_data_never_scales_down() -> None:
@@ -149,9 +154,10 @@ def test_compacted_window_decides_like_the_full_one(steps: list[tuple[int, float
         a, compacted = decide(current=current_a, values={"queueTime": value}, spec=s, now=now, recommendations=compacted, events=[])
         b, _ = decide(current=current_b, values={"queueTime": value}, spec=s, now=now, recommendations=list(everything), events=[])
         assert a.desired == b.desired
-        if b.recommendation is not None:
-            everything.append(Recommendation(now, b.recommendation))
-            distinct.add(b.recommendation)
+        made = b.desired if b.held else b.recommendation  # a blind poll recommends the count it holds
+        if made is not None:
+            everything.append(Recommendation(now, made))
+            distinct.add(made)
         current_a, current_b = a.desired, b.desired
         assert len(compacted) <= 2 * len(distinct)
         # The windows' extremes, computed here from every recommendation, are in the kept ones.

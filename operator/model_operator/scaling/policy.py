@@ -103,9 +103,12 @@ def decide(
     if not present:
         why = "no metric data" + (f" ({', '.join(missing)})" if missing else "")
         held = min(max(current, spec.min_replicas), spec.max_replicas)
-        # Compacted as on any poll: a restart's "replicas running now" entry (State.from_status)
-        # then merges into a steady window instead of making it look changed.
-        kept = compact(recommendations, now, spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
+        # The held count is this poll's recommendation (as the replicas running at a restart are,
+        # State.from_status): a blind spell then neither empties the window as it ages (which
+        # looked like a change and cost a status write per object) nor lets a scale-down follow
+        # the moment metrics return.
+        kept = compact([*recommendations, Recommendation(now, held)], now,
+                       spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
         return Decision(held, f"holding {held} replicas: {why}", None, {}, held=True), kept
 
     proposals = {k: _proposal(current, present[k], targets[k], spec.tolerance) for k in present if k in targets}
