@@ -94,19 +94,29 @@ def ids() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 50, (16, 10)).astype(np.int64)
 
 
-def test_constant_head_count_blocks_are_found_and_pruned_like_the_masked_torch_model(ids: np.ndarray) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_constant_head_count_blocks_are_found_and_pruned_like_the_masked_torch_model(ids: np.ndarray, shared: bool) -> None:
+    """view(b, t, 4, 8) and reshape(b, t, 32) name the head count: the constants are rewritten
+    (in place, or, where the three splits of block 0 share one, in a fresh copy per split)."""
     torch.manual_seed(0)
     enc = Encoder()
     model = export(enc, (torch.from_numpy(ids[:2]),), ["x"])
     blocks, left = find_blocks(model)
     assert len(blocks) == 2 and left == 0 and all(b.heads == HEADS and b.dim == H // HEADS for b in blocks)
-    assert all({r.kind for r in b.rewrites} == {"heads", "width"} for b in blocks), "view(b, t, 4, 8) and reshape(b, t, 32) name the count"
+    assert all(sorted(r.kind for r in b.rewrites) == ["heads"] * 3 + ["width"] for b in blocks)
+    fresh = 0
+    if shared:
+        splits = [r for r in blocks[0].rewrites if r.kind == "heads"]
+        for r in splits[1:]:
+            r.node.input[r.index] = splits[0].node.input[splits[0].index]
+        fresh = 3
+        assert len(find_blocks(model)[0]) == 2
     feeds = {"x": ids}
     out, stats = prune_heads(model, 0.25, ort_sampler(feeds), ort_check(feeds))
     assert stats.removed == 2 and not stats.refused and all(len(k) >= 1 for k in stats.kept.values())
     onnx.checker.check_model(out, full_check=True)
     # Each head: 3 x (32 x 8 weights + 8 biases) in Q/K/V and 8 x 32 rows of the output projection.
-    assert n_params(model) - n_params(out) == 2 * (3 * (H * 8 + 8) + 8 * H)
+    assert n_params(model) - n_params(out) == 2 * (3 * (H * 8 + 8) + 8 * H) - fresh
     got = OrtRunner(out.SerializeToString(), level="all").run(feeds)[0]
     kept = [stats.kept[b.name] for b in blocks]
     ref = masked_reference(enc, [blk.o for blk in enc.blocks], kept, (torch.from_numpy(ids),))
