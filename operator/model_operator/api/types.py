@@ -302,7 +302,7 @@ class Clipping(ApiModel):
 class Pruning(ApiModel):
     method: PruningMethod = PruningMethod.none
     """none, magnitude, gradient (needs data.calibration) or structured (into ONNX: whole channels, FFN rows and attention heads removed, the graph shrinks)."""
-    sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction of weights (or channels) to remove.")
+    sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction to remove: of weights; structured: of channels and of heads.")
 
 
 class Recipe(ApiModel):
