@@ -124,6 +124,30 @@ def test_constant_head_count_blocks_are_found_and_pruned_like_the_masked_torch_m
     assert OrtRunner(out.SerializeToString(), level="all").run({"x": ids[:3, :7]})[0].shape == (3, 7, H), "dynamic axes still work"
 
 
+def test_torch_export_shares_one_shape_among_all_blocks_and_each_block_gets_its_own(ids: np.ndarray) -> None:
+    """torch.export (dynamo) writes one Concat for every split reshape of the model and one for
+    both merges: a block that loses heads gets its own copies, the other block keeps its count."""
+    torch.manual_seed(6)
+    enc = Encoder()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "m.onnx"
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+        torch.onnx.export(enc.eval(), (torch.from_numpy(ids[:2]),), str(path), dynamo=True, dynamic_shapes=({0: batch, 1: seq},),
+                          opset_version=18, external_data=False, verbose=False)
+        model = onnx.load(str(path))
+    blocks, _ = find_blocks(model)
+    assert len(blocks) == 2 and all(r.readers for b in blocks for r in b.rewrites), "the shapes are shared: cloned per block"
+    feeds = {model.graph.input[0].name: ids}
+    out, stats = prune_heads(model, 0.25, ort_sampler(feeds), ort_check(feeds))
+    assert stats.removed == 2 and not stats.refused
+    onnx.checker.check_model(out, full_check=True)
+    got = OrtRunner(out.SerializeToString(), level="all").run(feeds)[0]
+    ref = masked_reference(enc, [blk.o for blk in enc.blocks], [stats.kept[b.name] for b in blocks], (torch.from_numpy(ids),))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert OrtRunner(out.SerializeToString()).run({model.graph.input[0].name: ids[:3, :5]})[0].shape == (3, 5, H)
+
+
 def test_bert_blocks_with_computed_shapes_prune_like_the_masked_torch_model(ids: np.ndarray) -> None:
     from transformers import BertConfig, BertModel
 

@@ -8,7 +8,8 @@ Reshapes); the context transposed back and reshaped to [.., .., E]; and the outp
 (MatMul with an initializer weight [E, E_out], an optional bias Add). Removing head h slices
 columns [h*d, (h+1)*d) of the Q, K and V weights and biases and the same rows of the output
 projection's weight; a Reshape constant that names the head count (H, or E after the merge) is
-rewritten. Shapes computed from Shape ops follow by themselves.
+rewritten (where torch.export shares one shape Concat among all blocks, a block that loses heads
+gets its own copy). Shapes computed from Shape ops follow by themselves.
 
 Anything else leaves the block whole: a fused QKV projection, a head size that is not a
 constant, a tensor of the block read outside it (other than by Shape), a shape constant the
@@ -51,6 +52,7 @@ class Rewrite:
     index: int  # that input
     offset: int  # the element in it
     kind: str  # "heads" (becomes the kept head count) or "width" (kept heads x d)
+    readers: list[Any] = field(default_factory=list)  # this block's reshapes reading a Concat that others read too
 
 
 @dataclass
@@ -138,7 +140,7 @@ class _View:
         if arr is not None:
             return [(int(v), Rewrite(node, 1, i, "")) for i, v in enumerate(arr.reshape(-1))]
         cat = self.producer.get(src)
-        if cat is None or cat.op_type != "Concat" or any(self.uses(o) != 1 for o in cat.output):
+        if cat is None or cat.op_type != "Concat":  # (a Concat read by other nodes too: see _block)
             return None
         elems: list[tuple[int | None, Rewrite | None]] = []
         for idx, piece in enumerate(cat.input):
@@ -147,10 +149,21 @@ class _View:
                 elems += [(int(v), Rewrite(cat, idx, i, "")) for i, v in enumerate(arr.reshape(-1))]
                 continue
             p = self.producer.get(piece)
-            if p is None or p.op_type != "Unsqueeze":  # one dynamic element (a Gather of a Shape, unsqueezed)
+            if p is None or not _one_element(p):
                 return None
             elems.append((None, None))
         return elems
+
+
+def _one_element(node: Any) -> bool:
+    """A dynamic shape piece of one element: an unsqueezed scalar (a Gather of a Shape), or a
+    Shape sliced to one dimension."""
+    if node.op_type == "Unsqueeze":
+        return True
+    if node.op_type != "Shape":
+        return False
+    attrs = {a.name: a.i for a in node.attribute}
+    return "start" in attrs and "end" in attrs and attrs["end"] - attrs["start"] == 1 and (attrs["start"] >= 0) == (attrs["end"] > 0)
 
 
 @dataclass
@@ -160,6 +173,7 @@ class Split:
     dim: int
     rewrites: list[Rewrite]
     tensors: set[str]  # projection output .. reshape output
+    reshape: Any = None
 
 
 def _split(v: _View, node: Any) -> Split | None:
@@ -193,7 +207,7 @@ def _split(v: _View, node: Any) -> Split | None:
     perm = [list(a.ints) for a in tr.attribute if a.name == "perm"]
     if not perm or perm[0] not in ([0, 2, 1, 3], [0, 2, 3, 1]):
         return None
-    return Split(proj, str(tr.output[0]), d, rewrites, {str(node.output[0]), out, str(reshape.output[0])})
+    return Split(proj, str(tr.output[0]), d, rewrites, {str(node.output[0]), out, str(reshape.output[0])}, reshape)
 
 
 def _reach(v: _View, start: str, nodes: list[Any]) -> set[str]:
@@ -291,8 +305,20 @@ def _block(v: _View, splits: list[Split]) -> Block | None:
     if vs is None or len({q, k, vs}) != 3 or context.input[0] not in _reach(v, scores[0].output[0], nodes) \
             or out_mm.input[0] not in _reach(v, context.output[0], nodes):
         return None
+    # A rewritten Concat read by reshapes of other blocks too (torch.export shares one shape among
+    # all splits of a model) is cloned for this block's reshapes; each element is rewritten once.
+    reshapes = [n for n in nodes if n.op_type == "Reshape"] + [s.reshape for s in splits]
+    unique: dict[tuple[int, int, int], Rewrite] = {}
+    for r in rewrites:
+        if r.node.op_type == "Concat":
+            users = v.consumers.get(r.node.output[0], [])
+            mine = [u for u in reshapes if u.input[1] == r.node.output[0]]
+            if r.node.output[0] in v.outputs or any(u.op_type != "Reshape" or u.input[1] != r.node.output[0] for u in users):
+                return None
+            r.readers = mine if len(mine) < len(users) else []
+        unique.setdefault((id(r.node), r.index, r.offset), r)
     by = {s.start: s.proj for s in splits}
-    block = Block(by[str(q)], by[str(k)], by[vs], out, width // d, d, rewrites)
+    block = Block(by[str(q)], by[str(k)], by[vs], out, width // d, d, list(unique.values()))
     block.tensors = region.union(*(s.tensors for s in splits))
     return block
 
@@ -342,15 +368,31 @@ def _set(model: Any, arrays: dict[str, np.ndarray]) -> None:
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[init.name]), init.name))
 
 
+def _clone(model: Any, cat: Any, readers: list[Any], n: int) -> Any:
+    """A copy of Concat `cat` for `readers` only, placed right after it."""
+    import onnx
+
+    new = onnx.NodeProto()
+    new.CopyFrom(cat)
+    new.name = f"{cat.name}__heads{n}"
+    new.output[0] = f"{cat.output[0]}__heads{n}"
+    pos = next(i for i, node in enumerate(model.graph.node) if node is cat or node == cat)
+    model.graph.node.insert(pos + 1, new)
+    for r in readers:
+        r.input[1] = new.output[0]
+    return model.graph.node[pos + 1]
+
+
 def _rewrite(model: Any, v: _View, site: Rewrite, value: int, n: int) -> str | None:
-    """Set one shape element: in place where the constant is read there only, else in a fresh
-    constant for this node (the others keep theirs; returned: the name it no longer reads)."""
+    """Set one shape element: in place where the constant is read there only (and its node is
+    no clone), else in a fresh constant for this node (the others keep theirs; returned: the
+    name it no longer reads)."""
     from onnx import numpy_helper
 
     name = site.node.input[site.index]
     arr = np.array(v.array(name)).copy()
     arr.reshape(-1)[site.offset] = value
-    if v.uses(name) == 1 and name not in v.outputs:
+    if v.uses(name) == 1 and name not in v.outputs and not site.readers:
         if name in v.inits:
             v.inits[name].CopyFrom(numpy_helper.from_array(arr, name))
             return None
@@ -360,6 +402,7 @@ def _rewrite(model: Any, v: _View, site: Rewrite, value: int, n: int) -> str | N
         return None
     new = f"{name}__heads{n}"
     model.graph.initializer.append(numpy_helper.from_array(arr, new))
+    v.consts[new] = arr  # where another element of it is rewritten later
     site.node.input[site.index] = new
     return str(name)
 
@@ -416,12 +459,14 @@ def prune_heads(
             arrays[b.out.bias] = zeroed[b.out.bias] = (bias.astype(np.float64) + means[blocks.index(b)][gone].sum(axis=0)).astype(bias.dtype)
         for site in b.rewrites:
             n += 1
+            if site.readers:
+                site.node = _clone(out, site.node, site.readers, n)
             replaced.add(_rewrite(out, v, site, len(idx) if site.kind == "heads" else len(idx) * b.dim, n))
     if not stats.removed:
         return out, stats
     _set(out, arrays)
     _set(masked, zeroed)
-    shaped = set().union(*(b.tensors for b in blocks))
+    shaped = set().union(*(b.tensors for b in blocks)) | set(arrays)  # activations and sliced weights
     kept_info = [vi for vi in out.graph.value_info if vi.name not in shaped]
     del out.graph.value_info[:]
     out.graph.value_info.extend(kept_info)
