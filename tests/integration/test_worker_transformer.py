@@ -138,3 +138,36 @@ def test_torchscript_output(encoder: EncoderFiles, tmp_path: Path) -> None:
     with torch.inference_mode():
         got = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
     assert mean_cosine(got, _original(encoder, feeds)) >= 0.98
+
+
+def test_structured_pruning_removes_heads_and_ffn_rows_from_an_onnx_encoder(encoder: EncoderFiles, tmp_path: Path) -> None:
+    """The `structured` candidate on the ONNX encoder removes attention heads and FFN rows
+    (report.json says which heads each layer kept), is gated like every candidate, and the
+    artifact still takes any batch and sequence."""
+    import onnx
+
+    spec = {
+        "model": {"uri": str(encoder.onnx), "task": "embedding"},
+        "data": {"validation": {"uri": str(encoder.validation)}, "calibration": {"uri": str(encoder.calibration)}},
+        "optimization": {"search": {"enabled": True, "candidates": [
+            {"name": "fp32", "quantization": {"mode": "none"}},
+            {"name": "shrunk", "quantization": {"mode": "none"}, "pruning": {"method": "structured", "sparsity": 0.25}},
+        ]}, "qualityGate": {"minCosine": 0.5}, "objective": "size"},
+        "conversion": {"dynamicAxes": {"batch": True, "sequence": True}},
+    }
+    dest = tmp_path / "out"
+    res = run_worker(dest, spec=spec, name="encoder")
+    assert res.rc == 0, res.stderr[-3000:]
+    report = check_artifact(dest, "encoder")
+    cands = {c["name"]: c for c in report["optimization"]["candidates"]}
+    shrunk = cands["shrunk"]
+    pr = shrunk["pruning"]
+    assert pr["attentionBlocks"] == 2 and pr["heads"] == 8 and pr["headsRemoved"] == 2, pr
+    assert sum(int(v.split("/")[0]) for v in pr["headsKeptPerLayer"].values()) == 6
+    assert pr["channelsRemoved"] == round(0.25 * 2 * 64) and "headsLeftWhole" not in pr
+    assert "structured pruning: 2 of 8 attention heads removed in 2 blocks" in res.stderr
+    assert shrunk["passed"] and shrunk["sizeBytes"] < 0.9 * cands["fp32"]["sizeBytes"]
+    assert report["optimization"]["recipe"] == "shrunk", "the size objective takes the smaller candidate that passed"
+    model = dest / "repository/encoder/1/model.onnx"
+    assert int(sum(int(np.prod(i.dims)) for i in onnx.load(str(model)).graph.initializer)) == pr["parametersAfter"]
+    _check_dynamic_axes(encoder, model, min_cosine=0.5)

@@ -301,8 +301,8 @@ class Clipping(ApiModel):
 
 class Pruning(ApiModel):
     method: PruningMethod = PruningMethod.none
-    """none, magnitude, gradient (needs data.calibration) or structured (into ONNX: whole channels and FFN rows removed, the graph shrinks)."""
-    sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction of weights (or channels) to remove.")
+    """none, magnitude, gradient (needs data.calibration) or structured (into ONNX: whole channels, FFN rows and attention heads removed, the graph shrinks)."""
+    sparsity: float = Field(default=0.5, ge=0.0, le=0.95, description="Fraction to remove: of weights; structured: of channels and of heads.")
 
 
 class Recipe(ApiModel):

@@ -408,8 +408,9 @@ def _float_model(
 ) -> tuple[Path, dict[str, Any]]:
     """The clipped/pruned float model of `plan` (ONNX, or TorchScript for conversion.format
     torchscript), shared by every plan with the same transform. Structured pruning of an ONNX
-    artifact removes the channels from the exported graph (shrink.py), scored on `samples`
-    (calibration data, else the validation selection part); into TorchScript it zeroes them."""
+    artifact removes the channels and attention heads from the exported graph (shrink.py,
+    heads.py), scored on `samples` (calibration data, else the validation selection part); into
+    TorchScript it zeroes channels."""
     key = "float:" + plan.transform_key()
     if key in r.cache:
         return r.cache[key]
@@ -452,12 +453,17 @@ def _shrunk(path: Path, amount: float, samples: Dataset | None) -> dict[str, Any
     """Remove `amount` of the prunable channels of the ONNX model at `path` (in place)."""
     import onnx
 
+    from .heads import ort_check
     from .shrink import ort_sampler, shrink
 
     model = onnx.load(str(path))
     feeds = None if samples is None else samples.take(SHRINK_SAMPLES).inputs
-    shrunk, stats = shrink(model, amount, sample=ort_sampler(feeds) if feeds else None)
+    shrunk, stats = shrink(model, amount, sample=ort_sampler(feeds) if feeds else None, check=ort_check(feeds) if feeds else None)
     onnx.save(shrunk, str(path))
+    h = stats.heads
+    if h.blocks:
+        log.info("structured pruning: %d of %d attention heads removed in %d blocks%s", h.removed, h.heads, h.blocks,
+                 f" (heads left whole: {h.refused})" if h.refused else "")
     if not stats.groups:
         log.info("structured pruning: no layer whose channels can leave safely (%d producers feed residual adds, reshapes, "
                  "grouped convolutions or outputs): the candidate is the unpruned model", stats.skipped)

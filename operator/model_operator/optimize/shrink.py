@@ -8,7 +8,8 @@ arithmetic, a Flatten) and the consumers that end the flow (Conv with group 1, M
 an initializer weight). Removing channel c slices the producer's weight and bias along its
 output axis, every per-channel constant on the way, and the consumers' weights along their
 input axis. A CNN's Conv -> ReLU -> Conv chain and a transformer's FFN (MatMul -> Add -> GELU ->
-MatMul, whose rows are the intermediate neurons) are groups.
+MatMul, whose rows are the intermediate neurons) are groups. A transformer's attention heads are
+removed first, by heads.py (its Q/K/V projections feed reshapes into heads: no group here).
 
 Anything else touching the flow disqualifies the group, which is left whole: a residual Add or a
 Concat (the channels are tied to another branch), a depthwise or grouped Conv, a Reshape, a
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .heads import HeadStats, prune_heads
 
 PER_LAYER_SHOWN = 64  # report.json lists the kept channels of this many layers at most
 MIN_KEEP = 0.25  # a group keeps at least this fraction of its channels (and one)
@@ -72,9 +75,20 @@ class ShrinkStats:
     data_aware: bool = False
     compensated: int = 0  # consumers whose bias took the removed channels' mean
     per_group: dict[str, str] = field(default_factory=dict)
+    heads: HeadStats = field(default_factory=HeadStats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        h = self.heads
+        shown = list(h.kept.items())[:PER_LAYER_SHOWN]
+        attention: dict[str, Any] = {
+            "attentionBlocks": h.blocks, "heads": h.heads, "headsRemoved": h.removed,
+            "headsKeptPerLayer": {name: f"{len(kept)}/{h.per_block[name]}" for name, kept in shown}, "headsKept": dict(shown),
+        }
+        if h.projections_left:
+            attention["attentionProjectionsLeftWhole"] = h.projections_left
+        if h.refused:
+            attention["headsLeftWhole"] = h.refused
+        return attention | {
             "method": "structured", "shrunk": True, "groups": self.groups, "groupsSkipped": self.skipped, "channels": self.channels,
             "channelsRemoved": self.removed, "parametersBefore": self.params_before, "parametersAfter": self.params_after,
             "parameterRatio": round(self.params_after / self.params_before, 4) if self.params_before else 1.0,
@@ -334,21 +348,25 @@ def _params(model: Any) -> int:
 
 
 def shrink(
-    model: Any, amount: float, *, sample: Callable[[Any, list[str]], dict[str, np.ndarray]] | None = None
+    model: Any, amount: float, *, sample: Callable[[Any, list[str]], dict[str, np.ndarray]] | None = None,
+    check: Callable[[Any, Any], bool] | None = None, heads_amount: float | None = None,
 ) -> tuple[Any, ShrinkStats]:
-    """A copy of `model` with `amount` of its prunable channels removed. `sample(model, names)`
-    returns the values of tensors `names` on sample inputs (for data-aware scores)."""
+    """A copy of `model` with `amount` of its prunable channels and `heads_amount` (default:
+    `amount`) of its attention heads removed (heads.py). `sample(model, names)` returns the
+    values of tensors `names` on sample inputs (for data-aware scores); heads are removed only
+    with samples and where `check(head-masked original, pruned)` passes (heads.ort_check)."""
     import onnx
     from onnx import numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     stats = ShrinkStats(params_before=_params(out))
+    out, stats.heads = prune_heads(out, amount if heads_amount is None else heads_amount, sample, check)
     groups, stats.skipped = find_groups(out)
     stats.groups = len(groups)
     stats.channels = sum(grp.channels for grp in groups)
     if not groups or amount <= 0:
-        stats.params_after = stats.params_before
+        stats.params_after = _params(out)
         return out, stats
     acts = None
     if sample is not None:
