@@ -113,6 +113,15 @@ def test_three_replicas_at_ten_each_against_five_want_six() -> None:
     assert "recommendations" not in out.scaling and out.window == [{"time": 1000.0, "replicas": 6}]
 
 
+def test_a_tick_scales_up_from_the_ready_replicas_in_status() -> None:
+    # The second replica of the last step is not Ready yet: 9 per Ready replica wants 2, not 4.
+    b = body(2, {"readyReplicas": 1})
+    out = tick(b, {"inferenceRate": 9.0}, 1000.0, autoscale.State.from_status(b["status"]))
+    assert out.replicas is None and out.scaling is not None and out.scaling["desired"] == 2
+    b = body(2, {"readyReplicas": 2})
+    assert tick(b, {"inferenceRate": 9.0}, 1000.0, autoscale.State.from_status(b["status"])).replicas == 4
+
+
 @pytest.mark.parametrize("values", [{"inferenceRate": 5.0}, {}], ids=["at-target", "no-data"])
 def test_steady_state_writes_once_then_only_on_the_heartbeat(values: dict[str, float]) -> None:
     b = body(3)

@@ -37,6 +37,27 @@ def test_largest_proposal_across_metrics_wins() -> None:
     assert d.desired == 6
 
 
+def test_a_scale_up_counts_only_ready_replicas() -> None:
+    # 2 replicas, the second still starting: the per-replica rate (15.8) is the Ready one's
+    # alone. Counting both would want 4 for load that 2 already answer.
+    s = spec(metrics=[{"type": "inferenceRate", "target": 10}])
+    assert decide(current=2, values={"inferenceRate": 15.8}, spec=s, now=1000.0, recommendations=[], events=[],
+                  ready=1)[0].desired == 2
+    assert run(2, {"inferenceRate": 15.8}, s)[0].desired == 4
+    # More load than the Ready ones plus the starting ones carry still scales up, from the Ready ones.
+    assert decide(current=2, values={"inferenceRate": 25.0}, spec=s, now=1000.0, recommendations=[], events=[],
+                  ready=1)[0].desired == 3
+
+
+def test_starting_replicas_never_turn_load_above_target_into_a_scale_down() -> None:
+    s = spec(metrics=[{"type": "inferenceRate", "target": 10}], scaleDown={"stabilizationSeconds": 0})
+    d, _ = decide(current=4, values={"inferenceRate": 15.0}, spec=s, now=1000.0, recommendations=[], events=[], ready=1)
+    assert d.desired == 4 and d.recommendation == 4
+    # Below target the starting ones count as running (no scale-down below what the load wants).
+    d, _ = decide(current=4, values={"inferenceRate": 5.0}, spec=s, now=1000.0, recommendations=[], events=[], ready=1)
+    assert d.desired == 2
+
+
 def test_scale_down_waits_for_the_stabilization_window() -> None:
     s = spec(scaleDown={"stabilizationSeconds": 300})
     # High recommendation 100 s ago keeps replicas up despite low load now.

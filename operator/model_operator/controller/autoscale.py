@@ -134,7 +134,9 @@ def tick(
         out.window = state.window
         return out
 
-    decision, history = decide(current=current, values=values, spec=auto, now=now, recommendations=recs, events=events)
+    ready = status.get("readyReplicas")
+    decision, history = decide(current=current, values=values, spec=auto, now=now, recommendations=recs, events=events,
+                               ready=None if ready is None else int(ready))
     if decision.held:
         out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", "NoData", decision.reason, generation)
     else:

@@ -1,7 +1,9 @@
 """The replica decision, the HPA way, as one pure function.
 
 For each metric: ratio = value / target; inside the tolerance it proposes no change, else
-ceil(current * ratio). The largest proposal wins. Stabilization windows then take the lowest
+ceil(current * ratio), where a scale-up counts only the Ready replicas (as the HPA does): one
+still starting serves nothing and is not yet in the metric's per-replica average, so counting
+it would scale up again on load an earlier step already answered. The largest proposal wins. Stabilization windows then take the lowest
 recommendation seen during the scale-up window and the highest seen during the scale-down
 window (so a brief dip never scales down), rate policies cap the change per period, and
 min/max bound the result. Missing data never causes a scale-down.
@@ -37,10 +39,13 @@ class Decision:
     held: bool = False
 
 
-def _proposal(current: int, value: float, target: float, tolerance: float) -> int:
+def _proposal(current: int, value: float, target: float, tolerance: float, ready: int | None = None) -> int:
     ratio = value / target
     if abs(ratio - 1.0) <= tolerance:
         return current
+    if ratio > 1.0 and ready is not None and ready < current:
+        # Above target never proposes fewer than are running; the starting ones count once Ready.
+        return max(current, math.ceil(max(ready, 1) * ratio))
     # A deployment at zero has no per-replica load to scale; any load means one replica.
     base = max(current, 1)
     return max(math.ceil(base * ratio), 0 if value == 0 else 1)
@@ -95,8 +100,10 @@ def decide(
     now: float,
     recommendations: list[Recommendation],
     events: list[ScaleEvent],
+    ready: int | None = None,
 ) -> tuple[Decision, list[Recommendation]]:
-    """Return the decision and the recommendation history to keep for the next call."""
+    """Return the decision and the recommendation history to keep for the next call. `ready`:
+    the Ready replicas (None: unknown, every one of `current` counts)."""
     targets = {m.type.value: m.target for m in spec.metrics}
     present = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
     missing = sorted(k for k in targets if k not in present)
@@ -111,7 +118,7 @@ def decide(
                        spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
         return Decision(held, f"holding {held} replicas: {why}", None, {}, held=True), kept
 
-    proposals = {k: _proposal(current, present[k], targets[k], spec.tolerance) for k in present if k in targets}
+    proposals = {k: _proposal(current, present[k], targets[k], spec.tolerance, ready) for k in present if k in targets}
     metric, raw = max(proposals.items(), key=lambda kv: kv[1])
     if missing and raw < current:
         # Some metric is blind: it might be the one holding replicas up.

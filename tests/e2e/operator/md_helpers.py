@@ -240,15 +240,17 @@ class Load:
     """A bounded request loop against Triton (a Service's ClusterIP, or pod IPs), counting
     answers and errors. `endpoints` is a list, or a function returning the current list (as a Service's
     endpoints change); requests go round-robin. Inputs are random images times `scale`. With
-    `on_off=(on, off)` the load is a square wave: `on` seconds of requests, `off` seconds of none."""
+    `on_off=(on, off)` the load is a square wave: `on` seconds of requests, `off` seconds of none.
+    With `per_second` the loop is paced: request k starts k / per_second after the start (late
+    ones go at once), so the rate does not follow Triton's latency as a closed loop's does."""
 
     def __init__(self, endpoints: Any, seconds: float, scale: float = 1.0, model: str = "digits", pause: float = 0.01,
-                 on_off: tuple[float, float] | None = None) -> None:
+                 on_off: tuple[float, float] | None = None, per_second: float | None = None) -> None:
         fixed = [endpoints] if isinstance(endpoints, str) else list(endpoints) if not callable(endpoints) else []
         self.endpoints = endpoints if callable(endpoints) else (lambda: fixed)
         self.start = time.monotonic()
         self.deadline = self.start + seconds
-        self.scale, self.model, self.pause, self.on_off = scale, model, pause, on_off
+        self.scale, self.model, self.pause, self.on_off, self.per_second = scale, model, pause, on_off, per_second
         self.stop_flag = threading.Event()
         self.sent = self.failed = 0
         self.errors: list[str] = []
@@ -285,7 +287,10 @@ class Load:
                 self.errors = [*self.errors[-9:], f"{endpoint}: {str(exc)[:200]}"]
             finally:
                 client.close()
-            time.sleep(self.pause)
+            if self.per_second:
+                self.stop_flag.wait(max(0.0, self.start + i / self.per_second - time.monotonic()))
+            else:
+                time.sleep(self.pause)
 
     def __enter__(self) -> "Load":
         self.thread.start()
