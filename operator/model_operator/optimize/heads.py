@@ -39,6 +39,16 @@ PASS = frozenset({"Transpose", "Reshape", "Mul", "Div", "Add", "Sub", "Where", "
 TOLERANCE = 1e-3  # the sliced graph's outputs vs the head-masked original's, relative to the output's scale
 
 
+def consumer_map(graph: Any) -> dict[str, list[Any]]:
+    """{tensor name: the nodes that read it} of an ONNX graph."""
+    out: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
 @dataclass
 class Proj:
     node: Any
@@ -91,11 +101,7 @@ class _View:
         self.consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
                        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
         self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in g.node:
-            for x in n.input:
-                if x:
-                    self.consumers.setdefault(x, []).append(n)
+        self.consumers = consumer_map(g)
         self.outputs = {o.name for o in g.output}
 
     def array(self, name: str) -> np.ndarray | None:

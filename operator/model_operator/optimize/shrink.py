@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .heads import HeadStats, prune_heads
+from .heads import HeadStats, consumer_map, prune_heads
 
 PER_LAYER_SHOWN = 64  # report.json lists the kept channels of this many layers at most
 MIN_KEEP = 0.25  # a group keeps at least this fraction of its channels (and one)
@@ -110,11 +110,7 @@ class _Graph:
 
         g = model.graph
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        self.consumers: dict[str, list[Any]] = {}
-        for node in g.node:
-            for name in node.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(node)
+        self.consumers = consumer_map(g)
         self.outputs = {o.name for o in g.output}
         for node in g.node:  # Constant nodes hold scalars and per-channel constants too
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
