@@ -112,7 +112,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
         prom=Prometheus(config.prometheus_url, config.prometheus_timeout_seconds),
     )
-    memo.phases = {}
+    memo.phases = metrics.PhaseTally()
     memo.scaler = {}
     memo.specs = {}
     memo.metrics_condition = {}
@@ -229,21 +229,7 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
         _post(body, logger, type_, reason, message)
     auto = (body.get("spec") or {}).get("autoscaling") or {}
     metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
-    phase = outcome.status.get("phase")
-    previous = memo.phases.get(key)
-    if phase != previous:
-        memo.phases[key] = phase
-        _export_phases(memo.phases)
-
-
-def _export_phases(phases: dict[tuple[str, str], str | None]) -> None:
-    counts: dict[tuple[str, str], int] = {}
-    for (namespace, _), phase in phases.items():
-        if phase:
-            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
-    metrics.PHASES.clear()
-    for (namespace, phase), n in counts.items():
-        metrics.PHASES.labels(namespace, phase).set(n)
+    memo.phases.set(key, outcome.status.get("phase"))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -263,11 +249,10 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
     with metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
-    memo.phases.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+    memo.phases.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
     memo.scaler.pop(body["metadata"]["uid"], None)
     memo.specs.pop(body["metadata"]["uid"], None)
     memo.metrics_condition.pop(body["metadata"]["uid"], None)
-    _export_phases(memo.phases)
     metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,34 @@ OPTIMIZATION_LATENCY: Final = Gauge(
     "model_operator_optimization_latency_seconds", "Measured model latency before and after optimization.", [*_MD, "stage"]
 )
 PER_MD_GAUGES: Final = (DESIRED_REPLICAS, READY_REPLICAS, MAX_REPLICAS, ARTIFACT_SIZE, OPTIMIZATION_LATENCY, CONDITION)
+
+
+class PhaseTally:
+    """ModelDeployments by namespace and phase. Reconciles run in kopf's thread pool, many at once:
+    each phase change moves two counts by one under a lock. (Rebuilding the gauge from a shared
+    dict raced with the threads adding to it, cost O(fleet) per change, and let a scrape between
+    the clear and the refill see no series.)"""
+
+    def __init__(self, gauge: Gauge = PHASES) -> None:
+        self._gauge = gauge
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, key: tuple[str, str], phase: str | None) -> None:
+        with self._lock:
+            previous = self._phases.get(key)
+            if previous == phase:
+                return
+            if previous:
+                self._gauge.labels(key[0], previous).dec()
+            if phase:
+                self._phases[key] = phase
+                self._gauge.labels(key[0], phase).inc()
+            else:
+                self._phases.pop(key, None)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.set(key, None)
 
 
 def export_modeldeployment(namespace: str, name: str, status: dict, max_replicas: int) -> None:
