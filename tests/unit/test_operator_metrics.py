@@ -1,12 +1,14 @@
-"""The operator's phase tally: counts by namespace and phase, safe across kopf's handler threads."""
+"""The operator's own metrics: the phase tally and the per-ModelDeployment collector, both fed from
+kopf's handler threads while Prometheus scrapes."""
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from model_operator.controller.metrics import PhaseTally
+from model_operator.controller.metrics import ModelDeploymentCollector, PhaseTally
 
 
 def _gauge() -> tuple[Gauge, CollectorRegistry]:
@@ -53,3 +55,81 @@ def test_concurrent_reconciles_leave_exact_counts() -> None:
     for th in threads:
         th.join()
     assert _counts(registry) == {("ns", "Ready"): 8 * 25, ("ns", "Failed"): 8 * 25}
+
+
+def _scrape(collector: ModelDeploymentCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    return {(f.name if s.name == f.name else s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def _md(name: str, **labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"namespace": "ns", "modeldeployment": name, **labels}.items()))
+
+
+def test_the_collector_exports_each_objects_status_as_the_scrape_sees_it() -> None:
+    collector = ModelDeploymentCollector()
+    collector.export("ns", "a", {
+        "replicas": 3, "readyReplicas": 2,
+        "conditions": [{"type": "Ready", "status": "True"}, {"type": "QualityDegraded", "status": "Unknown"}],
+        "artifact": {"originalSizeBytes": 1000, "sizeBytes": 250}, "optimization": {"latencyMsBefore": 8.0},
+    }, 6)
+    collector.export("ns", "b", {"phase": "Pending"}, 0)
+    got = _scrape(collector)
+    assert got[("model_operator_desired_replicas", _md("a"))] == 3
+    assert got[("model_operator_ready_replicas", _md("a"))] == 2
+    assert got[("model_operator_max_replicas", _md("a"))] == 6
+    assert got[("model_operator_artifact_size_bytes", _md("a", stage="original"))] == 1000
+    assert got[("model_operator_artifact_size_bytes", _md("a", stage="optimized"))] == 250
+    assert got[("model_operator_optimization_latency_seconds", _md("a", stage="before"))] == 0.008
+    assert ("model_operator_optimization_latency_seconds", _md("a", stage="after")) not in got
+    conditions = {dict(k[1])["type"] + "=" + dict(k[1])["status"]: v for k, v in got.items()
+                  if k[0] == "model_operator_condition" and dict(k[1])["modeldeployment"] == "a"}
+    assert conditions == {"Ready=True": 1, "Ready=False": 0, "Ready=Unknown": 0,
+                          "QualityDegraded=True": 0, "QualityDegraded=False": 0, "QualityDegraded=Unknown": 1}
+    assert got[("model_operator_desired_replicas", _md("b"))] == 0
+    assert not [k for k in got if k[0] == "model_operator_condition" and dict(k[1])["modeldeployment"] == "b"]
+
+
+def test_a_new_status_replaces_the_old_series_and_forget_drops_them() -> None:
+    collector = ModelDeploymentCollector()
+    collector.export("ns", "a", {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Degraded", "status": "True"}],
+                                 "artifact": {"sizeBytes": 5}}, 2)
+    collector.export("ns", "a", {"conditions": [{"type": "Ready", "status": "False"}]}, 2)
+    got = _scrape(collector)
+    assert got[("model_operator_condition", _md("a", type="Ready", status="False"))] == 1
+    assert got[("model_operator_condition", _md("a", type="Ready", status="True"))] == 0
+    # A type or an artifact the status no longer holds has no series left to alert on.
+    assert not [k for k in got if "Degraded" in dict(k[1]).get("type", "") or k[0] == "model_operator_artifact_size_bytes"]
+    collector.forget("ns", "a")
+    collector.forget("ns", "never-seen")
+    assert not [k for k in _scrape(collector) if k[0].startswith("model_operator_")]
+
+
+def test_scrapes_while_reconciles_export_see_whole_objects() -> None:
+    collector = ModelDeploymentCollector()
+    stop = threading.Event()
+
+    def reconcile(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            collector.export("ns", f"m{worker}-{i % 200}", {"replicas": 1, "conditions": [{"type": "Ready", "status": "True"}]}, 1)
+            if i % 3 == 0:
+                collector.forget("ns", f"m{worker}-{(i + 100) % 200}")
+            i += 1
+
+    threads = [threading.Thread(target=reconcile, args=(w,)) for w in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        for _ in range(50):
+            got = _scrape(collector)
+            desired = {dict(k[1])["modeldeployment"] for k in got if k[0] == "model_operator_desired_replicas"}
+            ready = {dict(k[1])["modeldeployment"] for k in got if k[0] == "model_operator_condition"}
+            assert desired == ready  # each object whole in a scrape, never half exported
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, NamedTuple
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 RECONCILES: Final = Counter(
     "model_operator_reconcile_total", "Reconciles by handler and result.", ["handler", "result"]
@@ -28,23 +31,6 @@ PHASES: Final = Gauge("model_operator_modeldeployments", "ModelDeployments by ph
 SCALE_DECISIONS: Final = Counter(
     "model_operator_scale_decisions_total", "Scale changes made by the built-in autoscaler.", ["direction"]
 )
-CONDITION: Final = Gauge(
-    "model_operator_condition", "ModelDeployment conditions: 1 for the current status of each type.",
-    ["namespace", "modeldeployment", "type", "status"],
-)
-_MD = ["namespace", "modeldeployment"]
-DESIRED_REPLICAS: Final = Gauge("model_operator_desired_replicas", "Replicas the spec asks for.", _MD)
-READY_REPLICAS: Final = Gauge("model_operator_ready_replicas", "Ready Triton replicas.", _MD)
-MAX_REPLICAS: Final = Gauge("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", _MD)
-ARTIFACT_SIZE: Final = Gauge(
-    "model_operator_artifact_size_bytes", "Model size before and after optimization.", [*_MD, "stage"]
-)
-OPTIMIZATION_LATENCY: Final = Gauge(
-    "model_operator_optimization_latency_seconds", "Measured model latency before and after optimization.", [*_MD, "stage"]
-)
-PER_MD_GAUGES: Final = (DESIRED_REPLICAS, READY_REPLICAS, MAX_REPLICAS, ARTIFACT_SIZE, OPTIMIZATION_LATENCY, CONDITION)
-
-
 class PhaseTally:
     """ModelDeployments by namespace and phase. Reconciles run in kopf's thread pool, many at once:
     each phase change moves two counts by one under a lock. (Rebuilding the gauge from a shared
@@ -73,30 +59,91 @@ class PhaseTally:
         self.set(key, None)
 
 
+_MD = ("namespace", "modeldeployment")
+
+
+class ModelDeploymentSeries(NamedTuple):
+    """What one ModelDeployment exports, kept as one small tuple: a labelled Gauge child per
+    series (a Gauge, a lock and a value each, about 20 per object) cost more memory per object
+    than the object's own body at fleet sizes."""
+
+    desired: float
+    ready: float
+    max_replicas: float
+    sizes: tuple[tuple[str, float], ...]  # (stage, bytes)
+    latencies: tuple[tuple[str, float], ...]  # (stage, seconds)
+    conditions: tuple[tuple[str, str], ...]  # (type, status)
+
+
+def series_of(status: dict, max_replicas: int) -> ModelDeploymentSeries:
+    """The gauges of one ModelDeployment from the status the reconcile computed."""
+    artifact = status.get("artifact") or {}
+    opt = status.get("optimization") or {}
+    return ModelDeploymentSeries(
+        desired=float(status.get("replicas") or 0),
+        ready=float(status.get("readyReplicas") or 0),
+        max_replicas=float(max_replicas),
+        sizes=tuple((stage, float(artifact[key])) for stage, key in (("original", "originalSizeBytes"), ("optimized", "sizeBytes"))
+                    if artifact.get(key) is not None),
+        latencies=tuple((stage, opt[key] / 1000.0) for stage, key in (("before", "latencyMsBefore"), ("after", "latencyMsAfter"))
+                        if opt.get(key) is not None),
+        conditions=tuple((sys.intern(c["type"]), sys.intern(c["status"])) for c in status.get("conditions") or []),
+    )
+
+
+class ModelDeploymentCollector(Collector):
+    """The per-ModelDeployment gauges, built at scrape time from one tuple per object. Series and
+    labels as Gauges would give them: model_operator_condition is 1 for each type's current
+    status and 0 for the other two, as kube-state-metrics does for Pod conditions."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], ModelDeploymentSeries] = {}
+
+    def export(self, namespace: str, name: str, status: dict, max_replicas: int) -> None:
+        self._series[(namespace, name)] = series_of(status, max_replicas)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted ModelDeployment's series, so no alert fires for what no longer exists."""
+        self._series.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[Metric]:
+        desired = GaugeMetricFamily("model_operator_desired_replicas", "Replicas the spec asks for.", labels=_MD)
+        ready = GaugeMetricFamily("model_operator_ready_replicas", "Ready Triton replicas.", labels=_MD)
+        maximum = GaugeMetricFamily("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", labels=_MD)
+        sizes = GaugeMetricFamily("model_operator_artifact_size_bytes", "Model size before and after optimization.",
+                                  labels=(*_MD, "stage"))
+        latency = GaugeMetricFamily("model_operator_optimization_latency_seconds",
+                                    "Measured model latency before and after optimization.", labels=(*_MD, "stage"))
+        condition = GaugeMetricFamily("model_operator_condition",
+                                      "ModelDeployment conditions: 1 for the current status of each type.",
+                                      labels=(*_MD, "type", "status"))
+        # A copy taken in one C call: reconciles in kopf's threads add to the dict while a scrape runs.
+        for (namespace, name), s in list(self._series.items()):
+            md = [namespace, name]
+            desired.add_metric(md, s.desired)
+            ready.add_metric(md, s.ready)
+            maximum.add_metric(md, s.max_replicas)
+            for stage, value in s.sizes:
+                sizes.add_metric([*md, stage], value)
+            for stage, value in s.latencies:
+                latency.add_metric([*md, stage], value)
+            for type_, current in s.conditions:
+                for status in ("True", "False", "Unknown"):
+                    condition.add_metric([*md, type_, status], 1.0 if current == status else 0.0)
+        yield from (desired, ready, maximum, sizes, latency, condition)
+
+
+MODELDEPLOYMENTS: Final = ModelDeploymentCollector()
+REGISTRY.register(MODELDEPLOYMENTS)
+
+
 def export_modeldeployment(namespace: str, name: str, status: dict, max_replicas: int) -> None:
     """Per-ModelDeployment gauges from the status the reconcile computed."""
-    DESIRED_REPLICAS.labels(namespace, name).set(status.get("replicas") or 0)
-    READY_REPLICAS.labels(namespace, name).set(status.get("readyReplicas") or 0)
-    MAX_REPLICAS.labels(namespace, name).set(max_replicas)
-    artifact = status.get("artifact") or {}
-    for stage, key in (("original", "originalSizeBytes"), ("optimized", "sizeBytes")):
-        if artifact.get(key) is not None:
-            ARTIFACT_SIZE.labels(namespace, name, stage).set(artifact[key])
-    opt = status.get("optimization") or {}
-    for stage, key in (("before", "latencyMsBefore"), ("after", "latencyMsAfter")):
-        if opt.get(key) is not None:
-            OPTIMIZATION_LATENCY.labels(namespace, name, stage).set(opt[key] / 1000.0)
-    for c in status.get("conditions") or []:
-        for value in ("True", "False", "Unknown"):
-            CONDITION.labels(namespace, name, c["type"], value).set(1 if c["status"] == value else 0)
+    MODELDEPLOYMENTS.export(namespace, name, status, max_replicas)
 
 
 def forget_modeldeployment(namespace: str, name: str) -> None:
-    """Drop a deleted ModelDeployment's series, so no alert fires for what no longer exists."""
-    for gauge in PER_MD_GAUGES:
-        for labels in list(gauge._metrics):  # noqa: SLF001 - prometheus_client has no public listing
-            if labels[:2] == (namespace, name):
-                gauge.remove(*labels)
+    MODELDEPLOYMENTS.forget(namespace, name)
 
 
 SCALER_QUERIES: Final = Counter(
