@@ -48,7 +48,10 @@ def chart_values(watched: str, prometheus_url: str, images: dict[str, str]) -> d
         "watchNamespaces": [watched],
         "image": image_values(images["operator"]),
         "operator": {"nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION], "finalizerTimeoutSeconds": 120,
-                     "reconcileIntervalSeconds": 2},
+                     "reconcileIntervalSeconds": 2,
+                     # The test Prometheus finds pods by annotation (a cluster with the Prometheus
+                     # operator uses the chart's ServiceMonitor instead).
+                     "podAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}},
         "worker": {"image": image_values(images["worker"]), "nodeSelector": {"node-pool": "local"}, "tolerations": [LOCAL_TOLERATION],
                    "resources": SMALL},
         "triton": {"image": image_values(images["triton"])},
@@ -106,6 +109,21 @@ def test_digits_flow_with_the_chart_installed_operator(
 
     agreement = agreement_with_original(service_endpoint(core_api, watched, "digits-triton"), cache)
     assert agreement >= 0.9, agreement
+
+    # The operator's per-object series as the dashboard and alerts read them, scraped by Prometheus
+    # from the operator's pods: the active replica exports them, the standby nothing.
+    def operator_series() -> dict[str, list[dict[str, Any]]] | None:
+        got = {q: prometheus.query(q + '{modeldeployment="digits"}') for q in (
+            "model_operator_desired_replicas", "model_operator_ready_replicas", 'model_operator_condition')}
+        return got if all(got.values()) and len(got["model_operator_condition"]) >= 3 else None
+
+    series = wait_for(operator_series, timeout=120, interval=3, message="the operator's series for digits in Prometheus")
+    assert [float(s["value"][1]) for s in series["model_operator_desired_replicas"]] == [1.0], series
+    assert [float(s["value"][1]) for s in series["model_operator_ready_replicas"]] == [1.0], series
+    available = {s["metric"]["status"]: float(s["value"][1]) for s in series["model_operator_condition"]
+                 if s["metric"]["type"] == "Available"}
+    assert available == {"True": 1.0, "False": 0.0, "Unknown": 0.0}, series["model_operator_condition"]
+    assert len({s["metric"]["pod"] for s in series["model_operator_condition"]}) == 1, series["model_operator_condition"]
 
     # Events were written under the ServiceAccount's identity.
     reasons = {e.reason for e in core_api.list_namespaced_event(watched).items if e.involved_object.name == "digits"}
