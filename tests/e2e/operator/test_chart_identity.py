@@ -112,17 +112,22 @@ def test_digits_flow_with_the_chart_installed_operator(
 
     # The operator's per-object series as the dashboard and alerts read them, scraped by Prometheus
     # from the operator's pods: the active replica exports them, the standby nothing.
+    def values(got: dict[str, list[dict[str, Any]]], name: str) -> list[float]:
+        return [float(s["value"][1]) for s in got[name]]
+
+    def available(got: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+        return {s["metric"]["status"]: float(s["value"][1]) for s in got["model_operator_condition"] if s["metric"]["type"] == "Available"}
+
     def operator_series() -> dict[str, list[dict[str, Any]]] | None:
         got = {q: prometheus.query(q + '{modeldeployment="digits"}') for q in (
-            "model_operator_desired_replicas", "model_operator_ready_replicas", 'model_operator_condition')}
-        return got if all(got.values()) and len(got["model_operator_condition"]) >= 3 else None
+            "model_operator_desired_replicas", "model_operator_ready_replicas", "model_operator_condition")}
+        # The series appear with the first reconcile (0 ready) and follow the status: wait for the
+        # values a Ready object has, then check that nothing else is there.
+        return got if values(got, "model_operator_ready_replicas") == [1.0] and available(got).get("True") == 1.0 else None
 
-    series = wait_for(operator_series, timeout=120, interval=3, message="the operator's series for digits in Prometheus")
-    assert [float(s["value"][1]) for s in series["model_operator_desired_replicas"]] == [1.0], series
-    assert [float(s["value"][1]) for s in series["model_operator_ready_replicas"]] == [1.0], series
-    available = {s["metric"]["status"]: float(s["value"][1]) for s in series["model_operator_condition"]
-                 if s["metric"]["type"] == "Available"}
-    assert available == {"True": 1.0, "False": 0.0, "Unknown": 0.0}, series["model_operator_condition"]
+    series = wait_for(operator_series, timeout=120, interval=3, message="digits' ready replica and Available=True in Prometheus")
+    assert values(series, "model_operator_desired_replicas") == [1.0], series
+    assert available(series) == {"True": 1.0, "False": 0.0, "Unknown": 0.0}, series["model_operator_condition"]
     assert len({s["metric"]["pod"] for s in series["model_operator_condition"]}) == 1, series["model_operator_condition"]
 
     # Events were written under the ServiceAccount's identity.
