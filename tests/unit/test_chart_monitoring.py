@@ -100,7 +100,7 @@ def exported_operator_metrics() -> dict[str, set[str]]:
                 out[obj._name] = labels
     collector = metrics.ModelDeploymentCollector()
     collector.export("ns", "md", {
-        "replicas": 2, "readyReplicas": 1, "conditions": [{"type": "Ready", "status": "True"}],
+        "phase": "Ready", "replicas": 2, "readyReplicas": 1, "conditions": [{"type": "Ready", "status": "True"}],
         "artifact": {"originalSizeBytes": 10, "sizeBytes": 5}, "optimization": {"latencyMsBefore": 2.0, "latencyMsAfter": 1.0},
     }, 4)
     for family in collector.collect():

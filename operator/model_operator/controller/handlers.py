@@ -116,7 +116,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
         prom=Prometheus(config.prometheus_url, config.prometheus_timeout_seconds),
     )
-    memo.phases = metrics.PhaseTally()
     memo.scaler = {}
     memo.specs = {}
     memo.metrics_condition = {}
@@ -233,7 +232,6 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
         _post(body, logger, type_, reason, message)
     auto = (body.get("spec") or {}).get("autoscaling") or {}
     metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
-    memo.phases.set(key, outcome.status.get("phase"))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -253,7 +251,6 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
     with metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
-    memo.phases.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
     memo.scaler.pop(body["metadata"]["uid"], None)
     memo.specs.pop(body["metadata"]["uid"], None)
     memo.metrics_condition.pop(body["metadata"]["uid"], None)

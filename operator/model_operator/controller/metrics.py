@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, NamedTuple
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
+from prometheus_client import REGISTRY, Counter, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,38 +27,9 @@ JOBS_STARTED: Final = Counter("model_operator_jobs_started_total", "Optimization
 JOBS_FAILED: Final = Counter("model_operator_jobs_failed_total", "Optimization Jobs that failed.")
 JOBS_SUCCEEDED: Final = Counter("model_operator_jobs_succeeded_total", "Optimization Jobs that succeeded.")
 API_WRITES: Final = Counter("model_operator_api_writes_total", "Writes the operator sent to the API server.", ["kind", "verb"])
-PHASES: Final = Gauge("model_operator_modeldeployments", "ModelDeployments by phase.", ["namespace", "phase"])
 SCALE_DECISIONS: Final = Counter(
     "model_operator_scale_decisions_total", "Scale changes made by the built-in autoscaler.", ["direction"]
 )
-class PhaseTally:
-    """ModelDeployments by namespace and phase. Reconciles run in kopf's thread pool, many at once:
-    each phase change moves two counts by one under a lock. (Rebuilding the gauge from a shared
-    dict raced with the threads adding to it, cost O(fleet) per change, and let a scrape between
-    the clear and the refill see no series.)"""
-
-    def __init__(self, gauge: Gauge = PHASES) -> None:
-        self._gauge = gauge
-        self._phases: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-
-    def set(self, key: tuple[str, str], phase: str | None) -> None:
-        with self._lock:
-            previous = self._phases.get(key)
-            if previous == phase:
-                return
-            if previous:
-                self._gauge.labels(key[0], previous).dec()
-            if phase:
-                self._phases[key] = phase
-                self._gauge.labels(key[0], phase).inc()
-            else:
-                self._phases.pop(key, None)
-
-    def forget(self, key: tuple[str, str]) -> None:
-        self.set(key, None)
-
-
 _MD = ("namespace", "modeldeployment")
 
 
@@ -67,6 +38,7 @@ class ModelDeploymentSeries(NamedTuple):
     series (a Gauge, a lock and a value each, about 20 per object) cost more memory per object
     than the object's own body at fleet sizes."""
 
+    phase: str | None
     desired: float
     ready: float
     max_replicas: float
@@ -79,7 +51,9 @@ def series_of(status: dict, max_replicas: int) -> ModelDeploymentSeries:
     """The gauges of one ModelDeployment from the status the reconcile computed."""
     artifact = status.get("artifact") or {}
     opt = status.get("optimization") or {}
+    phase = status.get("phase")
     return ModelDeploymentSeries(
+        phase=sys.intern(phase) if phase else None,
         desired=float(status.get("replicas") or 0),
         ready=float(status.get("readyReplicas") or 0),
         max_replicas=float(max_replicas),
@@ -92,9 +66,11 @@ def series_of(status: dict, max_replicas: int) -> ModelDeploymentSeries:
 
 
 class ModelDeploymentCollector(Collector):
-    """The per-ModelDeployment gauges, built at scrape time from one tuple per object. Series and
-    labels as Gauges would give them: model_operator_condition is 1 for each type's current
-    status and 0 for the other two, as kube-state-metrics does for Pod conditions."""
+    """The per-ModelDeployment gauges and the count by phase, built at scrape time from one tuple
+    per object: reconciles in kopf's threads only replace their object's tuple, so there is no
+    shared count to race on, and nothing costs O(fleet) but the scrape. Series and labels as
+    Gauges would give them: model_operator_condition is 1 for each type's current status and 0
+    for the other two, as kube-state-metrics does for Pod conditions."""
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], ModelDeploymentSeries] = {}
@@ -107,6 +83,7 @@ class ModelDeploymentCollector(Collector):
         self._series.pop((namespace, name), None)
 
     def collect(self) -> Iterator[Metric]:
+        phases = GaugeMetricFamily("model_operator_modeldeployments", "ModelDeployments by phase.", labels=("namespace", "phase"))
         desired = GaugeMetricFamily("model_operator_desired_replicas", "Replicas the spec asks for.", labels=_MD)
         ready = GaugeMetricFamily("model_operator_ready_replicas", "Ready Triton replicas.", labels=_MD)
         maximum = GaugeMetricFamily("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", labels=_MD)
@@ -118,8 +95,11 @@ class ModelDeploymentCollector(Collector):
                                       "ModelDeployment conditions: 1 for the current status of each type.",
                                       labels=(*_MD, "type", "status"))
         # A copy taken in one C call: reconciles in kopf's threads add to the dict while a scrape runs.
+        by_phase: collections.Counter[tuple[str, str]] = collections.Counter()
         for (namespace, name), s in list(self._series.items()):
             md = [namespace, name]
+            if s.phase:
+                by_phase[(namespace, s.phase)] += 1
             desired.add_metric(md, s.desired)
             ready.add_metric(md, s.ready)
             maximum.add_metric(md, s.max_replicas)
@@ -130,7 +110,9 @@ class ModelDeploymentCollector(Collector):
             for type_, current in s.conditions:
                 for status in ("True", "False", "Unknown"):
                     condition.add_metric([*md, type_, status], 1.0 if current == status else 0.0)
-        yield from (desired, ready, maximum, sizes, latency, condition)
+        for (namespace, phase), n in by_phase.items():
+            phases.add_metric([namespace, phase], n)
+        yield from (phases, desired, ready, maximum, sizes, latency, condition)
 
 
 MODELDEPLOYMENTS: Final = ModelDeploymentCollector()
