@@ -253,6 +253,11 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
     state = harness.new_state_dir("bench-scale-")
     cluster: Cluster = harness.start_kwok_cluster(state, (CPU_POOL.with_count(nodes), UNRELATED_POOL.with_count(other_nodes)))
     res: dict[str, Any] = {"count": count, "nodes": nodes, "other_nodes": other_nodes}
+    # Each phase's figures are kept as they come: a large run that dies late still leaves its earlier phases.
+    partial = Path(args.out).with_suffix(f".{count}.partial.json")
+
+    def keep() -> None:
+        partial.write_text(json.dumps(res, indent=1, default=str))
     prom_proc = None
     try:
         kube = harness.connect(cluster, pool_maxsize=args.threads * 2)
@@ -343,6 +348,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 "throttled": throttled(d), "cpu": (cpu1 - cpu0) / window, "window": window,
             }
             log(f"{tag} steady: {res[f'{tag}_steady']}")
+            keep()
 
         def statuses() -> dict[str, dict[str, Any]]:
             out, cont = {}, None
@@ -377,6 +383,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 steady(op, sampler, tag)
                 sampler.stop_flag.set()
                 res[f"{tag}_restart"]["peak_mib"] = sampler.peak / 2**20
+                keep()
 
         # 1. cold start
         parallel("ModelDeployments", count, make_md)
@@ -389,7 +396,9 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             def all_ready() -> bool:
                 n = ready_count()
                 if n != last[0]:
-                    log(f"{n}/{count} Ready after {time.monotonic() - t0:.0f}s")
+                    rss = sampler.rss[-1][1] if sampler.rss else 0
+                    log(f"{n}/{count} Ready after {time.monotonic() - t0:.0f}s (operator RSS {rss / 2**20:.0f} MiB, "
+                        f"peak {sampler.peak / 2**20:.0f} MiB, CPU {cpu_seconds(op.pid):.0f} s)")
                     last[0] = n
                 return n >= count
 
@@ -400,6 +409,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             steady(op, sampler, "cold")
             sampler.stop_flag.set()
             res["cold_peak_mib"] = sampler.peak / 2**20
+            keep()
             res["service_monitors"] = len(kube.custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", NS, "servicemonitors")["items"])
         # 2. restart without unrelated objects
         restart("base")
@@ -448,6 +458,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             prom_proc.wait(timeout=60)
         cluster.stop()
     shutil.rmtree(state, ignore_errors=True)  # kept when the run failed, for its logs
+    partial.unlink(missing_ok=True)  # the page holds it all now
     return res
 
 
