@@ -3,6 +3,7 @@ reconciler or a builder, and turns the outcome into a status patch and Events.""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -14,15 +15,14 @@ import kopf
 from prometheus_client import start_http_server
 
 from ..api import types as t
-from ..api.validation import SpecError, load_spec
 from ..config import OperatorConfig
-from ..kube.api import Kube
+from ..kube.api import Kube, StaleRead
 from ..kube.session import bounded_session, connection_limit
 from ..plan import status as st
 from ..resources import common as names
 from ..scaling.fleet import FleetMetrics
 from ..scaling.prometheus import AsyncPrometheus, Prometheus, PrometheusError
-from . import autoscale, finalize, metrics
+from . import finalize, metrics, scaler
 from .reconcile import Observed, Reconciler, observe
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
@@ -77,7 +77,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
 
 
 class _RoutineSuccess(logging.Filter):
-    """Drops kopf's "Timer 'x' succeeded." / "Handler 'x' succeeded." lines: with two timers per
+    """Drops kopf's "Timer 'x' succeeded." / "Handler 'x' succeeded." lines: with a timer per
     object they are thousands of lines a minute in a large fleet, and say nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -116,9 +116,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         has_service_monitor=kube.has_kind("monitoring.coreos.com/v1", "ServiceMonitor"),
         prom=Prometheus(config.prometheus_url, config.prometheus_timeout_seconds),
     )
-    memo.scaler = {}
-    memo.specs = {}
-    memo.metrics_condition = {}
     memo.fleet = FleetMetrics(AsyncPrometheus(config.prometheus_url, config.prometheus_timeout_seconds),
                               config.prometheus_window, on_poll=_count_poll)
     if config.metrics_port and not getattr(memo, "metrics_started", False):
@@ -219,9 +216,9 @@ def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     with metrics.measured(handler):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         outcome = memo.reconciler.reconcile(dict(body), _observed(key, kw))
-    # The scaler timer owns MetricsAvailable; this reconcile may have read the object before the
+    # The scaler owns MetricsAvailable; this reconcile may have read the object before the
     # scaler's last write, so take the scaler's latest word rather than the snapshot's.
-    latest = memo.metrics_condition.get(body["metadata"]["uid"])
+    latest = memo.fleet_scaler.conditions.get(body["metadata"]["uid"])
     if latest is not None and outcome.status.get("conditions"):
         outcome.status["conditions"] = [c for c in outcome.status["conditions"] if c["type"] != "MetricsAvailable"] + [latest]
         outcome.status["conditions"].sort(key=lambda c: st.CONDITION_TYPES.index(c["type"]) if c["type"] in st.CONDITION_TYPES else 99)
@@ -251,32 +248,8 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
     with metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
     memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
-    memo.scaler.pop(body["metadata"]["uid"], None)
-    memo.specs.pop(body["metadata"]["uid"], None)
-    memo.metrics_condition.pop(body["metadata"]["uid"], None)
+    memo.fleet_scaler.forget(body["metadata"]["uid"])
     metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
-
-
-def _autoscaled_by_operator(spec: kopf.Spec, **_: Any) -> bool:
-    """Only objects the built-in scaler drives get its timer (a task per object, every tick)."""
-    auto = spec.get("autoscaling") or {}
-    return bool(auto) and auto.get("enabled", True) is not False and auto.get("engine", "operator") == "operator" \
-        and spec.get("target", "cloud") != "device"
-
-
-def _autoscaling_spec(memo: kopf.Memo, body: kopf.Body) -> t.ModelDeploymentSpec | None:
-    """The parsed spec, once per generation: the scaler ticks every second per object."""
-    meta = body["metadata"]
-    cached = memo.specs.get(meta["uid"])
-    if cached is not None and cached[0] == meta.get("generation"):
-        spec: t.ModelDeploymentSpec | None = cached[1]
-        return spec
-    try:
-        spec = load_spec(dict(body.get("spec") or {}))
-    except SpecError:
-        spec = None
-    memo.specs[meta["uid"]] = (meta.get("generation"), spec)
-    return spec
 
 
 def _count_poll(queries: int, error: Exception | None) -> None:
@@ -285,44 +258,63 @@ def _count_poll(queries: int, error: Exception | None) -> None:
         metrics.PROMETHEUS_ERRORS.labels(error.cause).inc()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SCALER_TICK, initial_delay=SCALER_TICK, when=_autoscaled_by_operator)
-async def on_scale_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """The built-in autoscaler; a no-op for other engines, device targets and until an artifact
-    serves. A coroutine: it waits for the fleet's shared Prometheus sample on the event loop,
-    holding none of kopf's handler threads."""
-    if body.get("metadata", {}).get("deletionTimestamp"):
+# --- the built-in autoscaler: one loop for the fleet (controller/scaler.py says why) --------------
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def autoscaled_idx(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    v = scaler.view(body)
+    return {(namespace or "", name): v} if v is not None else {}
+
+
+def _views(index: kopf.Index[Any, Any]) -> list[dict[str, Any]]:
+    return [v for store in index.values() for v in store]
+
+
+def _scaler_write(kube: Kube, v: dict[str, Any], writes: scaler.Writes) -> None:
+    """The desired replicas first: a status that tells of a scale the spec never got would be
+    read as done. Then the status: new conditions only onto the version they were made from
+    (scaler.Writes says why); if the object moved on, the scaler's own fields alone."""
+    meta = v["metadata"]
+    where = (v["apiVersion"], v["kind"], meta["name"], meta["namespace"])
+    if writes.replicas is not None:
+        # The uid makes it a precondition: a same-named object made since is refused (422), not scaled.
+        kube.patch_merge(*where, {"metadata": {"uid": meta["uid"]}, "spec": {"serving": {"replicas": writes.replicas}}})
+    if not writes.status:
         return
-    spec = _autoscaling_spec(memo, body)
-    if spec is None or spec.autoscaling is None:
+    if "conditions" not in writes.status:
+        kube.patch_status(*where, writes.status)
         return
-    now = time.time()
-    status = dict(body.get("status") or {})
-    meta = body["metadata"]
-    uid = meta["uid"]
-    state: autoscale.State = memo.scaler.get(uid) or autoscale.State.from_status(
-        status, now, spec.serving.replicas if spec.serving else 1)
-    if not autoscale.should_poll(spec, status, state.scaling, now):
-        return
-    auto = spec.autoscaling
-    kinds = [m.type for m in auto.metrics]
-    fleet: FleetMetrics = memo.fleet
-    sample = await fleet.sample(kinds, max_age=auto.poll_seconds * 0.9)
-    values = sample.error or sample.of(meta["namespace"], meta["name"], kinds)
-    with metrics.measured("autoscale"):
-        outcome = autoscale.tick(dict(body), spec, values, now, state)
-    if outcome.scaling is None or outcome.window is None:
-        return
-    state.scaling, state.window = outcome.scaling, outcome.window
-    if autoscale.worth_writing(state, outcome.scaling, outcome.window, outcome.replicas is not None, now):
-        patch.status["scaling"] = outcome.scaling
-        patch.status["scalingWindow"] = outcome.window
-        state.written, state.written_window = outcome.scaling, outcome.window
-    memo.scaler[uid] = state
-    if outcome.conditions is not None:
-        memo.metrics_condition[uid] = st.get_condition(outcome.conditions, "MetricsAvailable")
-        if outcome.conditions != status.get("conditions"):
-            patch.status["conditions"] = outcome.conditions
-    if outcome.replicas is not None:
-        patch.spec["serving"] = {"replicas": outcome.replicas}
-    for type_, reason, message in outcome.events:
-        _post(body, logger, type_, reason, message)
+    try:
+        kube.patch_status(*where, writes.status, resource_version=writes.read_version)
+    except StaleRead:
+        if not writes.own():
+            raise
+        kube.patch_status(*where, writes.own())
+
+
+def _scaler_post(v: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(v, type=type_, reason=reason, message=message)
+    meta = v["metadata"]
+    (scaler_log.warning if type_ == "Warning" else scaler_log.info)("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+
+
+scaler_log = logging.getLogger("model_operator.scaler")
+
+
+@kopf.on.startup()
+async def start_scaler(memo: kopf.Memo, autoscaled_idx: kopf.Index[Any, Any], **_: Any) -> None:
+    """After configure (kopf runs startup handlers in the order they were registered)."""
+    kube: Kube = memo.kube
+    fleet = scaler.FleetScaler(memo.fleet, lambda v, w: _scaler_write(kube, v, w), _scaler_post)
+    memo.fleet_scaler = fleet
+    memo.scaler_task = asyncio.create_task(fleet.run(lambda: _views(autoscaled_idx), SCALER_TICK, time.time))
+
+
+@kopf.on.cleanup()
+async def stop_scaler(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "scaler_task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await memo.fleet_scaler.drain()

@@ -37,6 +37,10 @@ DESIRED_HASH = f"{GROUP}/desired-hash"
 log = logging.getLogger(__name__)
 
 
+class StaleRead(RuntimeError):
+    """A write conditioned on the version the caller read found a newer one."""
+
+
 class KindNotServed(RuntimeError):
     """The API server no longer serves this kind (its CRD was removed after discovery)."""
 
@@ -135,6 +139,22 @@ class Kube:
     def patch_merge(self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]) -> dict[str, Any]:
         res = self.resource(api_version, kind)
         return res.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json").to_dict()
+
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """A merge patch of the status subresource (a write to the object itself can't change it).
+        With `resource_version`, only if the object is still that version: else StaleRead, and
+        nothing changed (the API server answers 409)."""
+        res = self.resource(api_version, kind).subresources["status"]
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return res.patch(body=body, name=name, namespace=namespace, content_type="application/merge-patch+json").to_dict()
+        except ApiException as exc:
+            if resource_version is not None and exc.status == 409:
+                raise StaleRead(f"{kind} {namespace}/{name} changed since it was read") from None
+            raise
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -1,7 +1,8 @@
 """The scaling metrics and the serving health of the whole fleet, read once per poll and shared
 by every ModelDeployment.
 
-Each ModelDeployment's scaler tick asks `FleetMetrics.sample` for its values. The first caller
+The scaler's pass over the fleet (controller/scaler.py) asks `FleetMetrics.sample` for the values
+of each ModelDeployment whose poll is due. The first caller
 after the last sample went stale sends one query per metric kind in use (grouped by namespace
 and MD, scaling/promql.fleet_scaling_query) while the others wait on the same lock and then read
 its answer: the number of Prometheus queries per poll is the number of metric kinds, whatever the

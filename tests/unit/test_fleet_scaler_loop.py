@@ -1,0 +1,232 @@
+"""The built-in autoscaler's one loop for the fleet (controller/scaler.py): which objects a pass
+polls, what it writes and when, and what a refused write leaves behind; from plain dicts, with
+a Prometheus that answers from a table and a writer that records."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+from model_operator.controller import scaler
+from model_operator.scaling.fleet import FleetMetrics
+
+ARTIFACT_READY = {"type": "ArtifactReady", "status": "True", "reason": "Verified", "message": "s3://b/k",
+                  "observedGeneration": 1, "lastTransitionTime": "2026-12-03T00:00:00Z"}
+AUTO = {"minReplicas": 1, "maxReplicas": 10, "pollSeconds": 5, "metrics": [{"type": "inferenceRate", "target": 5}],
+        "scaleUp": {"stabilizationSeconds": 0}, "scaleDown": {"stabilizationSeconds": 300}}
+
+
+def md(name: str, replicas: int = 1, artifact: bool = True, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.model-operator.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, "resourceVersion": "41",
+                     "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                     "annotations": {"serving.model-operator.io/last-handled-configuration": "{...}"}},
+        "spec": {"model": {"uri": "pvc://m/d.onnx", "format": "onnx"}, "serving": {"replicas": replicas},
+                 "autoscaling": AUTO, **spec},
+        "status": {"phase": "Ready", "readyReplicas": replicas, "optimization": {"candidates": [{"name": "x"}] * 50},
+                   "conditions": [dict(ARTIFACT_READY)],
+                   **({"artifact": {"sha256": "abc", "uri": "s3://b/k", "sizeBytes": 1}} if artifact else {})},
+    }
+
+
+class TableProm:
+    """Answers the fleet's inferenceRate query with a per-MD rate from `rates`."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+        self.queries = 0
+
+    async def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        self.queries += 1
+        return {("ns", name): rate for name, rate in self.rates.items()}
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.writes: list[tuple[str, scaler.Writes]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.fail = fail
+        self.gate: threading.Event | None = None
+
+    def write(self, v: dict[str, Any], w: scaler.Writes) -> None:
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.fail:
+            raise RuntimeError("(422) the object changed")
+        self.writes.append((v["metadata"]["name"], w))
+
+    def post(self, v: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((v["metadata"]["name"], reason, message))
+
+
+def fleet_scaler(rates: dict[str, float], rec: Recorder) -> tuple[scaler.FleetScaler, TableProm]:
+    prom = TableProm(rates)
+    clock = [1000.0]
+    fleet = FleetMetrics(prom, "30s", clock=lambda: clock[0])  # type: ignore[arg-type]
+    return scaler.FleetScaler(fleet, rec.write, rec.post, threads=2), prom
+
+
+def views(*bodies: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in (scaler.view(b) for b in bodies) if v is not None]
+
+
+def run(s: scaler.FleetScaler, vs: list[dict[str, Any]], now: float) -> int:
+    async def go() -> int:
+        s.fleet.clock = lambda: now
+        n = await s.once(vs, now)
+        await s.drain()
+        return n
+    return asyncio.run(go())
+
+
+def test_the_view_keeps_what_the_scaler_reads_and_nothing_else() -> None:
+    b = md("a")
+    v = scaler.view(b)
+    assert v is not None
+    assert v["metadata"] == {"name": "a", "namespace": "ns", "uid": "uid-a", "generation": 1, "resourceVersion": "41"}
+    assert v["status"] == {"readyReplicas": 1, "conditions": [ARTIFACT_READY], "artifact": {"sha256": "abc"}}
+    assert v["spec"] == b["spec"] and v["spec"] is not b["spec"]
+    b["spec"]["serving"]["replicas"] = 9  # a copy: kopf's body may change under it
+    assert v["spec"]["serving"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("change", [
+    {"target": "device"},
+    {"autoscaling": {**AUTO, "engine": "hpa"}},
+    {"autoscaling": {**AUTO, "enabled": False}},
+    {"autoscaling": None},
+], ids=["device", "hpa-engine", "disabled", "no-autoscaling"])
+def test_objects_the_builtin_scaler_does_not_drive_have_no_view(change: dict[str, Any]) -> None:
+    b = md("a")
+    b["spec"] |= change
+    assert scaler.view(b) is None
+
+
+def test_an_object_being_deleted_has_no_view() -> None:
+    b = md("a")
+    b["metadata"]["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+    assert scaler.view(b) is None
+
+
+def test_a_pass_polls_the_due_objects_with_one_query_and_writes_each_decision() -> None:
+    rec = Recorder()
+    s, prom = fleet_scaler({"a": 5.0, "b": 12.0}, rec)
+    bodies = {n: md(n, artifact=n != "c") for n in "abc"}
+    vs = views(*bodies.values())
+    # The first poll after a start counts the running replicas as a recommendation made now
+    # (autoscale.State.from_status), so it holds; the next one acts.
+    assert run(s, vs, 1000.0) == 2  # c serves nothing yet
+    assert prom.queries == 1
+    first = dict(rec.writes)
+    assert set(first) == {"a", "b"} and all(w.replicas is None for w in first.values())
+    assert [c["status"] for c in first["b"].status["conditions"] if c["type"] == "MetricsAvailable"] == ["True"]
+    assert s.conditions["uid-a"]["status"] == "True"
+    for name, w in rec.writes:  # what the API server now holds comes back through the watch
+        bodies[name]["status"] |= copy.deepcopy(w.status)
+    rec.writes.clear()
+    assert run(s, views(*bodies.values()), 1005.0) == 2 and prom.queries == 2
+    (name, w), = rec.writes  # a is steady: nothing to write
+    assert name == "b" and w.replicas == 3 and w.status["scaling"]["desired"] == 3
+    assert [(n, r) for n, r, _ in rec.events] == [("b", "Scaled")]
+
+
+def test_a_poll_waits_for_its_interval_and_a_steady_object_is_not_written_again() -> None:
+    rec = Recorder()
+    s, prom = fleet_scaler({"a": 5.0}, rec)
+    a = md("a")
+    assert run(s, views(a), 1000.0) == 1 and len(rec.writes) == 1
+    # What the API server now holds comes back through the watch into the index.
+    a["status"] |= {k: copy.deepcopy(v) for k, v in rec.writes[0][1].status.items()}
+    assert run(s, views(a), 1001.0) == 0  # pollSeconds 5: not due
+    assert run(s, views(a), 1005.0) == 1 and len(rec.writes) == 1  # due, same answer: no write
+    assert prom.queries == 2
+
+
+def test_a_refused_write_posts_no_event_and_is_decided_again() -> None:
+    rec = Recorder()
+    s, _ = fleet_scaler({"b": 12.0}, rec)
+    b = md("b")
+    assert run(s, views(b), 1000.0) == 1  # the first poll after a start holds (see above)
+    b["status"] |= {k: copy.deepcopy(v) for k, v in rec.writes[0][1].status.items()}
+    rec.writes.clear()
+    rec.fail = True
+    assert run(s, views(b), 1005.0) == 1
+    assert rec.events == [] and "history" not in s.states["uid-b"].scaling  # the refused scale left no trace
+    rec.fail = False
+    assert run(s, views(b), 1010.0) == 1
+    (name, w), = rec.writes
+    assert name == "b" and w.replicas == 3 and len(w.status["scaling"]["history"]) == 1
+    assert [r for _, r, _ in rec.events] == ["Scaled"]
+
+
+def test_an_object_with_a_write_on_its_way_is_not_polled() -> None:
+    rec = Recorder()
+    rec.gate = threading.Event()
+    s, _ = fleet_scaler({"b": 12.0}, rec)
+    vs = views(md("b"))
+
+    async def go() -> tuple[int, int]:
+        first = await s.once(vs, 1000.0)
+        s.fleet.clock = lambda: 1010.0
+        second = await s.once(vs, 1010.0)  # due again, but the first write is still out
+        rec.gate.set()  # type: ignore[union-attr]
+        await s.drain()
+        return first, second
+
+    assert asyncio.run(go()) == (1, 0)
+    assert len(rec.writes) == 1
+
+
+def test_an_invalid_spec_is_left_to_the_reconcile() -> None:
+    rec = Recorder()
+    s, _ = fleet_scaler({"a": 12.0}, rec)
+    bad = md("a")
+    bad["spec"]["autoscaling"] = {**AUTO, "maxReplicas": 0}
+    assert run(s, views(bad), 1000.0) == 0 and rec.writes == []
+    assert s.specs["uid-a"] == (1, None)
+
+
+def test_new_conditions_are_written_only_onto_the_version_they_were_made_from() -> None:
+    rec = Recorder()
+    s, _ = fleet_scaler({"a": 5.0}, rec)
+    assert run(s, views(md("a")), 1000.0) == 1
+    (_, w), = rec.writes
+    assert w.read_version == "41"
+    assert [c["type"] for c in w.status["conditions"]] == ["ArtifactReady", "MetricsAvailable"]
+    assert set(w.own()) == {"scaling", "scalingWindow"}
+
+
+def test_an_object_the_reconcile_has_not_written_yet_gets_no_conditions_from_the_scaler() -> None:
+    """No list to test against: the scaler's condition waits in memory, and the reconcile's first
+    write brings it along."""
+    rec = Recorder()
+    s, _ = fleet_scaler({"a": 5.0}, rec)
+    a = md("a")
+    del a["status"]["conditions"]
+    assert run(s, views(a), 1000.0) == 1
+    (_, w), = rec.writes
+    assert "conditions" not in w.status and w.read_version is None
+    assert set(w.status) == {"scaling", "scalingWindow"}
+    assert s.conditions["uid-a"]["type"] == "MetricsAvailable"
+
+
+def test_a_stale_read_is_decided_again_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from model_operator.kube.api import StaleRead
+
+    rec = Recorder()
+    s, _ = fleet_scaler({"a": 5.0}, rec)
+
+    def stale(v: dict[str, Any], w: scaler.Writes) -> None:
+        raise StaleRead("changed")
+
+    s.write = stale
+    assert run(s, views(md("a")), 1000.0) == 1
+    assert s.states["uid-a"].scaling == {} and not [r for r in caplog.records if r.levelname == "WARNING"]
+    s.write = rec.write
+    assert run(s, views(md("a")), 1001.0) == 1  # nothing was written, so the poll is due at once
+    assert len(rec.writes) == 1
