@@ -1,6 +1,6 @@
 """The built-in scaler's writes on a real API server: a condition list made from a stale read is
 refused (written only onto the version it was made from) and changes nothing (the reconcile's conditions stay), the
-scaler's own fields still land, and a replica change for an object of the same name but
+scaler's own fields still land, its Events are posted, and a replica change for an object of the same name but
 another uid is refused."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _stored(custom_api: Any, namespace: str) -> dict[str, Any]:
 
 
 def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_still_land(
-        kube: Any, custom_api: Any, namespace: str, md: dict[str, Any]) -> None:
+        kube: Any, core_api: Any, custom_api: Any, namespace: str, md: dict[str, Any]) -> None:
     read = scaler.view(md)
     assert read is not None
     # The reconcile writes its conditions after the scaler read the object.
@@ -47,14 +47,15 @@ def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_stil
     mine = [*read["status"]["conditions"], _cond("MetricsAvailable", "False", "NoData")]
     scaling = {"engine": "operator", "desired": 1, "reason": "holding 1: no data", "lastPoll": 1000.0}
     writes = scaler.Writes(status={"conditions": mine, "scaling": scaling, "scalingWindow": [{"time": 1000.0, "replicas": 1}]},
-                           read_version=read["metadata"]["resourceVersion"])
+                           read_version=read["metadata"]["resourceVersion"], read_conditions=read["status"]["conditions"])
     _scaler_write(Kube(kube), read, writes)
     status = _stored(custom_api, namespace)["status"]
     assert status["conditions"] == reconciled  # not wiped by the stale list
     assert status["scaling"] == scaling and status["scalingWindow"] == [{"time": 1000.0, "replicas": 1}]
 
     # Conditions alone from the stale read: refused as such, nothing written.
-    only = scaler.Writes(status={"conditions": mine}, read_version=read["metadata"]["resourceVersion"])
+    only = scaler.Writes(status={"conditions": mine}, read_version=read["metadata"]["resourceVersion"],
+                         read_conditions=read["status"]["conditions"])
     with pytest.raises(StaleRead):
         _scaler_write(Kube(kube), read, only)
     assert _stored(custom_api, namespace)["status"]["conditions"] == reconciled
@@ -63,8 +64,18 @@ def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_stil
     fresh = scaler.view(_stored(custom_api, namespace))
     assert fresh is not None
     new = [*fresh["status"]["conditions"], _cond("MetricsAvailable", "False", "NoData")]
-    _scaler_write(Kube(kube), fresh, scaler.Writes(status={"conditions": new}, read_version=fresh["metadata"]["resourceVersion"]))
+    # Another writer moves the object on without touching the conditions (kopf's annotations):
+    # the scaler's write still lands, on the newer version.
+    custom_api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scaled", {"metadata": {"annotations": {"a": "b"}}})
+    _scaler_write(Kube(kube), fresh, scaler.Writes(status={"conditions": new}, read_version=fresh["metadata"]["resourceVersion"],
+                                                   read_conditions=fresh["status"]["conditions"],
+                                                   events=[("Warning", "MetricsUnavailable", "no data; holding 1 replicas")]))
     assert _stored(custom_api, namespace)["status"]["conditions"] == new
+    # Its Event, posted through the API server (kopf.event posts only inside kopf's handling).
+    events = [e for e in core_api.list_namespaced_event(namespace).items
+              if e.involved_object.name == "scaled" and e.involved_object.uid == fresh["metadata"]["uid"]]
+    assert [(e.type, e.reason, e.message, e.source.component) for e in events] == [
+        ("Warning", "MetricsUnavailable", "no data; holding 1 replicas", "model-operator")]
 
 
 def test_a_replica_change_for_a_recreated_object_is_refused(kube: Any, custom_api: Any, namespace: str, md: dict[str, Any]) -> None:

@@ -59,16 +59,14 @@ class Recorder:
         if self.fail:
             raise RuntimeError("(422) the object changed")
         self.writes.append((v["metadata"]["name"], w))
-
-    def post(self, v: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        self.events.append((v["metadata"]["name"], reason, message))
+        self.events += [(v["metadata"]["name"], reason, message) for _, reason, message in w.events]
 
 
 def fleet_scaler(rates: dict[str, float], rec: Recorder) -> tuple[scaler.FleetScaler, TableProm]:
     prom = TableProm(rates)
     clock = [1000.0]
     fleet = FleetMetrics(prom, "30s", clock=lambda: clock[0])  # type: ignore[arg-type]
-    return scaler.FleetScaler(fleet, rec.write, rec.post, threads=2), prom
+    return scaler.FleetScaler(fleet, rec.write, threads=2), prom
 
 
 def views(*bodies: dict[str, Any]) -> list[dict[str, Any]]:

@@ -273,30 +273,44 @@ def _views(index: kopf.Index[Any, Any]) -> list[dict[str, Any]]:
 
 def _scaler_write(kube: Kube, v: dict[str, Any], writes: scaler.Writes) -> None:
     """The desired replicas first: a status that tells of a scale the spec never got would be
-    read as done. Then the status: new conditions only onto the version they were made from
-    (scaler.Writes says why); if the object moved on, the scaler's own fields alone."""
+    read as done. Then the status: new conditions only over the list they were made from
+    (scaler.Writes says why); if that list changed, the scaler's own fields alone. Then the
+    Events, through kube/: kopf.event posts only from within kopf's per-object handling."""
     meta = v["metadata"]
     where = (v["apiVersion"], v["kind"], meta["name"], meta["namespace"])
+    version = writes.read_version
     if writes.replicas is not None:
         # The uid makes it a precondition: a same-named object made since is refused (422), not scaled.
-        kube.patch_merge(*where, {"metadata": {"uid": meta["uid"]}, "spec": {"serving": {"replicas": writes.replicas}}})
-    if not writes.status:
-        return
-    if "conditions" not in writes.status:
+        after = kube.patch_merge(*where, {"metadata": {"uid": meta["uid"]}, "spec": {"serving": {"replicas": writes.replicas}}})
+        if (after.get("status") or {}).get("conditions") == writes.read_conditions:
+            version = after["metadata"]["resourceVersion"]  # our own write moved it on, nothing else
+    if "conditions" in writes.status:
+        _write_conditions(kube, where, writes, version)
+    elif writes.status:
         kube.patch_status(*where, writes.status)
-        return
+    for type_, reason, message in writes.events:
+        (scaler_log.warning if type_ == "Warning" else scaler_log.info)("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        kube.post_event(v, type_, reason, message)
+
+
+def _write_conditions(kube: Kube, where: tuple[str, str, str, str], writes: scaler.Writes, version: str | None) -> None:
+    """The whole status write on `version`; when the object moved on, once more on its newest
+    version if its conditions are still the ones read (kopf's annotations, the reconcile's other
+    fields and our own spec write all move the version), else the scaler's own fields alone."""
     try:
-        kube.patch_status(*where, writes.status, resource_version=writes.read_version)
+        kube.patch_status(*where, writes.status, resource_version=version)
+        return
     except StaleRead:
-        if not writes.own():
-            raise
-        kube.patch_status(*where, writes.own())
-
-
-def _scaler_post(v: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(v, type=type_, reason=reason, message=message)
-    meta = v["metadata"]
-    (scaler_log.warning if type_ == "Warning" else scaler_log.info)("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        now = kube.get(where[0], where[1], where[2], where[3])
+    if now is not None and (now.get("status") or {}).get("conditions") == writes.read_conditions:
+        try:
+            kube.patch_status(*where, writes.status, resource_version=now["metadata"]["resourceVersion"])
+            return
+        except StaleRead:
+            pass
+    if not writes.own():
+        raise StaleRead(f"{where[1]} {where[3]}/{where[2]}: its conditions changed since the scaler read them")
+    kube.patch_status(*where, writes.own())
 
 
 scaler_log = logging.getLogger("model_operator.scaler")
@@ -306,7 +320,7 @@ scaler_log = logging.getLogger("model_operator.scaler")
 async def start_scaler(memo: kopf.Memo, autoscaled_idx: kopf.Index[Any, Any], **_: Any) -> None:
     """After configure (kopf runs startup handlers in the order they were registered)."""
     kube: Kube = memo.kube
-    fleet = scaler.FleetScaler(memo.fleet, lambda v, w: _scaler_write(kube, v, w), _scaler_post)
+    fleet = scaler.FleetScaler(memo.fleet, lambda v, w: _scaler_write(kube, v, w))
     memo.fleet_scaler = fleet
     memo.scaler_task = asyncio.create_task(fleet.run(lambda: _views(autoscaled_idx), SCALER_TICK, time.time))
 

@@ -67,29 +67,28 @@ class Writes:
     conditions are one list the reconcile writes too, whole, and a list made from a stale read
     would wipe the reconcile's (seen at 10,000 objects: Ready objects left with MetricsAvailable
     alone, and every reconcile posting its Events again). So such a write is conditioned on
-    that version; when the object has moved on, the scaler's own fields are written alone and
-    the conditions wait for the next poll."""
+    that version, or on a newer one whose conditions are still `read_conditions`; when they
+    changed, the scaler's own fields are written alone and the conditions wait for the next poll."""
     replicas: int | None = None
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     read_version: str | None = None
+    read_conditions: list[dict[str, Any]] | None = None
 
     def own(self) -> dict[str, Any]:
         """The status fields only the scaler writes."""
         return {k: v for k, v in self.status.items() if k != "conditions"}
 
 
-# (the object's view, what to write) -> None; raises when the API server refused it.
+# (the object's view, what to write) -> None: the writes, then the Events; raises when the API
+# server refused a write (then no Event is posted).
 Writer = Callable[[dict[str, Any], Writes], None]
-# (the object's view, Event type, reason, message)
-Poster = Callable[[dict[str, Any], str, str, str], None]
 
 
 class FleetScaler:
-    def __init__(self, fleet: FleetMetrics, write: Writer, post: Poster, threads: int = 4) -> None:
+    def __init__(self, fleet: FleetMetrics, write: Writer, threads: int = 4) -> None:
         self.fleet = fleet
         self.write = write
-        self.post = post
         self.states: dict[str, autoscale.State] = {}
         self.specs: dict[str, tuple[Any, t.ModelDeploymentSpec | None]] = {}
         # The scaler owns MetricsAvailable: its latest word per uid, which a reconcile that read
@@ -169,6 +168,7 @@ class FleetScaler:
             if read is not None and outcome.conditions != read:
                 writes.status["conditions"] = outcome.conditions
                 writes.read_version = v["metadata"].get("resourceVersion")
+                writes.read_conditions = read
         if writes.replicas is None and not writes.status and not writes.events:
             return None
         return writes
@@ -196,8 +196,6 @@ class FleetScaler:
                 return
             if "scaling" in writes.status:
                 state.written, state.written_window = writes.status["scaling"], writes.status["scalingWindow"]
-            for type_, reason, message in writes.events:
-                self.post(v, type_, reason, message)
 
         future.add_done_callback(done)
 

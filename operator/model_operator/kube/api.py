@@ -16,10 +16,12 @@ uid as a precondition. So a same-named object that is not ours is not taken over
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from functools import cached_property
 from typing import Any
@@ -140,6 +142,11 @@ class Kube:
         res = self.resource(api_version, kind)
         return res.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json").to_dict()
 
+    def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """An Event on `obj` from outside kopf's handlers, where kopf.event has no queue to post to."""
+        event = event_for(obj, type_, reason, message, datetime.datetime.now(datetime.timezone.utc))
+        self.resource("v1", "Event").create(body=event, namespace=event["metadata"]["namespace"])
+
     def patch_status(self, api_version: str, kind: str, name: str, namespace: str | None, status: dict[str, Any],
                      resource_version: str | None = None) -> dict[str, Any]:
         """A merge patch of the status subresource (a write to the object itself can't change it).
@@ -155,6 +162,21 @@ class Kube:
             if resource_version is not None and exc.status == 409:
                 raise StaleRead(f"{kind} {namespace}/{name} changed since it was read") from None
             raise
+
+
+def event_for(obj: dict[str, Any], type_: str, reason: str, message: str, now: datetime.datetime) -> dict[str, Any]:
+    """A core/v1 Event about `obj` from the operator (`kubectl describe` shows it with kopf's)."""
+    meta = obj["metadata"]
+    stamp = now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": socket.gethostname(), "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+    }
 
 
 def is_conflict(exc: BaseException) -> bool:
