@@ -368,7 +368,17 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 wait_for(lambda: _up(op_metrics), timeout=600, interval=1, message="operator metrics endpoint")
                 base = reconciles()  # 0 in a fresh process
-                wait_for(lambda: reconciles() - base >= count, timeout=args.timeout, interval=2, message=f"{count} objects reconciled after restart")
+                seen = [-1.0]
+
+                def converged() -> bool:
+                    n = reconciles() - base
+                    if n // max(1, count // 20) != seen[0] // max(1, count // 20):
+                        log(f"{tag} restart: {n:.0f}/{count} reconciled after {time.monotonic() - t0:.0f}s "
+                            f"(operator RSS {sampler.rss[-1][1] / 2**20 if sampler.rss else 0:.0f} MiB)")
+                    seen[0] = n
+                    return n >= count
+
+                wait_for(converged, timeout=args.timeout, interval=2, message=f"{count} objects reconciled after restart")
                 converged = time.monotonic() - t0
                 time.sleep(15)  # writes still in flight
                 d = delta(api_counts(), c0)

@@ -3,8 +3,8 @@
 A one-second kopf timer per served ModelDeployment woke every object every second (most of the
 operator's 0.3 cores per 1,000 objects in the fleet benchmark, for polls due every 5 s), and
 kopf kept each object's whole body for it (32 KB, 18 KB of it managedFields). This loop wakes
-once per tick and walks a kopf index that holds only what the scaler reads of each object
-(`view`). It polls the objects whose poll is due with the fleet's one shared Prometheus sample
+once per tick and walks what the scaler reads of each object (`view`, kept from the watch's
+events). It polls the objects whose poll is due with the fleet's one shared Prometheus sample
 (scaling/fleet.py) and hands what changed to a writer on its own small thread pool, never to
 kopf's handler threads, which the reconciles use.
 """
@@ -28,6 +28,8 @@ from . import autoscale, metrics
 
 log = logging.getLogger(__name__)
 
+# Objects polled between two chances for kopf's watches and handlers to run (a poll is ~0.3 ms).
+YIELD_EVERY = 100
 # The status fields the scaler reads; the rest of the status stays out of the index.
 _STATUS_READ = ("readyReplicas", "scaling", "scalingWindow", "conditions")
 
@@ -96,6 +98,14 @@ class FleetScaler:
         self.conditions: dict[str, dict[str, Any]] = {}
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="scaler-write")
         self.in_flight: dict[str, asyncio.Future[None]] = {}
+        self.views: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def track(self, key: tuple[str, str], v: dict[str, Any] | None) -> None:
+        """The object's latest view, or None when it is gone or the scaler no longer drives it."""
+        if v is None:
+            self.views.pop(key, None)
+        else:
+            self.views[key] = v
 
     def forget(self, uid: str) -> None:
         self.states.pop(uid, None)
@@ -135,7 +145,9 @@ class FleetScaler:
     async def once(self, views: Iterable[Mapping[str, Any]], now: float) -> int:
         """One pass over the fleet; the number of objects polled. Writes go on in the background."""
         due = self.due(views, now)
-        for v, spec, state in due:
+        for i, (v, spec, state) in enumerate(due):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a pass over thousands of objects must not hold kopf's event loop
             auto = spec.autoscaling
             assert auto is not None
             kinds = [m.type for m in auto.metrics]
@@ -204,14 +216,13 @@ class FleetScaler:
         while self.in_flight:
             await asyncio.gather(*list(self.in_flight.values()), return_exceptions=True)
 
-    async def run(self, views: Callable[[], Iterable[Mapping[str, Any]]], interval: float,
-                  clock: Callable[[], float]) -> None:
-        """Pass after pass, `interval` seconds apart, until cancelled; a failed pass is logged and
-        the next one runs."""
+    async def run(self, interval: float, clock: Callable[[], float]) -> None:
+        """Pass after pass over the tracked views, `interval` seconds apart, until cancelled; a
+        failed pass is logged and the next one runs."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.once(views(), clock())
+                await self.once(list(self.views.values()), clock())
             except asyncio.CancelledError:
                 raise
             except Exception:
