@@ -329,4 +329,10 @@ async def stop_scaler(memo: kopf.Memo, **_: Any) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await memo.fleet_scaler.drain()
+        # The writes on their way get a few seconds; an API server that is gone must not hold
+        # the shutdown (what is not written is decided again by the next process).
+        try:
+            await asyncio.wait_for(memo.fleet_scaler.drain(), timeout=10)
+        except asyncio.TimeoutError:
+            logging.getLogger(__name__).warning("scaler: %d status writes left unfinished at shutdown", len(memo.fleet_scaler.in_flight))
+        memo.fleet_scaler.pool.shutdown(wait=False, cancel_futures=True)
