@@ -82,15 +82,15 @@ def test_a_replica_change_for_a_recreated_object_is_refused(kube: Any, custom_ap
     old = scaler.view(md)
     assert old is not None
     custom_api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scaled")
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "scaled"},
-            "spec": {"model": {"uri": "s3://models/m.onnx", "format": "onnx"}, "serving": {"replicas": 1}}}
+    spec: dict[str, Any] = {"model": {"uri": "s3://models/m.onnx", "format": "onnx"}, "serving": {"replicas": 1}}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "scaled"}, "spec": spec}
     custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     with pytest.raises(ApiException) as refused:
         _scaler_write(Kube(kube), old, scaler.Writes(replicas=3))
     assert refused.value.status in (409, 422)
     assert _stored(custom_api, namespace)["spec"]["serving"]["replicas"] == 1
 
-    current = scaler.view({**_stored(custom_api, namespace), "spec": {**body["spec"], "autoscaling": {"maxReplicas": 4}}})
+    current = scaler.view({**_stored(custom_api, namespace), "spec": {**spec, "autoscaling": {"maxReplicas": 4}}})
     assert current is not None
     _scaler_write(Kube(kube), current, scaler.Writes(replicas=3))
     assert _stored(custom_api, namespace)["spec"]["serving"]["replicas"] == 3
