@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from model_operator.api.types import GROUP, KIND, PLURAL, VERSION
 from model_operator.controller import scaler
-from model_operator.controller.handlers import _scaler_write
+from model_operator.controller.scaler import write_through
 from model_operator.kube.api import Kube, StaleRead
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_stil
     scaling = {"engine": "operator", "desired": 1, "reason": "holding 1: no data", "lastPoll": 1000.0}
     writes = scaler.Writes(status={"conditions": mine, "scaling": scaling, "scalingWindow": [{"time": 1000.0, "replicas": 1}]},
                            read_version=read["metadata"]["resourceVersion"], read_conditions=read["status"]["conditions"])
-    _scaler_write(Kube(kube), read, writes)
+    write_through(Kube(kube), read, writes)
     status = _stored(custom_api, namespace)["status"]
     assert status["conditions"] == reconciled  # not wiped by the stale list
     assert status["scaling"] == scaling and status["scalingWindow"] == [{"time": 1000.0, "replicas": 1}]
@@ -57,7 +57,7 @@ def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_stil
     only = scaler.Writes(status={"conditions": mine}, read_version=read["metadata"]["resourceVersion"],
                          read_conditions=read["status"]["conditions"])
     with pytest.raises(StaleRead):
-        _scaler_write(Kube(kube), read, only)
+        write_through(Kube(kube), read, only)
     assert _stored(custom_api, namespace)["status"]["conditions"] == reconciled
 
     # From a fresh read the same change lands whole.
@@ -67,7 +67,7 @@ def test_conditions_from_a_stale_read_change_nothing_and_the_scalers_fields_stil
     # Another writer moves the object on without touching the conditions (kopf's annotations):
     # the scaler's write still lands, on the newer version.
     custom_api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scaled", {"metadata": {"annotations": {"a": "b"}}})
-    _scaler_write(Kube(kube), fresh, scaler.Writes(status={"conditions": new}, read_version=fresh["metadata"]["resourceVersion"],
+    write_through(Kube(kube), fresh, scaler.Writes(status={"conditions": new}, read_version=fresh["metadata"]["resourceVersion"],
                                                    read_conditions=fresh["status"]["conditions"],
                                                    events=[("Warning", "MetricsUnavailable", "no data; holding 1 replicas")]))
     assert _stored(custom_api, namespace)["status"]["conditions"] == new
@@ -86,11 +86,11 @@ def test_a_replica_change_for_a_recreated_object_is_refused(kube: Any, custom_ap
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "scaled"}, "spec": spec}
     custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     with pytest.raises(ApiException) as refused:
-        _scaler_write(Kube(kube), old, scaler.Writes(replicas=3))
+        write_through(Kube(kube), old, scaler.Writes(replicas=3))
     assert refused.value.status in (409, 422)
     assert _stored(custom_api, namespace)["spec"]["serving"]["replicas"] == 1
 
     current = scaler.view({**_stored(custom_api, namespace), "spec": {**spec, "autoscaling": {"maxReplicas": 4}}})
     assert current is not None
-    _scaler_write(Kube(kube), current, scaler.Writes(replicas=3))
+    write_through(Kube(kube), current, scaler.Writes(replicas=3))
     assert _stored(custom_api, namespace)["spec"]["serving"]["replicas"] == 3

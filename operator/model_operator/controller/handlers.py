@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from ..api import types as t
 from ..config import OperatorConfig
-from ..kube.api import Kube, StaleRead
+from ..kube.api import Kube
 from ..kube.session import bounded_session, connection_limit
 from ..plan import status as st
 from ..resources import common as names
@@ -269,56 +269,11 @@ async def track_autoscaled(type: str | None, namespace: str | None, name: str, b
     memo.fleet_scaler.track((namespace or "", name), None if type == "DELETED" else scaler.view(body))
 
 
-def _scaler_write(kube: Kube, v: dict[str, Any], writes: scaler.Writes) -> None:
-    """The desired replicas first: a status that tells of a scale the spec never got would be
-    read as done. Then the status: new conditions only over the list they were made from
-    (scaler.Writes says why); if that list changed, the scaler's own fields alone. Then the
-    Events, through kube/: kopf.event posts only from within kopf's per-object handling."""
-    meta = v["metadata"]
-    where = (v["apiVersion"], v["kind"], meta["name"], meta["namespace"])
-    version = writes.read_version
-    if writes.replicas is not None:
-        # The uid makes it a precondition: a same-named object made since is refused (422), not scaled.
-        after = kube.patch_merge(*where, {"metadata": {"uid": meta["uid"]}, "spec": {"serving": {"replicas": writes.replicas}}})
-        if (after.get("status") or {}).get("conditions") == writes.read_conditions:
-            version = after["metadata"]["resourceVersion"]  # our own write moved it on, nothing else
-    if "conditions" in writes.status:
-        _write_conditions(kube, where, writes, version)
-    elif writes.status:
-        kube.patch_status(*where, writes.status)
-    for type_, reason, message in writes.events:
-        (scaler_log.warning if type_ == "Warning" else scaler_log.info)("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
-        kube.post_event(v, type_, reason, message)
-
-
-def _write_conditions(kube: Kube, where: tuple[str, str, str, str], writes: scaler.Writes, version: str | None) -> None:
-    """The whole status write on `version`; when the object moved on, once more on its newest
-    version if its conditions are still the ones read (kopf's annotations, the reconcile's other
-    fields and our own spec write all move the version), else the scaler's own fields alone."""
-    try:
-        kube.patch_status(*where, writes.status, resource_version=version)
-        return
-    except StaleRead:
-        now = kube.get(where[0], where[1], where[2], where[3])
-    if now is not None and (now.get("status") or {}).get("conditions") == writes.read_conditions:
-        try:
-            kube.patch_status(*where, writes.status, resource_version=now["metadata"]["resourceVersion"])
-            return
-        except StaleRead:
-            pass
-    if not writes.own():
-        raise StaleRead(f"{where[1]} {where[3]}/{where[2]}: its conditions changed since the scaler read them")
-    kube.patch_status(*where, writes.own())
-
-
-scaler_log = logging.getLogger("model_operator.scaler")
-
-
 @kopf.on.startup()
 async def start_scaler(memo: kopf.Memo, **_: Any) -> None:
     """After configure (kopf runs startup handlers in the order they were registered)."""
     kube: Kube = memo.kube
-    fleet = scaler.FleetScaler(memo.fleet, lambda v, w: _scaler_write(kube, v, w))
+    fleet = scaler.FleetScaler(memo.fleet, lambda v, w: scaler.write_through(kube, v, w))
     memo.fleet_scaler = fleet
     memo.scaler_task = asyncio.create_task(fleet.run(SCALER_TICK, time.time))
 

@@ -1,13 +1,11 @@
 """The built-in autoscaler for the whole fleet: one task, not a kopf timer per object.
 
-A one-second kopf timer per served ModelDeployment woke every object every second (most of the
-operator's 0.3 cores per 1,000 objects in the fleet benchmark, for polls due every 5 s), and
-kopf kept each object's whole body for it (32 KB, 18 KB of it managedFields). This loop wakes
-once per tick and walks what the scaler reads of each object (`view`, kept from the watch's
-events). It polls the objects whose poll is due with the fleet's one shared Prometheus sample
-(scaling/fleet.py) and hands what changed to a writer on its own small thread pool, never to
-kopf's handler threads, which the reconciles use.
-"""
+A one-second kopf timer per served ModelDeployment woke every object every second, for polls
+due every 5 s, and kopf kept each object's whole body for it. This loop wakes once per tick
+and walks what the scaler reads of each object (`view`, kept from the watch's events). It polls
+the objects whose poll is due with the fleet's one shared Prometheus sample (scaling/fleet.py)
+and hands what changed to `write_through` on its own small thread pool, never to kopf's handler
+threads, which the reconciles use."""
 
 from __future__ import annotations
 
@@ -21,7 +19,7 @@ from typing import Any
 
 from ..api import types as t
 from ..api.validation import SpecError, load_spec
-from ..kube.api import StaleRead
+from ..kube.api import Kube, StaleRead
 from ..plan import status as st
 from ..scaling.fleet import FleetMetrics
 from . import autoscale, metrics
@@ -30,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Objects polled between two chances for kopf's watches and handlers to run (a poll is ~0.3 ms).
 YIELD_EVERY = 100
-# The status fields the scaler reads; the rest of the status stays out of the index.
+# The status fields the scaler reads; the rest of the status stays out of its view.
 _STATUS_READ = ("readyReplicas", "scaling", "scalingWindow", "conditions")
 
 
@@ -87,6 +85,48 @@ class Writes:
 Writer = Callable[[dict[str, Any], Writes], None]
 
 
+def write_through(kube: Kube, v: dict[str, Any], writes: Writes) -> None:
+    """The desired replicas first: a status that tells of a scale the spec never got would be
+    read as done. Then the status: new conditions only over the list they were made from
+    (Writes says why); if that list changed, the scaler's own fields alone. Then the
+    Events, through kube/: kopf.event posts only from within kopf's per-object handling."""
+    meta = v["metadata"]
+    where = (v["apiVersion"], v["kind"], meta["name"], meta["namespace"])
+    version = writes.read_version
+    if writes.replicas is not None:
+        # The uid makes it a precondition: a same-named object made since is refused (422), not scaled.
+        after = kube.patch_merge(*where, {"metadata": {"uid": meta["uid"]}, "spec": {"serving": {"replicas": writes.replicas}}})
+        if (after.get("status") or {}).get("conditions") == writes.read_conditions:
+            version = after["metadata"]["resourceVersion"]  # our own write moved it on, nothing else
+    if "conditions" in writes.status:
+        _write_conditions(kube, where, writes, version)
+    elif writes.status:
+        kube.patch_status(*where, writes.status)
+    for type_, reason, message in writes.events:
+        (log.warning if type_ == "Warning" else log.info)("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        kube.post_event(v, type_, reason, message)
+
+
+def _write_conditions(kube: Kube, where: tuple[str, str, str, str], writes: Writes, version: str | None) -> None:
+    """The whole status write on `version`; when the object moved on, once more on its newest
+    version if its conditions are still the ones read (kopf's annotations, the reconcile's other
+    fields and our own spec write all move the version), else the scaler's own fields alone."""
+    try:
+        kube.patch_status(*where, writes.status, resource_version=version)
+        return
+    except StaleRead:
+        now = kube.get(where[0], where[1], where[2], where[3])
+    if now is not None and (now.get("status") or {}).get("conditions") == writes.read_conditions:
+        try:
+            kube.patch_status(*where, writes.status, resource_version=now["metadata"]["resourceVersion"])
+            return
+        except StaleRead:
+            pass
+    if not writes.own():
+        raise StaleRead(f"{where[1]} {where[3]}/{where[2]}: its conditions changed since the scaler read them")
+    kube.patch_status(*where, writes.own())
+
+
 class FleetScaler:
     def __init__(self, fleet: FleetMetrics, write: Writer, threads: int = 4) -> None:
         self.fleet = fleet
@@ -126,7 +166,7 @@ class FleetScaler:
         return spec
 
     def due(self, views: Iterable[Mapping[str, Any]], now: float) -> list[tuple[Mapping[str, Any], t.ModelDeploymentSpec, autoscale.State]]:
-        """The objects whose poll is due: no await in here, so kopf can't change the index under it."""
+        """The objects whose poll is due."""
         out = []
         for v in views:
             uid = v["metadata"]["uid"]
@@ -196,15 +236,13 @@ class FleetScaler:
             if f.cancelled():
                 return
             exc = f.exception()
-            if isinstance(exc, StaleRead):
-                state.scaling, state.window = state.written, state.written_window
-                log.debug("scaler: %s/%s changed since it was read; the next poll decides again", meta["namespace"], meta["name"])
-                return
             if exc is not None:
                 # Back to what the API server holds, so a scale that was refused leaves no trace
-                # in the history its rate limits count; the next poll decides again.
+                # in the history its rate limits count; the next poll decides again. A stale
+                # read is routine under load, not worth a warning.
                 state.scaling, state.window = state.written, state.written_window
-                log.warning("scaler: could not update %s/%s: %s", meta["namespace"], meta["name"], exc)
+                (log.debug if isinstance(exc, StaleRead) else log.warning)(
+                    "scaler: could not update %s/%s: %s", meta["namespace"], meta["name"], exc)
                 return
             if "scaling" in writes.status:
                 state.written, state.written_window = writes.status["scaling"], writes.status["scalingWindow"]
