@@ -70,7 +70,9 @@ def install_crds(cluster: "Cluster", timeout: int = 60) -> None:
     cluster.kubectl("wait", "--for=condition=Established", f"--timeout={timeout}s", *crd_names(files), timeout=timeout + 30)
 
 
-def remove_crds(cluster: "Cluster", timeout: int = 60) -> None:
+def remove_crds(cluster: "Cluster", timeout: int = 180) -> None:
+    # A CRD goes only after the API server has deleted every object of its kind; on a loaded
+    # 2-core machine that once took longer than 60 s with no object left to wait for.
     args = [a for f in crd_files() for a in ("-f", str(f))]
     cluster.kubectl("delete", "--ignore-not-found", "--wait", f"--timeout={timeout}s", *args, timeout=timeout + 30)
 

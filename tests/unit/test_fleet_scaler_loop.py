@@ -116,21 +116,50 @@ def test_a_pass_polls_the_due_objects_with_one_query_and_writes_each_decision() 
     s, prom = fleet_scaler({"a": 5.0, "b": 12.0}, rec)
     bodies = {n: md(n, artifact=n != "c") for n in "abc"}
     vs = views(*bodies.values())
-    # The first poll after a start counts the running replicas as a recommendation made now
-    # (autoscale.State.from_status), so it holds; the next one acts.
-    assert run(s, vs, 1000.0) == 2  # c serves nothing yet
+    # The first poll after a start: a (5 req/s, target 5) is steady, b (12) scales up at once
+    # (a 0-s scale-up window); c serves nothing yet.
+    assert run(s, vs, 1000.0) == 2
     assert prom.queries == 1
     first = dict(rec.writes)
-    assert set(first) == {"a", "b"} and all(w.replicas is None for w in first.values())
+    assert set(first) == {"a", "b"} and first["a"].replicas is None and first["b"].replicas == 3
+    assert first["b"].status["scaling"]["desired"] == 3
     assert [c["status"] for c in first["b"].status["conditions"] if c["type"] == "MetricsAvailable"] == ["True"]
     assert s.conditions["uid-a"]["status"] == "True"
+    assert [(n, r) for n, r, _ in rec.events] == [("b", "Scaled")]
     for name, w in rec.writes:  # what the API server now holds comes back through the watch
         bodies[name]["status"] |= copy.deepcopy(w.status)
+    bodies["b"]["spec"]["serving"]["replicas"], bodies["b"]["metadata"]["generation"] = 3, 2
+    prom.rates["b"] = 4.0  # the same load spread over 3 replicas
     rec.writes.clear()
+    rec.events.clear()
     assert run(s, views(*bodies.values()), 1005.0) == 2 and prom.queries == 2
-    (name, w), = rec.writes  # a is steady: nothing to write
-    assert name == "b" and w.replicas == 3 and w.status["scaling"]["desired"] == 3
-    assert [(n, r) for n, r, _ in rec.events] == [("b", "Scaled")]
+    # Both settled: a is not written again, b only for its new generation (MetricsAvailable's
+    # observedGeneration), with no replica change and no Event.
+    (name, w), = rec.writes
+    assert name == "b" and w.replicas is None and w.status["scaling"]["desired"] == 3 and rec.events == []
+
+
+def test_after_a_restart_a_scale_down_waits_for_its_window_and_a_scale_up_for_its_own() -> None:
+    """The running replicas count as a recommendation made at the first poll (as the HPA
+    controller does when it starts): with a 300-s scale-down window a restarted operator does not
+    scale down at once; with a 60-s scale-up window it does not scale up at once either, and does
+    when the window has passed."""
+    rec = Recorder()
+    s, _ = fleet_scaler({"down": 1.0, "up": 15.0}, rec)
+    down = md("down", replicas=4)
+    up = md("up", autoscaling={**AUTO, "scaleUp": {"stabilizationSeconds": 60}})
+    assert run(s, views(down, up), 1000.0) == 2
+    assert all(w.replicas is None for _, w in rec.writes)
+    for name, w in rec.writes:
+        (down if name == "down" else up)["status"] |= copy.deepcopy(w.status)
+    rec.writes.clear()
+    assert run(s, views(down, up), 1030.0) == 2
+    assert all(w.replicas is None for _, w in rec.writes)
+    for name, w in rec.writes:
+        (down if name == "down" else up)["status"] |= copy.deepcopy(w.status)
+    rec.writes.clear()
+    assert run(s, views(down, up), 1061.0) == 2
+    assert [(n, w.replicas) for n, w in rec.writes] == [("up", 3)]
 
 
 def test_a_poll_waits_for_its_interval_and_a_steady_object_is_not_written_again() -> None:
@@ -149,11 +178,8 @@ def test_a_refused_write_posts_no_event_and_is_decided_again() -> None:
     rec = Recorder()
     s, _ = fleet_scaler({"b": 12.0}, rec)
     b = md("b")
-    assert run(s, views(b), 1000.0) == 1  # the first poll after a start holds (see above)
-    b["status"] |= {k: copy.deepcopy(v) for k, v in rec.writes[0][1].status.items()}
-    rec.writes.clear()
     rec.fail = True
-    assert run(s, views(b), 1005.0) == 1
+    assert run(s, views(b), 1000.0) == 1
     assert rec.events == [] and "history" not in s.states["uid-b"].scaling  # the refused scale left no trace
     rec.fail = False
     assert run(s, views(b), 1010.0) == 1

@@ -61,8 +61,10 @@ class State:
     def from_status(cls, status: dict[str, Any], now: float | None = None, current: int | None = None) -> State:
         """The state a restarted operator starts from: the last one written. The newest entry of
         a steady window is written only with the heartbeat, so it may be old; as the HPA does
-        when it starts, the replicas running now count as a recommendation made now, and a
-        scale-down right after a restart still waits for the whole stabilization window."""
+        when it starts, the replicas running now count as a recommendation made now: a scale-down
+        right after a restart still waits for the whole stabilization window, and a scale-up
+        waits for its own (none with a 0-s window: policy.decide counts an earlier
+        recommendation only while it is younger than the window)."""
         scaling = dict(status.get("scaling") or {})
         # Earlier versions kept every recommendation in status.scaling.recommendations; the
         # policy compacts it on the first poll.

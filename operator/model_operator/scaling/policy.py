@@ -129,8 +129,11 @@ def decide(
     history = compact([*recommendations, Recommendation(now, raw)], now,
                       spec.scale_up.stabilization_seconds, spec.scale_down.stabilization_seconds)
 
-    up_window = [r.replicas for r in history if now - r.time <= spec.scale_up.stabilization_seconds]
-    down_window = [r.replicas for r in history if now - r.time <= spec.scale_down.stabilization_seconds]
+    # As in the HPA controller: this poll's recommendation always counts, an earlier one only
+    # while it is younger than the window. So a 0-s scale-up window acts on the first poll after
+    # a restart, whose running replicas were recorded as a recommendation made at this instant.
+    up_window = [raw, *(r.replicas for r in recommendations if now - r.time < spec.scale_up.stabilization_seconds)]
+    down_window = [raw, *(r.replicas for r in recommendations if now - r.time < spec.scale_down.stabilization_seconds)]
     up_rec, down_rec = min(up_window), max(down_window)
     desired = current
     if desired < up_rec:

@@ -89,11 +89,14 @@ def test_hpa_engine_is_driven_by_the_real_hpa_controller(
              timeout=60, interval=1, message="ScalingActive=OperatorScaler")
 
 
-# Triton's dynamic batcher holds a request up to this long for others to join its batch (16 at
-# most): under load from a few clients each request waits most of it in the queue, an idle pod
-# reports 0 (no requests). The target sits between the two.
+# Triton's dynamic batcher may hold a request up to this long for others to join its batch (16 at
+# most). Under load from a few clients a request waits a few tenths of a millisecond in the queue
+# (0.35-0.46 ms in a CI run on 2 cores, where the load clients share the CPU with Triton; the
+# batcher seldom holds one for the whole delay); an idle pod reports 0 (no requests). The target
+# sits far below the loaded value: a target of 0.5 ms once left the loaded value inside the HPA's
+# 10% tolerance (0.46 / 0.5), and no scale-up came.
 QUEUE_DELAY_US = 3000
-QUEUE_TARGET_MS = 0.5
+QUEUE_TARGET_MS = 0.1
 CLIENTS = 4
 LOCAL_SERVING = {"nodePool": "local", "replicas": 1, "backend": "python", "maxBatchSize": 16,
                  "dynamicBatching": {"maxQueueDelayMicroseconds": QUEUE_DELAY_US}}
