@@ -86,6 +86,15 @@ class FloatType(str, Enum):
     float16 = "float16"
 
 
+class KeptType(str, Enum):
+    """What the sensitive layers of a partial quantization keep: float32 or float16 weights, or
+    (int4-weight-only only) 8-bit block-quantized weights."""
+
+    float32 = "float32"
+    float16 = "float16"
+    int8 = "int8"
+
+
 class Pooling(str, Enum):
     none = "none"
     mean = "mean"
@@ -266,9 +275,10 @@ class SensitiveLayers(ApiModel):
     names: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list, max_length=256, description="Layer (node or module) names to keep in float."
     )
-    dtype: FloatType | None = Field(
+    dtype: KeptType | None = Field(
         default=None,
-        description="Float type the kept layers store their weights in: float32 (default) or float16 (half the bytes; computed in float32 on CPU).",
+        description="Type the kept layers store their weights in: float32 (default), float16 (half the bytes; computed in float32 on CPU), "
+                    "or int8 (int4-weight-only only: the kept MatMuls get 8-bit block-quantized weights instead of 4-bit; embeddings stay 4-bit).",
     )
 
 
