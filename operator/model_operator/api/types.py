@@ -270,8 +270,8 @@ class Data(ApiModel):
 
 
 class SensitiveLayers(ApiModel):
-    auto: bool = Field(default=False, description="Find the layers whose quantization hurts quality most and keep them in float.")
-    count: int = Field(default=2, ge=1, le=64, description="How many layers the automatic search keeps in float.")
+    auto: bool = Field(default=False, description="Find the layers whose quantization hurts quality most and keep them in float (at 8 bits with dtype: int8).")
+    count: int = Field(default=2, ge=1, le=64, description="How many layers the automatic search keeps in float (at 8 bits with dtype: int8).")
     names: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list, max_length=256, description="Layer (node or module) names to keep in float."
     )
