@@ -1,9 +1,11 @@
-"""Sensitive layers kept with float16 weights: the initializer is stored in float16 behind a Cast
-to float32 under its old name, so the graph computes as before and the file shrinks."""
+"""Quantization recipes on small real ONNX graphs: sensitive layers kept with float16 weights (stored
+in float16 behind a Cast), static int8 with Relu/Clip ranges, int4 weight-only with a node subset
+and with the sensitive MatMuls kept at 8 bits."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +80,98 @@ def test_static_int8_gives_a_conv_the_range_of_its_relu6(tmp_path: Path) -> None
     before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(after - before).max() < 0.1 * np.abs(before).max()
+
+
+def _encoder_like(path: Path, rng: np.random.Generator) -> None:
+    """Embedding (Gather on a 256 x 64 table) -> MatMul 64x128 -> Relu -> MatMul 128x64 -> MatMul 64x64:
+    the weight-carrying ops of a transformer encoder, small enough for a unit test."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = rng.standard_normal((256, 64)).astype(np.float32)
+    w1 = (rng.standard_normal((64, 128)) / 8).astype(np.float32)
+    w2 = (rng.standard_normal((128, 64)) / 11).astype(np.float32)
+    w3 = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w1"], ["h1"], name="up"),
+         helper.make_node("Relu", ["h1"], ["a"], name="act"),
+         helper.make_node("MatMul", ["a", "w2"], ["h2"], name="down"),
+         helper.make_node("MatMul", ["h2", "w3"], ["y"], name="out")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 64])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((emb, "emb"), (w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _run(path: Path, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    out: np.ndarray = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    return out
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _bits(model: Any) -> dict[str, int]:
+    """{MatMulNBits node: its bits attribute}."""
+    return {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node if n.op_type == "MatMulNBits"}
+
+
+def test_int4_keeps_the_sensitive_matmuls_at_8_bits(tmp_path: Path) -> None:
+    """sensitiveLayers.dtype: int8 in an int4 model: the embedding becomes 4-bit GatherBlockQuantized,
+    the other MatMuls 4-bit MatMulNBits, the kept one 8-bit MatMulNBits (not float); the output stays
+    close to fp32, closer than with every MatMul at 4 bits, and the file sits between the two."""
+    import onnx
+    from onnx import TensorProto
+
+    from model_operator.api.types import Quantization
+    from model_operator.optimize.quantize import INT4_BLOCK, INT8_KEPT_BLOCK, quantize
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.onnx"
+    _encoder_like(src, rng)
+    ids = rng.integers(0, 256, (4, 16)).astype(np.int64)
+    ref = _run(src, ids)
+    all4 = quantize(src, tmp_path / "int4.onnx", Quantization(mode="int4-weight-only"), calibration=None, input_names=["ids"])
+    q = Quantization.model_validate({"mode": "int4-weight-only", "scope": "partial", "sensitiveLayers": {"auto": True, "count": 1, "dtype": "int8"}})
+    kept = quantize(src, tmp_path / "kept.onnx", q, calibration=None, input_names=["ids"], exclude=["down"])
+
+    model = onnx.load(str(kept.path))
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "MatMul" not in ops and ops.count("GatherBlockQuantized") == 1, ops
+    assert _bits(model) == {"up_Q4": 4, "down_Q8": 8, "out_Q4": 4}
+    blocks = {n.name: next(a.i for a in n.attribute if a.name == "block_size") for n in model.graph.node if n.op_type == "MatMulNBits"}
+    assert blocks == {"up_Q4": INT4_BLOCK, "down_Q8": INT8_KEPT_BLOCK, "out_Q4": INT4_BLOCK}
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    assert types["emb_Q4"] == TensorProto.UINT4, "4-bit embedding with zero points (asymmetric)"
+    assert "emb_zero_points" in types and not {"emb", "w1", "w2", "w3"} & set(types), "no float weight is left"
+    assert kept.excluded == [], "the kept MatMul is quantized (8-bit), not left in float"
+
+    got, got4 = _run(kept.path, ids), _run(all4.path, ids)
+    assert _cos(got, ref) > 0.98  # random Gaussian weights: about 0.99 per 4-bit layer
+    assert _cos(got, ref) > _cos(got4, ref) and np.abs(got - ref).max() < np.abs(got4 - ref).max(), "8 bits for `down` must lose less than 4"
+    assert all4.path.stat().st_size < kept.path.stat().st_size < src.stat().st_size
+
+
+def test_int4_quantizes_only_the_nodes_asked_for(tmp_path: Path) -> None:
+    """The sensitivity measure quantizes one node at a time (nodes_to_quantize): ONNX Runtime's
+    MatMulNBitsQuantizer quantizes a node that is included *or* of a listed op type, so the worker
+    spells a subset as the exclusion of the rest; else every "single-node" model was the whole int4 one."""
+    import onnx
+
+    from model_operator.api.types import Quantization
+    from model_operator.optimize.quantize import quantize
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "m.onnx"
+    _encoder_like(src, rng)
+    res = quantize(src, tmp_path / "one.onnx", Quantization(mode="int4-weight-only"), calibration=None, input_names=["ids"], nodes_to_quantize=["down"])
+    model = onnx.load(str(res.path))
+    assert sorted(n.op_type for n in model.graph.node) == ["Gather", "MatMul", "MatMul", "MatMulNBits", "Relu"]
+    assert _bits(model) == {"down_Q4": 4} and res.quantized_nodes == 1

@@ -158,6 +158,44 @@ def test_builtin_space_has_the_families() -> None:
     assert next(p for p in plans if p.name == "static-int8-entropy").describe()["calibrationMethod"] == "entropy"
 
 
+ENCODER: dict[str, Any] = dict(has_calibration=True, torch_source=True, conversion=ConversionFormat.onnx, model_ops=frozenset({"MatMul", "Gather"}))
+
+
+def test_size_objective_tries_the_int4_family_first() -> None:
+    """With the size objective the int4 family follows the spec's own recipe: int4 everywhere, then
+    int4 with the most sensitive third and half of the MatMuls kept at 8 bits (36 MatMuls: 12, 18);
+    every plan differs in effect from every other, and maxCandidates bounds the list."""
+    opt = _opt(quantization={"mode": "dynamic-int8"})
+    plans = builtin_candidates(opt, max_candidates=32, matmuls=36, objective=Objective.size, **ENCODER)
+    names = [p.name for p in plans]
+    assert names[:4] == ["dynamic-int8", "int4-weight-only", "int4-weight-only-partial-auto-int8-12", "int4-weight-only-partial-auto-int8-18"], names
+    kept = plans[2].describe()
+    assert kept["quantization"] == "int4-weight-only" and kept["sensitiveLayers"] == {"auto": True, "count": 12, "names": [], "dtype": "int8"}
+    assert len({p.identity() for p in plans}) == len(plans) and len(set(names)) == len(names)
+    assert [p.name for p in builtin_candidates(opt, max_candidates=4, matmuls=36, objective=Objective.size, **ENCODER)] == names[:4]
+    # Latency: the same plans, the 8-bit-kept ones last (the int8 families first within a small maxCandidates).
+    latency = [p.name for p in builtin_candidates(opt, max_candidates=32, matmuls=36, **ENCODER)]
+    assert sorted(latency) == sorted(names) and latency[-2:] == names[2:4]
+    # A tiny model: the shares round to one count, no duplicate; unknown MatMul count or none: no 8-bit-kept plan.
+    tiny = [p.name for p in builtin_candidates(opt, max_candidates=32, matmuls=3, objective=Objective.size, **ENCODER)]
+    assert [n for n in tiny if "partial-auto-int8" in n] == ["int4-weight-only-partial-auto-int8-1"]
+    for matmuls, ops in ((None, ENCODER["model_ops"]), (4, frozenset({"Gather", "Conv"}))):
+        args: dict[str, Any] = {**ENCODER, "model_ops": ops}
+        assert not [p for p in builtin_candidates(opt, max_candidates=32, matmuls=matmuls, objective=Objective.size, **args)
+                    if p.quantization.sensitive_layers.dtype is not None and p.quantization.sensitive_layers.dtype.value == "int8"]
+
+
+def test_int8_kept_layers_need_int4() -> None:
+    ok = _opt(quantization={"mode": "int4-weight-only", "scope": "partial", "sensitiveLayers": {"auto": True, "dtype": "int8"}})
+    check_plans([resolve(ok)], ok, has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx)
+    bad = _opt(search={"enabled": True, "candidates": [
+        {"name": "a", "quantization": {"mode": "dynamic-int8", "scope": "partial", "sensitiveLayers": {"auto": True, "dtype": "int8"}}}]})
+    with pytest.raises(InputError) as err:
+        check_plans(plans_for(bad, has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx), bad,
+                    has_calibration=False, torch_source=True, conversion=ConversionFormat.onnx)
+    assert err.value.where == "spec.optimization.search.candidates[0].quantization.sensitiveLayers.dtype"
+
+
 def test_no_variant_identical_in_effect() -> None:
     opt = _opt(quantization={"mode": "dynamic-int8"})
     args: dict[str, Any] = dict(has_calibration=True, torch_source=True, conversion=ConversionFormat.onnx, max_candidates=32)

@@ -34,6 +34,11 @@ def _mode(s: ModelDeploymentSpec) -> str:
     return str(s.optimization.quantization.mode.value)
 
 
+def _kept(s: ModelDeploymentSpec) -> str:
+    d = s.optimization.quantization.sensitive_layers.dtype
+    return "float32" if d is None else str(d.value)
+
+
 def _pooling(s: ModelDeploymentSpec) -> str:
     p = s.optimization.quality_gate.pooling
     return "none" if p is None else str(p.value)
@@ -81,6 +86,12 @@ RULES: tuple[Rule, ...] = (
          f"!({_QUANT} && has(self.optimization.quantization.scope) && self.optimization.quantization.scope == 'partial')"
          " || (has(self.optimization.quantization.mode) && self.optimization.quantization.mode != 'none')",
          lambda s: s.optimization.quantization.scope.value != "partial" or _mode(s) != "none"),
+    Rule("optimization.quantization.sensitiveLayers.dtype",
+         "sensitiveLayers.dtype: int8 keeps layers at 8 bits inside a 4-bit model: it needs quantization.mode: int4-weight-only",
+         f"!({_QUANT} && has(self.optimization.quantization.sensitiveLayers)"
+         " && has(self.optimization.quantization.sensitiveLayers.dtype) && self.optimization.quantization.sensitiveLayers.dtype == 'int8')"
+         f" || {_MODE} == 'int4-weight-only'",
+         lambda s: _kept(s) != "int8" or _mode(s) == "int4-weight-only"),
     Rule("optimization.pruning.method", "gradient pruning needs calibration data: set data.calibration",
          "!has(self.optimization) || !has(self.optimization.pruning) || !has(self.optimization.pruning.method)"
          " || self.optimization.pruning.method != 'gradient' || (has(self.data) && has(self.data.calibration))",

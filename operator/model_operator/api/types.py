@@ -86,6 +86,15 @@ class FloatType(str, Enum):
     float16 = "float16"
 
 
+class KeptType(str, Enum):
+    """What the sensitive layers of a partial quantization keep: float32 or float16 weights, or
+    (int4-weight-only only) 8-bit block-quantized weights."""
+
+    float32 = "float32"
+    float16 = "float16"
+    int8 = "int8"
+
+
 class Pooling(str, Enum):
     none = "none"
     mean = "mean"
@@ -261,14 +270,15 @@ class Data(ApiModel):
 
 
 class SensitiveLayers(ApiModel):
-    auto: bool = Field(default=False, description="Find the layers whose quantization hurts quality most and keep them in float.")
-    count: int = Field(default=2, ge=1, le=64, description="How many layers the automatic search keeps in float.")
+    auto: bool = Field(default=False, description="Find the layers whose quantization hurts quality most and keep them in float (at 8 bits with dtype: int8).")
+    count: int = Field(default=2, ge=1, le=64, description="How many layers the automatic search keeps in float (at 8 bits with dtype: int8).")
     names: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list, max_length=256, description="Layer (node or module) names to keep in float."
     )
-    dtype: FloatType | None = Field(
+    dtype: KeptType | None = Field(
         default=None,
-        description="Float type the kept layers store their weights in: float32 (default) or float16 (half the bytes; computed in float32 on CPU).",
+        description="Type the kept layers store their weights in: float32 (default), float16 (half the bytes; computed in float32 on CPU), "
+                    "or int8 (int4-weight-only only: the kept MatMuls get 8-bit block-quantized weights instead of 4-bit; embeddings stay 4-bit).",
     )
 
 

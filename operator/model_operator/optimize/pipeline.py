@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..api.types import (
     Clipping,
     ConversionFormat,
     DType,
+    KeptType,
     ModelDeploymentSpec,
     ModelFormat,
     Pooling,
@@ -225,8 +227,9 @@ def run(
         onnx_fp32: Path | None = None
         if conversion == ConversionFormat.onnx:
             onnx_fp32 = source.path if not source.is_torch else _exported(r, source, calibration, validation, task)
-        model_ops = _quantizable_ops(onnx_fp32) if onnx_fp32 is not None else None
-        plans = plans_for(opt, **plan_args, model_ops=model_ops)
+        counts = _quantizable_counts(onnx_fp32) if onnx_fp32 is not None else None
+        model_ops = frozenset(counts) if counts is not None else None
+        plans = plans_for(opt, **plan_args, model_ops=model_ops, matmuls=counts.get("MatMul", 0) if counts else None, objective=objective)
         check_plans(plans, opt, **plan_args)
 
     outcomes: list[Outcome] = []
@@ -592,12 +595,13 @@ def _exported(r: Run, source: SourceModel, calibration: Dataset | None, validati
         raise OptimizationError("spec.conversion", f"the model could not be converted to ONNX: {type(exc).__name__}: {first_line(exc)}") from None
 
 
-def _quantizable_ops(path: Path) -> frozenset[str]:
+def _quantizable_counts(path: Path) -> dict[str, int]:
+    """{op type: how many of its nodes carry a weight quantization would convert}."""
     import onnx
 
     from .quantize import quantizable_nodes
 
-    return frozenset(n.op_type for n in quantizable_nodes(onnx.load(str(path), load_external_data=False)))
+    return dict(Counter(n.op_type for n in quantizable_nodes(onnx.load(str(path), load_external_data=False))))
 
 
 def _gate_batches(spec: ModelDeploymentSpec, fixed: int | None) -> list[int]:
@@ -676,6 +680,8 @@ def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: li
     from . import sensitivity
 
     q = plan.quantization
+    if q.sensitive_layers.dtype == KeptType.int8:  # only MatMuls have 8-bit blocks (quantize._int4): rank only them
+        q = q.model_copy(update={"op_types": ["MatMul"]})
     key = json.dumps(["sens", plan.transform_key(), QuantizationMode(q.mode).value, q.per_channel, q.op_types])
     if key not in r.cache:
         t0 = time.monotonic()
@@ -686,7 +692,7 @@ def _sensitive(r: Run, plan: Plan, pre: Path, validation: Dataset, reference: li
         log.info("sensitivity: measured %d layers in %.1f s", len(scores), time.monotonic() - t0)
     scores = r.cache[key]
     chosen = sensitivity.rank_sensitive(scores, q.sensitive_layers.count)
-    log.info("sensitive layers kept in float: %s", ", ".join(chosen) or "none")
+    log.info("sensitive layers kept in %s: %s", "8 bits" if q.sensitive_layers.dtype == KeptType.int8 else "float", ", ".join(chosen) or "none")
     return chosen
 
 

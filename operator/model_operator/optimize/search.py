@@ -5,9 +5,11 @@ A Plan is a fully resolved recipe (quantization, clipping, pruning, graph optimi
 quantization family the spec asks for, so a search never trades away the size the spec wants):
 dynamic and static int8 (MinMax, entropy and percentile calibration; per-channel with and without
 reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32, weight-only
-int4 (MatMulNBits), op subsets, pruning and graph levels. Given the model's quantizable op types
-it leaves out variants that would do the same to the model as another (an op subset that covers
-every quantizable op, int4 on a model without MatMul).
+int4 (MatMulNBits), int4 with the most sensitive third and half of its MatMuls kept at 8 bits,
+op subsets, pruning and graph levels. Given the model's quantizable op types it leaves out
+variants that would do the same to the model as another (an op subset that covers every
+quantizable op, int4 on a model without MatMul). With the size objective the int4 family comes
+right after the spec's own recipe: the int8 variants differ in speed, not in size.
 
 `choose` picks among candidates that passed the gate by `optimization.objective`: latency (the
 fastest; candidates within the measured spread of each other are ties and the smaller artifact
@@ -29,7 +31,7 @@ from ..api.types import (
     Clipping,
     ClippingMethod,
     ConversionFormat,
-    FloatType,
+    KeptType,
     Objective,
     Optimization,
     Pruning,
@@ -46,6 +48,9 @@ from .errors import InputError
 LATENCY_TIE: Final = 0.03  # smallest relative difference that is not a tie, whatever the spread
 SIZE_TIE: Final = 0.02
 INT8_MODES: Final = (QuantizationMode.dynamic_int8, QuantizationMode.static_int8)
+# int4 with the most sensitive of its MatMuls kept at 8 bits: these shares of the model's MatMuls
+# with a weight (a 6-layer encoder has 36: 12 and 18 kept).
+INT8_KEPT_SHARES: Final = (3, 2)
 DEFAULT_LEVEL: Final = "all"
 PRUNE_VARIANT_SPARSITY: Final = 0.3
 
@@ -82,7 +87,7 @@ class Plan:
             if q.scope == QuantizationScope.partial:
                 sl = q.sensitive_layers
                 out["sensitiveLayers"] = {"auto": sl.auto, "count": sl.count, "names": list(sl.names),
-                                          "dtype": (sl.dtype or FloatType.float32).value}
+                                          "dtype": (sl.dtype or KeptType.float32).value}
         if self.clipping.method != ClippingMethod.none:
             out["clipping"] = self.clipping.model_dump(mode="json", by_alias=True, exclude_none=True)
         if self.pruning.method != PruningMethod.none:
@@ -102,7 +107,7 @@ def effective(q: Quantization) -> dict[str, Any]:
         out["calibrationMethod"] = (q.calibration_method or CalibrationMethod.minmax).value
     if q.scope == QuantizationScope.partial and mode != QuantizationMode.fp16:
         sl = q.sensitive_layers
-        out["sensitive"] = {"auto": sl.auto, "count": sl.count if sl.auto else None, "names": list(sl.names), "dtype": (sl.dtype or FloatType.float32).value}
+        out["sensitive"] = {"auto": sl.auto, "count": sl.count if sl.auto else None, "names": list(sl.names), "dtype": (sl.dtype or KeptType.float32).value}
     return out
 
 
@@ -121,8 +126,10 @@ def plan_name(q: Quantization, clipping: Clipping, pruning: Pruning, level: str 
             parts.append("-".join(t.lower() for t in q.op_types))
     if mode not in (QuantizationMode.none, QuantizationMode.fp16) and q.scope == QuantizationScope.partial:
         parts.append("partial-auto" if q.sensitive_layers.auto else "partial")
-        if q.sensitive_layers.dtype == FloatType.float16:
+        if q.sensitive_layers.dtype == KeptType.float16:
             parts.append("fp16")
+        elif q.sensitive_layers.dtype == KeptType.int8:  # two counts are searched: the name tells them apart
+            parts.append(f"int8-{q.sensitive_layers.count}")
     name = "-".join(parts)
     if clipping.method == ClippingMethod.threshold:
         name += f"+clip-{clipping.threshold:g}"
@@ -146,7 +153,7 @@ def resolve(base: Optimization, recipe: Recipe | None = None) -> Plan:
 
 def _q(
     mode: QuantizationMode, *, per_channel: bool = True, op_types: list[str] | None = None, auto: int | None = None,
-    calibration: CalibrationMethod | None = None, reduce_range: bool | None = None, kept: FloatType | None = None,
+    calibration: CalibrationMethod | None = None, reduce_range: bool | None = None, kept: KeptType | None = None,
 ) -> Quantization:
     kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range)
     if auto:
@@ -161,6 +168,8 @@ def effective_on(q: Quantization, model_ops: frozenset[str] | None) -> bool:
         return True
     mode = QuantizationMode(q.mode)
     if mode == QuantizationMode.int4_weight_only:
+        if q.scope == QuantizationScope.partial and q.sensitive_layers.dtype == KeptType.int8:
+            return "MatMul" in model_ops
         return bool(model_ops & {"MatMul", "Gather"})
     if mode not in INT8_MODES:
         return True
@@ -187,11 +196,15 @@ def builtin_candidates(
     conversion: ConversionFormat,
     max_candidates: int,
     model_ops: frozenset[str] | None = None,
+    matmuls: int | None = None,
+    objective: Objective = Objective.latency,
 ) -> list[Plan]:
     """The search space when `spec.optimization.search.candidates` is omitted. The spec's own
     recipe comes first; then the families in an order that tries each at least once within a
-    small `max_candidates`; duplicates and (given `model_ops`, the model's quantizable op types)
-    variants identical in effect to another are dropped; at most `max_candidates` plans."""
+    small `max_candidates` (for `objective` size the int4 family first); duplicates and (given
+    `model_ops`, the model's quantizable op types) variants identical in effect to another are
+    dropped; at most `max_candidates` plans. `matmuls`: how many MatMuls with a weight the model
+    has (the int4 variants with some kept at 8 bits need it; without it they are left out)."""
     first = resolve(base)
     c, p = first.clipping, first.pruning
     mode = QuantizationMode(base.quantization.mode)
@@ -203,6 +216,11 @@ def builtin_candidates(
 
     D, S, I4 = QuantizationMode.dynamic_int8, QuantizationMode.static_int8, QuantizationMode.int4_weight_only  # noqa: N806 - one-letter names make the table of modes below readable
     count = base.quantization.sensitive_layers.count
+    kept_counts = sorted({max(1, min(64, matmuls // share)) for share in INT8_KEPT_SHARES}) if matmuls else []
+    int4_family = [_q(I4)] + [_q(I4, auto=n, kept=KeptType.int8) for n in kept_counts]
+    if objective == Objective.size and conversion != ConversionFormat.torchscript and mode != QuantizationMode.fp16:
+        for q in int4_family:
+            add(q)
     if conversion == ConversionFormat.torchscript:
         pass  # a TorchScript artifact takes no ONNX Runtime quantization; only pruning varies
     elif mode == QuantizationMode.fp16:
@@ -223,7 +241,7 @@ def builtin_candidates(
             add(_q(S, per_channel=True, calibration=CalibrationMethod.percentile))
         add(_q(D, per_channel=False))
         # Sensitive layers in float16 (half their bytes) and in float32.
-        add(_q(int8, per_channel=True, auto=count, kept=FloatType.float16))
+        add(_q(int8, per_channel=True, auto=count, kept=KeptType.float16))
         add(_q(I4))
         # Op subsets: the weight-heavy ops without Conv (ConvInteger is slow on many CPUs);
         # embeddings (Gather) stay in, they cost no time and hold many of the bytes.
@@ -241,6 +259,8 @@ def builtin_candidates(
         add(first.quantization, pruning=Pruning(method=PruningMethod.magnitude, sparsity=PRUNE_VARIANT_SPARSITY))
     if conversion != ConversionFormat.torchscript and mode != QuantizationMode.fp16:
         add(base.quantization, level="extended")
+        for q in int4_family[1:]:  # other objectives: last (with size, already first)
+            add(q)
     seen: set[str] = set()
     out = []
     for i, plan in enumerate(plans):
@@ -252,7 +272,8 @@ def builtin_candidates(
 
 
 def plans_for(
-    opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat, model_ops: frozenset[str] | None = None
+    opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat, model_ops: frozenset[str] | None = None,
+    matmuls: int | None = None, objective: Objective = Objective.latency,
 ) -> list[Plan]:
     """The plans a spec asks for: the base recipe, or the search's candidates."""
     if not opt.search.enabled:
@@ -260,7 +281,7 @@ def plans_for(
     if opt.search.candidates:
         return [resolve(opt, r) for r in opt.search.candidates][: opt.search.max_candidates]
     return builtin_candidates(opt, has_calibration=has_calibration, torch_source=torch_source, conversion=conversion,
-                              max_candidates=opt.search.max_candidates, model_ops=model_ops)
+                              max_candidates=opt.search.max_candidates, model_ops=model_ops, matmuls=matmuls, objective=objective)
 
 
 def check_plans(plans: Sequence[Plan], opt: Optimization, *, has_calibration: bool, torch_source: bool, conversion: ConversionFormat) -> None:
@@ -280,6 +301,9 @@ def check_plans(plans: Sequence[Plan], opt: Optimization, *, has_calibration: bo
             raise InputError(f"{prefix}.quantization.mode",
                              f"{mode.value} quantization produces an ONNX model: set conversion.format: onnx (or quantization.mode: none)")
         q = plan.quantization
+        if q.sensitive_layers.dtype == KeptType.int8 and mode != QuantizationMode.int4_weight_only:
+            raise InputError(f"{prefix}.quantization.sensitiveLayers.dtype",
+                             "sensitiveLayers.dtype: int8 keeps layers at 8 bits inside a 4-bit model: it needs quantization.mode: int4-weight-only")
         if mode != QuantizationMode.none and q.scope == QuantizationScope.partial and not q.sensitive_layers.auto and not q.sensitive_layers.names:
             raise InputError(f"{prefix}.quantization.sensitiveLayers", "scope: partial needs sensitiveLayers.names or sensitiveLayers.auto: true")
 
