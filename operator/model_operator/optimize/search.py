@@ -4,8 +4,8 @@ A Plan is a fully resolved recipe (quantization, clipping, pruning, graph optimi
 `builtin_candidates` derives a search space from the spec's base optimization (variants of the
 quantization family the spec asks for, so a search never trades away the size the spec wants):
 dynamic and static int8 (MinMax, entropy and percentile calibration; per-channel with and without
-reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32, weight-only
-int4 (MatMulNBits), op subsets, pruning and graph levels. Given the model's quantizable op types
+reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32 (also with the
+MatMul/Gemm weights in int4 blocks), weight-only int4 (MatMulNBits), op subsets, pruning and graph levels. Given the model's quantizable op types
 it leaves out variants that would do the same to the model as another (an op subset that covers
 every quantizable op, int4 on a model without MatMul).
 
@@ -79,6 +79,8 @@ class Plan:
             out["scope"] = QuantizationScope(q.scope).value
             if q.op_types:
                 out["opTypes"] = list(q.op_types)
+            if q.int4_op_types and q.mode in INT8_MODES:
+                out["int4OpTypes"] = list(q.int4_op_types)
             if q.scope == QuantizationScope.partial:
                 sl = q.sensitive_layers
                 out["sensitiveLayers"] = {"auto": sl.auto, "count": sl.count, "names": list(sl.names),
@@ -98,6 +100,8 @@ def effective(q: Quantization) -> dict[str, Any]:
         return out
     if mode in INT8_MODES:
         out.update(perChannel=q.per_channel, reduceRange=bool(q.reduce_range), opTypes=sorted(q.op_types) if q.op_types else None)
+        if q.int4_op_types:
+            out["int4OpTypes"] = sorted(set(q.int4_op_types))
     if mode == QuantizationMode.static_int8:
         out["calibrationMethod"] = (q.calibration_method or CalibrationMethod.minmax).value
     if q.scope == QuantizationScope.partial and mode != QuantizationMode.fp16:
@@ -123,6 +127,8 @@ def plan_name(q: Quantization, clipping: Clipping, pruning: Pruning, level: str 
         parts.append("partial-auto" if q.sensitive_layers.auto else "partial")
         if q.sensitive_layers.dtype == FloatType.float16:
             parts.append("fp16")
+    if mode in INT8_MODES and q.int4_op_types:
+        parts.append("int4-" + "-".join(t.lower() for t in q.int4_op_types))
     name = "-".join(parts)
     if clipping.method == ClippingMethod.threshold:
         name += f"+clip-{clipping.threshold:g}"
@@ -147,8 +153,10 @@ def resolve(base: Optimization, recipe: Recipe | None = None) -> Plan:
 def _q(
     mode: QuantizationMode, *, per_channel: bool = True, op_types: list[str] | None = None, auto: int | None = None,
     calibration: CalibrationMethod | None = None, reduce_range: bool | None = None, kept: FloatType | None = None,
+    int4: list[str] | None = None,
 ) -> Quantization:
-    kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range)
+    kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range,
+                              int4_op_types=int4)
     if auto:
         kw.update(scope=QuantizationScope.partial, sensitive_layers=SensitiveLayers(auto=True, count=auto, dtype=kept))
     return Quantization(**kw)
@@ -166,6 +174,8 @@ def effective_on(q: Quantization, model_ops: frozenset[str] | None) -> bool:
         return True
     if not model_ops:
         return False
+    if q.int4_op_types and not model_ops & set(q.int4_op_types) & {"MatMul", "Gemm", "Gather"}:
+        return False  # no weight of that type: the same as plain int8
     if q.op_types:
         touched = model_ops & set(q.op_types)
         return bool(touched) and touched != model_ops
@@ -224,6 +234,9 @@ def builtin_candidates(
         add(_q(D, per_channel=False))
         # Sensitive layers in float16 (half their bytes) and in float32.
         add(_q(int8, per_channel=True, auto=count, kept=FloatType.float16))
+        # The same with the fully connected weights in int4 blocks (a CNN's classifier holds a
+        # quarter of its weights; int8 alone stays under 4x smaller than float32).
+        add(_q(int8, per_channel=True, auto=count, kept=FloatType.float16, int4=["Gemm", "MatMul"]))
         add(_q(I4))
         # Op subsets: the weight-heavy ops without Conv (ConvInteger is slow on many CPUs);
         # embeddings (Gather) stay in, they cost no time and hold many of the bytes.
