@@ -141,9 +141,10 @@ def quantize(
 
     kept = list(exclude)  # the sensitive layers (float); int4 nodes are left out of int8 too
     int4_nodes: list[str] = []
+    rewritten: Path | None = None  # a copy of `pre` with Gemm as MatMul + Add, removed at the end
     if q.int4_op_types:
-        pre, int4_nodes = _int4_targets(pre, out, q.int4_op_types, kept, nodes_to_quantize)
-        exclude = kept + int4_nodes
+        src, int4_nodes = _int4_targets(pre, out, q.int4_op_types, kept, nodes_to_quantize)
+        rewritten, pre, exclude = (src if src != pre else None), src, kept + int4_nodes
     op_types = list(q.op_types) if q.op_types else None
     extra: dict[str, Any] = {"MatMulConstBOnly": True}
     reduce_range = bool(q.reduce_range)
@@ -172,10 +173,11 @@ def quantize(
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's quantizer raises arbitrary classes; reported as the step's failure
         raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
+    finally:
+        if rewritten is not None:
+            rewritten.unlink(missing_ok=True)
     if kept and q.sensitive_layers.dtype == FloatType.float16:
         weights_to_float16(out, kept)
-    if pre.name.endswith(".matmul.onnx"):
-        pre.unlink(missing_ok=True)
     if int4_nodes:
         return _int4(out, out, kept, int4_nodes)
     return _result(out, kept)
