@@ -300,6 +300,11 @@ class Quantization(ApiModel):
     reduce_range: bool | None = Field(
         default=None, description="7-bit weights for int8 (avoids overflow on CPUs without VNNI); default false."
     )
+    int4_op_types: list[Annotated[str, Field(pattern=r"^(MatMul|Gemm|Gather)$")]] | None = Field(
+        default=None, max_length=3,
+        description="dynamic-int8 and static-int8: store the weights of these op types (MatMul, Gemm, Gather) as int4 blocks instead "
+                    "(weight-only: MatMulNBits, GatherBlockQuantized; a Gemm becomes MatMul + Add first), e.g. [Gemm] for a CNN's classifier.",
+    )
 
 
 class Clipping(ApiModel):

@@ -1,6 +1,7 @@
 """Quantization with ONNX Runtime's tools: dynamic int8, static int8 (QDQ, calibrated on the
 calibration .npz with the MinMax, entropy or percentile calibrator), weight-only int4 of MatMul
-weights and embeddings (MatMulNBits / GatherBlockQuantized, block-wise), fp16 (fp16.py);
+weights and embeddings (MatMulNBits / GatherBlockQuantized, block-wise), int8 with the weights of
+some op types in int4 blocks instead (`int4OpTypes`, e.g. a CNN's Gemm classifier), fp16 (fp16.py);
 per-channel or per-tensor weights, optionally reduce_range (7-bit); a subset of op types; nodes
 kept in float (named in the spec or found by sensitivity.py), their weights optionally stored in
 float16 behind a Cast that ONNX Runtime folds when it loads the model; in an int4 model, kept
@@ -143,6 +144,12 @@ def quantize(
     if mode == QuantizationMode.int4_weight_only:
         return _int4(pre, out, exclude, nodes_to_quantize, kept_int8=q.sensitive_layers.dtype == KeptType.int8)
 
+    kept = list(exclude)  # the sensitive layers (float); int4 nodes are left out of int8 too
+    int4_nodes: list[str] = []
+    rewritten: Path | None = None  # a copy of `pre` with Gemm as MatMul + Add, removed at the end
+    if q.int4_op_types:
+        src, int4_nodes = _int4_targets(pre, out, q.int4_op_types, kept, nodes_to_quantize)
+        rewritten, pre, exclude = (src if src != pre else None), src, kept + int4_nodes
     op_types = list(q.op_types) if q.op_types else None
     extra: dict[str, Any] = {"MatMulConstBOnly": True}
     reduce_range = bool(q.reduce_range)
@@ -171,9 +178,36 @@ def quantize(
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's quantizer raises arbitrary classes; reported as the step's failure
         raise OptimizationError("spec.optimization.quantization", f"{mode.value} quantization failed: {first_line(exc)}") from None
-    if exclude and q.sensitive_layers.dtype == KeptType.float16:
-        weights_to_float16(out, exclude)
-    return _result(out, exclude)
+    finally:
+        if rewritten is not None:
+            rewritten.unlink(missing_ok=True)
+    if kept and q.sensitive_layers.dtype == KeptType.float16:
+        weights_to_float16(out, kept)
+    if int4_nodes:
+        return _int4(out, out, kept, int4_nodes)
+    return _result(out, kept)
+
+
+def _int4_targets(pre: Path, out: Path, op_types: Sequence[str], exclude: Sequence[str], include: Sequence[str] | None) -> tuple[Path, list[str]]:
+    """For int8 with `int4OpTypes`: the model to quantize (Gemm turned into MatMul + Add where
+    Gemm is named, written next to `out`) and the nodes whose weights become int4 blocks (the
+    MatMul and Gather nodes with an initializer weight, of the types named, not kept in float)."""
+    import onnx
+
+    from .gemm import gemm_to_matmul
+
+    wanted = set(op_types)
+    model = onnx.load(str(pre))
+    include_set = set(include) if include else None
+    rewritten = gemm_to_matmul(model, include_set, skip=exclude) if "Gemm" in wanted else []
+    if rewritten:
+        pre = out.with_suffix(".matmul.onnx")
+        onnx.save(model, str(pre))
+    types = (wanted & {"MatMul", "Gather"}) | ({"MatMul"} if rewritten else set())
+    nodes = [n.name for n in quantizable_nodes(model, sorted(types))
+             if n.name not in exclude and (include_set is None or n.name in include_set)
+             and (n.op_type != "MatMul" or "MatMul" in wanted or n.name in rewritten)]
+    return pre, nodes
 
 
 def _entropy_ranges(pre: Path, out: Path, calibration: Dataset, input_names: Sequence[str], op_types: Sequence[str]) -> Path:

@@ -4,12 +4,13 @@ A Plan is a fully resolved recipe (quantization, clipping, pruning, graph optimi
 `builtin_candidates` derives a search space from the spec's base optimization (variants of the
 quantization family the spec asks for, so a search never trades away the size the spec wants):
 dynamic and static int8 (MinMax, entropy and percentile calibration; per-channel with and without
-reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32, weight-only
-int4 (MatMulNBits), int4 with the most sensitive third and half of its MatMuls kept at 8 bits,
-op subsets, pruning and graph levels. Given the model's quantizable op types it leaves out
-variants that would do the same to the model as another (an op subset that covers every
-quantizable op, int4 on a model without MatMul). With the size objective the int4 family comes
-right after the spec's own recipe: the int8 variants differ in speed, not in size.
+reduce_range; per-tensor), int8 with the sensitive layers kept in float16 or float32 (also with the
+MatMul/Gemm weights in int4 blocks), weight-only int4 (MatMulNBits), int4 with the most sensitive
+third and half of its MatMuls kept at 8 bits, op subsets, pruning and graph levels. Given the
+model's quantizable op types it leaves out variants that would do the same to the model as another
+(an op subset that covers every quantizable op, int4 on a model without MatMul). With the size
+objective the int4 family comes right after the spec's own recipe: the int8 variants differ in
+speed, not in size.
 
 `choose` picks among candidates that passed the gate by `optimization.objective`: latency (the
 fastest; candidates within the measured spread of each other are ties and the smaller artifact
@@ -84,6 +85,8 @@ class Plan:
             out["scope"] = QuantizationScope(q.scope).value
             if q.op_types:
                 out["opTypes"] = list(q.op_types)
+            if q.int4_op_types and q.mode in INT8_MODES:
+                out["int4OpTypes"] = list(q.int4_op_types)
             if q.scope == QuantizationScope.partial:
                 sl = q.sensitive_layers
                 out["sensitiveLayers"] = {"auto": sl.auto, "count": sl.count, "names": list(sl.names),
@@ -103,6 +106,8 @@ def effective(q: Quantization) -> dict[str, Any]:
         return out
     if mode in INT8_MODES:
         out.update(perChannel=q.per_channel, reduceRange=bool(q.reduce_range), opTypes=sorted(q.op_types) if q.op_types else None)
+        if q.int4_op_types:
+            out["int4OpTypes"] = sorted(set(q.int4_op_types))
     if mode == QuantizationMode.static_int8:
         out["calibrationMethod"] = (q.calibration_method or CalibrationMethod.minmax).value
     if q.scope == QuantizationScope.partial and mode != QuantizationMode.fp16:
@@ -130,6 +135,8 @@ def plan_name(q: Quantization, clipping: Clipping, pruning: Pruning, level: str 
             parts.append("fp16")
         elif q.sensitive_layers.dtype == KeptType.int8:  # two counts are searched: the name tells them apart
             parts.append(f"int8-{q.sensitive_layers.count}")
+    if mode in INT8_MODES and q.int4_op_types:
+        parts.append("int4-" + "-".join(t.lower() for t in q.int4_op_types))
     name = "-".join(parts)
     if clipping.method == ClippingMethod.threshold:
         name += f"+clip-{clipping.threshold:g}"
@@ -154,8 +161,10 @@ def resolve(base: Optimization, recipe: Recipe | None = None) -> Plan:
 def _q(
     mode: QuantizationMode, *, per_channel: bool = True, op_types: list[str] | None = None, auto: int | None = None,
     calibration: CalibrationMethod | None = None, reduce_range: bool | None = None, kept: KeptType | None = None,
+    int4: list[str] | None = None,
 ) -> Quantization:
-    kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range)
+    kw: dict[str, Any] = dict(mode=mode, per_channel=per_channel, op_types=op_types, calibration_method=calibration, reduce_range=reduce_range,
+                              int4_op_types=int4)
     if auto:
         kw.update(scope=QuantizationScope.partial, sensitive_layers=SensitiveLayers(auto=True, count=auto, dtype=kept))
     return Quantization(**kw)
@@ -175,6 +184,8 @@ def effective_on(q: Quantization, model_ops: frozenset[str] | None) -> bool:
         return True
     if not model_ops:
         return False
+    if q.int4_op_types and not model_ops & set(q.int4_op_types) & {"MatMul", "Gemm", "Gather"}:
+        return False  # no weight of that type: the same as plain int8
     if q.op_types:
         touched = model_ops & set(q.op_types)
         return bool(touched) and touched != model_ops
@@ -242,6 +253,9 @@ def builtin_candidates(
         add(_q(D, per_channel=False))
         # Sensitive layers in float16 (half their bytes) and in float32.
         add(_q(int8, per_channel=True, auto=count, kept=KeptType.float16))
+        # The same with the fully connected weights in int4 blocks (a CNN's classifier holds a
+        # quarter of its weights; int8 alone stays under 4x smaller than float32).
+        add(_q(int8, per_channel=True, auto=count, kept=KeptType.float16, int4=["Gemm", "MatMul"]))
         add(_q(I4))
         # Op subsets: the weight-heavy ops without Conv (ConvInteger is slow on many CPUs);
         # embeddings (Gather) stay in, they cost no time and hold many of the bytes.

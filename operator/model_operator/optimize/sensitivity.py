@@ -56,7 +56,7 @@ def measure(
     calib = calibration.take(16) if calibration is not None else None
     scores: dict[str, tuple[float, float]] = {}
     work.mkdir(parents=True, exist_ok=True)
-    single = Quantization.model_validate({**q.model_dump(), "op_types": None})
+    single = Quantization.model_validate({**q.model_dump(), "op_types": None, "int4_op_types": None})
     for i, node in enumerate(nodes):
         if deadline():
             log.info("sensitivity: time budget reached after %d of %d nodes", i, len(nodes))
