@@ -19,7 +19,11 @@ generator in this process, both on this machine: the generator's CPU is taken fr
 
     python benchmarks/serving.py [--out benchmarks/results/serving-<date>.md] [--duration 8]
         [--warmup 2] [--concurrency 1,4,16,64] [--sweep-concurrency 16] [--sweep-duration 5]
-        [--no-sweep] [--model-file artifact.onnx]
+        [--no-sweep] [--model-file artifact.onnx --model-name effnet --model-desc "..." --recipe "..."]
+
+`--model-file` serves another ONNX file with the same three configs: its input and output names,
+dtypes and shapes are read from the file (`onnx_signature`), each request is one sample of random
+values in [0, 1) (`sweep.sample_inputs`, batch 1 on the dynamic first axis).
 
 Goal (issue 16): the generated (or tuned) config >= 3x the batch-1 throughput at 16 clients with
 a p95 no worse.
@@ -47,12 +51,15 @@ from harness import REPO, add_out, cpu_model, log, use_paths, write_result  # no
 use_paths("operator")
 
 from model_operator.api.types import DynamicBatching, Serving, TensorSpec  # noqa: E402
+from model_operator.optimize.load import _onnx_tensor as onnx_tensor  # noqa: E402 - the worker's own reading of a tensor's type
 from model_operator.triton import sweep, tuning  # noqa: E402
 from model_operator.triton.server import TritonServer  # noqa: E402
 
 NAME = "digits"
 GOAL_RATIO = 3.0
 OVERHEAD_BATCH = 8
+ORT_ALONE_RUNS = 3000
+ORT_ALONE_BUDGET_S = 4.0
 
 
 def load_spec() -> dict[str, Any]:
@@ -84,29 +91,58 @@ def build_artifact(work: Path, spec: dict[str, Any]) -> tuple[Path, str, np.ndar
     return work / "artifact" / report["artifact"]["modelFile"], report["optimization"]["recipe"], np.load(data / "validation.npz")["input"]
 
 
-def ort_alone_ms(model_file: Path, x: np.ndarray, threads: int | None, runs: int) -> float:
-    """Median wall time of one standalone ONNX Runtime call, the session set up as model.py does."""
+def onnx_signature(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of an ONNX ModelProto as the worker reads them: graph inputs that are
+    not initializers, dynamic or unnamed dimensions as -1."""
+    inits = {i.name for i in model.graph.initializer}
+    ins = [onnx_tensor(vi, "model file") for vi in model.graph.input if vi.name not in inits]
+    return ins, [onnx_tensor(vi, "model file") for vi in model.graph.output]
+
+
+def describe_request(request: dict[str, np.ndarray]) -> str:
+    """`[1, 3, 224, 224] float32` (one per input, `name [shape] dtype` when there are several)."""
+    parts = [f"{list(a.shape)} {a.dtype}" for a in request.values()]
+    return parts[0] if len(parts) == 1 else ", ".join(f"{n} {p}" for n, p in zip(request, parts, strict=True))
+
+
+def ort_alone_ms(model_file: Path, feeds: dict[str, np.ndarray], threads: int | None, runs: int, budget_s: float) -> tuple[float, int, int]:
+    """Median wall time of one standalone ONNX Runtime call, the session set up as model.py does:
+    (ms, calls counted, warm-up calls). At most `runs` counted calls after at most 200 warm-up
+    ones, each phase cut at `budget_s` (a model of several ms would take minutes otherwise)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(200):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
+    warm = 0
+    end = time.perf_counter() + budget_s / 4
+    while warm < 200 and (warm < 5 or time.perf_counter() < end):
+        sess.run(None, feeds)
+        warm += 1
+    times: list[float] = []
+    end = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 20 or time.perf_counter() < end):
         t0 = time.perf_counter()
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return statistics.median(times), len(times), warm
+
+
+def compute_per_execution_ms(s: sweep.ServerStats, request_batch: int = 1) -> float:
+    """Mean time of one model execution from Triton's statistics. Triton adds an execution's
+    compute time to every request the execution served (inference_stats are per request), so the
+    sum is divided by the number of requests (inferences / the batch each request carries), not by
+    the number of executions: with dynamic batching that would count each execution mean-batch
+    times over."""
+    requests = s.inferences / request_batch
+    return s.compute_infer_ns / requests / 1e6 if requests else float("nan")
 
 
 def row_line(label: str, m: sweep.Measured, base: sweep.Measured | None) -> str:
     r, s = m.load, m.server
     ratio = f"{r.throughput / base.load.throughput:.2f}x" if base is not None and base.load.throughput else "-"
-    compute = s.compute_infer_ns / s.executions / 1e6 if s.executions else float("nan")
+    compute = compute_per_execution_ms(s)
     queue = s.queue_ns / s.inferences / 1e6 if s.inferences else float("nan")
     return (
         f"| {label} | {r.concurrency} | {r.throughput:.0f} | {ratio} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
@@ -124,7 +160,10 @@ def main() -> int:
     ap.add_argument("--sweep-concurrency", type=int, default=tuning.DEFAULT_CONCURRENCY)
     ap.add_argument("--sweep-duration", type=float, default=5.0)
     ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--model-file", type=Path, help="serve this ONNX file instead of building the digits artifact")
+    ap.add_argument("--model-file", type=Path, help="serve this ONNX file instead of building the digits artifact (signature read from it)")
+    ap.add_argument("--model-name", default=None, help="Triton name prefix and short label for --model-file (default: the file's stem)")
+    ap.add_argument("--model-desc", default=None, help="what --model-file is, for the results' conditions")
+    ap.add_argument("--recipe", default="given", help="the recipe that made --model-file, for the results' conditions")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -133,21 +172,29 @@ def main() -> int:
     spec = load_spec()
     generated = Serving.model_validate(spec["serving"])
     batch1 = generated.model_copy(update={"max_batch_size": 1, "dynamic_batching": DynamicBatching(enabled=False), "instance_count": 1})
-    inputs = [TensorSpec.model_validate(t) for t in spec["model"]["inputs"]]
-    outputs = [TensorSpec.model_validate(t) for t in spec["model"]["outputs"]]
+    if args.model_file:
+        import onnx
+
+        inputs, outputs = onnx_signature(onnx.load(str(args.model_file), load_external_data=False))
+        name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in (args.model_name or args.model_file.stem))
+    else:
+        inputs = [TensorSpec.model_validate(t) for t in spec["model"]["inputs"]]
+        outputs = [TensorSpec.model_validate(t) for t in spec["model"]["outputs"]]
+        name = NAME
     results: dict[str, list[sweep.Measured]] = {}
     table: list[tuning.SweepRow] = []
     chosen: tuning.SweepRow | None = None
     with tempfile.TemporaryDirectory(prefix="mo-serving-") as tmp:
         work = Path(tmp)
         if args.model_file:
-            model_file, recipe = args.model_file, "given"
-            images = np.random.default_rng(0).random((OVERHEAD_BATCH, 1, 8, 8), dtype=np.float32)
-            x = np.ascontiguousarray(images[:1])
+            model_file, recipe = args.model_file, args.recipe
+            batch8 = sweep.sample_inputs(inputs, batch=OVERHEAD_BATCH)
         else:
             model_file, recipe, images = build_artifact(work, spec)
-            x = np.ascontiguousarray(images[:1])
-        request = {inputs[0].name: x}
+            batch8 = {inputs[0].name: np.ascontiguousarray(images[:OVERHEAD_BATCH])}
+        request = {k: np.ascontiguousarray(v[:1]) for k, v in batch8.items()}
+        log(f"serving {model_file.name}: inputs {', '.join(f'{t.name} {t.shape} {t.dtype.value}' for t in inputs)}; "
+            f"outputs {', '.join(f'{t.name} {t.shape} {t.dtype.value}' for t in outputs)}")
         model_kib = model_file.stat().st_size / 1024
         repo = work / "repository"
         repo.mkdir()
@@ -169,28 +216,28 @@ def main() -> int:
             if chosen is not None:
                 configs["tuned"] = tuning.apply_knobs(generated, chosen.knobs)
             for label, serving in configs.items():
-                sweep.load_config(ep, repo, f"{NAME}_{label}", model_file, inputs=inputs, outputs=outputs, serving=serving,
+                sweep.load_config(ep, repo, f"{name}_{label}", model_file, inputs=inputs, outputs=outputs, serving=serving,
                                   target=spec["target"], progress=log)
             for c in concurrencies:
                 rounds: dict[str, list[sweep.Measured]] = {label: [] for label in configs}
                 for i in range(args.rounds):
                     for label in configs:
                         rounds[label].append(sweep.measure_loaded(
-                            ep, f"{NAME}_{label}", label=f"round {i + 1}/{args.rounds} {label}", request=request,
+                            ep, f"{name}_{label}", label=f"round {i + 1}/{args.rounds} {label}", request=request,
                             concurrency=c, duration_s=args.duration, warmup_s=args.warmup, progress=log,
                         ))
                 for label, items in rounds.items():
                     results.setdefault(label, []).append(sweep.merge_measured(items))
             # The overhead at batch 8: one client sending 8-image requests to the generated config
             # (one request = one execution at concurrency 1, so compute/exec is that batch's).
-            x8 = np.ascontiguousarray(images[:OVERHEAD_BATCH])
-            batch8 = sweep.measure_loaded(
-                ep, f"{NAME}_generated", label=f"generated, batch {OVERHEAD_BATCH} requests", request={inputs[0].name: x8},
+            measured8 = sweep.measure_loaded(
+                ep, f"{name}_generated", label=f"generated, batch {OVERHEAD_BATCH} requests", request=batch8,
                 concurrency=1, duration_s=args.duration, warmup_s=args.warmup, progress=log,
             )
         finally:
             server.stop()
-        ort_ms = {(b, t): ort_alone_ms(model_file, xb, t, 3000) for b, xb in ((1, x), (OVERHEAD_BATCH, x8)) for t in (None, 1)}
+        ort_ms = {(b, t): ort_alone_ms(model_file, feeds, t, ORT_ALONE_RUNS, ORT_ALONE_BUDGET_S)
+                  for b, feeds in ((1, request), (OVERHEAD_BATCH, batch8)) for t in (None, 1)}
         b1 = results["batch1"][0]
     load_end = os.getloadavg()
 
@@ -208,14 +255,21 @@ def main() -> int:
         "- load generator: tritonclient's asyncio gRPC client (`model_operator.triton.loadgen`), closed loop: N clients, each sends "
         "its next request when the previous one is answered; one Python process on the same machine (its CPU is taken from the server's)",
         f"- each concurrency: {args.rounds} interleaved rounds (batch1, generated, tuned, batch1, ...), each {args.warmup:g} s "
-        f"warm-up (not counted) then {args.duration:g} s counted; latencies pooled over the rounds; one request = one image, batch 1 "
-        f"[1, 1, 8, 8] float32; latency = the client's round trip",
-        f"- model: the digits CNN (examples/digits, 137k params) optimized by the worker with the example's spec: recipe `{recipe}`, "
-        f"{model_kib:.0f} KiB",
+        f"warm-up (not counted) then {args.duration:g} s counted; latencies pooled over the rounds; one request = one sample, batch 1 "
+        f"{describe_request(request)}{'' if args.model_file else ' (held-out digits images)'}"
+        f"{' of random values in [0, 1)' if args.model_file else ''}; latency = the client's round trip",
+        (f"- model: {args.model_desc or model_file.name}: recipe `{recipe}`, {model_kib:.0f} KiB; inputs "
+         f"{', '.join(f'{t.name} {t.shape} {t.dtype.value}' for t in inputs)}, outputs "
+         f"{', '.join(f'{t.name} {t.shape} {t.dtype.value}' for t in outputs)} (read from the file)"
+         if args.model_file else
+         f"- model: the digits CNN (examples/digits, 137k params) optimized by the worker with the example's spec: recipe `{recipe}`, "
+         f"{model_kib:.0f} KiB"),
+        "- configs: the serving block of examples/digits/modeldeployment.yaml (target edge, Python backend) for every model",
         "- ONNX Runtime threads: the model's own choice unless a config sets intraOpThreads",
         "- every config is loaded at once under its own name (idle ones cost no CPU), so the rounds alternate without reloading",
         "- `mean batch`, `queue` and `compute/exec` come from Triton's statistics extension (deltas over the step): requests per "
-        "model execution, queue time per request, compute time per execution (the Python backend's round trip to its stub + ONNX Runtime)",
+        "model execution, queue time per request, compute time per execution (the Python backend's round trip to its stub + ONNX Runtime; "
+        "Triton adds an execution's time to each request it served, so the sum is divided by the requests, not the executions)",
         "",
         "## Configs",
         "",
@@ -281,18 +335,22 @@ def main() -> int:
         "backend overhead per execution | x the model's time |",
         "|---|---|---|---|---|---|---|",
     ]
-    for batch, m in ((1, b1), (OVERHEAD_BATCH, batch8)):
+    for batch, m in ((1, b1), (OVERHEAD_BATCH, measured8)):
         s1 = m.server
-        compute = s1.compute_infer_ns / s1.executions / 1e6 if s1.executions else float("nan")
-        alone = ort_ms[(batch, None)]
+        compute = compute_per_execution_ms(s1, batch)
+        alone = ort_ms[(batch, None)][0]
         overhead.append(
-            f"| {batch} | {alone:.3f} ms | {ort_ms[(batch, 1)]:.3f} ms | {compute:.3f} ms | {m.load.p50_ms:.3f} ms | "
+            f"| {batch} | {alone:.3f} ms | {ort_ms[(batch, 1)][0]:.3f} ms | {compute:.3f} ms | {m.load.p50_ms:.3f} ms | "
             f"{compute - alone:.3f} ms | {compute / alone:.1f}x |"
         )
     lines += [
         *overhead,
         "",
-        "ORT alone: `session.run` on the same artifact and input, median of 3000 after 200 warm-up calls, in this process after "
+        "ORT alone: `session.run` on the same artifact and input, median of "
+        + ("/".join(str(v[1]) for v in ort_ms.values()) + " calls after " + "/".join(str(v[2]) for v in ort_ms.values())
+           + " warm-up calls (batch 1 default threads, batch 1 one thread, batch 8 default, batch 8 one thread; at most "
+           f"{ORT_ALONE_RUNS} after 200, each phase cut at {ORT_ALONE_BUDGET_S:g} s)")
+        + ", in this process after "
         "the server stopped. Triton compute per execution: Triton's compute_infer statistic (the Python backend's round trip to "
         "its stub process through shared memory, the request/response tensors, and ONNX Runtime); batch 1 on the batch1 "
         f"config, batch {OVERHEAD_BATCH} as one {OVERHEAD_BATCH}-image request to the generated config. The rest of the round "
