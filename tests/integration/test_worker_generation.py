@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,31 @@ def test_search_exports_with_a_kv_cache_gates_and_publishes_the_smallest_fast_en
     assert tok.decode(np.asarray(got, dtype=np.int32)).strip()
 
 
-def test_a_gate_no_quantized_model_can_pass_is_refused_with_every_candidate(tiny_lm: TinyLm, tmp_path: Path) -> None:
+def test_the_strictest_gate_refuses_every_candidate_that_misses_it(tiny_lm: TinyLm, tmp_path: Path) -> None:
+    """The strictest gate the API allows: no perplexity above the original's, every greedy token
+    the same. Each candidate's verdict must follow from its own measurements, and with none
+    passing the worker exits 3 and publishes nothing. Rounding can lower a perplexity: on one CPU
+    int4 in blocks of 128 measured 0.4% below the original with every token the same, and met
+    even this gate; then it must be the one published."""
     dest = tmp_path / "out"
     gate = {"maxPerplexityRatio": 1.0, "minGreedyAgreement": 1.0}
     spec = _spec(tiny_lm, quantization={"mode": "int4-weight-only"}, search={"enabled": True}, qualityGate=gate)
     res = run_worker(dest, spec=spec, name="tiny", env={"MODEL_OPERATOR_THREADS": "1"})
-    assert res.rc == 3, res.stderr
-    assert "spec.optimization.qualityGate" in res.last_line and "maxPerplexityRatio 1.0" in res.stderr
-    assert [c["name"] for c in res.summary["candidates"]] == ["int4-weight-only", "int4-weight-only-block128", "int4-weight-only-embeddings"]
-    assert not (dest / "COMPLETE").exists()
+    cands = res.summary.get("candidates") or res.summary["optimization"]["candidates"]
+    assert [c["name"] for c in cands] == ["int4-weight-only", "int4-weight-only-block128", "int4-weight-only-embeddings"]
+    for c in cands:
+        q = c["quality"]
+        assert c["passed"] == (q["perplexityRatio"] <= 1.0 and q["greedyAgreement"] >= 1.0), c
+        if not c["passed"]:
+            assert c["reason"], c
+    passed = [c["name"] for c in cands if c["passed"]]
+    if passed:
+        assert res.rc == 0 and (dest / "COMPLETE").exists(), res.stderr
+        assert res.summary["optimization"]["recipe"] in passed
+    else:
+        assert res.rc == 3, res.stderr
+        assert "spec.optimization.qualityGate" in res.last_line and "maxPerplexityRatio 1.0" in res.stderr
+        assert not (dest / "COMPLETE").exists()
 
 
 def test_missing_tokenizer_files_name_the_field(tiny_lm: TinyLm, tmp_path: Path) -> None:
@@ -189,7 +206,13 @@ def test_the_artifact_streams_tokens_from_a_real_triton_server(tiny_lm: TinyLm, 
         tokens = [ln for ln in metrics.splitlines() if ln.startswith("model_operator_generated_tokens{") and 'model="tiny"' in ln]
         assert tokens and float(tokens[0].split()[-1]) >= 12, tokens
         assert any(ln.startswith("model_operator_time_to_first_token_seconds_count{") and float(ln.split()[-1]) >= 1 for ln in metrics.splitlines())
-        assert any(ln.startswith("model_operator_generation_requests_in_flight{") and float(ln.split()[-1]) == 0 for ln in metrics.splitlines())
+        # The stream's last event reaches the client before the model's own bookkeeping ends: the
+        # in-flight gauge goes back to 0 soon after, not necessarily by the first scrape.
+        deadline = time.monotonic() + 15
+        while not any(ln.startswith("model_operator_generation_requests_in_flight{") and float(ln.split()[-1]) == 0 for ln in metrics.splitlines()):
+            assert time.monotonic() < deadline, [ln for ln in metrics.splitlines() if "in_flight" in ln]
+            time.sleep(0.2)
+            metrics = requests.get(server.metrics_url, timeout=10).text
         # The front's usage: the prompt as this process's GenAI tokenizer counts it, the tokens its loop generated.
         chat_ids = tok.encode(f"user: {tiny_lm.prompts[0]}\nassistant:")
         _openai_front(server.http_url, "".join(pieces), tiny_lm.prompts[0], (len(ids), len(want)), len(chat_ids))
