@@ -51,7 +51,7 @@ from harness import REPO, add_out, cpu_model, log, use_paths, write_result  # no
 use_paths("operator")
 
 from model_operator.api.types import DynamicBatching, Serving, TensorSpec  # noqa: E402
-from model_operator.optimize.load import _onnx_tensor as onnx_tensor  # noqa: E402 - the worker's own reading of a tensor's type
+from model_operator.optimize.load import onnx_signature  # noqa: E402 - the worker's own reading of a model's tensors
 from model_operator.triton import sweep, tuning  # noqa: E402
 from model_operator.triton.server import TritonServer  # noqa: E402
 
@@ -89,14 +89,6 @@ def build_artifact(work: Path, spec: dict[str, Any]) -> tuple[Path, str, np.ndar
     _, report, seconds = run_pipeline(spec, NAME, work / "artifact")
     log(f"artifact {report['artifact']['modelFile']} ({report['optimization']['recipe']}) in {seconds:.1f} s")
     return work / "artifact" / report["artifact"]["modelFile"], report["optimization"]["recipe"], np.load(data / "validation.npz")["input"]
-
-
-def onnx_signature(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """(inputs, outputs) of an ONNX ModelProto as the worker reads them: graph inputs that are
-    not initializers, dynamic or unnamed dimensions as -1."""
-    inits = {i.name for i in model.graph.initializer}
-    ins = [onnx_tensor(vi, "model file") for vi in model.graph.input if vi.name not in inits]
-    return ins, [onnx_tensor(vi, "model file") for vi in model.graph.output]
 
 
 def describe_request(request: dict[str, np.ndarray]) -> str:

@@ -123,6 +123,14 @@ def load_source(path: Path, source: ModelSource, data: dict[str, np.ndarray] | N
 # --- ONNX -------------------------------------------------------------------------------------
 
 
+def onnx_signature(model: Any, uri: str = "model file") -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of an ONNX ModelProto: graph inputs that are not initializers, dynamic or
+    unnamed dimensions as -1; a type the worker can't serve is an InputError naming `uri`."""
+    inits = {i.name for i in model.graph.initializer}
+    ins = [_onnx_tensor(vi, uri) for vi in model.graph.input if vi.name not in inits]
+    return ins, [_onnx_tensor(vi, uri) for vi in model.graph.output]
+
+
 def _onnx_tensor(vi: Any, uri: str) -> TensorSpec:
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
@@ -178,9 +186,7 @@ def _load_onnx(path: Path, source: ModelSource) -> SourceModel:
         ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/NotImplemented types
         raise InputError(FIELD_URI, f"{uri}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
-    inits = {i.name for i in model.graph.initializer}
-    model_inputs = [_onnx_tensor(vi, uri) for vi in model.graph.input if vi.name not in inits]
-    model_outputs = [_onnx_tensor(vi, uri) for vi in model.graph.output]
+    model_inputs, model_outputs = onnx_signature(model, uri)
     inputs = merge_inputs(model_inputs, source.inputs, by_name=True)
     outputs = _merge_outputs(model_outputs, source.outputs, by_name=True)
     return SourceModel(kind=ModelFormat.onnx.value, path=path, uri=uri, inputs=inputs, outputs=outputs, onnx_model=model)
