@@ -86,8 +86,13 @@ class OperatorConfig(BaseSettings):
     prometheus_timeout_seconds: float = 5.0
     prometheus_window: str = Field(default="1m", description="Range of rate() in scaling and health queries.")
     reconcile_interval_seconds: float = Field(
-        default=5.0, gt=0, description="How often each ModelDeployment is reconciled besides its changes (kopf timer; "
-                                       "$MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS overrides it).")
+        default=5.0, gt=0, description="How soon a ModelDeployment with work under way that no watch event announces "
+                                       "(a Job's progress, an analysis window, a refused apply) is reconciled again "
+                                       "($MODEL_OPERATOR_RECONCILE_INTERVAL_SECONDS overrides it).")
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="How often a settled ModelDeployment (Ready or Failed) is reconciled without "
+                                        "any change ($MODEL_OPERATOR_RESYNC_SECONDS overrides it).")
+    reconcile_workers: int = Field(default=4, ge=1, le=64, description="Reconciles running at once.")
     progress_deadline_seconds: int = Field(
         default=600, ge=10, description="A Triton rollout that makes no progress this long is rolled back (Deployment progressDeadlineSeconds)."
     )

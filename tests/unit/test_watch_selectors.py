@@ -1,6 +1,6 @@
 """Which watches the API server filters: every child kind by the operator's managed-by label and
-its shard, the ModelDeployments by the shard alone (the e2e tests test_watch_filters and
-test_shards show what arrives)."""
+its shard (the informers' selector), the ModelDeployments by the shard alone (kopf's setting; the
+e2e tests test_watch_filters and test_shards show what arrives)."""
 
 from __future__ import annotations
 
@@ -24,20 +24,17 @@ def test_every_child_kind_is_filtered_by_the_managed_label_and_the_md_by_its_sha
     settings = kopf.OperatorSettings()
     handlers.filter_watches_on_the_server(settings)
     # The unnamed shard (the default): objects without the shard label.
-    for group, version, plural in CHILDREN:
-        assert _selector(settings, group, version, plural) == \
-            "app.kubernetes.io/managed-by=model-operator,!serving.model-operator.io/shard", plural
+    assert sorted(handlers.CHILD_KINDS) == sorted(CHILDREN)
+    assert handlers.managed_selector() == "app.kubernetes.io/managed-by=model-operator,!serving.model-operator.io/shard"
     assert _selector(settings, "serving.model-operator.io", "v1alpha1", "modeldeployments") == "!serving.model-operator.io/shard"
-    # Same-named kinds of other groups are not the operator's children: no selector leaks onto them.
+    # kopf watches nothing else, so no selector of ours leaks onto another kind.
     assert _selector(settings, "metrics.k8s.io", "v1beta1", "pods") == ""
 
 
 def test_a_named_shard_selects_its_label() -> None:
     settings = kopf.OperatorSettings()
     handlers.filter_watches_on_the_server(settings, "team-b")
-    for group, version, plural in CHILDREN:
-        assert _selector(settings, group, version, plural) == \
-            "app.kubernetes.io/managed-by=model-operator,serving.model-operator.io/shard=team-b", plural
+    assert handlers.managed_selector("team-b") == "app.kubernetes.io/managed-by=model-operator,serving.model-operator.io/shard=team-b"
     assert _selector(settings, "serving.model-operator.io", "v1alpha1", "modeldeployments") == "serving.model-operator.io/shard=team-b"
 
 

@@ -17,13 +17,14 @@ from prometheus_client import start_http_server
 from ..api import types as t
 from ..config import OperatorConfig
 from ..kube.api import Kube
+from ..kube.informer import Informer, informer_client
 from ..kube.session import bounded_session, connection_limit
-from ..plan import status as st
 from ..resources import common as names
 from ..scaling.fleet import FleetMetrics
 from ..scaling.prometheus import AsyncPrometheus, Prometheus, PrometheusError
-from . import finalize, metrics, scaler
-from .reconcile import Observed, Reconciler, observe
+from . import children, finalize, metrics, scaler
+from .loop import ReconcileLoop
+from .reconcile import Reconciler
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
 MANAGED = names.MANAGED_BY
@@ -127,129 +128,97 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     )
 
 
-# --- caches: the controller reads children from these, never with a GET per reconcile --------
-# The index functions are coroutines: kopf runs sync handlers in its thread pool, and while the
-# reconcilers of a large fleet fill that pool, every child event waited there with its body.
+# --- children: informers (kube/informer.py) keep the cache the reconciles read (children.py) -------
 
-
-def _owner_key(namespace: str | None, labels: dict[str, str]) -> tuple[str, str] | None:
-    owner = labels.get(names.LABEL_DEPLOYMENT)
-    return (namespace or "", owner) if owner else None
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-async def jobs_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: st.summarize_job(dict(body))} if key else {}
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: st.summarize_pod(dict(body))} if key else {}
-
-
-# Children whose desired hash the reconciler compares; one summary function, one index each.
-# KEDA's and the Prometheus operator's kinds are watched only while the cluster serves them.
-_CHILD_INDEXES = (
-    ("deployments_idx", "apps", "v1", "deployments"),
-    ("services_idx", "", "v1", "services"),
-    ("pdbs_idx", "policy", "v1", "poddisruptionbudgets"),
-    ("hpas_idx", "autoscaling", "v2", "horizontalpodautoscalers"),
-    ("scaledobjects_idx", "keda.sh", "v1alpha1", "scaledobjects"),
-    ("servicemonitors_idx", "monitoring.coreos.com", "v1", "servicemonitors"),
+# (group, version, plural, kind, the cache's list). KEDA's and the Prometheus operator's kinds are
+# listed while the cluster serves them, and asked for again every minute while it doesn't.
+CHILD_STREAMS = (
+    ("batch", "v1", "jobs", "Job", children.JOBS),
+    ("", "v1", "pods", "Pod", children.PODS),
+    ("apps", "v1", "deployments", "Deployment", children.OTHERS),
+    ("", "v1", "services", "Service", children.OTHERS),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", children.OTHERS),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", children.OTHERS),
+    ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", children.OTHERS),
+    ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", children.OTHERS),
 )
-
-
-async def children_idx(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = _owner_key(namespace, dict(labels))
-    return {key: st.summarize_child(dict(body))} if key else {}
-
-
-for _id, _group, _version, _plural in _CHILD_INDEXES:
-    kopf.index(_group, _version, _plural, labels=MANAGED, id=_id)(children_idx)
-
-# ModelDeployments, Jobs, Pods and the children: each a watch stream per namespace.
-WATCHED_KINDS = 3 + len(_CHILD_INDEXES)
-
 # Every kind the operator watches besides its own: (group, version, plural).
-CHILD_KINDS = (("batch", "v1", "jobs"), ("", "v1", "pods"), *((g, v, p) for _, g, v, p in _CHILD_INDEXES))
+CHILD_KINDS = tuple((g, v, p) for g, v, p, _, _ in CHILD_STREAMS)
+# The streams on kopf's session: the ModelDeployments' (the children's have a client of their own).
+WATCHED_KINDS = 1
 
 
 def managed_selector(shard: str = "") -> str:
-    """The label selector the API server applies to every child watch and list: ours, of our shard."""
+    """The label selector the API server applies to every child list and watch: ours, of our shard."""
     return ",".join([*(f"{k}={v}" for k, v in sorted(MANAGED.items())), names.shard_selector(shard)])
 
 
 def filter_watches_on_the_server(settings: kopf.OperatorSettings, shard: str = "") -> None:
-    """kopf's `labels=` filters run in the operator, after every Pod, Job, Deployment... of the
-    cluster has been streamed and decoded. kopf's settings.watching.label_selectors go into the
-    list and watch requests as labelSelector: the API server sends only the operator's children,
-    and of the ModelDeployments only this shard's (config.shard)."""
-    for group, version, plural in CHILD_KINDS:
-        settings.watching.label_selectors[group, version, plural] = managed_selector(shard)
+    """kopf's `labels=` filters run in the operator, after every object has been streamed and
+    decoded; settings.watching.label_selectors go into the list and watch requests, so the API
+    server sends only this shard's ModelDeployments (config.shard)."""
     settings.watching.label_selectors[GROUP, VERSION, PLURAL] = names.shard_selector(shard)
 
 
-def _observed(key: tuple[str, str], kw: dict[str, Any]) -> Observed:
-    children: list[dict[str, Any]] = []
-    for idx, *_ in _CHILD_INDEXES:
-        children += list(kw[idx].get(key, []))
-    obs = observe(key, kw["jobs_idx"], kw["pods_idx"], {})
-    obs.children = children
-    return obs
+def start_informers(cache: children.ChildCache, namespaces: list[str], shard: str) -> list[Informer]:
+    """One list-and-watch per child kind, per watched namespace (or cluster-wide)."""
+    scopes: list[str | None] = list(namespaces) or [None]
+    client = informer_client(len(CHILD_STREAMS) * len(scopes))
+    informers = [Informer(client, g, v, p, kind, ns, managed_selector(shard), cache, group)
+                 for g, v, p, kind, group in CHILD_STREAMS for ns in scopes]
+    for informer in informers:
+        cache.expect(informer.stream)
+    for informer in informers:
+        informer.start()
+    return informers
 
 
-# --- the ModelDeployment itself -------------------------------------------------------------
+# --- the ModelDeployments: their events feed the reconcile loop (loop.py) and the scaler ----------
 
 
-def _post(body: kopf.Body, logger: kopf.Logger, type_: str, reason: str, message: str) -> None:
-    """An Event on the ModelDeployment, and the same line in the log. kopf.event, not kopf.info:
-    kopf.info obeys settings.posting.level, which keeps kopf's own log lines out of Events."""
-    kopf.event(body, type=type_, reason=reason, message=message)
-    (logger.warning if type_ == "Warning" else logger.info)("%s: %s", reason, message)
+@kopf.on.startup()
+def start_loop(memo: kopf.Memo, **_: Any) -> None:
+    """After configure (kopf runs startup handlers in the order they were registered)."""
+    config = _config(memo)
+    cache = children.ChildCache()
+    loop = ReconcileLoop(memo.reconciler, memo.kube, cache, scaler_condition=lambda uid: memo.fleet_scaler.conditions.get(uid),
+                         workers=config.reconcile_workers, fast=RECONCILE_INTERVAL, steady=config.resync_seconds,
+                         health_interval=config.health_interval_seconds)
+    cache.on_change = loop.child_changed
+    namespaces = getattr(memo, "namespaces", None) or config.namespaces
+    memo.children = cache
+    memo.loop = loop
+    memo.informers = start_informers(cache, list(namespaces), config.shard)
+    loop.start()
 
 
-def _run(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, kw: dict[str, Any]) -> None:
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    with metrics.measured(handler):
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        outcome = memo.reconciler.reconcile(dict(body), _observed(key, kw))
-    # The scaler owns MetricsAvailable; this reconcile may have read the object before the
-    # scaler's last write, so take the scaler's latest word rather than the snapshot's.
-    latest = memo.fleet_scaler.conditions.get(body["metadata"]["uid"])
-    if latest is not None and outcome.status.get("conditions"):
-        outcome.status["conditions"] = [c for c in outcome.status["conditions"] if c["type"] != "MetricsAvailable"] + [latest]
-        outcome.status["conditions"].sort(key=lambda c: st.CONDITION_TYPES.index(c["type"]) if c["type"] in st.CONDITION_TYPES else 99)
-    changes = st.status_changes(dict(body.get("status") or {}), outcome.status)
-    for key_, value in changes.items():
-        patch.status[key_] = value
-    for type_, reason, message in outcome.events:
-        _post(body, logger, type_, reason, message)
-    auto = (body.get("spec") or {}).get("autoscaling") or {}
-    metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
-    _run("change", body, patch, memo, logger, kw)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
-def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kw: Any) -> None:
-    _run("timer", body, patch, memo, logger, kw)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_event(type: str | None, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every change of a ModelDeployment, ours included: the loop keeps the newest body and
+    reconciles it; the scaler keeps its view. Not a kopf index: kopf holds every worker of an
+    indexed kind until each object of the initial list is indexed, waking all of them for each
+    one; at 10,000 ModelDeployments that held the operator for minutes before its first reconcile."""
+    memo.loop.observe(type, body)
+    memo.fleet_scaler.track((namespace or "", name), None if type == "DELETED" else scaler.view(body))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, started: Any, **_: Any) -> None:
-    with metrics.measured("delete"):
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with memo.loop.locked(key), metrics.measured("delete"):
         finalize.finalize(dict(body), memo.kube, memo.config, logger, retry=retry, started=started)
-    memo.reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    memo.reconciler.forget(*key)
     memo.fleet_scaler.forget(body["metadata"]["uid"])
-    metrics.forget_modeldeployment(body["metadata"]["namespace"], body["metadata"]["name"])
+    metrics.forget_modeldeployment(*key)
+
+
+@kopf.on.cleanup()
+def stop_loop(memo: kopf.Memo, **_: Any) -> None:
+    for informer in getattr(memo, "informers", []):
+        informer.stop()
+    loop = getattr(memo, "loop", None)
+    if loop is not None:
+        loop.stop()
 
 
 def _count_poll(queries: int, error: Exception | None) -> None:
@@ -259,14 +228,6 @@ def _count_poll(queries: int, error: Exception | None) -> None:
 
 
 # --- the built-in autoscaler: one loop for the fleet (controller/scaler.py says why) --------------
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def track_autoscaled(type: str | None, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keeps the scaler's view of each object. Not a kopf index: kopf holds every worker of an
-    indexed kind until each object of the initial list is indexed, waking all of them for each
-    one; at 10,000 ModelDeployments that held the operator for minutes before its first reconcile."""
-    memo.fleet_scaler.track((namespace or "", name), None if type == "DELETED" else scaler.view(body))
 
 
 @kopf.on.startup()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, NamedTuple
 
-from prometheus_client import REGISTRY, Counter, Histogram, Metric
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -19,6 +19,9 @@ RECONCILES: Final = Counter(
 RECONCILE_SECONDS: Final = Histogram(
     "model_operator_reconcile_duration_seconds", "Reconcile duration by handler.", ["handler"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_BACKLOG: Final = Gauge(
+    "model_operator_reconcile_backlog", "ModelDeployments due for a reconcile that no worker has taken yet."
 )
 RECONCILE_ERRORS: Final = Counter(
     "model_operator_reconcile_errors_total", "Reconcile errors by handler and error class.", ["handler", "error"]

@@ -35,8 +35,7 @@ from ..scaling.fleet import FleetHealth
 from ..scaling.prometheus import Prometheus, PrometheusError
 from . import metrics
 
-# (namespace, modeldeployment name) -> cached summaries, filled by kopf indexes in handlers.py.
-Key = tuple[str, str]
+Key = tuple[str, str]  # (namespace, ModelDeployment name)
 KIND_RECHECK_SECONDS = 60.0
 # How old the fleet's shared golden-quality sample may be before a reconcile asks again.
 QUALITY_MAX_AGE = 10.0
@@ -44,18 +43,7 @@ OPTIONAL_KINDS = (SERVICE_MONITOR, autoscaling_builder.KEDA_API)
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 _COUNTERS = {"jobs_started": metrics.JOBS_STARTED, "jobs_succeeded": metrics.JOBS_SUCCEEDED, "jobs_failed": metrics.JOBS_FAILED}
 
-__all__ = ["KIND_RECHECK_SECONDS", "Observed", "Outcome", "Reconciler", "observe"]
-
-
-def _values(index: Any, key: Key) -> list[dict[str, Any]]:
-    try:
-        return list(index.get(key, []))
-    except (AttributeError, TypeError):
-        return []
-
-
-def observe(key: Key, jobs_idx: Any, pods_idx: Any, children_idx: Any) -> Observed:
-    return Observed(jobs=_values(jobs_idx, key), pods=_values(pods_idx, key), children=_values(children_idx, key))
+__all__ = ["KIND_RECHECK_SECONDS", "Observed", "Outcome", "Reconciler"]
 
 
 @dataclass
@@ -94,7 +82,6 @@ class Reconciler:
         # Optional kinds (CRDs of other projects): (served, when last asked).
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {SERVICE_MONITOR: (has_service_monitor, time.time())}
         self._kinds_lock = threading.Lock()
-        self._health_checked: dict[Key, float] = {}
         self._backoff: dict[tuple[str, str, str], _Backoff] = {}
         # What each MD's access Secret holds, as this process last wrote it: (grants, expiry).
         self._signed: dict[Key, tuple[frozenset[str], float]] = {}
@@ -145,8 +132,9 @@ class Reconciler:
     # --- observe: Prometheus -------------------------------------------------------------
 
     def _read_metrics(self, body: dict[str, Any], observed: Observed) -> None:
-        """Readings the plan will need: the whole MD's every health interval while nothing is
-        under analysis, each track's while an analysis window is open."""
+        """Readings the plan will need: the whole MD's from the fleet's shared sample while nothing
+        is under analysis (the loop reconciles an object when its readings change), each track's
+        while an analysis window is open."""
         if self.prom is None or (body.get("spec") or {}).get("target") == Target.device.value:
             return
         meta, status = body["metadata"], body.get("status") or {}
@@ -156,12 +144,7 @@ class Reconciler:
             tracks = ["canary", "stable"]
         elif (rollout.get("watch") or {}).get("started") is not None:
             tracks = ["stable"]
-        key = (meta["namespace"], meta["name"])
-        last = self._health_checked.get(key)
-        health_due = bool(rollout.get("stable")) and not (rollout.get("canary") or rollout.get("watch")) and (
-            last is None or observed.now - last >= self.config.health_interval_seconds)
-        if health_due:
-            self._health_checked[key] = observed.now
+        if rollout.get("stable") and not (rollout.get("canary") or rollout.get("watch")):
             self._take_from_fleet(observed, meta["namespace"], meta["name"])
         if rollout.get("stable"):
             self._take_quality(observed, meta["namespace"], meta["name"])
@@ -172,7 +155,7 @@ class Reconciler:
 
     def _take_from_fleet(self, observed: Observed, namespace: str, name: str) -> None:
         """The whole MD's health readings from the fleet's shared sample (three queries per
-        health interval for every MD together)."""
+        health interval for every MD together: the loop polls it)."""
         assert self.fleet_health is not None
         sample = self.fleet_health.sample(max_age=self.config.health_interval_seconds / 2)
         if sample.error is not None:
@@ -334,7 +317,6 @@ class Reconciler:
         return None
 
     def forget(self, namespace: str, name: str) -> None:
-        self._health_checked.pop((namespace, name), None)
         self._signed.pop((namespace, name), None)
         for key in [k for k in self._backoff if k[:2] == (namespace, name)]:
             self._backoff.pop(key, None)

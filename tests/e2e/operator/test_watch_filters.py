@@ -1,10 +1,10 @@
 """The API server filters the operator's child watches: an object the operator does not manage is
 never sent to it, on the initial list or on a later watch event.
 
-kopf's `labels=` handler filters run in the operator after the object has been received; only
-the labelSelector of the list and watch requests keeps the cluster's other Pods, Deployments,
-Services... off the wire. The test records every raw event kopf's watch streams yield (the point
-where the API server's answer enters the operator, before any handler filter) and checks that a
+Only the labelSelector of the list and watch requests keeps the cluster's other Pods,
+Deployments, Services... off the wire. The test records every object the operator's informers
+hand to its child cache (the point where the API server's answer enters the operator, before the
+cache looks at any label) and every raw event kopf's watch streams yield, and checks that a
 managed object arrives while unrelated ones, created before and after the start, never do."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from kopf._cogs.clients import watching
 
 from kubetest.wait import wait_for
+from model_operator.controller import children
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +26,19 @@ MANAGED = {"app.kubernetes.io/managed-by": "model-operator", "serving.model-oper
 
 @pytest.fixture
 def delivered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, str]]]:
-    """(plural, namespace, name) of every object kopf's watch streams deliver in this process."""
+    """(plural, namespace, name) of every object the informers and kopf's watch streams deliver in
+    this process."""
     seen: list[tuple[str, str, str]] = []
     lock = threading.Lock()
     original = watching.infinite_watch
+    upsert = children.ChildCache.upsert
+    plurals = {"Pod": "pods", "Service": "services", "Deployment": "deployments", "Job": "jobs"}
+
+    def recording_upsert(self: children.ChildCache, group: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        with lock:
+            seen.append((plurals.get(obj.get("kind") or "", str(obj.get("kind"))), meta.get("namespace") or "", meta.get("name") or ""))
+        upsert(self, group, obj)
 
     async def recording(**kwargs: Any) -> AsyncIterator[Any]:
         plural = kwargs["resource"].plural
@@ -41,6 +51,7 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, 
             yield event
 
     monkeypatch.setattr(watching, "infinite_watch", recording)
+    monkeypatch.setattr(children.ChildCache, "upsert", recording_upsert)
     yield seen
 
 
