@@ -228,7 +228,8 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
         "nodePools": {"a100": {"nodeSelector": {"gpu": "a100"}, "gpuProduct": "NVIDIA-A100-SXM4-80GB", "resources": {"limits": {"memory": "16Gi"}}}},
         "defaultNodePool": {"cloud": "a100", "edge": ""},
         "prometheus": {"url": "https://prom.example.test", "timeoutSeconds": 2.5, "window": "2m"},
-        "operator": {"reconcileIntervalSeconds": 10, "finalizerTimeoutSeconds": 120, "shard": "team-b"},
+        "operator": {"reconcileIntervalSeconds": 10, "resyncSeconds": 90, "reconcileWorkers": 6, "finalizerTimeoutSeconds": 120,
+                     "shard": "team-b"},
         "workloadSecurity": {"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 3000},
     }
     objs = render(values)
@@ -253,6 +254,7 @@ def test_edited_config_reaches_the_operator(tmp_path: Path, monkeypatch: pytest.
     assert config.default_node_pool == {"cloud": "a100", "edge": ""}
     assert (config.prometheus_url, config.prometheus_timeout_seconds, config.prometheus_window) == ("https://prom.example.test", 2.5, "2m")
     assert (config.reconcile_interval_seconds, config.finalizer_timeout_seconds) == (10, 120)
+    assert (config.resync_seconds, config.reconcile_workers) == (90, 6)
     assert config.shard == "team-b"
     assert (config.security.run_as_user, config.security.run_as_group, config.security.fs_group) == (2000, 3000, 3000)
     env = {e["name"]: e.get("value") for e in chartlib.one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
