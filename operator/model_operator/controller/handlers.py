@@ -24,6 +24,7 @@ from ..scaling.fleet import FleetMetrics
 from ..scaling.prometheus import AsyncPrometheus, Prometheus, PrometheusError
 from . import children, finalize, metrics, scaler
 from .loop import ReconcileLoop
+from .peering import PeeringGate
 from .reconcile import Reconciler
 
 GROUP, VERSION, PLURAL = t.GROUP, t.VERSION, t.PLURAL
@@ -189,6 +190,17 @@ def start_loop(memo: kopf.Memo, **_: Any) -> None:
     memo.children = cache
     memo.loop = loop
     memo.informers = start_informers(cache, list(namespaces), config.shard)
+    memo.gate = None
+    if getattr(memo, "peering", None):
+        def paused() -> None:
+            loop.pause()
+            memo.fleet_scaler.views.clear()
+
+        kube: Kube = memo.kube
+        memo.gate = PeeringGate(lambda: kube.peering_statuses(memo.peering, list(namespaces)), memo.identity, memo.priority,
+                                on_pause=paused)
+        loop.active = memo.gate.active
+        memo.gate.start()
     loop.start()
 
 
@@ -216,6 +228,8 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int,
 def stop_loop(memo: kopf.Memo, **_: Any) -> None:
     for informer in getattr(memo, "informers", []):
         informer.stop()
+    if getattr(memo, "gate", None) is not None:
+        memo.gate.stop()
     loop = getattr(memo, "loop", None)
     if loop is not None:
         loop.stop()
@@ -236,7 +250,8 @@ async def start_scaler(memo: kopf.Memo, **_: Any) -> None:
     kube: Kube = memo.kube
     fleet = scaler.FleetScaler(memo.fleet, lambda v, w: scaler.write_through(kube, v, w))
     memo.fleet_scaler = fleet
-    memo.scaler_task = asyncio.create_task(fleet.run(SCALER_TICK, time.time))
+    gate = getattr(memo, "gate", None)
+    memo.scaler_task = asyncio.create_task(fleet.run(SCALER_TICK, time.time, gate.active.is_set if gate is not None else lambda: True))
 
 
 @kopf.on.cleanup()

@@ -92,7 +92,7 @@ class ReconcileLoop:
     def __init__(self, reconciler: Reconciler, kube: Kube, children: ChildCache, *,
                  scaler_condition: Callable[[str], dict[str, Any] | None] = lambda uid: None,
                  workers: int = 4, fast: float = 5.0, steady: float = 60.0, health_interval: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 active: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
         self.reconciler = reconciler
         self.kube = kube
         self.children = children
@@ -100,6 +100,8 @@ class ReconcileLoop:
         self.workers = workers
         self.fast, self.steady, self.health_interval = fast, steady, health_interval
         self.clock = clock
+        # Set while this process is the active operator (peering.py); None: always (standalone).
+        self.active = active
         self.queue: WorkQueue[Key] = WorkQueue()
         self._bodies: dict[Key, bytes] = {}
         self._versions: dict[Key, int | None] = {}
@@ -148,6 +150,16 @@ class ReconcileLoop:
         self._errors.pop(key, None)
         self.queue.forget(key)
 
+    def pause(self) -> None:
+        """Another operator took over: forget every body (they go stale from now on); kopf lists
+        them again, fresh, when this process leads again."""
+        with self._bodies_lock:
+            keys = list(self._bodies)
+            self._bodies.clear()
+            self._versions.clear()
+        for key in keys:
+            self.queue.forget(key)
+
     def body(self, key: Key) -> dict[str, Any] | None:
         with self._bodies_lock:
             data = self._bodies.get(key)
@@ -188,9 +200,11 @@ class ReconcileLoop:
         while not self._stopping.is_set() and not self.children.wait_synced(1.0):
             pass
         while not self._stopping.is_set():
-            key = self.queue.get()
+            if self.active is not None and not self.active.wait(1.0):
+                continue  # a standby, or paused: kopf delivers nothing new either
+            key = self.queue.get(timeout=1.0)
             if key is None:
-                return
+                continue
             try:
                 delay = self._reconcile_key(key)
                 self._errors.pop(key, None)

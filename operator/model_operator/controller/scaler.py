@@ -254,11 +254,13 @@ class FleetScaler:
         while self.in_flight:
             await asyncio.gather(*list(self.in_flight.values()), return_exceptions=True)
 
-    async def run(self, interval: float, clock: Callable[[], float]) -> None:
-        """Pass after pass over the tracked views, `interval` seconds apart, until cancelled; a
-        failed pass is logged and the next one runs."""
+    async def run(self, interval: float, clock: Callable[[], float], active: Callable[[], bool] = lambda: True) -> None:
+        """Pass after pass over the tracked views, `interval` seconds apart, until cancelled, while
+        this process is the active operator; a failed pass is logged and the next one runs."""
         while True:
             await asyncio.sleep(interval)
+            if not active():
+                continue
             try:
                 await self.once(list(self.views.values()), clock())
             except asyncio.CancelledError:

@@ -16,6 +16,7 @@ uid as a precondition. So a same-named object that is not ours is not taken over
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import hashlib
 import json
@@ -23,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
@@ -137,6 +139,20 @@ class Kube:
             return True
         except NotFoundError:
             return False
+
+    def peering_statuses(self, name: str, namespaces: Sequence[str]) -> Sequence[dict[str, Any] | None]:
+        """The status of kopf's peering object `name` in each namespace (cluster-wide with none):
+        its peers by identity; None for one that is missing or whose kind is not served."""
+        kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
+        out: builtins.list[dict[str, Any] | None] = []
+        scopes: builtins.list[str | None] = [*namespaces] or [None]
+        for namespace in scopes:
+            try:
+                obj = self.get("kopf.dev/v1", kind, name, namespace)
+            except ResourceNotFoundError:
+                obj = None
+            out.append(None if obj is None else dict(obj.get("status") or {}))
+        return out
 
     def patch_merge(self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict[str, Any]) -> dict[str, Any]:
         res = self.resource(api_version, kind)

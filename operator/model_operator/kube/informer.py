@@ -66,6 +66,7 @@ class Informer:
         self._response: Any = None
         self._thread: threading.Thread | None = None
         self.lists = 0
+        self.watches = 0
         self.events = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -159,6 +160,7 @@ class Informer:
         ]
         response = self._get(params, (30, WATCH_SECONDS + 30))
         self._response = response
+        self.watches += 1
         try:
             for line in iter_resp_lines(response):
                 if self.stopping.is_set():
