@@ -110,13 +110,14 @@ def start_real_node_cluster(state: Path, refs: dict[str, str] | None = None, dro
 
 
 def start_kwok_cluster(state: Path, pools: tuple[Any, ...]) -> Any:
-    """A cluster with only KWOK node pools: no real node (no kubelet, containerd or pods run)."""
-    from kubetest.cluster import Cluster
+    """A cluster with only KWOK node pools: no real node (no kubelet, containerd or pods run), and
+    a service range for 65,534 Services."""
+    from kubetest.cluster import KWOK_SERVICE_CIDR, Cluster
 
     nodes = sum(p.count for p in pools)
     names = "/".join(p.name for p in pools)
     log(f"starting the test cluster ({nodes} KWOK {names} nodes, no local runner) in {state}")
-    return Cluster(state, pools=pools, real_node=False).start()
+    return Cluster(state, pools=pools, real_node=False, service_cidr=KWOK_SERVICE_CIDR).start()
 
 
 @dataclass(frozen=True)

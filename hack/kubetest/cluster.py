@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 # Every address of the cluster lies in 198.18.0.0/15 (set aside for benchmarks, routed
 # nowhere): these machines must never send traffic to private ranges.
 SERVICE_CIDR = "198.19.0.0/20"
+# Room for 65,534 Services, for clusters with KWOK nodes only (fleet benchmarks: 7,000 served
+# ModelDeployments need 7,000 Services, and /20 holds 4,094). Only a real node needs the
+# kubernetes Service at SERVICE_IP, where its proxy rules send it to the API server.
+KWOK_SERVICE_CIDR = "198.18.0.0/16"
 SERVICE_IP = "198.19.0.1"
 KWOK_POD_CIDR = "198.19.64.0/18"
 KWOK_NODE_IP = "198.19.48.1"
@@ -94,7 +98,11 @@ class Cluster:
         startup_timeout: float = 90.0,
         real_node: bool = False,
         registries: Optional[dict[str, str]] = None,
+        service_cidr: str = SERVICE_CIDR,
     ) -> None:
+        if real_node and service_cidr != SERVICE_CIDR:
+            raise ValueError(f"a real node reaches the API server at {SERVICE_IP}: keep the service range {SERVICE_CIDR}")
+        self.service_cidr = service_cidr
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.pools = pools
         self.local_node = local_node
@@ -430,7 +438,7 @@ class Cluster:
             f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--allow-privileged=true",
             # Request-header authentication, as kubeadm configures it: the
             # aggregation layer works, and controllers reading the
