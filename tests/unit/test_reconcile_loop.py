@@ -103,8 +103,11 @@ def test_a_deleted_object_is_forgotten_and_not_reconciled() -> None:
     reconciler, kube = FakeReconciler(), FakeKube()
     loop = ReconcileLoop(reconciler, kube, ChildCache(), workers=1)  # type: ignore[arg-type]
     loop.observe("ADDED", md("a", 10))
+    with loop.locked(("ns", "a")):
+        pass
     loop.observe("DELETED", md("a", 11))
     assert len(loop) == 0 and len(loop.queue) == 0
+    assert loop._locks == {}  # a fleet that churns names does not keep a lock per name it ever saw
 
 
 def test_reconciles_wait_for_every_child_list() -> None:

@@ -149,6 +149,8 @@ class ReconcileLoop:
             self._versions.pop(key, None)
         self._errors.pop(key, None)
         self.queue.forget(key)
+        with self._locks_lock:
+            self._locks.pop(key, None)
 
     def pause(self) -> None:
         """Another operator took over: forget every body (they go stale from now on); kopf lists
