@@ -254,3 +254,67 @@ def test_a_stale_read_is_decided_again_without_a_warning(caplog: pytest.LogCaptu
     s.write = rec.write
     assert run(s, views(md("a")), 1001.0) == 1  # nothing was written, so the poll is due at once
     assert len(rec.writes) == 1
+
+
+def test_an_object_with_no_series_is_written_once_then_left_until_its_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KWOK pods, a Triton not scraped yet: the first poll says NoData; the next ones, finding no
+    series again, cost a lookup and write nothing until the heartbeat, or until a series appears."""
+    monkeypatch.setenv("MODEL_OPERATOR_SCALER_HEARTBEAT_SECONDS", "600")
+    rec = Recorder()
+    s, _ = fleet_scaler({}, rec)
+    a = md("a")
+    assert run(s, views(a), 1000.0) == 1
+    (_, w), = rec.writes
+    assert [(c["status"], c["reason"]) for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == [("False", "NoData")]
+    a["status"] |= copy.deepcopy(w.status)
+    rec.writes.clear()
+    ticks = {"n": 0}
+    real_tick = scaler.autoscale.tick
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        ticks["n"] += 1
+        return real_tick(*args, **kwargs)
+
+    monkeypatch.setattr(scaler.autoscale, "tick", counting)
+    for now in (1005.0, 1010.0, 1300.0):
+        assert run(s, views(a), now) == 1
+    assert ticks["n"] == 0 and rec.writes == []
+    assert run(s, views(a), 1601.0) == 1  # the heartbeat: lastPoll moves on
+    (_, w), = rec.writes
+    assert ticks["n"] == 1 and w.status["scaling"]["lastPoll"] == 1601.0
+    a["status"] |= copy.deepcopy(w.status)
+    rec.writes.clear()
+    s.fleet.prom.rates["a"] = 12.0  # type: ignore[attr-defined]
+    assert run(s, views(a), 1607.0) == 1
+    (_, w), = rec.writes
+    assert ticks["n"] == 2 and w.replicas == 3
+    assert [c["status"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == ["True"]
+
+
+def test_an_object_that_serves_nothing_yet_gets_no_scaling_status() -> None:
+    rec = Recorder()
+    s, _ = fleet_scaler({}, rec)
+    a = md("a")
+    a["status"]["readyReplicas"] = 0
+    assert run(s, views(a), 1000.0) == 1 and run(s, views(a), 1005.0) == 1
+    assert rec.writes == [] and "uid-a" not in s.states
+    a["status"]["readyReplicas"] = 1  # serving, and still no series: now NoData is news
+    assert run(s, views(a), 1010.0) == 1
+    (_, w), = rec.writes
+    assert w.status["scaling"]["reason"].startswith("holding")
+
+
+def test_an_unreachable_prometheus_is_reported_even_before_serving() -> None:
+    from model_operator.scaling.prometheus import PrometheusError
+
+    class Down:
+        async def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+            raise PrometheusError("unreachable", "connection refused")
+
+    rec = Recorder()
+    s = scaler.FleetScaler(FleetMetrics(Down(), "30s", clock=lambda: 1000.0), rec.write, threads=1)  # type: ignore[arg-type]
+    a = md("a")
+    a["status"]["readyReplicas"] = 0
+    assert run(s, views(a), 1000.0) == 1
+    (_, w), = rec.writes
+    assert [c["reason"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == ["PrometheusUnreachable"]

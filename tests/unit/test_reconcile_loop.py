@@ -83,7 +83,7 @@ def test_an_event_reconciles_once_writes_once_and_the_echo_of_its_own_write_chan
     loop.start()
     try:
         loop.observe("ADDED", md("a", 10))
-        wait_for(lambda: kube.writes, timeout=10, message="the status write")
+        wait_for(lambda: kube.writes and kube.events, timeout=10, message="the status write and its Event")
         assert kube.writes == [("a", {"phase": "Ready"})] and kube.events == ["Ready"]
         # The loop keeps the write's answer (version 101), so an older event arriving late is ignored...
         loop.observe("MODIFIED", md("a", 10))

@@ -30,6 +30,7 @@ from ..kube.api import Kube
 from ..plan import status as st
 from . import metrics
 from .children import ChildCache, Key
+from .events import EventPoster
 from .queue import WorkQueue
 from .reconcile import QUALITY_MAX_AGE, Outcome, Reconciler
 
@@ -92,7 +93,8 @@ class ReconcileLoop:
     def __init__(self, reconciler: Reconciler, kube: Kube, children: ChildCache, *,
                  scaler_condition: Callable[[str], dict[str, Any] | None] = lambda uid: None,
                  workers: int = 4, fast: float = 5.0, steady: float = 60.0, health_interval: float = 30.0,
-                 active: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
+                 active: threading.Event | None = None, clock: Callable[[], float] = time.time,
+                 events: EventPoster | None = None) -> None:
         self.reconciler = reconciler
         self.kube = kube
         self.children = children
@@ -103,6 +105,7 @@ class ReconcileLoop:
         # Set while this process is the active operator (peering.py); None: always (standalone).
         self.active = active
         self.queue: WorkQueue[Key] = WorkQueue()
+        self.events = events or EventPoster(kube.post_event)
         self._bodies: dict[Key, bytes] = {}
         self._versions: dict[Key, int | None] = {}
         self._errors: dict[Key, int] = {}
@@ -181,6 +184,7 @@ class ReconcileLoop:
     # --- running ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.events.start()
         for i in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             thread.start()
@@ -196,6 +200,7 @@ class ReconcileLoop:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.events.close(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         # A restarted operator must not take the children it has not listed yet for missing.
@@ -247,7 +252,7 @@ class ReconcileLoop:
             outcome.status["conditions"] = conditions
 
     def _write(self, key: Key, body: dict[str, Any], outcome: Outcome) -> None:
-        """The status fields that changed, in one merge patch; then the Events."""
+        """The status fields that changed, in one merge patch; then the Events, queued (events.py)."""
         changes = st.status_changes(dict(body.get("status") or {}), outcome.status)
         if changes:
             after = self.kube.patch_status(body["apiVersion"], body["kind"], key[1], key[0], changes)
@@ -255,10 +260,7 @@ class ReconcileLoop:
             self._keep(key, after)
         for type_, reason, message in outcome.events:
             (log.warning if type_ == "Warning" else log.info)("%s/%s: %s: %s", key[0], key[1], reason, message)
-            try:
-                self.kube.post_event(body, type_, reason, message)
-            except Exception as exc:  # noqa: BLE001 - an Event is a courtesy; the status holds the truth
-                log.warning("%s/%s: could not post Event %s: %s", key[0], key[1], reason, exc)
+            self.events.post(body, type_, reason, message)
 
     # --- Prometheus readings ------------------------------------------------------------------
 

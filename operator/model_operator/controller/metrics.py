@@ -30,6 +30,9 @@ JOBS_STARTED: Final = Counter("model_operator_jobs_started_total", "Optimization
 JOBS_FAILED: Final = Counter("model_operator_jobs_failed_total", "Optimization Jobs that failed.")
 JOBS_SUCCEEDED: Final = Counter("model_operator_jobs_succeeded_total", "Optimization Jobs that succeeded.")
 API_WRITES: Final = Counter("model_operator_api_writes_total", "Writes the operator sent to the API server.", ["kind", "verb"])
+EVENTS_DROPPED: Final = Counter(
+    "model_operator_events_dropped_total", "Events not posted because too many were waiting to be (the status still says it)."
+)
 SCALE_DECISIONS: Final = Counter(
     "model_operator_scale_decisions_total", "Scale changes made by the built-in autoscaler.", ["direction"]
 )
