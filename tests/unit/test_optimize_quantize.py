@@ -77,8 +77,14 @@ def test_static_int8_gives_a_conv_the_range_of_its_relu6(tmp_path: Path) -> None
     conv1 = next(n for n in model.graph.node if n.name == "conv1")
     conv1_out = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv1.output[0])
     assert float(inits[conv1_out.input[1]]) <= 6.0 / 255 * 1.01, "conv1's output is quantized over the ReLU6's range"
+    # The quantized graph run as written (QuantizeLinear/DequantizeLinear around float Convs), not
+    # fused into ONNX Runtime's int8 kernels: on x86 hosts without VNNI those kernels saturate
+    # (VPMADDUBSW) and add an error of their own (2.4 here on an AVX2-only host, 0.69 unfused),
+    # which is the host's, not the quantizer's; the search's gate measures that on the host.
+    exact = ort.SessionOptions()
+    exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    after = ort.InferenceSession(str(out), exact, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(after - before).max() < 0.1 * np.abs(before).max()
 
 

@@ -52,6 +52,10 @@ def test_digits_end_to_end(
     assert len(artifact["sha256"]) == 64 and artifact["format"] == "onnx"
     assert artifact["sizeBytes"] < artifact["originalSizeBytes"]
     assert status["optimization"]["qualityAfter"] and status["optimization"]["latencyMsAfter"] is not None
+    # The deletion finalizer is on the object; kopf's copy of the last handled spec is not (no
+    # handler reads it, and writing it cost a PATCH per object).
+    assert md["metadata"]["finalizers"] == ["serving.model-operator.io/finalizer"]
+    assert not [k for k in md["metadata"].get("annotations") or {} if k.startswith("serving.model-operator.io/")], md["metadata"]
 
     # The artifact is in the store, complete.
     spec_hash = artifact["specHash"]
