@@ -256,9 +256,11 @@ def test_a_stale_read_is_decided_again_without_a_warning(caplog: pytest.LogCaptu
     assert len(rec.writes) == 1
 
 
-def test_an_object_with_no_series_is_written_once_then_left_until_its_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_object_with_no_series_is_written_once_then_left_until_a_series_appears(monkeypatch: pytest.MonkeyPatch) -> None:
     """KWOK pods, a Triton not scraped yet: the first poll says NoData; the next ones, finding no
-    series again, cost a lookup and write nothing until the heartbeat, or until a series appears."""
+    series again, cost a lookup in the sample and tick nothing, not even a heartbeat (no metric,
+    no freshness to show), in this process or a restarted one; a series or a new generation
+    ends it."""
     monkeypatch.setenv("MODEL_OPERATOR_SCALER_HEARTBEAT_SECONDS", "600")
     rec = Recorder()
     s, _ = fleet_scaler({}, rec)
@@ -266,7 +268,6 @@ def test_an_object_with_no_series_is_written_once_then_left_until_its_heartbeat(
     assert run(s, views(a), 1000.0) == 1
     (_, w), = rec.writes
     assert [(c["status"], c["reason"]) for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == [("False", "NoData")]
-    a["status"] |= copy.deepcopy(w.status)
     rec.writes.clear()
     ticks = {"n": 0}
     real_tick = scaler.autoscale.tick
@@ -276,19 +277,34 @@ def test_an_object_with_no_series_is_written_once_then_left_until_its_heartbeat(
         return real_tick(*args, **kwargs)
 
     monkeypatch.setattr(scaler.autoscale, "tick", counting)
-    for now in (1005.0, 1010.0, 1300.0):
+    # Before the watch brings the write back, and after.
+    assert run(s, views(a), 1005.0) == 1
+    a["status"] |= copy.deepcopy(w.status)
+    for now in (1010.0, 1300.0, 1700.0, 5000.0):
         assert run(s, views(a), now) == 1
     assert ticks["n"] == 0 and rec.writes == []
-    assert run(s, views(a), 1601.0) == 1  # the heartbeat: lastPoll moves on
-    (_, w), = rec.writes
-    assert ticks["n"] == 1 and w.status["scaling"]["lastPoll"] == 1601.0
-    a["status"] |= copy.deepcopy(w.status)
-    rec.writes.clear()
+    # A restarted operator reads NoData from the status and leaves it.
+    restarted, _ = fleet_scaler({}, rec)
+    assert run(restarted, views(a), 6000.0) == 1 and ticks["n"] == 0 and rec.writes == []
+    # A series appears: ticked, and scaled.
     s.fleet.prom.rates["a"] = 12.0  # type: ignore[attr-defined]
-    assert run(s, views(a), 1607.0) == 1
+    assert run(s, views(a), 6005.0) == 1
     (_, w), = rec.writes
-    assert ticks["n"] == 2 and w.replicas == 3
+    assert ticks["n"] == 1 and w.replicas == 3
     assert [c["status"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == ["True"]
+
+
+def test_a_new_generation_without_series_is_ticked_once_for_its_condition() -> None:
+    rec = Recorder()
+    s, _ = fleet_scaler({}, rec)
+    a = md("a")
+    run(s, views(a), 1000.0)
+    a["status"] |= copy.deepcopy(rec.writes[0][1].status)
+    rec.writes.clear()
+    a["metadata"]["generation"] = 2
+    assert run(s, views(a), 1005.0) == 1
+    (_, w), = rec.writes
+    assert [c["observedGeneration"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == [2]
 
 
 def test_an_object_that_serves_nothing_yet_gets_no_scaling_status() -> None:

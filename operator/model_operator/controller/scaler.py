@@ -127,6 +127,14 @@ def _write_conditions(kube: Kube, where: tuple[str, str, str, str], writes: Writ
     kube.patch_status(*where, writes.own())
 
 
+def _says_no_data(v: Mapping[str, Any]) -> bool:
+    """The object's status already says MetricsAvailable=False/NoData for its generation."""
+    status = v.get("status") or {}
+    condition = st.get_condition(list(status.get("conditions") or []), "MetricsAvailable") or {}
+    return condition.get("reason") == "NoData" and condition.get("status") == "False" \
+        and condition.get("observedGeneration") == v["metadata"].get("generation") and bool(status.get("scaling"))
+
+
 class FleetScaler:
     def __init__(self, fleet: FleetMetrics, write: Writer, threads: int = 4) -> None:
         self.fleet = fleet
@@ -142,10 +150,10 @@ class FleetScaler:
         # When each polled object is next due: a float compare per object per tick, instead of
         # its spec, state and status (10,000 objects at a 1-s tick).
         self.next_due: dict[str, float] = {}
-        # The objects whose last poll found no series at all (KWOK pods, a Triton not scraped
-        # yet): polled again for the price of a lookup in the sample; ticked, and written, only
-        # when a series appears or their heartbeat is due.
-        self.quiet: set[str] = set()
+        # The objects (uid: generation) whose last tick found no series at all (KWOK pods, a
+        # Triton not scraped yet): polled again for the price of a lookup in the sample, ticked
+        # again only when a series appears or the spec changes.
+        self.quiet: dict[str, Any] = {}
 
     def track(self, key: tuple[str, str], v: dict[str, Any] | None) -> None:
         """The object's latest view, or None when it is gone or the scaler no longer drives it."""
@@ -159,7 +167,7 @@ class FleetScaler:
         self.specs.pop(uid, None)
         self.conditions.pop(uid, None)
         self.next_due.pop(uid, None)
-        self.quiet.discard(uid)
+        self.quiet.pop(uid, None)
 
     def spec(self, v: Mapping[str, Any]) -> t.ModelDeploymentSpec | None:
         """The parsed spec, once per generation."""
@@ -204,7 +212,7 @@ class FleetScaler:
             meta = v["metadata"]
             values = sample.error or sample.of(meta["namespace"], meta["name"], kinds)
             self.next_due[meta["uid"]] = now + auto.poll_seconds * 0.9
-            if self._nothing_to_say(v, state, values, now):
+            if self._nothing_to_say(v, state, values):
                 continue
             with metrics.measured("autoscale"):
                 outcome = autoscale.tick(dict(v), spec, values, now, state)
@@ -213,20 +221,23 @@ class FleetScaler:
                 self._start_write(dict(v), state, writes)
         return len(due)
 
-    def _nothing_to_say(self, v: Mapping[str, Any], state: autoscale.State, values: Any, now: float) -> bool:
-        """True when this poll would change nothing: no series for the object, and either it has
-        never been polled and serves nothing yet (no status.scaling before serving: no metric
-        can exist), or its last poll found none either and its heartbeat is not due. The policy
-        holds on missing data, so skipping the tick loses no decision."""
-        uid = v["metadata"]["uid"]
+    def _nothing_to_say(self, v: Mapping[str, Any], state: autoscale.State, values: Any) -> bool:
+        """True when a tick would change nothing: no series for the object, and either it has never
+        been polled and serves nothing yet (no status.scaling before serving: no metric can
+        exist), or its status already says NoData for this generation (or this process's last
+        tick of it did). The policy holds on missing data, so no decision is lost; and no
+        heartbeat either: with no metric there is nothing whose freshness to show, and a
+        restarted operator leaves such objects as they are."""
+        meta = v["metadata"]
+        uid, generation = meta["uid"], meta.get("generation")
         if not isinstance(values, dict) or any(x is not None for x in values.values()):
-            self.quiet.discard(uid)
+            self.quiet.pop(uid, None)
             return False
         if not state.written and not (v.get("status") or {}).get("readyReplicas"):
             return True
-        if uid in self.quiet and now - float(state.written.get("lastPoll") or 0) < autoscale.heartbeat_seconds():
+        if self.quiet.get(uid, -1) == generation or _says_no_data(v):
             return True
-        self.quiet.add(uid)
+        self.quiet[uid] = generation
         return False
 
     def _decide(self, v: Mapping[str, Any], state: autoscale.State, outcome: autoscale.ScaleOutcome, now: float) -> Writes | None:
