@@ -50,15 +50,16 @@ def _spec(lm: TinyLm, **optimization: object) -> dict[str, object]:
     }
 
 
-def _torch_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+def _torch_next_tokens(model_dir: Path, ids: list[int], continuation: list[int]) -> list[int]:
+    """The original's greedy pick after the prompt and each prefix of `continuation`."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     with torch.inference_mode():
-        x = torch.tensor([ids])
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return [int(t) for t in out[0, len(ids):]]
+        x = torch.tensor([ids + continuation])
+        logits = model(x, attention_mask=torch.ones_like(x)).logits[0]
+    return [int(logits[len(ids) - 1 + k].argmax()) for k in range(len(continuation))]
 
 
 def test_search_exports_with_a_kv_cache_gates_and_publishes_the_smallest_fast_enough(tiny_lm: TinyLm, tmp_path: Path) -> None:
@@ -116,8 +117,12 @@ def test_search_exports_with_a_kv_cache_gates_and_publishes_the_smallest_fast_en
     while not gen.is_done():
         gen.generate_next_token()
         got.append(int(gen.get_next_tokens()[0]))
-    want = _torch_greedy(tiny_lm.model, ids, 12)
-    assert got[:4] == want[:4], (got, want)
+    # Each token the artifact chose is the one the original in PyTorch picks after the same
+    # prefix (the gate's teacher-forced agreement), for most of them: int4 kernels round
+    # differently per host (this check once compared free-running sequences, and a host without
+    # VNNI took a different first token, then followed the original's continuation).
+    want = _torch_next_tokens(tiny_lm.model, ids, got)
+    assert sum(g == w for g, w in zip(got, want)) >= 0.75 * len(got), (got, want)
     assert tok.decode(np.asarray(got, dtype=np.int32)).strip()
 
 
