@@ -294,6 +294,17 @@ def test_an_object_with_no_series_is_written_once_then_left_until_a_series_appea
     assert [c["status"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == ["True"]
 
 
+def test_a_refused_no_data_write_is_tried_again() -> None:
+    rec = Recorder(fail=True)
+    s, _ = fleet_scaler({}, rec)
+    a = md("a")
+    assert run(s, views(a), 1000.0) == 1 and rec.writes == []
+    rec.fail = False
+    assert run(s, views(a), 1001.0) == 1
+    (_, w), = rec.writes
+    assert [c["reason"] for c in w.status["conditions"] if c["type"] == "MetricsAvailable"] == ["NoData"]
+
+
 def test_a_new_generation_without_series_is_ticked_once_for_its_condition() -> None:
     rec = Recorder()
     s, _ = fleet_scaler({}, rec)

@@ -281,6 +281,7 @@ class FleetScaler:
                 # read is routine under load, not worth a warning.
                 state.scaling, state.window = state.written, state.written_window
                 self.next_due.pop(uid, None)  # nothing was written: due again at once
+                self.quiet.pop(uid, None)  # nor the NoData it was to say
                 (log.debug if isinstance(exc, StaleRead) else log.warning)(
                     "scaler: could not update %s/%s: %s", meta["namespace"], meta["name"], exc)
                 return
