@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,10 +78,11 @@ class EventPoster:
         """Post what is queued, for up to `timeout` seconds in all, then stop."""
         if not any(thread.is_alive() for thread in self._threads):
             return
+        deadline = time.monotonic() + timeout
         for _ in self._threads:
             try:
-                self._queue.put(None, timeout=timeout)
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
                 break
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -208,7 +208,7 @@ def start_loop(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "peering", None):
         def paused() -> None:
             loop.pause()
-            memo.fleet_scaler.views.clear()
+            memo.fleet_scaler.pause()
 
         kube: Kube = memo.kube
         memo.gate = PeeringGate(lambda: kube.peering_statuses(memo.peering, list(namespaces)), memo.identity, memo.priority,

@@ -162,6 +162,11 @@ class FleetScaler:
         else:
             self.views[key] = v
 
+    def pause(self) -> None:
+        """Another operator took over: drop the views (they go stale from now on); kopf's list
+        brings them back, fresh, when this process leads again."""
+        self.views.clear()
+
     def forget(self, uid: str) -> None:
         self.states.pop(uid, None)
         self.specs.pop(uid, None)
