@@ -32,7 +32,7 @@ def test_fleet_queries_evaluate(prometheus: Any) -> None:
 
     client = AsyncPrometheus(prometheus.url, timeout=10)
     queries = [promql.fleet_scaling_query(m, "30s") for m in ScalingMetricType]
-    queries += [promql.fleet_request_rate("30s"), promql.fleet_error_ratio("30s"), promql.fleet_p99_latency_ms()]
+    queries += [promql.fleet_request_rate("30s"), promql.fleet_error_ratio("30s"), promql.fleet_p99_latency_ms(), promql.fleet_reporting_pods()]
     for q in queries:
         # Valid PromQL (label_replace, grouping) answers a vector keyed by (namespace, md): empty,
         # or holding the Triton pods an earlier test in this session left within the window.

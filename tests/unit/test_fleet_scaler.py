@@ -1,4 +1,5 @@
-"""The fleet-wide scaler: one Prometheus query per metric kind per poll, however many
+"""The fleet-wide scaler: one Prometheus query per metric kind per poll (and one for the pods
+reporting), however many
 ModelDeployments tick; each tick's decision and what it writes, from plain dicts."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from model_operator.controller import autoscale
 from model_operator.controller.reconcile import Observed, Reconciler
 from model_operator.scaling.fleet import FleetHealth, FleetMetrics
 from model_operator.scaling.prometheus import Prometheus, PrometheusError
+from model_operator.scaling.promql import fleet_reporting_pods
 
 
 class FakeProm:
@@ -31,6 +33,8 @@ class FakeProm:
         await asyncio.sleep(0.01)  # an answer takes a while: concurrent ticks wait on it
         if self.error is not None:
             raise self.error
+        if promql == fleet_reporting_pods():
+            return {("ns", f"md-{i}"): 2.0 for i in range(self.n)}
         base = 1000.0 if "nv_inference_count" in promql else 1.0
         rows: dict[tuple[str, ...], float] = {("ns", f"md-{i}"): base + i for i in range(self.n)}
         return rows | {("other", "md-0"): -1.0}
@@ -54,16 +58,17 @@ def test_a_thousand_ticks_share_one_query_per_kind() -> None:
         return [s.of("ns", f"md-{i}", kinds) for i, s in enumerate(samples)]
 
     values = asyncio.run(ticks())
-    assert len(prom.queries) == 2
+    assert len(prom.queries) == 3 and fleet.queries == 3
     assert values[7] == {"queueTime": 8.0, "inferenceRate": 1007.0}
     assert all('by (namespace, md)' in q for q in prom.queries)
-    # Within max_age the sample is reused; after it, one new query per kind again.
+    # Within max_age the sample is reused; after it, one new query per kind (and the pods) again.
     clock.now += 3
-    asyncio.run(fleet.sample(kinds, max_age=4.5))
-    assert len(prom.queries) == 2
+    sample = asyncio.run(fleet.sample(kinds, max_age=4.5))
+    assert len(prom.queries) == 3
+    assert sample.reporting("ns", "md-7") == 2 and sample.reporting("ns", "md-1000") is None
     clock.now += 2
     asyncio.run(fleet.sample(kinds, max_age=4.5))
-    assert len(prom.queries) == 4
+    assert len(prom.queries) == 6
 
 
 def test_a_new_kind_is_queried_at_once_and_absent_mds_have_no_data() -> None:
@@ -71,7 +76,7 @@ def test_a_new_kind_is_queried_at_once_and_absent_mds_have_no_data() -> None:
     fleet = FleetMetrics(prom, "30s", clock=Clock())  # type: ignore[arg-type]
     asyncio.run(fleet.sample([K.queue_time], max_age=60))
     sample = asyncio.run(fleet.sample([K.queue_time, K.pending_requests], max_age=60))
-    assert len(prom.queries) == 3  # queueTime, then queueTime and pendingRequests
+    assert len(prom.queries) == 5  # queueTime and the pods, then queueTime, pendingRequests and the pods
     assert sample.of("ns", "md-9", [K.pending_requests]) == {"pendingRequests": None}
 
 
@@ -84,7 +89,7 @@ def test_a_failed_poll_is_shared_not_retried_per_md() -> None:
         return await asyncio.gather(*(fleet.sample([K.queue_time], max_age=5) for _ in range(50)))
 
     samples = asyncio.run(ticks())
-    assert len(prom.queries) == 1 and polls == [(1, "unreachable")]
+    assert len(prom.queries) == 2 and polls == [(2, "unreachable")]
     assert all(s.error is not None and s.error.cause == "unreachable" for s in samples)
 
 
@@ -100,8 +105,23 @@ def body(replicas: int, status: dict[str, Any] | None = None) -> dict[str, Any]:
             "status": {"artifact": {"sha256": "x"}, **(status or {})}}
 
 
-def tick(b: dict[str, Any], values: Any, now: float, state: autoscale.State) -> autoscale.ScaleOutcome:
-    return autoscale.tick(b, load_spec(b["spec"]), values, now, state)
+def tick(b: dict[str, Any], values: Any, now: float, state: autoscale.State, reporting: int | None = None) -> autoscale.ScaleOutcome:
+    return autoscale.tick(b, load_spec(b["spec"]), values, now, state, reporting=reporting)
+
+
+def test_a_replica_ready_before_its_first_scrape_is_not_multiplied_by() -> None:
+    # Two Ready replicas, one of them not yet scraped: 8/s is the one scraped pod's rate, so the
+    # load is 8/s against 5 per replica, 2 replicas' worth: no change (not ceil(2 x 1.6) = 4).
+    b = body(2, {"readyReplicas": 2})
+    out = tick(b, {"inferenceRate": 8.0}, 1000.0, autoscale.State.from_status(b["status"]), reporting=1)
+    assert out.replicas is None and out.scaling is not None and out.scaling["desired"] == 2
+    # Once both are scraped the same per-replica value is twice the load: 4 wanted.
+    out = tick(b, {"inferenceRate": 8.0}, 1005.0, autoscale.State.from_status(b["status"]), reporting=2)
+    assert out.replicas == 4
+    # A pod scraped while still starting (its metrics port answers before it is Ready) is not a base either.
+    b = body(2, {"readyReplicas": 1})
+    out = tick(b, {"inferenceRate": 8.0}, 1000.0, autoscale.State.from_status(b["status"]), reporting=2)
+    assert out.replicas is None
 
 
 def test_three_replicas_at_ten_each_against_five_want_six() -> None:

@@ -107,9 +107,11 @@ def worth_writing(state: State, new: dict[str, Any], window: list[dict[str, floa
 
 
 def tick(
-    body: dict[str, Any], spec: ModelDeploymentSpec, values: dict[str, float | None] | PrometheusError, now: float, state: State
+    body: dict[str, Any], spec: ModelDeploymentSpec, values: dict[str, float | None] | PrometheusError, now: float, state: State,
+    reporting: int | None = None,
 ) -> ScaleOutcome:
-    """One poll with this MD's values from the fleet's sample (or the error that sample hit)."""
+    """One poll with this MD's values from the fleet's sample (or the error that sample hit).
+    `reporting`: how many of its pods Prometheus had scraped, the ones the values were taken over."""
     auto = spec.autoscaling
     assert auto is not None
     meta, status = body["metadata"], dict(body.get("status") or {})
@@ -136,9 +138,15 @@ def tick(
         out.window = state.window
         return out
 
-    ready = status.get("readyReplicas")
+    # The replicas a scale-up multiplies from are those the per-replica values were taken over, as
+    # the HPA's are the pods with metrics: Ready ones (a starting one serves nothing), and of those
+    # only the scraped ones (between a pod's Ready and its first scrape, the value is the other
+    # pods' load alone).
+    ready = None if status.get("readyReplicas") is None else int(status["readyReplicas"])
+    if reporting is not None:
+        ready = reporting if ready is None else min(ready, reporting)
     decision, history = decide(current=current, values=values, spec=auto, now=now, recommendations=recs, events=events,
-                               ready=None if ready is None else int(ready))
+                               ready=ready)
     if decision.held:
         out.conditions = st.set_condition(conditions, "MetricsAvailable", "False", "NoData", decision.reason, generation)
     else:

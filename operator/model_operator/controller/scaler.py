@@ -220,7 +220,8 @@ class FleetScaler:
             if self._nothing_to_say(v, state, values):
                 continue
             with metrics.measured("autoscale"):
-                outcome = autoscale.tick(dict(v), spec, values, now, state)
+                outcome = autoscale.tick(dict(v), spec, values, now, state,
+                                         reporting=sample.reporting(meta["namespace"], meta["name"]))
             writes = self._decide(v, state, outcome, now)
             if writes is not None:
                 self._start_write(dict(v), state, writes)

@@ -5,8 +5,8 @@ The scaler's pass over the fleet (controller/scaler.py) asks `FleetMetrics.sampl
 of each ModelDeployment whose poll is due. The first caller
 after the last sample went stale sends one query per metric kind in use (grouped by namespace
 and MD, scaling/promql.fleet_scaling_query) while the others wait on the same lock and then read
-its answer: the number of Prometheus queries per poll is the number of metric kinds, whatever the
-number of ModelDeployments. A failed poll is shared the same way, so a down Prometheus is asked
+its answer: the number of Prometheus queries per poll is the number of metric kinds and one more
+(the pods each value was taken over), whatever the number of ModelDeployments. A failed poll is shared the same way, so a down Prometheus is asked
 once per poll, not once per object.
 """
 
@@ -31,10 +31,16 @@ class Sample:
     kinds: frozenset[ScalingMetricType]
     values: dict[ScalingMetricType, dict[tuple[str, ...], float]] = field(default_factory=dict)
     error: PrometheusError | None = None
+    pods: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     def of(self, namespace: str, name: str, kinds: Iterable[ScalingMetricType]) -> dict[str, float | None]:
         """One ModelDeployment's values, by metric name; None where Prometheus had no data for it."""
         return {k.value: self.values.get(k, {}).get((namespace, name)) for k in kinds}
+
+    def reporting(self, namespace: str, name: str) -> int | None:
+        """How many of its pods the values were taken over; None where Prometheus had none."""
+        n = self.pods.get((namespace, name))
+        return None if n is None else int(n)
 
 
 class FleetMetrics:
@@ -70,10 +76,17 @@ class FleetMetrics:
     async def _poll(self, kinds: frozenset[ScalingMetricType]) -> Sample:
         now = self.clock()
         ordered = sorted(kinds, key=lambda k: k.value)
-        self.queries += len(ordered)
-        answers = await asyncio.gather(
-            *(self.prom.query_by(promql.fleet_scaling_query(k, self.window), LABELS) for k in ordered), return_exceptions=True)
+        self.queries += len(ordered) + 1
+        *answers, pods = await asyncio.gather(
+            *(self.prom.query_by(promql.fleet_scaling_query(k, self.window), LABELS) for k in ordered),
+            self.prom.query_by(promql.fleet_reporting_pods(), LABELS), return_exceptions=True)
         sample = Sample(now, kinds)
+        if isinstance(pods, dict):
+            sample.pods = pods
+        elif isinstance(pods, PrometheusError):
+            sample.error = pods
+        else:
+            raise pods
         for kind, answer in zip(ordered, answers, strict=True):
             if isinstance(answer, PrometheusError):
                 sample.error = sample.error or answer
@@ -82,7 +95,7 @@ class FleetMetrics:
             else:
                 sample.values[kind] = answer
         if self.on_poll is not None:
-            self.on_poll(len(ordered), sample.error)
+            self.on_poll(len(ordered) + 1, sample.error)
         return sample
 
 

@@ -256,6 +256,13 @@ def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
     return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_cpu_utilization'))})"
 
 
+def fleet_reporting_pods() -> str:
+    """How many Triton pods of each ModelDeployment Prometheus has scraped: the replicas a
+    per-replica value was taken over. A pod turns Ready before its first scrape, and in that gap
+    a per-replica value is one pod's load, which must not be multiplied by the Ready count."""
+    return f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_count'))}))"
+
+
 def _fleet_mean_ms(metric: str, window: str) -> str:
     return (f"1000 * {_fleet_rate(metric + '_sum', window)}"
             f" / clamp_min({_fleet_rate(metric + '_count', window)}, 1e-9)")

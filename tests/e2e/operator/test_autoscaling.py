@@ -85,6 +85,9 @@ def test_scales_up_under_load_and_back_down(digits_ready: Any, namespace: str, c
             lambda: len(ready_triton_pods(core_api, namespace, "digits")) >= 2,
             timeout=180, interval=1, message="new Triton replicas Ready",
         )
+        # The pods a per-replica value was taken over, as the scaler counts them: both, once scraped.
+        wait_for(lambda: (asyncio.run(AsyncPrometheus(prometheus.url).query_by(promql.fleet_reporting_pods(), ("namespace", "md")))
+                          .get((namespace, "digits")) or 0) >= 2, timeout=60, interval=1, message="both replicas scraped")
     assert load.sent > 50 and load.failed == 0, (load.sent, load.failed)
 
     # No load: after the 20 s stabilization window, back to the minimum.

@@ -298,7 +298,9 @@ def test_keda_engine_scales_on_queue_time_through_keda(
 # RATE_LOAD = 16 inferences/s against a target of 10 per replica: 1.6 replicas' worth, 2 wanted
 # and kept (8 per replica at 2 is outside the 10% tolerance but ceil(2 x 0.8) = 2). maxReplicas
 # 4 leaves room to overshoot: an engine that does not divide by its replicas goes to 4, and so
-# did the built-in one while it counted a replica still starting as one the average was over.
+# did the built-in one while it counted a replica still starting as one the average was over,
+# and again (a CI run: 1 -> 2 -> 4 at 16/s) while it counted a Ready replica that Prometheus had
+# not scraped yet.
 RATE_TARGET = 10.0
 REQUESTS_PER_SECOND = 4.0
 RATE_LOAD = 4 * REQUESTS_PER_SECOND
