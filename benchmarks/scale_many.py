@@ -18,6 +18,11 @@ is skipped: each object's status already carries an artifact for its spec hash.
 
     python benchmarks/scale_many.py [--counts 1000,10000] [--unrelated-pods 20000] [--unrelated-deployments 5000]
 
+With --reconcile-workers 4,8,16 it runs phase 1 only (no steady window), once per worker count
+and size in a fresh cluster each, the counts interleaved --repeats times, and writes a page of
+cold starts side by side: the time to all Ready and its ratio to the first count's in the same
+round.
+
 Targets (issue #15) at 10,000 objects: peak RSS <= 512 MiB, restart-to-converged <= 600 s with no
 writes for objects already right, <= 20 API writes/s steady, <= 10 Prometheus queries per poll,
 unrelated objects change the RSS by < 10 %.
@@ -235,16 +240,26 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8, help="client threads creating objects")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds to wait for Ready, converged or Running")
     ap.add_argument("--smoke", action="store_true", help="title the page as a smoke run")
-    harness.add_out(ap, "scale-defaults")
+    ap.add_argument("--reconcile-workers", default="",
+                    help="comma-separated operator.reconcileWorkers values: cold starts only, side by side (e.g. 4,8,16)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the --reconcile-workers comparison")
+    args = ap.parse_known_args()[0]
+    harness.add_out(ap, "scale-workers" if args.reconcile_workers else "scale-defaults")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     machine = harness.machine_line(harness.load_average("before the run"))
+    if args.reconcile_workers:
+        workers = [int(w) for w in args.reconcile_workers.split(",")]
+        rounds = [[run_size(args, n, w) for n in counts for w in workers] for r in range(args.repeats)]
+        write_workers_page(args, machine, rounds)
+        return 0
     results = [run_size(args, n) for n in counts]
     write_page(args, machine, results)
     return 0
 
 
-def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
+def run_size(args: argparse.Namespace, count: int, workers: int | None = None) -> dict[str, Any]:
+    """One size in a fresh cluster: every phase, or with `workers` (operator.reconcileWorkers) the cold start alone."""
     from kubernetes import client
 
     n_device = int(count * args.device_share)
@@ -252,9 +267,9 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
     other_nodes = max(1, math.ceil(args.unrelated_pods / 900))
     state = harness.new_state_dir("bench-scale-")
     cluster: Cluster = harness.start_kwok_cluster(state, (CPU_POOL.with_count(nodes), UNRELATED_POOL.with_count(other_nodes)))
-    res: dict[str, Any] = {"count": count, "nodes": nodes, "other_nodes": other_nodes}
+    res: dict[str, Any] = {"count": count, "nodes": nodes, "other_nodes": other_nodes, "workers": workers}
     # Each phase's figures are kept as they come: a large run that dies late still leaves its earlier phases.
-    partial = Path(args.out).with_suffix(f".{count}.partial.json")
+    partial = Path(args.out).with_suffix(f".{count}{f'-w{workers}' if workers else ''}.partial.json")
 
     def keep() -> None:
         partial.write_text(json.dumps(res, indent=1, default=str))
@@ -281,6 +296,7 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             "default_node_pool": {"cloud": "cpu", "edge": "cpu"},
             "prometheus_url": prom.url,
             "metrics_port": metrics_port,
+            **({"reconcile_workers": workers} if workers else {}),
         })
         # The chart's defaults (no MODEL_OPERATOR_* from this shell) and its Deployment's MALLOC_ARENA_MAX.
         # Placeholder S3 keys: the operator signs artifact URLs locally (no request reaches a store);
@@ -403,8 +419,13 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             sampler.start()
             t0, last = time.monotonic(), [-1]
 
+            marks: dict[str, float] = {}
+
             def all_ready() -> bool:
                 n = ready_count()
+                for share in (0.5, 0.9):
+                    if n >= share * count:
+                        marks.setdefault(f"{share:.0%}", time.monotonic() - t0)
                 if n != last[0]:
                     rss = sampler.rss[-1][1] if sampler.rss else 0
                     log(f"{n}/{count} Ready after {time.monotonic() - t0:.0f}s (operator RSS {rss / 2**20:.0f} MiB, "
@@ -415,12 +436,20 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
             # Listing every object is itself load: look less often in large fleets.
             wait_for(all_ready, timeout=args.timeout, interval=5 if count <= 1000 else 20, message=f"{count} ModelDeployments Ready")
             res["cold_ready_s"] = time.monotonic() - t0
-            res["cold_throttled"] = throttled(delta(api_counts(), c0))
-            steady(op, sampler, "cold")
+            res["cold_marks"] = marks
+            res["cold_cpu_s"] = cpu_seconds(op.pid)
+            d = delta(api_counts(), c0)
+            res["cold_throttled"] = throttled(d)
+            res["cold_requests"] = sum(by_verb_resource(d).values())
+            if workers is None:
+                steady(op, sampler, "cold")
             sampler.stop_flag.set()
             res["cold_peak_mib"] = sampler.peak / 2**20
+            res["load_after"] = os.getloadavg()[0]
             keep()
             res["service_monitors"] = len(kube.custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", NS, "servicemonitors")["items"])
+        if workers is not None:
+            return res
         # 2. restart without unrelated objects
         restart("base")
         # 3. unrelated objects, then a restart with them
@@ -462,13 +491,19 @@ def run_size(args: argparse.Namespace, count: int) -> dict[str, Any]:
         res["rss_ratio_peak"] = res["unrelated_restart"]["peak_mib"] / res["base_restart"]["peak_mib"]
         res["rss_ratio_steady"] = res["unrelated_steady"]["rss_mib"] / res["base_steady"]["rss_mib"]
         res["load_after"] = os.getloadavg()[0]
+    except BaseException:
+        failed = True
+        raise
+    else:
+        failed = False
     finally:
         if prom_proc is not None:
             prom_proc.terminate()
             prom_proc.wait(timeout=60)
         cluster.stop()
-    shutil.rmtree(state, ignore_errors=True)  # kept when the run failed, for its logs
-    partial.unlink(missing_ok=True)  # the page holds it all now
+        if not failed:
+            shutil.rmtree(state, ignore_errors=True)  # kept when the run failed, for its logs
+            partial.unlink(missing_ok=True)  # the page holds it all now
     return res
 
 
@@ -492,6 +527,32 @@ def _op_writes(text: str) -> dict[str, float]:
 
 def _target(ok: bool, text: str) -> str:
     return f"{'met' if ok else 'MISSED'} ({text})"
+
+
+def write_workers_page(args: argparse.Namespace, machine: str, rounds: list[list[dict[str, Any]]]) -> None:
+    lines = harness.header("Cold start by operator.reconcileWorkers", machine, [
+        "Cluster, Prometheus, operator and ModelDeployments as in scale_many's full run (KWOK pods, a real Prometheus, the "
+        "chart's defaults but for operator.reconcileWorkers, the built-in autoscaler, golden probe and ServiceMonitor on; "
+        f"{args.device_share:.0%} `target: device`). Differs from a user: optimization skipped (each status already holds "
+        "an artifact), no unrelated objects, no restart. Each row is a fresh cluster: objects made while no operator runs, "
+        "then the operator starts; all Ready = every ModelDeployment's phase Ready. Rows of one round ran one after the "
+        "other on this machine, which also runs the API server, etcd, controller-manager, scheduler, KWOK and Prometheus; "
+        "the ratio is to the round's first row of the same size.",
+        "",
+        "| round | MDs | reconcileWorkers | 50% Ready (s) | 90% Ready (s) | all Ready (s) | ratio | operator CPU (s) | API requests "
+        "| 429s | peak RSS (MiB) | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ])
+    for i, results in enumerate(rounds, 1):
+        first: dict[int, float] = {}
+        for r in results:
+            base = first.setdefault(r["count"], r["cold_ready_s"])
+            marks = r["cold_marks"]
+            lines.append(
+                f"| {i} | {r['count']} | {r['workers']} | {marks.get('50%', 0):.0f} | {marks.get('90%', 0):.0f} | "
+                f"{r['cold_ready_s']:.0f} | {r['cold_ready_s'] / base:.2f} | {r['cold_cpu_s']:.0f} | {r['cold_requests']:.0f} | "
+                f"{r['cold_throttled']:.0f} | {r['cold_peak_mib']:.0f} | {r['load_after']:.1f} |")
+    harness.write_result(args.out, lines)
 
 
 def write_page(args: argparse.Namespace, machine: str, results: list[dict[str, Any]]) -> None:

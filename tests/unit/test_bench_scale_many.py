@@ -96,3 +96,20 @@ def test_status_changes_count_objects_per_key_and_conditions_per_field() -> None
              "b": {"phase": "Ready", "access": {"expiresAt": 2}}, "c": {"phase": "Pending"}}
     assert sm.status_changes(before, after) == {"access": 1, "conditions[Ready].lastTransitionTime": 1, "phase": 1}
     assert sm.status_changes(after, after) == {}
+
+
+def test_the_workers_page_sets_each_cold_start_beside_its_rounds_first_of_the_same_size(tmp_path: Path) -> None:
+    import argparse
+
+    def row(count: int, workers: int, ready: float) -> dict[str, object]:
+        return {"count": count, "workers": workers, "cold_ready_s": ready, "cold_marks": {"50%": ready / 3, "90%": ready * 0.8},
+                "cold_cpu_s": 40.0, "cold_requests": 12000.0, "cold_throttled": 0.0, "cold_peak_mib": 150.0, "load_after": 2.0}
+
+    out = tmp_path / "page.md"
+    args = argparse.Namespace(out=str(out), device_share=0.3)
+    sm.write_workers_page(args, "test machine", [[row(1000, 4, 200.0), row(1000, 16, 100.0), row(2000, 4, 500.0), row(2000, 16, 600.0)],
+                                                 [row(1000, 4, 100.0), row(1000, 16, 150.0)]])
+    rows = [ln.split("|")[1:-1] for ln in out.read_text().splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip(), r[5].strip(), r[6].strip()) for r in rows] == [
+        ("1", "1000", "4", "200", "1.00"), ("1", "1000", "16", "100", "0.50"), ("1", "2000", "4", "500", "1.00"),
+        ("1", "2000", "16", "600", "1.20"), ("2", "1000", "4", "100", "1.00"), ("2", "1000", "16", "150", "1.50")]
