@@ -316,6 +316,14 @@ def pod_endpoints(core_api: Any, namespace: str, name: str, track: str | None = 
     return sorted(f"{p.status.pod_ip}:8000" for p in ready_triton_pods(core_api, namespace, name, track))
 
 
+def kube_proxy_routes_to(ip: str) -> bool:
+    """Whether the real node's kube-proxy still has a rule sending a Service's new connections to
+    this pod IP: it rewrites its iptables rules some time after the EndpointSlice changed, and on a
+    loaded host that can be longer than a removed pod's drain."""
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    return f"--to-destination {ip}:" in nat
+
+
 class OperatorProcess:
     """`model-operator run` as a real process watching one namespace, so a test can kill it
     (SIGKILL, no goodbye) and start it again. Every start appends to the same log file."""

@@ -33,6 +33,7 @@ from md_helpers import (
     drifted_copy,
     erroring_digits,
     get_md,
+    kube_proxy_routes_to,
     make_claim,
     pod_endpoints,
     put_digits,
@@ -91,8 +92,10 @@ def test_canary_with_errors_is_rolled_back_and_then_every_request_succeeds(
         wait_for(lambda: load.sent > 20, timeout=60, message="answers from the stable track")
         assert load.failed == 0, load.errors
         patch_spec(custom_api, namespace, "canary", {"model": {**ONNX_MODEL, "uri": "pvc://models/digits-bad.onnx"}})
-        wait_for(lambda: pod_endpoints(core_api, namespace, "canary", "canary"), timeout=300, interval=1,
-                 message="the canary pod Ready")
+        canary_ips = {e.split(":")[0] for e in wait_for(lambda: pod_endpoints(core_api, namespace, "canary", "canary"), timeout=300,
+                                                        interval=1, message="the canary pod Ready")}
+        wait_for(lambda: all(kube_proxy_routes_to(ip) for ip in canary_ips), timeout=60, interval=0.5,
+                 message="kube-proxy's rules sending the Service's connections to the canary pod too")
         md = get_md(custom_api, namespace, "canary")
         assert md["status"]["rollout"]["canary"]["revision"] != stable_revision
         assert condition(md, "RolledBack")["reason"] == "Analysing"
@@ -112,7 +115,10 @@ def test_canary_with_errors_is_rolled_back_and_then_every_request_succeeds(
         stable_ips = {e.split(":")[0] for e in stable}
         wait_for(lambda: service_pod_ips(core_api, namespace, "canary-triton") == stable_ips, timeout=60, interval=0.5,
                  message="the Service's endpoints are the stable pod only")
-        # kube-proxy follows the EndpointSlice within a sync; from then on nothing fails.
+        # kube-proxy follows the EndpointSlice within a sync (a CI run on a loaded host saw it take
+        # longer than the canary pod's 5-s drain: 3 requests refused); from then on nothing fails.
+        wait_for(lambda: not any(kube_proxy_routes_to(ip) for ip in canary_ips), timeout=60, interval=0.5,
+                 message="kube-proxy's rules without the canary pod")
         mark = load.sent
         wait_for(lambda: load.sent > mark + 20, timeout=60, message="answers after the rollback")
         failed, sent = load.failed, load.sent
