@@ -274,6 +274,7 @@ def run_size(args: argparse.Namespace, count: int, workers: int | None = None) -
     def keep() -> None:
         partial.write_text(json.dumps(res, indent=1, default=str))
     prom_proc = None
+    failed = True  # until the size's last phase is done: a failed run keeps its state folder
     try:
         kube = harness.connect(cluster, pool_maxsize=args.threads * 2)
         harness.install_crds(cluster)
@@ -449,6 +450,7 @@ def run_size(args: argparse.Namespace, count: int, workers: int | None = None) -
             keep()
             res["service_monitors"] = len(kube.custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", NS, "servicemonitors")["items"])
         if workers is not None:
+            failed = False
             return res
         # 2. restart without unrelated objects
         restart("base")
@@ -491,10 +493,6 @@ def run_size(args: argparse.Namespace, count: int, workers: int | None = None) -
         res["rss_ratio_peak"] = res["unrelated_restart"]["peak_mib"] / res["base_restart"]["peak_mib"]
         res["rss_ratio_steady"] = res["unrelated_steady"]["rss_mib"] / res["base_steady"]["rss_mib"]
         res["load_after"] = os.getloadavg()[0]
-    except BaseException:
-        failed = True
-        raise
-    else:
         failed = False
     finally:
         if prom_proc is not None:
@@ -538,11 +536,12 @@ def write_workers_page(args: argparse.Namespace, machine: str, rounds: list[list
         "then the operator starts; all Ready = every ModelDeployment's phase Ready. Rows of one round ran one after the "
         "other on this machine, which also runs the API server, etcd, controller-manager, scheduler, KWOK and Prometheus; "
         "the ratio is to the round's first row of the same size.",
-        "",
+    ])
+    lines += [
         "| round | MDs | reconcileWorkers | 50% Ready (s) | 90% Ready (s) | all Ready (s) | ratio | operator CPU (s) | API requests "
         "| 429s | peak RSS (MiB) | load after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ])
+    ]
     for i, results in enumerate(rounds, 1):
         first: dict[int, float] = {}
         for r in results:
