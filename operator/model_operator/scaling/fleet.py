@@ -6,8 +6,8 @@ of each ModelDeployment whose poll is due. The first caller
 after the last sample went stale sends one query per metric kind in use (grouped by namespace
 and MD, scaling/promql.fleet_scaling_query) while the others wait on the same lock and then read
 its answer: the number of Prometheus queries per poll is the number of metric kinds and one more
-(the pods each value was taken over), whatever the number of ModelDeployments. A failed poll is shared the same way, so a down Prometheus is asked
-once per poll, not once per object.
+(the pods each value was taken over), whatever the number of ModelDeployments. A failed poll is
+shared the same way, so a down Prometheus is asked once per poll, not once per object.
 """
 
 from __future__ import annotations
@@ -76,26 +76,21 @@ class FleetMetrics:
     async def _poll(self, kinds: frozenset[ScalingMetricType]) -> Sample:
         now = self.clock()
         ordered = sorted(kinds, key=lambda k: k.value)
-        self.queries += len(ordered) + 1
-        *answers, pods = await asyncio.gather(
-            *(self.prom.query_by(promql.fleet_scaling_query(k, self.window), LABELS) for k in ordered),
-            self.prom.query_by(promql.fleet_reporting_pods(), LABELS), return_exceptions=True)
+        queries = [promql.fleet_reporting_pods(), *(promql.fleet_scaling_query(k, self.window) for k in ordered)]
+        self.queries += len(queries)
+        answers = await asyncio.gather(*(self.prom.query_by(q, LABELS) for q in queries), return_exceptions=True)
         sample = Sample(now, kinds)
-        if isinstance(pods, dict):
-            sample.pods = pods
-        elif isinstance(pods, PrometheusError):
-            sample.error = pods
-        else:
-            raise pods
-        for kind, answer in zip(ordered, answers, strict=True):
+        for kind, answer in zip([None, *ordered], answers, strict=True):
             if isinstance(answer, PrometheusError):
                 sample.error = sample.error or answer
             elif isinstance(answer, BaseException):
                 raise answer
+            elif kind is None:
+                sample.pods = answer
             else:
                 sample.values[kind] = answer
         if self.on_poll is not None:
-            self.on_poll(len(ordered) + 1, sample.error)
+            self.on_poll(len(queries), sample.error)
         return sample
 
 

@@ -237,8 +237,7 @@ def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
         return (f"({_fleet_rate('nv_inference_queue_duration_us', window)} / 1000)"
                 f" / clamp_min({_fleet_rate('nv_inference_request_success', window)}, 1e-9)")
     if metric == ScalingMetricType.inference_rate:
-        pods = f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_count'))}))"
-        return f"{_fleet_rate('nv_inference_count', window)} / clamp_min({pods}, 1)"
+        return f"{_fleet_rate('nv_inference_count', window)} / clamp_min({_fleet_pods('nv_inference_count')}, 1)"
     if metric == ScalingMetricType.pending_requests:
         return f"avg by ({FLEET_BY}) (sum by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_pending_request_count'))}))"
     if metric == ScalingMetricType.gpu_utilization:
@@ -249,18 +248,22 @@ def fleet_scaling_query(metric: ScalingMetricType, window: str) -> str:
         return _fleet_mean_ms("model_operator_inter_token_latency_seconds", window)
     if metric == ScalingMetricType.tokens_per_second:
         tokens = "model_operator_generated_tokens"
-        pods = f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel(tokens))}))"
-        return f"{_fleet_rate(tokens, window)} / clamp_min({pods}, 1)"
+        return f"{_fleet_rate(tokens, window)} / clamp_min({_fleet_pods(tokens)}, 1)"
     if metric == ScalingMetricType.requests_in_flight:
         return f"avg by ({FLEET_BY}) (sum by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('model_operator_generation_requests_in_flight'))}))"
     return f"100 * avg by ({FLEET_BY}) ({_with_md(_fleet_sel('nv_cpu_utilization'))})"
+
+
+def _fleet_pods(metric: str) -> str:
+    """The number of each ModelDeployment's pods that export `metric`."""
+    return f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel(metric))}))"
 
 
 def fleet_reporting_pods() -> str:
     """How many Triton pods of each ModelDeployment Prometheus has scraped: the replicas a
     per-replica value was taken over. A pod turns Ready before its first scrape, and in that gap
     a per-replica value is one pod's load, which must not be multiplied by the Ready count."""
-    return f"count by ({FLEET_BY}) (count by ({FLEET_BY}, pod) ({_with_md(_fleet_sel('nv_inference_count'))}))"
+    return _fleet_pods("nv_inference_count")
 
 
 def _fleet_mean_ms(metric: str, window: str) -> str:
