@@ -259,6 +259,77 @@ def test_a_failed_health_poll_is_each_mds_metrics_error() -> None:
     assert all(o.metrics_errors == {"all": "Prometheus at http://p did not answer within 2s"} and not o.metrics for o in observed)
 
 
+class GatedProm(FakeSyncProm):
+    """Answers once `gate` is set: a Prometheus too loaded to answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.asked = threading.Event()
+
+    def query_by(self, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        self.asked.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().query_by(promql, labels)
+
+
+def test_while_one_thread_polls_a_slow_prometheus_the_others_read_the_last_sample_without_waiting() -> None:
+    prom = GatedProm()
+    now = [1000.0]
+    fleet = FleetHealth(prom, "20s", clock=lambda: now[0])  # type: ignore[arg-type]
+    prom.gate.set()
+    first = fleet.sample(max_age=15)
+    assert first.of("ns", "busy")["requestRate"] == 40.0 and len(prom.queries) == 3
+    prom.gate.clear()
+    prom.asked.clear()
+    now[0] += 60  # stale
+    poller = threading.Thread(target=fleet.sample, kwargs={"max_age": 15})
+    poller.start()
+    assert prom.asked.wait(5)
+    # The poll hangs in Prometheus; other callers get the earlier sample at once.
+    t0 = time.monotonic()
+    others = [fleet.sample(max_age=15) for _ in range(20)]
+    assert time.monotonic() - t0 < 1.0 and all(o is first for o in others)
+    prom.gate.set()
+    poller.join(10)
+    assert not poller.is_alive()
+    assert fleet.last is not first and fleet.last is not None and fleet.last.time == now[0]
+    assert len(prom.queries) == 6  # the stale readers sent nothing
+    # Fresh again: read, not asked.
+    assert fleet.sample(max_age=15) is fleet.last and len(prom.queries) == 6
+
+
+def test_the_first_sample_is_waited_for_when_there_is_none() -> None:
+    prom = GatedProm()
+    fleet = FleetHealth(prom, "20s")  # type: ignore[arg-type]
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(fleet.sample(max_age=15))) for _ in range(5)]
+    for th in threads:
+        th.start()
+    assert prom.asked.wait(5)
+    assert got == []  # nobody returned without an answer
+    prom.gate.set()
+    for th in threads:
+        th.join(10)
+    assert len(got) == 5 and all(g is got[0] for g in got) and len(prom.queries) == 3
+
+
+def test_a_reconcile_reads_the_loops_sample_for_two_health_intervals() -> None:
+    prom = FakeSyncProm()
+    now = [1000.0]
+    config = OperatorConfig(health_interval_seconds=30)
+    reconciler = Reconciler(None, config, prom=Prometheus("http://unused"))  # type: ignore[arg-type]
+    reconciler.fleet_health = FleetHealth(prom, "20s", clock=lambda: now[0])  # type: ignore[arg-type]
+    reconciler.fleet_health.sample(max_age=15)  # the loop's poll
+    now[0] += 59
+    observed = Observed()
+    reconciler._take_from_fleet(observed, "ns", "busy")
+    assert observed.metrics["all"].request_rate == 40.0 and len(prom.queries) == 3
+    now[0] += 2  # the loop has fallen two intervals behind: the reconcile asks itself
+    reconciler._take_from_fleet(Observed(), "ns", "busy")
+    assert len(prom.queries) == 6
+
+
 def test_after_a_restart_a_steady_replica_count_is_held_for_the_whole_window() -> None:
     """Steady at 4 replicas, last written 500 s ago (within the heartbeat): the written window's
     entry has left the 300 s scale-down window. The load drops right after the restart: the

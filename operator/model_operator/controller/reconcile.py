@@ -37,7 +37,7 @@ from . import metrics
 
 Key = tuple[str, str]  # (namespace, ModelDeployment name)
 KIND_RECHECK_SECONDS = 60.0
-# How old the fleet's shared golden-quality sample may be before a reconcile asks again.
+# How often the loop polls the fleet's shared golden-quality sample.
 QUALITY_MAX_AGE = 10.0
 OPTIONAL_KINDS = (SERVICE_MONITOR, autoscaling_builder.KEDA_API)
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
@@ -155,9 +155,11 @@ class Reconciler:
 
     def _take_from_fleet(self, observed: Observed, namespace: str, name: str) -> None:
         """The whole MD's health readings from the fleet's shared sample (three queries per
-        health interval for every MD together: the loop polls it)."""
+        health interval for every MD together). The loop's readings thread polls it every
+        interval and queues the objects whose readings changed, so a reconcile polls only when
+        that thread has fallen two intervals behind."""
         assert self.fleet_health is not None
-        sample = self.fleet_health.sample(max_age=self.config.health_interval_seconds / 2)
+        sample = self.fleet_health.sample(max_age=2 * self.config.health_interval_seconds)
         if sample.error is not None:
             observed.metrics_errors["all"] = str(sample.error)
             return
@@ -170,7 +172,7 @@ class Reconciler:
         """The golden-set probe containers' verdicts on this MD, by revision, from the fleet's
         shared sample (one query every QUALITY_MAX_AGE seconds for every MD together)."""
         assert self.fleet_health is not None
-        quality = self.fleet_health.quality(max_age=QUALITY_MAX_AGE)
+        quality = self.fleet_health.quality(max_age=2 * QUALITY_MAX_AGE)  # polled by the loop, as health
         if quality.error is not None:
             observed.quality_error = str(quality.error)
         else:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..api.types import ScalingMetricType
 from . import promql
@@ -133,8 +134,10 @@ def quality_rows(answer: dict[tuple[str, ...], float]) -> dict[tuple[str, str], 
 class FleetHealth:
     """Request rate, error ratio and p99 latency of every ModelDeployment: three queries per
     health interval for the whole fleet; and the golden-set quality of all of them, one more.
-    The reconciler runs in kopf's thread pool, so this is the blocking client behind a thread
-    lock: one thread queries, the others wait and share."""
+    The reconciler runs in worker threads, so this is the blocking client behind a thread lock:
+    one thread queries. The others wait for its answer only when there is no earlier one; with
+    an earlier sample they read that and go on. A loaded Prometheus answered in 5-12 s at 10,000
+    objects, and every reconcile worker waiting on each refresh held the whole loop."""
 
     def __init__(self, prom: Prometheus, window: str, clock: Callable[[], float] = time.time,
                  on_poll: Callable[[int, PrometheusError | None], None] | None = None) -> None:
@@ -148,14 +151,12 @@ class FleetHealth:
         self._quality_lock = threading.Lock()
 
     def sample(self, max_age: float) -> HealthSample:
-        with self._lock:
-            last = self.last
-            if last is not None and self.clock() - last.time < max_age:
-                return last
-            self.last = self._poll()
-            return self.last
+        return _fresh_or_polled(self._lock, lambda: self.last, self._poll_health, self.clock, max_age)
 
-    def _poll(self) -> HealthSample:
+    def quality(self, max_age: float) -> QualitySample:
+        return _fresh_or_polled(self._quality_lock, lambda: self.last_quality, self._poll_quality, self.clock, max_age)
+
+    def _poll_health(self) -> HealthSample:
         sample = HealthSample(self.clock())
         queries = {"requestRate": promql.fleet_request_rate(self.window), "errorRatio": promql.fleet_error_ratio(self.window),
                    "p99LatencyMs": promql.fleet_p99_latency_ms()}
@@ -169,19 +170,39 @@ class FleetHealth:
                 break
         if self.on_poll is not None:
             self.on_poll(sent, sample.error)
+        self.last = sample
         return sample
 
-    def quality(self, max_age: float) -> QualitySample:
-        with self._quality_lock:
-            last = self.last_quality
-            if last is not None and self.clock() - last.time < max_age:
-                return last
-            sample = QualitySample(self.clock())
-            try:
-                sample.values = quality_rows(self.prom.query_by(promql.fleet_golden_quality(), promql.GOLDEN_BY))
-            except PrometheusError as exc:
-                sample.error = exc
-            if self.on_poll is not None:
-                self.on_poll(1, sample.error)
-            self.last_quality = sample
-            return sample
+    def _poll_quality(self) -> QualitySample:
+        sample = QualitySample(self.clock())
+        try:
+            sample.values = quality_rows(self.prom.query_by(promql.fleet_golden_quality(), promql.GOLDEN_BY))
+        except PrometheusError as exc:
+            sample.error = exc
+        if self.on_poll is not None:
+            self.on_poll(1, sample.error)
+        self.last_quality = sample
+        return sample
+
+
+_S = TypeVar("_S", HealthSample, QualitySample)
+
+
+def _fresh_or_polled(lock: threading.Lock, last: Callable[[], _S | None], poll: Callable[[], _S],
+                     clock: Callable[[], float], max_age: float) -> _S:
+    """The last sample while younger than `max_age`; else a new one from `poll`, sent by one
+    thread at a time. A caller that finds another thread polling reads the stale sample rather
+    than wait for the new one; only with no sample at all does it wait."""
+    before = last()
+    if before is not None and clock() - before.time < max_age:
+        return before
+    if not lock.acquire(blocking=before is None):
+        assert before is not None
+        return before
+    try:
+        current = last()  # another thread may have polled while this one waited for the lock
+        if current is not None and clock() - current.time < max_age:
+            return current
+        return poll()
+    finally:
+        lock.release()
