@@ -61,11 +61,22 @@ def test_compact_keeps_the_body_without_managed_fields_or_kopfs_copy_of_the_spec
     assert len(compact(body)) < len(str(body))
 
 
+ROLLING = {"type": "Progressing", "status": "True", "reason": "Rolling"}
+AUTOTUNING = {"type": "Progressing", "status": "True", "reason": "Autotuning"}
+
+
 def test_resync_is_fast_while_work_is_under_way_and_slow_once_settled() -> None:
     assert resync_delay({"phase": "Ready"}, False, 5, 60) == 60
     assert resync_delay({"phase": "Failed"}, False, 5, 60) == 60
     assert resync_delay({"phase": "Optimizing"}, False, 5, 60) == 5
     assert resync_delay({"phase": "Deploying"}, False, 5, 60) == 5
+    assert resync_delay({"phase": "Degraded"}, False, 5, 60) == 5
+    assert resync_delay({"phase": "Deploying", "conditions": [AUTOTUNING]}, False, 5, 60) == 5
+    # A plain rollout waits on its Deployment and Pods, whose changes the informers announce...
+    assert resync_delay({"phase": "Deploying", "conditions": [ROLLING]}, False, 5, 60) == 60
+    # ...unless a Job runs beside it (its progress is read over HTTP) or an apply was refused.
+    assert resync_delay({"phase": "Deploying", "conditions": [ROLLING]}, False, 5, 60, jobs_running=True) == 5
+    assert resync_delay({"phase": "Deploying", "conditions": [ROLLING]}, True, 5, 60) == 5
     assert resync_delay({"phase": "Ready", "rollout": {"canary": {"started": 1.0}}}, False, 5, 60) == 5
     assert resync_delay({"phase": "Ready", "rollout": {"watch": {"started": 1.0}}}, False, 5, 60) == 5
     assert resync_delay({"phase": "Ready"}, True, 5, 60) == 5  # a refused apply is retried
@@ -122,5 +133,41 @@ def test_reconciles_wait_for_every_child_list() -> None:
         assert reconciler.calls == [] and loop.queue.ready() == 1
         cache.mark_synced("pods/*")
         wait_for(lambda: reconciler.calls, timeout=10, message="the first reconcile after the list")
+    finally:
+        loop.stop()
+
+
+class RollingReconciler(FakeReconciler):
+    """Wants every object Deploying with its rollout under way."""
+
+    def reconcile(self, body: dict[str, Any], observed: Any) -> Outcome:
+        super().reconcile(body, observed)
+        return Outcome(status={**(body.get("status") or {}), "phase": "Deploying", "conditions": [ROLLING]}, events=[])
+
+
+def job(name: str, active: int) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": name, "namespace": "ns", "labels": {"serving.model-operator.io/deployment": "a"}},
+        "status": {"active": active} if active else {"succeeded": 1}}
+
+
+def test_a_rolling_object_waits_for_its_childrens_events_not_the_fast_resync() -> None:
+    reconciler, kube, cache = RollingReconciler(), FakeKube(), ChildCache()
+    loop = ReconcileLoop(reconciler, kube, cache, workers=1, fast=0.05, steady=3600)  # type: ignore[arg-type]
+    cache.on_change = loop.child_changed
+    loop.start()
+    try:
+        loop.observe("ADDED", md("a", 10))
+        wait_for(lambda: loop.reconciles >= 1, timeout=10, message="the first reconcile")
+        due = loop.queue.due_in(("ns", "a"))
+        assert due is not None and due > 3000 and len(reconciler.calls) == 1  # no 50-ms polling
+        # A child's change (its Deployment turning ready) brings it back at once.
+        cache.upsert("jobs", job("a-opt", active=1))
+        wait_for(lambda: loop.reconciles >= 2, timeout=10, message="the reconcile the child's change asked for")
+        # With a Job running, its progress is polled at the fast interval...
+        wait_for(lambda: loop.reconciles >= 4, timeout=10, message="fast resyncs while the Job runs")
+        # ...and once it is done the object waits on events again.
+        cache.upsert("jobs", job("a-opt", active=0))
+        wait_for(lambda: (loop.queue.due_in(("ns", "a")) or 0) > 3000, timeout=10, message="back to the steady resync")
     finally:
         loop.stop()

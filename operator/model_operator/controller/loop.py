@@ -9,7 +9,8 @@ limit. Here:
   change in its Prometheus readings (the fleet's shared health and quality samples, polled here);
 - after each reconcile the object is due again soon (`fast`: reconcileIntervalSeconds) while
   something is under way that no event announces (a worker Job's progress, a canary's analysis
-  window, a back-off, a rollout) and after `steady` seconds (a resync) when it is settled;
+  window, a back-off) and after `steady` seconds (a resync) when it is settled or waits only for
+  its Triton pods;
 - the work queue (queue.py) holds each object once and gives it to one worker at a time.
 Reconciles wait until every child kind's first list is in (a restarted operator must not take
 children it has not seen yet for missing)."""
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 _KOPF_DIFFBASE = f"{t.GROUP}/last-handled-configuration"
 # Phases in which nothing is left to do until something changes.
 _SETTLED = ("Ready", "Failed")
+_DEPLOYING = "Deploying"
 # A reconcile that raised is tried again after this long, doubling to the cap.
 ERROR_FIRST, ERROR_MAX = 5.0, 300.0
 
@@ -72,16 +74,27 @@ def version_of(body: Mapping[str, Any]) -> int | None:
         return None
 
 
-def resync_delay(status: Mapping[str, Any], failed_children: bool, fast: float, steady: float) -> float:
+def resync_delay(status: Mapping[str, Any], failed_children: bool, fast: float, steady: float,
+                 jobs_running: bool = False) -> float:
     """When to reconcile again if no event comes first: soon while work is under way that no
     watch event announces (a Job's progress is read over HTTP, analysis windows close with time,
-    refused applies are retried), at the steady resync once the object is settled."""
-    if failed_children:
+    refused applies are retried), at the steady resync once the object is settled or only waits
+    for its Triton pods: every step of a plain rollout is a Deployment or Pod change, which the
+    informers announce. (Polling those every 5 s kept 7,000 rolling objects of a 10,000-object
+    cold start in the queue, 240 reconciles a second that found nothing new, ahead of the
+    objects whose Deployments had turned ready.)"""
+    if failed_children or jobs_running:
         return fast
     rollout = status.get("rollout") or {}
     if rollout.get("canary") or rollout.get("watch"):
         return fast
-    return steady if status.get("phase") in _SETTLED else fast
+    if status.get("phase") in _SETTLED:
+        return steady
+    return steady if status.get("phase") == _DEPLOYING and _progressing_reason(status) == "Rolling" else fast
+
+
+def _progressing_reason(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
 
 
 def changed_keys(before: Mapping[Key, Any], after: Mapping[Key, Any]) -> set[Key]:
@@ -233,14 +246,16 @@ class ReconcileLoop:
         with self.locked(key):
             if key not in self._bodies:
                 return None  # deleted while waiting for the lock
+            observed = self.children.observed(key)
+            jobs_running = any(job.get("active") for job in observed.jobs)
             with metrics.measured("reconcile"):
-                outcome = self.reconciler.reconcile(body, self.children.observed(key))
+                outcome = self.reconciler.reconcile(body, observed)
                 self._take_scalers_word(body, outcome)
                 self._write(key, body, outcome)
         self.reconciles += 1
         auto = (body.get("spec") or {}).get("autoscaling") or {}
         metrics.export_modeldeployment(key[0], key[1], outcome.status, int(auto.get("maxReplicas") or 0))
-        return resync_delay(outcome.status, bool(outcome.failures), self.fast, self.steady)
+        return resync_delay(outcome.status, bool(outcome.failures), self.fast, self.steady, jobs_running)
 
     def _take_scalers_word(self, body: dict[str, Any], outcome: Outcome) -> None:
         """The scaler owns MetricsAvailable: this reconcile may have read the object before the

@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import kubernetes
@@ -30,8 +31,17 @@ ABSENT_RECHECK = 60.0
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 
 
+class _NotListable(Exception):
+    """The kind is not served, or not ours to list."""
+
+
+class _ContinueExpired(Exception):
+    """The list's continue token expired (410) between pages."""
+
+
 class Sink(Protocol):
-    def replace(self, group: str, kind: str, namespace: str | None, objs: list[dict[str, Any]]) -> None: ...
+    def replace(self, group: str, kind: str, namespace: str | None, objs: Iterable[dict[str, Any]]) -> None:
+        """A full list: the objects come one at a time (taken in as they come); what it lacks is gone."""
     def upsert(self, group: str, obj: dict[str, Any]) -> None: ...
     def remove(self, group: str, obj: dict[str, Any]) -> None: ...
     def mark_synced(self, stream: str) -> None: ...
@@ -120,8 +130,25 @@ class Informer:
         )
 
     def _list(self) -> bool:
-        """One full list, in pages; False when the kind is not served (or not ours to list)."""
-        items: list[dict[str, Any]] = []
+        """One full list, in pages; False when the kind is not served (or not ours to list).
+        The sink takes the items as each page comes, so no more than a page of bodies is held at
+        once: the lists of a 10,000-object fleet's children, all bodies at once, took a
+        restarted operator from 180 MiB to 940 MiB in its first 15 seconds."""
+        while True:
+            try:
+                self.sink.replace(self.cache_group, self.kind, self.namespace, self._items())
+            except _ContinueExpired:
+                continue  # what was taken in is current; the new list's end drops what is gone
+            except _NotListable:
+                self.sink.replace(self.cache_group, self.kind, self.namespace, [])
+                self.sink.mark_synced(self.stream)
+                return False
+            self.sink.mark_synced(self.stream)
+            self.lists += 1
+            return True
+
+    def _items(self) -> Iterator[dict[str, Any]]:
+        """The list's items, page by page; sets the version the watch resumes from at the end."""
         token = ""
         while True:
             params: list[tuple[str, Any]] = [("labelSelector", self.selector), ("limit", PAGE)]
@@ -130,28 +157,25 @@ class Informer:
             try:
                 response = self._get(params, 60)
             except ApiException as exc:
-                if exc.status in (403, 404):
+                if exc.status in (403, 404) and not token:
                     if exc.status == 403:
                         log.warning("informer %s: may not list (403); counted as empty", self.stream)
-                    self.sink.replace(self.cache_group, self.kind, self.namespace, [])
-                    self.sink.mark_synced(self.stream)
-                    return False
+                    raise _NotListable from exc
                 if exc.status == 410 and token:  # the continue token expired: start the list again
-                    items, token = [], ""
-                    continue
+                    raise _ContinueExpired from exc
                 raise
             page = json.loads(response.data)
-            for item in page.get("items") or []:
-                item.setdefault("kind", self.kind)
-                items.append(item)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 self.version = (page.get("metadata") or {}).get("resourceVersion") or ""
-                break
-        self.sink.replace(self.cache_group, self.kind, self.namespace, items)
-        self.sink.mark_synced(self.stream)
-        self.lists += 1
-        return True
+            items = page.get("items") or []
+            del page
+            while items:
+                item = items.pop()
+                item.setdefault("kind", self.kind)
+                yield item
+            if not token:
+                return
 
     def _watch(self) -> None:
         params: list[tuple[str, Any]] = [
