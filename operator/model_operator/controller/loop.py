@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 _KOPF_DIFFBASE = f"{t.GROUP}/last-handled-configuration"
 # Phases in which nothing is left to do until something changes.
 _SETTLED = ("Ready", "Failed")
-_DEPLOYING = "Deploying"
 # A reconcile that raised is tried again after this long, doubling to the cap.
 ERROR_FIRST, ERROR_MAX = 5.0, 300.0
 
@@ -88,13 +87,9 @@ def resync_delay(status: Mapping[str, Any], failed_children: bool, fast: float, 
     rollout = status.get("rollout") or {}
     if rollout.get("canary") or rollout.get("watch"):
         return fast
-    if status.get("phase") in _SETTLED:
-        return steady
-    return steady if status.get("phase") == _DEPLOYING and _progressing_reason(status) == "Rolling" else fast
-
-
-def _progressing_reason(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
+    progressing = st.get_condition(status.get("conditions") or [], "Progressing") or {}
+    rolling = status.get("phase") == t.Phase.deploying.value and progressing.get("reason") == "Rolling"
+    return steady if status.get("phase") in _SETTLED or rolling else fast
 
 
 def changed_keys(before: Mapping[Key, Any], after: Mapping[Key, Any]) -> set[Key]:

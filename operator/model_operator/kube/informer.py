@@ -168,10 +168,7 @@ class Informer:
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 self.version = (page.get("metadata") or {}).get("resourceVersion") or ""
-            items = page.get("items") or []
-            del page
-            while items:
-                item = items.pop()
+            for item in page.get("items") or []:
                 item.setdefault("kind", self.kind)
                 yield item
             if not token:
