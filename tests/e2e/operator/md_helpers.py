@@ -236,13 +236,27 @@ def drifted_copy(path: Path, scale: float = -1.0) -> None:
     onnx.save(model, str(path))
 
 
+# How long a load client waits after a connection it could not make, as the OpenAI client's
+# first retry does.
+CONNECT_BACKOFF = 0.5
+
+
+def clock() -> str:
+    """Wall-clock time to the tenth of a second, to line up a load's errors with a timeline."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 10) % 10}"
+
+
 class Load:
     """A bounded request loop against Triton (a Service's ClusterIP, or pod IPs), counting
     answers and errors. `endpoints` is a list, or a function returning the current list (as a Service's
     endpoints change); requests go round-robin. Inputs are random images times `scale`. With
     `on_off=(on, off)` the load is a square wave: `on` seconds of requests, `off` seconds of none.
     With `per_second` the loop is paced: request k starts k / per_second after the start (late
-    ones go at once), so the rate does not follow Triton's latency as a closed loop's does."""
+    ones go at once), so the rate does not follow Triton's latency as a closed loop's does.
+    A connection that fails (refused, reset) is counted in `failed` and in `refused`, and the loop
+    waits CONNECT_BACKOFF before the next request as a client's retry would: a sub-second gap in
+    the Service counts as a request or two, not as however many a tight loop fits into it."""
 
     def __init__(self, endpoints: Any, seconds: float, scale: float = 1.0, model: str = "digits", pause: float = 0.01,
                  on_off: tuple[float, float] | None = None, per_second: float | None = None) -> None:
@@ -252,7 +266,7 @@ class Load:
         self.deadline = self.start + seconds
         self.scale, self.model, self.pause, self.on_off, self.per_second = scale, model, pause, on_off, per_second
         self.stop_flag = threading.Event()
-        self.sent = self.failed = 0
+        self.sent = self.failed = self.refused = 0
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -279,15 +293,21 @@ class Load:
             # A new connection per request: kube-proxy balances a Service per connection, so one
             # kept-alive connection would pin every request to one pod, unlike many users.
             client = connect(endpoint)
+            backoff = 0.0
             try:
                 client.infer(self.model, [inp])
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - counted, the tests assert on it
                 self.failed += 1
-                self.errors = [*self.errors[-9:], f"{endpoint}: {str(exc)[:200]}"]
+                if isinstance(exc, ConnectionError):
+                    self.refused += 1
+                    backoff = CONNECT_BACKOFF
+                self.errors = [*self.errors[-9:], f"{clock()} {endpoint}: {str(exc)[:200]}"]
             finally:
                 client.close()
-            if self.per_second:
+            if backoff:
+                self.stop_flag.wait(backoff)
+            elif self.per_second:
                 self.stop_flag.wait(max(0.0, self.start + i / self.per_second - time.monotonic()))
             else:
                 time.sleep(self.pause)
@@ -376,3 +396,71 @@ class OperatorProcess:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class ServiceTimeline:
+    """A record of what a Service's clients depended on while a test's load ran: every change of
+    its EndpointSlices' endpoints (ready, serving, terminating) and of its pods' containers'
+    readiness, and the namespace's Warning Events (a failed probe), each with the wall-clock time.
+    A failed load check prints it beside the errors' times, so a refused request can be matched
+    with an empty Service or a pod that left it."""
+
+    def __init__(self, core_api: Any, namespace: str, service: str, selector: str, interval: float = 0.5) -> None:
+        self.core_api, self.namespace, self.service, self.selector, self.interval = core_api, namespace, service, selector, interval
+        self.start = time.monotonic()
+        self.changes: list[str] = []
+        self.seen_events: set[tuple[str, int]] = set()
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def at(self) -> str:
+        return clock()
+
+    def snapshot(self) -> tuple[str, str]:
+        slices = client.DiscoveryV1Api(self.core_api.api_client).list_namespaced_endpoint_slice(
+            self.namespace, label_selector=f"kubernetes.io/service-name={self.service}").items
+        eps = sorted(
+            f"{a}[{'R' if ep.conditions.ready else '-'}{'S' if ep.conditions.serving else '-'}{'T' if ep.conditions.terminating else '-'}]"
+            for sl in slices for ep in sl.endpoints or [] for a in ep.addresses)
+        pods = sorted(
+            f"{p.metadata.name}({p.status.pod_ip}):"
+            + ",".join(f"{cs.name}={'R' if cs.ready else '-'}{cs.restart_count}" for cs in p.status.container_statuses or [])
+            + (" deleting" if p.metadata.deletion_timestamp else "")
+            for p in self.core_api.list_namespaced_pod(self.namespace, label_selector=self.selector).items)
+        return " ".join(eps) or "(no endpoints)", " ".join(pods) or "(no pods)"
+
+    def warnings(self) -> None:
+        for ev in self.core_api.list_namespaced_event(self.namespace, field_selector="type=Warning").items:
+            key = (ev.metadata.uid, ev.count or 1)
+            # The test node runs no cluster DNS; the kubelet says so for every pod.
+            if key not in self.seen_events and ev.reason != "MissingClusterDNS":
+                self.seen_events.add(key)
+                obj = ev.involved_object
+                self.changes.append(f"{self.at()} event {ev.reason} {obj.kind}/{obj.name} x{ev.count or 1}: {(ev.message or '')[:160]}")
+
+    def run(self) -> None:
+        last: tuple[str, str] = ("", "")
+        while not self.stop_flag.is_set():
+            try:
+                now = self.snapshot()
+            except Exception as exc:  # noqa: BLE001 - a diagnostic: the API server may be busy
+                now = (f"(list failed: {str(exc)[:80]})", last[1])
+            if now != last:
+                self.changes.append(f"{self.at()} endpoints {now[0]} | pods {now[1]}")
+                last = now
+            try:
+                self.warnings()
+            except Exception:  # noqa: BLE001, S110 - a diagnostic: the next pass reads them again
+                pass
+            self.stop_flag.wait(self.interval)
+
+    def __enter__(self) -> "ServiceTimeline":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=10)
+
+    def __str__(self) -> str:
+        return "\n".join(self.changes[-60:])

@@ -17,11 +17,14 @@ from typing import Any
 
 import pytest
 from md_helpers import (
+    CONNECT_BACKOFF,
     GROUP,
     MODELS_CLAIM,
     REPO,
     STORE_CLAIM,
     VERSION,
+    ServiceTimeline,
+    clock,
     condition,
     create_md,
     get_md,
@@ -142,7 +145,8 @@ def test_generation_model_streams_through_the_openai_front(
 
 class StreamLoad:
     """`clients` threads, each streaming completions through the OpenAI front back to back until
-    stopped; a new connection per request (kube-proxy balances a Service per connection)."""
+    stopped; a new connection per request (kube-proxy balances a Service per connection). After a
+    connection it could not make, a thread waits CONNECT_BACKOFF, as the OpenAI client does."""
 
     def __init__(self, base_url: str, prompt: str, clients: int) -> None:
         self.url, self.prompt = f"{base_url}/completions", prompt
@@ -169,7 +173,9 @@ class StreamLoad:
             except Exception as exc:  # noqa: BLE001 - counted, the test asserts on it
                 with self.lock:
                     self.failed += 1
-                    self.errors = [*self.errors[-9:], str(exc)[:400]]
+                    self.errors = [*self.errors[-9:], f"{clock()} {str(exc)[:400]}"]
+                if isinstance(exc, requests.ConnectionError):
+                    self.stop_flag.wait(CONNECT_BACKOFF)
 
     def __enter__(self) -> "StreamLoad":
         for t in self.threads:
@@ -208,7 +214,8 @@ def test_generation_model_scales_on_requests_in_flight(
     assert get_md(custom_api, namespace, NAME)["spec"]["serving"]["replicas"] == 1  # idle: no scale-up
 
     base_url = f"http://{service_endpoint(core_api, namespace, f'{NAME}-triton', port=9000)}/v1"
-    with StreamLoad(base_url, prompt, clients=3) as load:
+    timeline = ServiceTimeline(core_api, namespace, f"{NAME}-triton", f"serving.model-operator.io/deployment={NAME}")
+    with timeline, StreamLoad(base_url, prompt, clients=3) as load:
         md = wait_for(
             lambda: (m := get_md(custom_api, namespace, NAME))["spec"]["serving"]["replicas"] == 2
             and ((m.get("status") or {}).get("scaling") or {}).get("history") and m,
@@ -231,8 +238,11 @@ def test_generation_model_scales_on_requests_in_flight(
                 for p in core_api.list_namespaced_pod(namespace, label_selector=f"serving.model-operator.io/deployment={NAME}").items}
     # The load kept being served while the fleet grew. Not a zero-failure check: one run (with an
     # integration test loading the same 2 cores) saw 10 of 162 streams end in 503 from the front
-    # (Triton in its pod unreachable), cause not found; a broken rollout fails far more than 10%.
-    assert load.done > 10 and load.failed * 10 <= load.done, (load.done, load.failed, load.errors, restarts)
+    # (Triton in its pod unreachable), and CI runs saw the Service refuse connections for moments
+    # during the scale-up (114 and 25 failures from clients that retried at once, hence the
+    # back-off), causes not found; the timeline in the message is there to find them. A broken
+    # rollout fails far more than 10%.
+    assert load.done > 10 and load.failed * 10 <= load.done, f"{(load.done, load.failed, load.errors, restarts)}\n{timeline}"
 
     # The streams stopped: nothing in flight, back to 1 after the scale-down window.
     md = wait_for(
