@@ -143,3 +143,54 @@ def test_a_retried_jobs_successful_summary_wins() -> None:
     only_failed = worker_summary([failed])
     assert only_failed is not None and only_failed["reason"] == "killed"
     assert worker_summary([]) is None
+
+
+def _deployment(stalled: bool) -> dict[str, Any]:
+    """A Deployment as the API server returns it, one replica of one wanted."""
+    conditions = [
+        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability.",
+         "lastUpdateTime": "2026-12-04T10:00:00Z", "lastTransitionTime": "2026-12-04T10:00:00Z"},
+        {"type": "Progressing", "status": "False" if stalled else "True",
+         "reason": "ProgressDeadlineExceeded" if stalled else "NewReplicaSetAvailable",
+         "message": 'ReplicaSet "m-triton-abc" has timed out progressing.' if stalled else 'ReplicaSet "m-triton-abc" has successfully progressed.',
+         "lastUpdateTime": "2026-12-04T10:10:00Z", "lastTransitionTime": "2026-12-04T10:10:00Z"},
+    ]
+    ready = 0 if stalled else 1
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "m-triton", "uid": "u1", "generation": 3, "annotations": {st.DESIRED_HASH: "h1"}},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 3, "replicas": 1, "updatedReplicas": 1, "readyReplicas": ready, "availableReplicas": ready,
+                   "unavailableReplicas": 1 - ready, "conditions": conditions},
+    }
+
+
+def test_a_child_summary_keeps_what_the_rollout_reads_and_drops_the_rest() -> None:
+    from model_operator.plan.serving import track_view
+
+    desired = {"metadata": {"annotations": {st.DESIRED_HASH: "h1"}}}
+    stalled = st.summarize_child(_deployment(stalled=True))
+    view = track_view(desired, stalled, replicas=1)
+    assert (view.ready, view.complete) == (0, False)
+    assert [(p.reason, p.message) for p in view.problems] == [("ProgressDeadlineExceeded", 'ReplicaSet "m-triton-abc" has timed out progressing.')]
+    # Only the stalled rollout's condition is kept, without its times; other conditions go.
+    assert stalled["status"]["conditions"] == [{"type": "Progressing", "reason": "ProgressDeadlineExceeded",
+                                                "message": 'ReplicaSet "m-triton-abc" has timed out progressing.'}]
+    assert "unavailableReplicas" not in stalled["status"]
+
+    healthy = st.summarize_child(_deployment(stalled=False))
+    view = track_view(desired, healthy, replicas=1)
+    assert (view.ready, view.complete, view.problems) == (1, True, [])
+    assert "conditions" not in healthy["status"]
+    # An edit not yet seen by the Deployment controller is not complete.
+    edited = _deployment(stalled=False)
+    edited["metadata"]["generation"] = 4
+    assert not track_view(desired, st.summarize_child(edited), replicas=1).complete
+
+
+def test_an_autoscalers_summary_keeps_its_desired_replicas() -> None:
+    hpa = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "m-triton", "uid": "u2"},
+           "status": {"currentReplicas": 2, "desiredReplicas": 3, "lastScaleTime": "2026-12-04T10:00:00Z",
+                      "currentMetrics": [{"type": "Pods", "pods": {"metric": {"name": "x"}, "current": {"averageValue": "2"}}}],
+                      "conditions": [{"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound", "message": "m"}]}}
+    assert st.summarize_child(hpa)["status"] == {"currentReplicas": 2, "desiredReplicas": 3}

@@ -81,6 +81,26 @@ def conflict_message(kind: str, name: str, summary: dict[str, Any]) -> str:
             "delete or rename it, or give the ModelDeployment another name")
 
 
+# The counts of a child's status the plan reads (a Deployment's rollout, an HPA's desire).
+CHILD_STATUS_COUNTS = ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas", "availableReplicas",
+                       "currentReplicas", "desiredReplicas")
+
+
+def child_status(status: dict[str, Any]) -> dict[str, Any]:
+    """The part of a child's status the plan reads: its counts, and a stalled rollout's condition.
+    The cache holds one summary per child (three or more per ModelDeployment); whole statuses, with
+    every condition's messages and times, made up most of a 10,000-object fleet's cache."""
+    kept: dict[str, Any] = {k: status[k] for k in CHILD_STATUS_COUNTS if k in status}
+    stalled = [
+        {"type": cond.get("type"), "reason": cond.get("reason"), "message": cond.get("message", "")}
+        for cond in status.get("conditions") or []
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded"
+    ]
+    if stalled:
+        kept["conditions"] = stalled
+    return kept
+
+
 def summarize_child(obj: dict[str, Any]) -> dict[str, Any]:
     """Reduce a Deployment, Service, PDB, autoscaler or ServiceMonitor to what the cache keeps."""
     meta = obj.get("metadata") or {}
@@ -89,7 +109,7 @@ def summarize_child(obj: dict[str, Any]) -> dict[str, Any]:
         "name": meta.get("name"),
         "generation": meta.get("generation"),
         "desiredHash": (meta.get("annotations") or {}).get(DESIRED_HASH),
-        "status": dict(obj.get("status") or {}),
+        "status": child_status(obj.get("status") or {}),
         "spec": {"replicas": (obj.get("spec") or {}).get("replicas")},
         **ownership(meta),
     }
