@@ -67,6 +67,15 @@ def default_state_dir() -> Path:
     return binaries.cache_dir() / "cluster"
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A kubectl run that failed, with what kubectl said: a test's failure shows why, not only
+    the exit status."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or self.output or "").strip()
+        return f"{super().__str__()} kubectl said: {said[-800:] or '(nothing)'}"
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -147,15 +156,13 @@ class Cluster:
         return {"KUBECONFIG": str(self.kubeconfig)}
 
     def kubectl(self, *args: str, input: Optional[str] = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run the pinned kubectl against this cluster; output is text."""
-        return subprocess.run(
-            [str(binaries.path_of("kubectl")), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-        )
+        """Run the pinned kubectl against this cluster; output is text. With ``check``, a failure
+        raises KubectlError carrying kubectl's own message."""
+        argv = [str(binaries.path_of("kubectl")), "--kubeconfig", str(self.kubeconfig), *args]
+        done = subprocess.run(argv, input=input, capture_output=True, text=True, check=False, timeout=timeout)
+        if check and done.returncode != 0:
+            raise KubectlError(done.returncode, argv, output=done.stdout, stderr=done.stderr)
+        return done
 
     # ---------------------------------------------------------------- lifecycle
     def is_running(self) -> bool:

@@ -19,6 +19,7 @@ HPA ``keda-hpa-<name>`` and answers the metrics server's requests by running the
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -71,10 +72,21 @@ def install_crds(cluster: "Cluster", timeout: int = 60) -> None:
 
 
 def remove_crds(cluster: "Cluster", timeout: int = 180) -> None:
-    # A CRD goes only after the API server has deleted every object of its kind; on a loaded
-    # 2-core machine that once took longer than 60 s with no object left to wait for.
+    """Delete KEDA's CRDs and wait until they are gone, asking again while time is left: a CRD
+    goes only after the API server has deleted every object of its kind (on a loaded 2-core
+    machine that once took longer than 60 s with no object left to wait for), and a kubectl run
+    can fail on its own (CI saw one exit 1 well before its timeout)."""
     args = [a for f in crd_files() for a in ("-f", str(f))]
-    cluster.kubectl("delete", "--ignore-not-found", "--wait", f"--timeout={timeout}s", *args, timeout=timeout + 30)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(1, int(deadline - time.monotonic()))
+        done = cluster.kubectl("delete", "--ignore-not-found", "--wait", f"--timeout={left}s", *args, check=False, timeout=left + 30)
+        if done.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            said = (done.stderr or done.stdout or "").strip()[-800:]
+            raise KedaError(f"KEDA's CustomResourceDefinitions were not removed in {timeout} s; kubectl said: {said}")
+        time.sleep(2)
 
 
 class Keda:
