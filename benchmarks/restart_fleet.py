@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 from harness import add_out, header, load_average, log, machine_line, wait_for, write_result
-from scale_many import Sampler, _op_writes, cpu_seconds, fetch, metric_sum
+from scale_many import Sampler, _op_writes, _up, cpu_seconds, fetch, reconciled
 
 from kubetest.wait import WaitTimeout
 
@@ -112,12 +112,11 @@ def main() -> int:
     sampler.start()
     t0 = time.monotonic()
     try:
-        wait_for(lambda: _reachable(metrics_url), timeout=600, interval=1, message="the new operator's metrics endpoint")
+        wait_for(lambda: _up(lambda: fetch(metrics_url)), timeout=600, interval=1, message="the new operator's metrics endpoint")
         seen, done = [-1], [0]
 
         def converged() -> bool:
-            n = done[0] = int(metric_sum(fetch(metrics_url), "model_operator_reconcile_total",
-                                         exclude=lambda ln: 'handler="autoscale"' in ln or 'handler="delete"' in ln))
+            n = done[0] = int(reconciled(fetch(metrics_url)))
             if n * 20 // args.count != seen[0]:
                 seen[0] = n * 20 // args.count
                 log(f"{n}/{args.count} reconciled after {time.monotonic() - t0:.0f}s "
@@ -165,14 +164,6 @@ def main() -> int:
     ]
     write_result(args.out, lines)
     return 0
-
-
-def _reachable(url: str) -> bool:
-    try:
-        fetch(url)
-        return True
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

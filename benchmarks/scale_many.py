@@ -145,6 +145,13 @@ def metric_sum(text: str, name: str, exclude: Callable[[str], bool] = lambda _li
                if (line.startswith(name + "{") or line.startswith(name + " ")) and not exclude(line))
 
 
+def reconciled(metrics: str) -> float:
+    """Reconciles an operator process has run, from its metrics text: the scaler's ticks and
+    deletes left out, so a converged restart is one per object."""
+    return metric_sum(metrics, "model_operator_reconcile_total",
+                      exclude=lambda ln: 'handler="autoscale"' in ln or 'handler="delete"' in ln)
+
+
 def polls(times: list[float], gap: float = 1.0) -> list[int]:
     """Queries per poll: the query times grouped into bursts (a poll sends its queries together;
     polls are seconds apart); the size of each burst."""
@@ -386,8 +393,7 @@ def run_size(args: argparse.Namespace, count: int, workers: int | None = None) -
             return fetch(f"http://127.0.0.1:{metrics_port}/metrics")
 
         def reconciles() -> float:
-            return metric_sum(op_metrics(), "model_operator_reconcile_total",
-                              exclude=lambda ln: 'handler="autoscale"' in ln or 'handler="delete"' in ln)
+            return reconciled(op_metrics())
 
         def steady(op: Any, sampler: Sampler, tag: str) -> None:
             time.sleep(20)  # the last status writes and Events settle

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import binaries, metrics_adapter, node, pki, procs
+from .cluster import KubectlError
 from .wait import wait_for
 
 if TYPE_CHECKING:
@@ -80,12 +81,12 @@ def remove_crds(cluster: "Cluster", timeout: int = 300) -> None:
     deadline = time.monotonic() + timeout
     while True:
         left = max(1, int(deadline - time.monotonic()))
-        done = cluster.kubectl("delete", "--ignore-not-found", "--wait", f"--timeout={left}s", *args, check=False, timeout=left + 30)
-        if done.returncode == 0:
+        try:
+            cluster.kubectl("delete", "--ignore-not-found", "--wait", f"--timeout={left}s", *args, timeout=left + 30)
             return
-        if time.monotonic() >= deadline:
-            said = (done.stderr or done.stdout or "").strip()[-800:]
-            raise KedaError(f"KEDA's CustomResourceDefinitions were not removed in {timeout} s; kubectl said: {said}")
+        except KubectlError as exc:
+            if time.monotonic() >= deadline:
+                raise KedaError(f"KEDA's CustomResourceDefinitions were not removed in {timeout} s: {exc}") from exc
         time.sleep(2)
 
 

@@ -413,9 +413,6 @@ class ServiceTimeline:
         self.stop_flag = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def at(self) -> str:
-        return clock()
-
     def snapshot(self) -> tuple[str, str]:
         slices = client.DiscoveryV1Api(self.core_api.api_client).list_namespaced_endpoint_slice(
             self.namespace, label_selector=f"kubernetes.io/service-name={self.service}").items
@@ -436,7 +433,7 @@ class ServiceTimeline:
             if key not in self.seen_events and ev.reason != "MissingClusterDNS":
                 self.seen_events.add(key)
                 obj = ev.involved_object
-                self.changes.append(f"{self.at()} event {ev.reason} {obj.kind}/{obj.name} x{ev.count or 1}: {(ev.message or '')[:160]}")
+                self.changes.append(f"{clock()} event {ev.reason} {obj.kind}/{obj.name} x{ev.count or 1}: {(ev.message or '')[:160]}")
 
     def run(self) -> None:
         last: tuple[str, str] = ("", "")
@@ -446,7 +443,7 @@ class ServiceTimeline:
             except Exception as exc:  # noqa: BLE001 - a diagnostic: the API server may be busy
                 now = (f"(list failed: {str(exc)[:80]})", last[1])
             if now != last:
-                self.changes.append(f"{self.at()} endpoints {now[0]} | pods {now[1]}")
+                self.changes.append(f"{clock()} endpoints {now[0]} | pods {now[1]}")
                 last = now
             try:
                 self.warnings()
