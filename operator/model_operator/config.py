@@ -43,7 +43,8 @@ class ArtifactStore(BaseModel):
                                   "(the chart passes it to the operator pod only; no tenant pod gets it).")
     url_ttl_seconds: int = Field(
         default=3600, ge=120, le=7 * 24 * 3600,
-        description="Lifetime of a pre-signed URL; the operator re-signs when less than half of it is left.")
+        description="Lifetime of a pre-signed URL; the operator re-signs when 50% to 30% of it is left "
+                    "(each object at its own point, so URLs signed together are not all re-signed together).")
 
     def uri_for(self, namespace: str, name: str, spec_hash: str) -> str:
         return f"{self.root_uri(namespace, name)}/{spec_hash}"

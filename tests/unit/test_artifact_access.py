@@ -120,12 +120,23 @@ def test_access_secret_holds_the_urls_and_expiry() -> None:
     (None, frozenset(), 0.0, True),  # never written by this process
     ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 0.0, False),
     ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 1799.0, False),
-    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 1801.0, True),  # less than half the lifetime left
+    ((frozenset({"get-a"}), 3600.0), frozenset({"get-a"}), 1801.0, True),  # less than half the lifetime left (spread 0)
     ((frozenset({"get-a"}), 3600.0), frozenset({"get-a", "put-b"}), 10.0, True),  # a new grant
     ((frozenset({"get-a", "put-b"}), 3600.0), frozenset({"get-a"}), 10.0, True),  # a revoked grant
 ])
 def test_needs_refresh(signed: tuple[frozenset[str], float] | None, grants: frozenset[str], now: float, refresh: bool) -> None:
     assert access.needs_refresh(signed, grants, now, 3600.0) is refresh
+
+
+def test_urls_signed_together_come_up_for_refresh_spread_over_a_fifth_of_their_lifetime() -> None:
+    signed = (frozenset({"get-a"}), 3600.0)  # 10,000 objects signed at t=0, expiring at t=3600
+    spreads = [access.refresh_spread("team-a", f"md-{i:05d}") for i in range(10_000)]
+    assert spreads == [access.refresh_spread("team-a", f"md-{i:05d}") for i in range(10_000)], "the same in every process"
+    due_at = [min(t for t in range(0, 3600, 10) if access.needs_refresh(signed, signed[0], float(t), 3600.0, s))
+              for s in spreads]
+    assert min(due_at) >= 1800 and max(due_at) <= 2530, "between half and 70% of the lifetime, never later"
+    per_minute = [sum(1 for t in due_at if m * 60 <= t < (m + 1) * 60) for m in range(30, 43)]
+    assert max(per_minute) < 1000, per_minute  # all 10,000 at once before the spread
 
 
 def test_grant_names_refuse_other_verbs() -> None:

@@ -242,6 +242,34 @@ def test_an_object_the_reconcile_has_not_written_yet_gets_no_conditions_from_the
     assert s.conditions["uid-a"]["type"] == "MetricsAvailable"
 
 
+def test_reconciles_carry_the_scalers_condition_only_once_its_own_fields_are_written() -> None:
+    """A reconcile that wrote MetricsAvailable before the scaler's `scaling` landed would show a
+    condition telling of a poll the status does not hold; a refused write leaves no word at all."""
+    rec = Recorder()
+    rec.gate = threading.Event()
+    s, _ = fleet_scaler({"a": 5.0}, rec)
+    a = md("a")
+    del a["status"]["conditions"]  # the reconcile has not written yet: it is to bring the condition
+
+    async def go() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        await s.once(views(a), 1000.0)
+        while_out = s.conditions.get("uid-a")
+        rec.gate.set()  # type: ignore[union-attr]
+        await s.drain()
+        return while_out, s.conditions.get("uid-a")
+
+    while_out, after = asyncio.run(go())
+    assert while_out is None
+    assert after is not None and after["type"] == "MetricsAvailable" and after["status"] == "True"
+    (_, w), = rec.writes
+    assert "lastPoll" in w.status["scaling"]
+
+    refused = Recorder(fail=True)
+    s, _ = fleet_scaler({"a": 5.0}, refused)
+    assert run(s, views(md("a")), 1000.0) == 1
+    assert "uid-a" not in s.conditions
+
+
 def test_a_stale_read_is_decided_again_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from model_operator.kube.api import StaleRead
 

@@ -151,7 +151,7 @@ def s3_reconciler(kube: FakeKube, monkeypatch: Any, keys: bool = True) -> Reconc
     return Reconciler(kube, OperatorConfig(node_pools={"gpu": NodePool()}, artifact_store=store))  # type: ignore[arg-type]  # a fake Kube
 
 
-def test_the_access_secret_is_written_before_the_children_and_refreshed_at_half_life(monkeypatch: Any) -> None:
+def test_the_access_secret_is_written_before_the_children_and_refreshed_before_it_expires(monkeypatch: Any) -> None:
     import base64
 
     kube = RecordingKube()
@@ -167,8 +167,10 @@ def test_the_access_secret_is_written_before_the_children_and_refreshed_at_half_
     kube.applied.clear()
     rec.reconcile(doc, Observed(), now=NOW + 1000)
     assert "Secret" not in kube.applied, "nothing changed: no write"
-    rec.reconcile(doc, Observed(), now=NOW + 1801)
-    assert "Secret" in kube.applied, "past half the URLs' lifetime: re-signed"
+    rec.reconcile(doc, Observed(), now=NOW + 1799)
+    assert "Secret" not in kube.applied, "more than half the URLs' lifetime left: no write"
+    rec.reconcile(doc, Observed(), now=NOW + 2521)
+    assert "Secret" in kube.applied, "past 70% of the URLs' lifetime: re-signed, whatever the object's spread"
 
 
 def test_a_restarted_operator_keeps_the_access_secret_its_predecessor_wrote(monkeypatch: Any) -> None:
@@ -183,9 +185,9 @@ def test_a_restarted_operator_keeps_the_access_secret_its_predecessor_wrote(monk
     # A new process (nothing in memory) reads the record from the status: no new signature.
     again = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 600)
     assert "Secret" not in kube.applied and again.status["access"] == access
-    # Past half the URLs' lifetime, or with other grants, it signs again and records the new expiry.
-    late = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 1801)
-    assert "Secret" in kube.applied and late.status["access"]["expiresAt"] == int(NOW + 1801 + 3600)
+    # Past its refresh point, or with other grants, it signs again and records the new expiry.
+    late = s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 2521)
+    assert "Secret" in kube.applied and late.status["access"]["expiresAt"] == int(NOW + 2521 + 3600)
     kube.applied.clear()
     doc["status"]["access"] = {"grants": ["get-0000"], "expiresAt": int(NOW + 3600)}
     s3_reconciler(kube, monkeypatch).reconcile(doc, Observed(), now=NOW + 600)

@@ -1,10 +1,11 @@
-"""The reconcile loop's work queue: one entry per key, one worker per key, the earliest due time wins."""
+"""The reconcile loop's work queue: one entry per key, one worker per key, the earliest due time
+wins, and news goes before due revisits without starving them."""
 
 from __future__ import annotations
 
 import threading
 
-from model_operator.controller.queue import WorkQueue
+from model_operator.controller.queue import REVISIT_EVERY, WorkQueue
 
 
 class Clock:
@@ -52,6 +53,39 @@ def test_a_key_held_by_a_worker_is_not_handed_to_another_and_runs_again_after() 
     q.add("a", delay=60)  # the worker's own resync ask: the event's earlier time wins
     q.done("a")
     assert q.get(timeout=0) == "a"
+
+
+def test_news_goes_ahead_of_overdue_revisits_which_still_get_every_fourth_turn() -> None:
+    clock = Clock()
+    q: WorkQueue[str] = WorkQueue(clock)
+    for i in range(10):
+        q.add(f"resync-{i}", delay=60 + i)
+    clock.now += 200  # all ten overdue, the oldest first
+    for i in range(6):
+        q.add(f"event-{i}")
+    order = []
+    while (key := q.get(timeout=0)) is not None:
+        order.append(key)
+    assert REVISIT_EVERY == 4
+    assert order == ["event-0", "event-1", "event-2", "resync-0", "event-3", "event-4", "event-5", "resync-1",
+                     *(f"resync-{i}" for i in range(2, 10))]
+
+
+def test_an_event_for_a_key_waiting_as_a_revisit_makes_it_news() -> None:
+    clock = Clock()
+    q: WorkQueue[str] = WorkQueue(clock)
+    q.add("a", delay=10)
+    q.add("b", delay=20)
+    clock.now += 100
+    q.add("b")  # b's Deployment turned Available: no longer waits behind a's resync
+    assert q.get(timeout=0) == "b"
+    assert q.due_in("a") == -90
+    assert q.get(timeout=0) == "a"
+    q.add("a", delay=30)  # asked while a worker holds it: a revisit, not news
+    q.add("c", delay=5)
+    q.done("a")
+    clock.now += 30
+    assert [q.get(timeout=0), q.get(timeout=0)] == ["c", "a"]
 
 
 def test_forget_drops_what_is_scheduled() -> None:

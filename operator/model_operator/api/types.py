@@ -845,7 +845,7 @@ class AccessStatus(StatusModel):
     grants: list[str] = Field(default_factory=list, max_length=64)
     """The grants the access Secret holds (`get-<revision>`, `put-<revision>`); never the URLs."""
     expires_at: int | None = None
-    """When its URLs expire (Unix seconds); the operator signs them again at half their lifetime."""
+    """When its URLs expire (Unix seconds); the operator signs them again when 50% to 30% of their lifetime is left."""
 
 
 class AutotuneRow(StatusModel):

@@ -226,9 +226,10 @@ class Reconciler:
     # --- apply ---------------------------------------------------------------------------
 
     def grant_access(self, body: dict[str, Any], grants: dict[str, tuple[str, str]], now: float) -> str | None:
-        """Write the MD's access Secret when its grants changed or its URLs are past half their
-        lifetime (or this process hasn't written it yet). The URLs are signed here, with the
-        operator's own keys; nothing is read from the tenant's namespace."""
+        """Write the MD's access Secret when its grants changed, its URLs are past their refresh
+        point (50% to 70% of their lifetime gone: `needs_refresh`), or this process hasn't written
+        it yet. The URLs are signed here, with the operator's own keys; nothing is read from the
+        tenant's namespace."""
         from ..storage import StorageError
         from ..storage.sign import presign, store_client
 
@@ -241,7 +242,8 @@ class Reconciler:
             recorded = access_builder.signed_from_status(body.get("status") or {})
             if recorded is not None:
                 self._signed[key] = recorded
-        if not access_builder.needs_refresh(self._signed.get(key), names, now, store.url_ttl_seconds):
+        if not access_builder.needs_refresh(self._signed.get(key), names, now, store.url_ttl_seconds,
+                                            access_builder.refresh_spread(*key)):
             return None
         backoff_key = (key[0], key[1], f"Secret {access_builder.secret_name(key[1])}")
         backoff = self._backoff.get(backoff_key)

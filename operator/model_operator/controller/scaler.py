@@ -74,6 +74,9 @@ class Writes:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     read_version: str | None = None
     read_conditions: list[dict[str, Any]] | None = None
+    # The scaler's MetricsAvailable, which reconciles carry once these writes have landed: before
+    # that, a reconcile would show the condition without the `scaling` it tells of.
+    condition: dict[str, Any] | None = None
 
     def own(self) -> dict[str, Any]:
         """The status fields only the scaler writes."""
@@ -258,15 +261,15 @@ class FleetScaler:
             writes.status["scalingWindow"] = outcome.window
         read = (v.get("status") or {}).get("conditions")
         if outcome.conditions is not None:
-            condition = st.get_condition(outcome.conditions, "MetricsAvailable")
-            if condition is not None:
-                self.conditions[uid] = condition
-            # With no list yet, the reconcile's first write brings the scaler's condition along.
+            writes.condition = st.get_condition(outcome.conditions, "MetricsAvailable")
+            # With no list yet, the reconcile's first write after ours brings the condition along.
             if read is not None and outcome.conditions != read:
                 writes.status["conditions"] = outcome.conditions
                 writes.read_version = v["metadata"].get("resourceVersion")
                 writes.read_conditions = read
         if writes.replicas is None and not writes.status and not writes.events:
+            if writes.condition is not None:
+                self.conditions[uid] = writes.condition  # nothing to write: the status already agrees
             return None
         return writes
 
@@ -293,6 +296,8 @@ class FleetScaler:
                 return
             if "scaling" in writes.status:
                 state.written, state.written_window = writes.status["scaling"], writes.status["scalingWindow"]
+            if writes.condition is not None and uid in self.states:  # not forgotten meanwhile
+                self.conditions[uid] = writes.condition
 
         future.add_done_callback(done)
 
