@@ -103,7 +103,9 @@ def exported_operator_metrics() -> dict[str, set[str]]:
         "phase": "Ready", "replicas": 2, "readyReplicas": 1, "conditions": [{"type": "Ready", "status": "True"}],
         "artifact": {"originalSizeBytes": 10, "sizeBytes": 5}, "optimization": {"latencyMsBefore": 2.0, "latencyMsAfter": 1.0},
     }, 4)
-    for family in collector.collect():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(b"".join(collector.exposition()).decode()):
         for sample in family.samples:
             out.setdefault(sample.name, set()).update(sample.labels)
     return out

@@ -3,11 +3,13 @@ handler threads while Prometheus scrapes."""
 
 from __future__ import annotations
 
+import gzip
 import threading
+import urllib.request
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from model_operator.controller import metrics, metrics_server
 from model_operator.controller.metrics import ModelDeploymentCollector
 
 
@@ -55,11 +57,15 @@ def test_concurrent_reconciles_leave_exact_counts() -> None:
 
 
 def _scrape(collector: ModelDeploymentCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    text = generate_latest(registry).decode()
+    """The collector's text as prometheus_client's parser reads it (a family listed twice, or a
+    line it cannot parse, fails here)."""
+    text = b"".join(collector.exposition()).decode()
+    families = list(text_string_to_metric_families(text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), names
+    assert all(f.type == "gauge" for f in families)
     return {(f.name if s.name == f.name else s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+            for f in families for s in f.samples}
 
 
 def _md(name: str, **labels: str) -> tuple[tuple[str, str], ...]:
@@ -130,3 +136,48 @@ def test_scrapes_while_reconciles_export_see_whole_objects() -> None:
         stop.set()
         for th in threads:
             th.join()
+
+
+def test_a_fleets_series_come_in_pieces_with_each_family_listed_once() -> None:
+    collector = ModelDeploymentCollector()
+    for i in range(1234):
+        collector.export("team-a", f"md-{i}", {"phase": "Ready" if i % 2 else "Deploying", "replicas": i % 3,
+                                               "conditions": [{"type": "Available", "status": "True"}]}, 3)
+    pieces = list(collector.exposition())
+    conditions = sum(len(p) for p in pieces if b"model_operator_condition{" in p)
+    assert max(len(p) for p in pieces) * 2 < conditions, "a piece holds a few hundred objects, not a family's whole text"
+    got = _scrape(collector)
+    assert sum(1 for k in got if k[0] == "model_operator_desired_replicas") == 1234
+    assert got[("model_operator_modeldeployments", (("namespace", "team-a"), ("phase", "Ready")))] == 617
+    assert got[("model_operator_desired_replicas", (("modeldeployment", "md-1000"), ("namespace", "team-a")))] == 1000 % 3
+
+
+def test_label_values_are_quoted_as_the_text_format_asks() -> None:
+    collector = ModelDeploymentCollector()
+    odd = 'a"b\\c\nd'
+    collector.export("ns", odd, {"replicas": 1}, 0)
+    assert got_name(_scrape(collector)) == {odd}
+
+
+def got_name(got: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+    return {dict(k[1])["modeldeployment"] for k in got if k[0] == "model_operator_desired_replicas"}
+
+
+def test_the_endpoint_serves_the_registry_and_the_fleet_plain_and_gzipped() -> None:
+    metrics.MODELDEPLOYMENTS.export("served-ns", "served-md", {"phase": "Ready", "replicas": 2}, 0)
+    metrics.API_WRITES.labels("Secret", "apply").inc()
+    server = metrics_server.serve(0, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        plain = urllib.request.urlopen(url, timeout=10)
+        assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        zipped = urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "gzip"}), timeout=10)
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        for text in (plain.read().decode(), gzip.decompress(zipped.read()).decode()):
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(text) for s in f.samples}
+            assert samples[("model_operator_desired_replicas", (("modeldeployment", "served-md"), ("namespace", "served-ns")))] == 2
+            assert samples[("model_operator_api_writes_total", (("kind", "Secret"), ("verb", "apply")))] >= 1
+    finally:
+        server.shutdown()
+        metrics.MODELDEPLOYMENTS.forget("served-ns", "served-md")

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from ..api import types as t
 from ..config import OperatorConfig
@@ -22,7 +21,7 @@ from ..kube.session import bounded_session, connection_limit
 from ..resources import common as names
 from ..scaling.fleet import FleetMetrics
 from ..scaling.prometheus import AsyncPrometheus, Prometheus, PrometheusError
-from . import children, finalize, metrics, scaler
+from . import children, finalize, metrics, metrics_server, scaler
 from .loop import ReconcileLoop
 from .peering import PeeringGate
 from .reconcile import Reconciler
@@ -135,7 +134,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.fleet = FleetMetrics(AsyncPrometheus(config.prometheus_url, config.prometheus_timeout_seconds),
                               config.prometheus_window, on_poll=_count_poll)
     if config.metrics_port and not getattr(memo, "metrics_started", False):
-        start_http_server(config.metrics_port)
+        metrics_server.serve(config.metrics_port)
         memo.metrics_started = True
     logger.info(
         "model-operator configured: store %s, pools %s, metrics on :%s",

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, NamedTuple
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.utils import floatToGoString
 
 RECONCILES: Final = Counter(
     "model_operator_reconcile_total", "Reconciles by handler and result.", ["handler", "result"]
@@ -71,12 +70,30 @@ def series_of(status: dict, max_replicas: int) -> ModelDeploymentSeries:
     )
 
 
-class ModelDeploymentCollector(Collector):
-    """The per-ModelDeployment gauges and the count by phase, built at scrape time from one tuple
-    per object: reconciles in kopf's threads only replace their object's tuple, so there is no
-    shared count to race on, and nothing costs O(fleet) but the scrape. Series and labels as
+# (name, help, labels beyond namespace/modeldeployment): the per-ModelDeployment families, in
+# the order a scrape lists them.
+_FAMILIES: Final = (
+    ("model_operator_desired_replicas", "Replicas the spec asks for.", ()),
+    ("model_operator_ready_replicas", "Ready Triton replicas.", ()),
+    ("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", ()),
+    ("model_operator_artifact_size_bytes", "Model size before and after optimization.", ("stage",)),
+    ("model_operator_optimization_latency_seconds", "Measured model latency before and after optimization.", ("stage",)),
+    ("model_operator_condition", "ModelDeployment conditions: 1 for the current status of each type.", ("type", "status")),
+)
+_CHUNK = 500  # objects per piece of a scrape's text
+
+
+class ModelDeploymentCollector:
+    """The per-ModelDeployment gauges and the count by phase, written at scrape time from one tuple
+    per object: reconciles in the worker threads only replace their object's tuple, so there is
+    no shared count to race on, and nothing costs O(fleet) but the scrape. Series and labels as
     Gauges would give them: model_operator_condition is 1 for each type's current status and 0
-    for the other two, as kube-state-metrics does for Pod conditions."""
+    for the other two, as kube-state-metrics does for Pod conditions.
+
+    The text is written a few hundred objects at a time rather than through a registered
+    Collector: prometheus_client builds every sample of a scrape (a Sample and a label dict
+    each), then every line, then joins them, and at 10,000 objects (290,000 series, 37 MB of
+    text) one scrape took the process from 35 to 194 MiB; memory Python keeps once it has it."""
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], ModelDeploymentSeries] = {}
@@ -88,41 +105,55 @@ class ModelDeploymentCollector(Collector):
         """Drop a deleted ModelDeployment's series, so no alert fires for what no longer exists."""
         self._series.pop((namespace, name), None)
 
-    def collect(self) -> Iterator[Metric]:
-        phases = GaugeMetricFamily("model_operator_modeldeployments", "ModelDeployments by phase.", labels=("namespace", "phase"))
-        desired = GaugeMetricFamily("model_operator_desired_replicas", "Replicas the spec asks for.", labels=_MD)
-        ready = GaugeMetricFamily("model_operator_ready_replicas", "Ready Triton replicas.", labels=_MD)
-        maximum = GaugeMetricFamily("model_operator_max_replicas", "autoscaling.maxReplicas (0 without autoscaling).", labels=_MD)
-        sizes = GaugeMetricFamily("model_operator_artifact_size_bytes", "Model size before and after optimization.",
-                                  labels=(*_MD, "stage"))
-        latency = GaugeMetricFamily("model_operator_optimization_latency_seconds",
-                                    "Measured model latency before and after optimization.", labels=(*_MD, "stage"))
-        condition = GaugeMetricFamily("model_operator_condition",
-                                      "ModelDeployment conditions: 1 for the current status of each type.",
-                                      labels=(*_MD, "type", "status"))
-        # A copy taken in one C call: reconciles in kopf's threads add to the dict while a scrape runs.
-        by_phase: collections.Counter[tuple[str, str]] = collections.Counter()
-        for (namespace, name), s in list(self._series.items()):
-            md = [namespace, name]
-            if s.phase:
-                by_phase[(namespace, s.phase)] += 1
-            desired.add_metric(md, s.desired)
-            ready.add_metric(md, s.ready)
-            maximum.add_metric(md, s.max_replicas)
-            for stage, value in s.sizes:
-                sizes.add_metric([*md, stage], value)
-            for stage, value in s.latencies:
-                latency.add_metric([*md, stage], value)
-            for type_, current in s.conditions:
-                for status in ("True", "False", "Unknown"):
-                    condition.add_metric([*md, type_, status], 1.0 if current == status else 0.0)
-        for (namespace, phase), n in by_phase.items():
-            phases.add_metric([namespace, phase], n)
-        yield from (phases, desired, ready, maximum, sizes, latency, condition)
+    def exposition(self) -> Iterator[bytes]:
+        """The families in Prometheus' text format (0.0.4), piece by piece."""
+        # A copy taken in one C call: reconciles in other threads add to the dict while a scrape runs.
+        snapshot = list(self._series.items())
+        by_phase: collections.Counter[tuple[str, str]] = collections.Counter(
+            (namespace, s.phase) for (namespace, _), s in snapshot if s.phase)
+        yield _header("model_operator_modeldeployments", "ModelDeployments by phase.")
+        yield "".join(_line("model_operator_modeldeployments", (("namespace", ns), ("phase", phase)), n)
+                      for (ns, phase), n in sorted(by_phase.items())).encode()
+        for name, help_, _ in _FAMILIES:
+            yield _header(name, help_)
+            for i in range(0, len(snapshot), _CHUNK):
+                yield "".join(line for key, s in snapshot[i:i + _CHUNK] for line in _lines_of(name, key, s)).encode()
+
+
+def _lines_of(family: str, key: tuple[str, str], s: ModelDeploymentSeries) -> Iterator[str]:
+    md = (("namespace", key[0]), ("modeldeployment", key[1]))
+    if family == "model_operator_desired_replicas":
+        yield _line(family, md, s.desired)
+    elif family == "model_operator_ready_replicas":
+        yield _line(family, md, s.ready)
+    elif family == "model_operator_max_replicas":
+        yield _line(family, md, s.max_replicas)
+    elif family == "model_operator_artifact_size_bytes":
+        for stage, value in s.sizes:
+            yield _line(family, (*md, ("stage", stage)), value)
+    elif family == "model_operator_optimization_latency_seconds":
+        for stage, value in s.latencies:
+            yield _line(family, (*md, ("stage", stage)), value)
+    else:
+        for type_, current in s.conditions:
+            for status in ("True", "False", "Unknown"):
+                yield _line(family, (*md, ("type", type_), ("status", status)), 1.0 if current == status else 0.0)
+
+
+def _header(name: str, help_: str) -> bytes:
+    return f"# HELP {name} {help_}\n# TYPE {name} gauge\n".encode()
+
+
+def _line(name: str, labels: tuple[tuple[str, str], ...], value: float) -> str:
+    return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "} " + floatToGoString(value) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format quotes it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 MODELDEPLOYMENTS: Final = ModelDeploymentCollector()
-REGISTRY.register(MODELDEPLOYMENTS)
 
 
 def export_modeldeployment(namespace: str, name: str, status: dict, max_replicas: int) -> None:

@@ -326,10 +326,21 @@ class Load:
 
 def service_endpoint(core_api: Any, namespace: str, name: str, port: int = 8000) -> str:
     """The ModelDeployment's Service as users reach it: its ClusterIP, routed by kube-proxy to the
-    ready Triton pods of every track."""
+    ready Triton pods of every track. Given once kube-proxy routes to each endpoint the
+    EndpointSlices call ready: it rewrites its rules some time after they change, and a request
+    in that gap is refused (a CI run saw one right after the ModelDeployment turned Ready)."""
     svc = core_api.read_namespaced_service(name, namespace)
     assert svc.spec.cluster_ip and svc.spec.cluster_ip != "None", f"Service {namespace}/{name} has no ClusterIP"
+    wait_for(lambda: all(kube_proxy_routes_to(ip) for ip in service_pod_ips(core_api, namespace, name)), timeout=60, interval=0.5,
+             message=f"kube-proxy's rules for the ready endpoints of Service {namespace}/{name}")
     return f"{svc.spec.cluster_ip}:{port}"
+
+
+def service_pod_ips(core_api: Any, namespace: str, service: str) -> set[str]:
+    """The ready endpoints the Service's EndpointSlices list."""
+    slices = client.DiscoveryV1Api(core_api.api_client).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}").items
+    return {a for sl in slices for ep in sl.endpoints or [] if ep.conditions and ep.conditions.ready for a in ep.addresses}
 
 
 def pod_endpoints(core_api: Any, namespace: str, name: str, track: str | None = None) -> list[str]:

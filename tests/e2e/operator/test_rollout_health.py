@@ -40,6 +40,7 @@ from md_helpers import (
     put_digits,
     ready_triton_pods,
     service_endpoint,
+    service_pod_ips,
     wait_phase,
 )
 
@@ -64,15 +65,6 @@ def patch_spec(custom_api: Any, namespace: str, name: str, spec: dict[str, Any])
 
 def events(core_api: Any, namespace: str, name: str, reason: str) -> list[Any]:
     return [e for e in core_api.list_namespaced_event(namespace).items if e.involved_object.name == name and e.reason == reason]
-
-
-def service_pod_ips(core_api: Any, namespace: str, service: str) -> set[str]:
-    """The ready endpoints kube-proxy routes the Service to."""
-    from kubernetes import client
-
-    slices = client.DiscoveryV1Api(core_api.api_client).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}").items
-    return {a for sl in slices for ep in sl.endpoints or [] if ep.conditions and ep.conditions.ready for a in ep.addresses}
 
 
 def test_canary_with_errors_is_rolled_back_and_then_every_request_succeeds(
